@@ -1,0 +1,1 @@
+"""Scaling-study pipeline: data, pretraining, transfer, tracking, orchestration, analysis."""
