@@ -1,0 +1,127 @@
+"""Command line: ``python -m pipeline.data {synth,convert,digits,verify,dedup} ...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from pipeline.data.synth import generate
+    out = generate(args.out, images=args.images, classes=args.classes, image_size=args.image_size,
+                   shards=args.shards, seed=args.seed, task=args.task,
+                   test_images=args.test_images, label_noise=args.label_noise,
+                   exponent=args.zipf_exponent, class_offset=args.class_offset,
+                   max_objects=args.max_objects, encoding=args.encoding, executor=args.executor)
+    return _summary(out)
+
+
+def _summary(path) -> int:
+    from pipeline.data.format import Dataset
+    ds = Dataset(path)
+    counts = {split: ds.num_rows(split) for split in ds.splits}
+    print(f"wrote {ds.root}: {counts} rows, {ds.num_classes} classes, "
+          f"{sum(len(ds.shards(s)) for s in ds.splits)} shards")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.data.verify import verify
+    report = verify(args.path, sample=args.sample, full=args.full, checksums=not args.no_checksums)
+    for problem in report.problems:
+        print(f"ERROR {report.path}: {problem}")
+    status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{status}: rows {report.rows}, {report.decoded} images decoded")
+    return 0 if report.ok else 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pipeline.data.convert import convert
+    result = convert(args.format, args.src, args.out, split=args.split, shards=args.shards,
+                     num_classes=args.num_classes, skip_bad=args.skip_bad)
+    print(json.dumps(result, indent=1))
+    return _summary(args.out)
+
+
+def _digits(args: argparse.Namespace) -> int:
+    from pipeline.data.convert import convert_digits
+    result = convert_digits(args.out)
+    print(json.dumps(result, indent=1))
+    return _summary(args.out)
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from pipeline.data.dedup import dedup
+    result = dedup(args.pretrain, args.against, max_distance=args.max_distance,
+                   executor=args.executor, dry_run=args.dry_run)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic JFT-like dataset (or downstream task)")
+    p.add_argument("out")
+    p.add_argument("--images", type=int, required=True, help="images (train split for tasks)")
+    p.add_argument("--classes", type=int, required=True)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--shards", type=int, default=None, help="shards per split (default: 2000 images each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=("pretrain", "novel", "count"), default="pretrain")
+    p.add_argument("--test-images", type=int, default=None, help="test split size for tasks")
+    p.add_argument("--label-noise", type=float, default=0.0)
+    p.add_argument("--zipf-exponent", type=float, default=1.0, help="long tail of class frequencies")
+    p.add_argument("--class-offset", type=int, default=100,
+                   help="novel: first class of the task in the synthetic class space")
+    p.add_argument("--max-objects", type=int, default=3)
+    p.add_argument("--encoding", choices=("png", "jpeg"), default=None)
+    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto")
+    p.set_defaults(fn=_synth)
+
+    p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles or WebDataset tars")
+    p.add_argument("format", choices=("imagefolder", "cifar", "webdataset"))
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--split", default=None,
+                   help="split name to write (imagefolder/webdataset: default train; cifar: default all)")
+    p.add_argument("--shards", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="webdataset: class count (default: largest label + 1)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip undecodable/unlabelled samples (counted and reported) instead of failing")
+    p.set_defaults(fn=_convert)
+
+    p = sub.add_parser("digits", help="scikit-learn's handwritten digits with a fixed train/test split")
+    p.add_argument("out")
+    p.set_defaults(fn=_digits)
+
+    p = sub.add_parser("verify", help="check schema, row counts, checksums, labels, decodability")
+    p.add_argument("path")
+    p.add_argument("--sample", type=int, default=16, help="images decoded per shard")
+    p.add_argument("--full", action="store_true", help="decode every image")
+    p.add_argument("--no-checksums", action="store_true")
+    p.set_defaults(fn=_verify)
+
+    p = sub.add_parser("dedup", help="exclude near-duplicates of downstream test images")
+    p.add_argument("pretrain")
+    p.add_argument("--against", nargs="+", required=True,
+                   help="downstream datasets (their test split; DATASET:SPLIT for another split)")
+    p.add_argument("--max-distance", type=int, default=None,
+                   help="perceptual-hash Hamming distance for candidates (default 10 of 64)")
+    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto")
+    p.add_argument("--dry-run", action="store_true", help="report, don't write the manifest")
+    p.set_defaults(fn=_dedup)
+
+    args = parser.parse_args(argv)
+    from pipeline.data.format import DataError
+    try:
+        return args.fn(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

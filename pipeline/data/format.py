@@ -1,0 +1,500 @@
+"""The dataset format: a JSON manifest plus Parquet shards, and nested subsets of it.
+
+A dataset is a directory::
+
+    manifest.json
+    train-00000-of-00004.parquet ...   (one or more splits; pretraining sets have only "train")
+
+Every shard row is (``key``: unique string, ``image``: encoded PNG/JPEG bytes, ``labels``: list of
+class ids, ``priority``: float in [0, 1) = hash(key, subset_seed)). Rows are sorted by priority
+inside each shard and written in small row groups, so the subset of fraction f (all rows with
+priority < f) is a *prefix* of every shard: nested by construction, and a reader can tell from the
+row-group statistics which groups it needs without touching image bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+FORMAT_NAME = "vit-scaling-dataset"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+SHARD_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("labels", pa.list_(pa.int32()), nullable=False),
+    pa.field("priority", pa.float64(), nullable=False),
+])
+
+
+class DataError(Exception):
+    """A problem with a dataset, said for people: what is wrong, where, and what to do.
+
+    ``where`` names the dataset path, and when known the shard, row and field.
+    """
+
+    def __init__(self, message: str, *, dataset: str | os.PathLike | None = None,
+                 shard: str | None = None, row: int | None = None, field: str | None = None,
+                 hint: str | None = None):
+        self.dataset, self.shard, self.row, self.field = dataset, shard, row, field
+        self.problem, self.hint = message, hint
+        where = [f"{name} {value}" for name, value in
+                 (("dataset", dataset), ("shard", shard), ("row", row), ("field", field))
+                 if value is not None]
+        text = message if not where else f"{', '.join(where)}: {message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Priorities: where a row falls in the nested subsets.
+
+def subset_priority(key: str, seed: int) -> float:
+    """Priority in [0, 1) of a row: a keyed hash of its key, so it never depends on shard layout."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8,
+                             key=int(seed).to_bytes(8, "little", signed=True)).digest()
+    # Top 53 bits, so the float is exact and strictly below 1.
+    return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
+
+
+def subset_priorities(keys: Iterable[str], seed: int) -> np.ndarray:
+    return np.fromiter((subset_priority(k, seed) for k in keys), dtype=np.float64)
+
+
+def default_row_group_rows(num_rows: int) -> int:
+    """Small row groups (about 1% of a shard, 8..1024 rows) so subsets skip what they don't need."""
+    return int(min(1024, max(8, math.ceil(num_rows / 100))))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+@dataclass
+class Row:
+    key: str
+    image: bytes
+    labels: Sequence[int]
+
+
+def write_shard(path: Path, rows: Sequence[Row], subset_seed: int,
+                row_group_rows: int | None = None) -> dict[str, Any]:
+    """Write one shard (rows sorted by priority) and return its manifest entry."""
+    keys = [r.key for r in rows]
+    priority = subset_priorities(keys, subset_seed)
+    order = np.argsort(priority, kind="stable")
+    table = pa.table({
+        "key": pa.array([keys[i] for i in order], pa.string()),
+        "image": pa.array([rows[i].image for i in order], pa.binary()),
+        "labels": pa.array([list(map(int, rows[i].labels)) for i in order], pa.list_(pa.int32())),
+        "priority": pa.array(priority[order], pa.float64()),
+    }, schema=SHARD_SCHEMA)
+    rg = row_group_rows or default_row_group_rows(len(rows))
+    tmp = path.with_name(path.name + ".tmp")
+    # Images are already compressed: don't spend time compressing them again.
+    pq.write_table(table, tmp, row_group_size=rg, compression={"key": "zstd", "image": "none",
+                   "labels": "zstd", "priority": "none"}, write_statistics=["priority"])
+    os.replace(tmp, path)
+    return {"path": path.name, "num_rows": len(rows), "bytes": path.stat().st_size,
+            "sha256": file_sha256(path), "row_group_rows": rg}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace the manifest (readers never see half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, root / MANIFEST_NAME)
+
+
+def new_manifest(*, name: str, num_classes: int, multi_label: bool, image: dict[str, Any],
+                 subset_seed: int, source: dict[str, Any],
+                 class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    return {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
+        "num_classes": int(num_classes), "multi_label": bool(multi_label),
+        "class_names": list(class_names) if class_names is not None else None,
+        "image": image, "subset_seed": int(subset_seed), "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "splits": {}, "exclusions": {},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+@dataclass(frozen=True)
+class ShardInfo:
+    split: str
+    index: int
+    path: str            # relative to the dataset root, as in the manifest
+    num_rows: int
+    bytes: int
+    sha256: str
+
+
+class Dataset:
+    """A dataset on disk: manifest, shards and their Parquet footers (read once, cached)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.root = Path(path).resolve()
+        manifest_path = self.root / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise DataError(f"no {MANIFEST_NAME} found", dataset=self.root,
+                            hint="a dataset is a folder made by `python -m pipeline.data synth|convert|digits`")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{MANIFEST_NAME} is not valid JSON: {e}", dataset=self.root,
+                            field="manifest") from e
+        self._check_manifest()
+        self._metadata: dict[str, pq.FileMetaData] = {}
+        self._excluded: dict[tuple[str, str], np.ndarray] = {}
+
+    # -- manifest ---------------------------------------------------------------------------
+    def _check_manifest(self) -> None:
+        m = self.manifest
+        if m.get("format") != FORMAT_NAME:
+            raise DataError(f"manifest format is {m.get('format')!r}, expected {FORMAT_NAME!r}",
+                            dataset=self.root, field="format")
+        if m.get("format_version", 0) > FORMAT_VERSION:
+            raise DataError(f"manifest format_version {m['format_version']} is newer than this "
+                            f"reader ({FORMAT_VERSION})", dataset=self.root, field="format_version",
+                            hint="upgrade the pipeline")
+        for fieldname in ("num_classes", "splits", "subset_seed"):
+            if fieldname not in m:
+                raise DataError("missing from the manifest", dataset=self.root, field=fieldname)
+        if not isinstance(m["num_classes"], int) or m["num_classes"] < 1:
+            raise DataError(f"num_classes must be a positive integer, got {m['num_classes']!r}",
+                            dataset=self.root, field="num_classes")
+        for split, entry in m["splits"].items():
+            for i, shard in enumerate(entry.get("shards", [])):
+                self._resolve(shard.get("path", ""), f"splits.{split}.shards[{i}].path")
+
+    def _resolve(self, rel: str, fieldname: str) -> Path:
+        """Shard paths must stay inside the dataset folder (a manifest is not allowed to point at
+        arbitrary files on the reader's machine)."""
+        candidate = Path(rel)
+        resolved = (self.root / candidate).resolve()
+        if not rel or candidate.is_absolute() or not resolved.is_relative_to(self.root):
+            raise DataError(f"shard path {rel!r} escapes the dataset folder", dataset=self.root,
+                            field=fieldname, hint="shard paths must be relative and inside the folder")
+        return resolved
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.manifest.get("multi_label", False))
+
+    @property
+    def subset_seed(self) -> int:
+        return int(self.manifest["subset_seed"])
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def shards(self, split: str = "train") -> list[ShardInfo]:
+        if split not in self.manifest["splits"]:
+            raise DataError(f"no split {split!r}; this dataset has {self.splits}",
+                            dataset=self.root, field="splits")
+        return [ShardInfo(split, i, s["path"], int(s["num_rows"]), int(s.get("bytes", -1)),
+                          s.get("sha256", ""))
+                for i, s in enumerate(self.manifest["splits"][split]["shards"])]
+
+    def num_rows(self, split: str = "train") -> int:
+        return sum(s.num_rows for s in self.shards(split))
+
+    def shard_path(self, shard: ShardInfo) -> Path:
+        return self._resolve(shard.path, "path")
+
+    # -- shards -----------------------------------------------------------------------------
+    def open_shard(self, shard: ShardInfo):
+        """A source for ``pq.ParquetFile``: a path, or a file object. Kept as one method so storage
+        backends (and byte counters) can be swapped in one place."""
+        return str(self.shard_path(shard))
+
+    def parquet_file(self, shard: ShardInfo) -> pq.ParquetFile:
+        path = self.shard_path(shard)
+        if not path.is_file():
+            raise DataError("shard file is missing", dataset=self.root, shard=shard.path,
+                            hint="re-create or re-download the dataset")
+        size = path.stat().st_size
+        if shard.bytes >= 0 and size != shard.bytes:
+            raise DataError(f"file is {size} bytes, the manifest says {shard.bytes} "
+                            f"({'truncated' if size < shard.bytes else 'changed'})",
+                            dataset=self.root, shard=shard.path,
+                            hint="re-create the shard; `python -m pipeline.data verify` checks all shards")
+        handle = self.open_shard(shard)
+        try:
+            if shard.path not in self._metadata:
+                self._metadata[shard.path] = read_footer(handle, size)
+            pf = pq.ParquetFile(handle, metadata=self._metadata[shard.path])
+        except (pa.ArrowException, OSError) as e:
+            if hasattr(handle, "close"):
+                handle.close()
+            raise DataError(f"not a readable Parquet file: {e}", dataset=self.root,
+                            shard=shard.path, hint="re-create the shard") from e
+        if pf.schema_arrow.remove_metadata() != SHARD_SCHEMA:
+            pf.close(force=True)
+            raise DataError(f"schema is {pf.schema_arrow} but must be {SHARD_SCHEMA}",
+                            dataset=self.root, shard=shard.path, field="schema")
+        return pf
+
+    def excluded_rows(self, split: str, shard: ShardInfo) -> np.ndarray:
+        """Sorted row indices of the shard that de-duplication excluded."""
+        cache_key = (split, shard.path)
+        if cache_key not in self._excluded:
+            rows = [int(e["row"]) for e in self.manifest.get("exclusions", {}).get(split, [])
+                    if e["shard"] == shard.path]
+            self._excluded[cache_key] = np.unique(np.asarray(rows, dtype=np.int64))
+        return self._excluded[cache_key]
+
+    def subset(self, fraction: float | None = None, count: int | None = None,
+               split: str = "train") -> "Subset":
+        return Subset.build(self, split=split, fraction=fraction, count=count)
+
+
+def read_footer(source, size: int) -> pq.FileMetaData:
+    """Parquet metadata from exactly the footer's bytes.
+
+    pyarrow's own open reads the last 64 KiB speculatively; on small shards that alone would be
+    more than a small subset's data. Two exact reads cost the same round trips on object stores.
+    """
+    f = pa.OSFile(source) if isinstance(source, str) else pa.PythonFile(source, mode="r")
+    try:
+        if size < 12:
+            raise pa.ArrowInvalid(f"file of {size} bytes is too small to be Parquet")
+        tail = f.read_at(8, size - 8)
+        if tail[4:] != b"PAR1":
+            raise pa.ArrowInvalid("Parquet magic bytes not found at the end of the file")
+        length = int.from_bytes(tail[:4], "little")
+        if length + 12 > size:
+            raise pa.ArrowInvalid(f"footer length {length} exceeds the file size {size}")
+        footer = f.read_at(length, size - 8 - length)
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
+    finally:
+        if isinstance(source, str):
+            f.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Subsets
+
+@dataclass(frozen=True)
+class Block:
+    """Rows ``[start, stop)`` of one shard, inside one row group, minus excluded rows."""
+    shard: int        # index into Subset.shards
+    row_group: int
+    group_start: int  # first row of the row group in the shard
+    start: int
+    stop: int
+    num_rows: int     # after exclusions
+
+
+@dataclass
+class Subset:
+    """Rows with priority < threshold, minus excluded rows; the unit the loader reads.
+
+    ``fraction`` subsets take threshold = fraction. ``count`` subsets take the ``count`` rows of
+    lowest priority (after exclusions), so they nest with each other and with fraction subsets.
+    """
+    dataset: Dataset
+    split: str
+    threshold: float
+    shards: list[ShardInfo]
+    prefix_rows: list[int]            # rows with priority < threshold in each shard
+    blocks: list[Block]
+    num_rows: int
+
+    @classmethod
+    def build(cls, dataset: Dataset, split: str = "train", fraction: float | None = None,
+              count: int | None = None) -> "Subset":
+        if fraction is not None and count is not None:
+            raise ValueError("give a subset fraction or a count, not both")
+        shards = dataset.shards(split)
+        if count is not None:
+            threshold = _threshold_for_count(dataset, split, shards, int(count))
+        else:
+            threshold = 1.0 if fraction is None else float(fraction)
+            if not 0.0 < threshold <= 1.0:
+                raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+        prefix_rows, blocks = [], []
+        for si, shard in enumerate(shards):
+            prefix = _prefix_rows(dataset, shard, threshold)
+            prefix_rows.append(prefix)
+            blocks.extend(_blocks(dataset, split, si, shard, prefix))
+        subset = cls(dataset, split, threshold, shards, prefix_rows, blocks,
+                     sum(b.num_rows for b in blocks))
+        if count is not None and subset.num_rows != count:
+            raise DataError(f"asked for {count} rows, the split has {subset.num_rows} usable rows",
+                            dataset=dataset.root, field=f"splits.{split}")
+        return subset
+
+    def describe(self) -> dict[str, Any]:
+        return {"split": self.split, "threshold": self.threshold, "num_rows": self.num_rows,
+                "num_blocks": len(self.blocks)}
+
+    def keys(self) -> list[str]:
+        """All keys of the subset in storage order (reads only the key column of needed groups)."""
+        out: list[str] = []
+        for block, table in iter_blocks(self, self.blocks, columns=["key"]):
+            out.extend(table.column("key").to_pylist())
+        return out
+
+
+def _row_group_bounds(meta: pq.FileMetaData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row group: first row, number of rows, and max priority (from statistics)."""
+    col = meta.schema.to_arrow_schema().get_field_index("priority")
+    starts, sizes, maxes = [], [], []
+    row = 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        stats = rg.column(col).statistics
+        starts.append(row)
+        sizes.append(rg.num_rows)
+        maxes.append(stats.max if stats is not None and stats.has_min_max else math.inf)
+        row += rg.num_rows
+    return np.asarray(starts), np.asarray(sizes), np.asarray(maxes, dtype=np.float64)
+
+
+def _prefix_rows(dataset: Dataset, shard: ShardInfo, threshold: float) -> int:
+    """Rows of the shard with priority < threshold: whole groups from statistics, plus one boundary
+    group whose priority column alone is read."""
+    if threshold >= 1.0:
+        return shard.num_rows
+    pf = dataset.parquet_file(shard)
+    try:
+        starts, sizes, maxes = _row_group_bounds(pf.metadata)
+        full = int(np.searchsorted(maxes, threshold, side="left"))  # groups entirely below
+        if full == len(sizes):
+            return shard.num_rows
+        prio = pf.read_row_group(full, columns=["priority"]).column("priority").to_numpy()
+        return int(starts[full] + np.searchsorted(prio, threshold, side="left"))
+    finally:
+        pf.close(force=True)
+
+
+def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
+            prefix: int) -> Iterator[Block]:
+    if prefix == 0:
+        return
+    meta = dataset._metadata.get(shard.path)
+    if meta is None:
+        pf = dataset.parquet_file(shard)
+        meta = pf.metadata
+        pf.close(force=True)
+    starts, sizes, _ = _row_group_bounds(meta)
+    excluded = dataset.excluded_rows(split, shard)
+    for g, (gs, gn) in enumerate(zip(starts, sizes)):
+        if gs >= prefix:
+            break
+        stop = int(min(gs + gn, prefix))
+        n_ex = int(np.searchsorted(excluded, stop) - np.searchsorted(excluded, gs))
+        if stop - gs - n_ex > 0:
+            yield Block(shard_index, g, int(gs), int(gs), stop, stop - int(gs) - n_ex)
+
+
+def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], count: int) -> float:
+    """Smallest threshold whose subset has exactly ``count`` usable rows (reads priority columns
+    only; they are a few bytes per row next to the images)."""
+    if count <= 0:
+        raise ValueError(f"subset count must be positive, got {count}")
+    usable = []
+    for shard in shards:
+        pf = dataset.parquet_file(shard)
+        try:
+            prio = pf.read(columns=["priority"]).column("priority").to_numpy()
+        finally:
+            pf.close(force=True)
+        keep = np.ones(len(prio), bool)
+        keep[dataset.excluded_rows(split, shard)] = False
+        usable.append(prio[keep])
+    all_prio = np.sort(np.concatenate(usable)) if usable else np.empty(0)
+    if count > len(all_prio):
+        raise DataError(f"asked for {count} rows, the split has only {len(all_prio)} usable rows",
+                        dataset=dataset.root, field=f"splits.{split}")
+    if count == len(all_prio):
+        return 1.0
+    return float(np.nextafter(all_prio[count - 1], 1.0))
+
+
+def iter_blocks(subset: Subset, blocks: Sequence[Block], columns: Sequence[str],
+                on_unreadable: str = "raise") -> Iterator[tuple[Block, pa.Table]]:
+    """Read blocks (in the given order) as tables of their usable rows, with a ``_row`` column
+    (row index in the shard). One shard is kept open while consecutive blocks use it."""
+    ds = subset.dataset
+    open_shard: tuple[int, pq.ParquetFile] | None = None
+    try:
+        for block in blocks:
+            if open_shard is None or open_shard[0] != block.shard:
+                if open_shard is not None:
+                    open_shard[1].close(force=True)
+                open_shard = (block.shard, ds.parquet_file(subset.shards[block.shard]))
+            pf = open_shard[1]
+            shard = subset.shards[block.shard]
+            try:
+                table = pf.read_row_group(block.row_group, columns=list(columns))
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"row group {block.row_group} cannot be read: {e}",
+                                dataset=ds.root, shard=shard.path, row=block.start,
+                                hint="re-create the shard; `verify` reports every bad shard") from e
+            rows = np.arange(block.start, block.stop)
+            table = table.slice(block.start - block.group_start, block.stop - block.start)
+            table = table.append_column("_row", pa.array(rows, pa.int64()))
+            excluded = ds.excluded_rows(subset.split, shard)
+            if len(excluded):
+                keep = ~np.isin(rows, excluded)
+                if not keep.all():
+                    table = table.filter(pa.array(keep))
+            yield block, table
+    finally:
+        if open_shard is not None:
+            open_shard[1].close(force=True)
+
+
+def labels_in_range(labels: pa.ListArray, num_classes: int) -> np.ndarray:
+    """Per row: True when every label is in [0, num_classes). Uses Arrow compute on the flat
+    values so it costs nothing next to decoding."""
+    flat = pc.list_flatten(labels)
+    bad_value = pc.or_(pc.less(flat, 0), pc.greater_equal(flat, num_classes))
+    parents = pc.list_parent_indices(labels).to_numpy()
+    ok = np.ones(len(labels), bool)
+    bad = bad_value.to_numpy(zero_copy_only=False)
+    if bad.any():
+        ok[np.unique(parents[bad])] = False
+    return ok
+
+
+def dataclass_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

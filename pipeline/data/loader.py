@@ -1,0 +1,280 @@
+"""Streaming loader: plain PyTorch data loading over pyarrow (see docs/design-notes.md for why not
+Ray Data).
+
+The order of examples is a pure function of (subset, seed, epoch, world_size, rank, batch_size):
+
+1. the subset's blocks (pieces of row groups) are permuted with rng(seed, epoch);
+2. the permuted row sequence is cut into ``world_size`` contiguous, disjoint ranges, one per rank
+   (sizes differ by at most one row; together they cover the subset);
+3. each rank's range is shuffled inside windows of ``shuffle_window`` rows (a multiple of the
+   batch size), with rng(seed, epoch, world_size, rank, window);
+4. batch ``b`` is rows ``[b * batch_size, (b + 1) * batch_size)`` of that sequence, augmented with
+   rng(seed, epoch, world_size, rank, b).
+
+So any batch can be produced without producing the ones before it: resuming at ``start_step``
+reads only the windows from that step on, and yields exactly what an uninterrupted run would.
+Memory is bounded by one window of encoded images per worker plus the prefetched batches,
+whatever the dataset size. Worker processes each produce every ``num_workers``-th batch and
+PyTorch's DataLoader returns them in order, so the order does not depend on ``num_workers``.
+Eval mode does no shuffling and no augmentation and keeps the last partial batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.data.format import DataError, Dataset, Subset, iter_blocks
+from pipeline.data.images import (UndecodableImage, decode_rgb, eval_transform, to_unit_range,
+                                  train_transform)
+
+log = logging.getLogger(__name__)
+
+
+class BadRow(NamedTuple):
+    shard: str
+    row: int
+    field: str
+    reason: str
+
+
+class Batch(NamedTuple):
+    """images: float32 NCHW in [-1, 1]; labels: float32 multi-hot (N, K) or int64 (N,);
+    keys: the rows' keys; bad_rows: rows skipped in this batch (only with on_bad_row="skip")."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    bad_rows: tuple[BadRow, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything that decides what a rank sees (plain data, picklable into worker processes)."""
+    path: str
+    split: str = "train"
+    fraction: float | None = None
+    count: int | None = None
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0
+    batch_size: int = 32
+    image_size: int = 224
+    train: bool = True
+    label_format: str | None = None   # "multi_hot" | "index"; default from the manifest
+    shuffle_window: int = 2048
+    crop_fraction: float = 0.875
+    on_bad_row: str = "raise"          # "raise" | "skip"
+
+
+@dataclass
+class RankPlan:
+    """Where a rank's batches come from, without having read any image."""
+    block_order: np.ndarray     # permuted block indices
+    block_ends: np.ndarray      # cumulative row counts along block_order
+    lo: int                     # first position of this rank in the permuted row sequence
+    num_rows: int               # rows this rank uses in the epoch
+    window_rows: int
+    num_batches: int
+
+
+def plan_rank(subset: Subset, spec: LoaderSpec) -> RankPlan:
+    if not 0 <= spec.rank < spec.world_size:
+        raise ValueError(f"rank {spec.rank} outside world_size {spec.world_size}")
+    counts = np.fromiter((b.num_rows for b in subset.blocks), np.int64, len(subset.blocks))
+    order = np.arange(len(counts))
+    if spec.train:
+        order = np.random.default_rng([spec.seed, spec.epoch]).permutation(len(counts))
+    ends = np.cumsum(counts[order])
+    total = int(ends[-1]) if len(ends) else 0
+    lo = spec.rank * total // spec.world_size
+    hi = (spec.rank + 1) * total // spec.world_size
+    bs = spec.batch_size
+    if spec.train:
+        # Every rank takes the same number of full batches (what data-parallel training needs).
+        num_batches = (total // spec.world_size) // bs
+        num_rows = num_batches * bs
+    else:
+        num_rows = hi - lo
+        num_batches = -(-num_rows // bs)
+    window = max(1, spec.shuffle_window // bs) * bs
+    return RankPlan(order, ends, lo, num_rows, window, num_batches)
+
+
+class _RankStream(IterableDataset):
+    """Produces one rank's batches from ``start_step`` on; in worker w of n, every n-th batch."""
+
+    def __init__(self, spec: LoaderSpec, start_step: int):
+        self.spec, self.start_step = spec, start_step
+
+    def __iter__(self) -> Iterator[Batch]:
+        spec = self.spec
+        ds = Dataset(spec.path)
+        subset = ds.subset(fraction=spec.fraction, count=spec.count, split=spec.split)
+        plan = plan_rank(subset, spec)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        label_format = spec.label_format or ("multi_hot" if ds.multi_label else "index")
+        cached: tuple[int, pa.Table] | None = None
+        for b in range(self.start_step + worker, plan.num_batches, workers):
+            w = (b * spec.batch_size) // plan.window_rows
+            if cached is None or cached[0] != w:
+                cached = (w, _read_window(subset, spec, plan, w))
+            first = b * spec.batch_size - w * plan.window_rows
+            rows = cached[1].slice(first, spec.batch_size)
+            rng = np.random.default_rng([spec.seed, spec.epoch, spec.world_size, spec.rank, b])
+            yield _decode_batch(rows, ds, subset, spec, label_format, rng)
+
+
+def _read_window(subset: Subset, spec: LoaderSpec, plan: RankPlan, w: int) -> pa.Table:
+    """Rows [w * window, (w + 1) * window) of the rank's sequence, shuffled (train)."""
+    start = w * plan.window_rows
+    stop = min(start + plan.window_rows, plan.num_rows)
+    g0, g1 = plan.lo + start, plan.lo + stop               # positions in the permuted sequence
+    i0 = int(np.searchsorted(plan.block_ends, g0, side="right"))
+    i1 = int(np.searchsorted(plan.block_ends, g1 - 1, side="right"))
+    blocks = [subset.blocks[j] for j in plan.block_order[i0:i1 + 1]]
+    pieces = list(_read_blocks(subset, blocks, spec.on_bad_row))
+    table = pa.concat_tables(pieces) if pieces else pa.table({})
+    block_start = int(plan.block_ends[i0] - subset.blocks[plan.block_order[i0]].num_rows)
+    table = table.slice(g0 - block_start, g1 - g0)
+    if spec.train:
+        perm = np.random.default_rng(
+            [spec.seed, spec.epoch, spec.world_size, spec.rank, w, 1]).permutation(table.num_rows)
+        table = table.take(pa.array(perm))
+    return table
+
+
+_COLUMNS = ["key", "image", "labels"]
+_WINDOW_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("image", pa.binary()),
+                            pa.field("labels", pa.list_(pa.int32())), pa.field("_row", pa.int64()),
+                            pa.field("_shard", pa.int32()), pa.field("_error", pa.string())])
+
+
+def _read_blocks(subset: Subset, blocks, on_bad_row: str) -> Iterator[pa.Table]:
+    """Tables of the blocks' rows; an unreadable block becomes rows marked with ``_error`` in skip
+    mode, so positions (and so everyone else's batches) stay where they were."""
+    for block in blocks:
+        try:
+            ((_, table),) = list(iter_blocks(subset, [block], _COLUMNS))
+            table = table.append_column("_error", pa.nulls(table.num_rows, pa.string()))
+            table = table.append_column("_shard", pa.array(np.full(table.num_rows, block.shard,
+                                                                    np.int32)))
+        except DataError as e:
+            if on_bad_row != "skip":
+                raise
+            shard = subset.shards[block.shard]
+            rows = np.arange(block.start, block.stop)
+            rows = rows[~np.isin(rows, subset.dataset.excluded_rows(subset.split, shard))]
+            table = pa.table({"key": pa.nulls(len(rows), pa.string()),
+                              "image": pa.nulls(len(rows), pa.binary()),
+                              "labels": pa.nulls(len(rows), pa.list_(pa.int32())),
+                              "_row": pa.array(rows, pa.int64()),
+                              "_shard": pa.array(np.full(len(rows), block.shard, np.int32)),
+                              "_error": pa.array([e.problem] * len(rows), pa.string())})
+        yield table.select(_WINDOW_SCHEMA.names).cast(_WINDOW_SCHEMA)
+
+
+def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
+                  label_format: str, rng: np.random.Generator) -> Batch:
+    keys = rows.column("key").to_pylist()
+    images = rows.column("image").to_pylist()
+    labels = rows.column("labels").to_pylist()
+    shard_rows = rows.column("_row").to_pylist()
+    errors = rows.column("_error").to_pylist()
+    shard_ids = rows.column("_shard").to_pylist()
+    out_images, out_labels, out_keys, bad = [], [], [], []
+    k = ds.num_classes
+    draft = None if spec.train else int(spec.image_size / spec.crop_fraction)
+    for key, data, labs, row, err, si in zip(keys, images, labels, shard_rows, errors, shard_ids):
+        problem = None
+        if err is not None:
+            problem = ("shard", err)
+        elif not labs or any(not 0 <= c < k for c in labs):
+            problem = ("labels", f"labels {labs} outside [0, {k})" if labs else "row has no label")
+        else:
+            try:
+                img = decode_rgb(data, draft_size=draft)
+                arr = (train_transform(img, spec.image_size, rng) if spec.train
+                       else eval_transform(img, spec.image_size, spec.crop_fraction))
+            except UndecodableImage as e:
+                problem = ("image", str(e))
+        if problem is not None:
+            shard = subset.shards[si].path
+            if spec.on_bad_row != "skip":
+                raise DataError(problem[1], dataset=ds.root, shard=shard, row=row, field=problem[0],
+                                hint="fix or drop the row, or load with on_bad_row='skip'")
+            bad.append(BadRow(shard, row, problem[0], problem[1]))
+            continue
+        out_images.append(arr)
+        out_keys.append(key)
+        out_labels.append(labs)
+    n = len(out_images)
+    images_t = (torch.from_numpy(to_unit_range(np.stack(out_images))) if n else
+                torch.empty((0, 3, spec.image_size, spec.image_size)))
+    if label_format == "multi_hot":
+        labels_t = torch.zeros((n, k), dtype=torch.float32)
+        for i, labs in enumerate(out_labels):
+            labels_t[i, labs] = 1.0
+    elif label_format == "index":
+        labels_t = torch.tensor([labs[0] for labs in out_labels], dtype=torch.int64)
+    else:
+        raise ValueError(f"label_format must be multi_hot or index, got {label_format!r}")
+    return Batch(images_t, labels_t, out_keys, tuple(bad))
+
+
+@dataclass
+class StreamingLoader:
+    """Iterable of :class:`Batch` for one rank and epoch, from ``start_step`` on."""
+    spec: LoaderSpec
+    start_step: int = 0
+    num_workers: int = 0
+    prefetch_batches: int = 2
+    skipped: list[BadRow] = field(default_factory=list)
+
+    def __post_init__(self):
+        ds = Dataset(self.spec.path)
+        self.subset = ds.subset(fraction=self.spec.fraction, count=self.spec.count,
+                                split=self.spec.split)
+        self.plan = plan_rank(self.subset, self.spec)
+        self.num_classes = ds.num_classes
+        if not 0 <= self.start_step <= self.plan.num_batches:
+            raise ValueError(f"start_step {self.start_step} outside [0, {self.plan.num_batches}]")
+
+    def __len__(self) -> int:
+        """Batches this iterator yields (from start_step to the end of the epoch)."""
+        return self.plan.num_batches - self.start_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.num_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        stream = _RankStream(self.spec, self.start_step)
+        if self.num_workers > 0:
+            loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                prefetch_factor=self.prefetch_batches,
+                                persistent_workers=False)
+        else:
+            loader = stream
+        skipped_before = len(self.skipped)
+        for batch in loader:
+            self.skipped.extend(batch.bad_rows)
+            yield batch
+        if len(self.skipped) > skipped_before:
+            log.warning("skipped %d bad rows in %s (split %s, rank %d, epoch %d); first: %s",
+                        len(self.skipped) - skipped_before, self.spec.path, self.spec.split,
+                        self.spec.rank, self.spec.epoch, self.skipped[skipped_before])
+
+
+def default_num_workers() -> int:
+    """Decode workers per rank: none on tiny machines (where the trainer needs the cores)."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus // 2)

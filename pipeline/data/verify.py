@@ -1,0 +1,169 @@
+"""Integrity check of a dataset: manifest, schema, row counts, checksums, labels, decodability.
+
+Every problem names the shard, row and field, and verification goes on past it so one run lists
+everything that is wrong.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from pipeline.data.format import (SHARD_SCHEMA, DataError, Dataset, file_sha256, labels_in_range,
+                                  subset_priority)
+from pipeline.data.images import UndecodableImage, decode_rgb
+
+
+@dataclass(frozen=True)
+class Problem:
+    shard: str | None
+    row: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{k} {v}" for k, v in (("shard", self.shard), ("row", self.row),
+                                                     ("field", self.field)) if v is not None)
+        return f"{where}: {self.message}" if where else self.message
+
+
+@dataclass
+class Report:
+    path: str
+    rows: dict[str, int]
+    decoded: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bool = True,
+           progress: bool = True) -> Report:
+    """Check the dataset at ``path``. ``sample`` rows per shard are decoded (all with ``full``)."""
+    problems: list[Problem] = []
+    try:
+        ds = Dataset(path)
+    except DataError as e:
+        return Report(str(path), {}, 0, [Problem(e.shard, e.row, e.field, str(e))])
+    rows: dict[str, int] = {}
+    decoded = 0
+    seen_keys: set[str] = set()
+    all_shards = [s for split in ds.splits for s in ds.shards(split)]
+    bar = tqdm(all_shards, desc=f"verify {ds.root.name}", unit="shard", disable=not progress,
+               file=sys.stderr)
+    for shard in bar:
+        path_ = ds.shard_path(shard)
+        if checksums and path_.is_file() and path_.stat().st_size == shard.bytes:
+            if file_sha256(path_) != shard.sha256:
+                problems.append(Problem(shard.path, None, "sha256",
+                                        "checksum does not match the manifest (shard changed or corrupt)"))
+                continue
+        try:
+            pf = ds.parquet_file(shard)
+        except DataError as e:
+            problems.append(Problem(shard.path, None, e.field, e.problem))
+            continue
+        try:
+            table = pf.read(columns=["key", "labels", "priority"])
+        except (pa.ArrowException, OSError) as e:
+            problems.append(Problem(shard.path, None, None, f"cannot read the shard: {e}"))
+            pf.close(force=True)
+            continue
+        if table.num_rows != shard.num_rows:
+            problems.append(Problem(shard.path, None, "num_rows",
+                                    f"has {table.num_rows} rows, the manifest says {shard.num_rows}"))
+        rows[shard.split] = rows.get(shard.split, 0) + table.num_rows
+        problems += _check_columns(ds, shard.path, table, seen_keys)
+        n = table.num_rows
+        picks = np.arange(n) if full else np.unique(np.linspace(0, n - 1, min(sample, n)).astype(int))
+        decoded += _check_images(pf, shard.path, picks, problems)
+        pf.close(force=True)
+    unreadable = {p.shard for p in problems if p.row is None}
+    for split in ds.splits:
+        declared = ds.manifest["splits"][split].get("num_rows")
+        if any(s.path in unreadable for s in ds.shards(split)):
+            continue  # already reported per shard
+        if declared is not None and split in rows and declared != rows[split]:
+            problems.append(Problem(None, None, f"splits.{split}.num_rows",
+                                    f"manifest says {declared} rows, the shards hold {rows[split]}"))
+    problems += _check_exclusions(ds)
+    return Report(str(ds.root), rows, decoded, problems)
+
+
+def _check_columns(ds: Dataset, shard: str, table: pa.Table, seen_keys: set[str]) -> list[Problem]:
+    out: list[Problem] = []
+    keys = table.column("key").to_pylist()
+    for row, key in enumerate(keys):
+        if key in seen_keys:
+            out.append(Problem(shard, row, "key", f"duplicate key {key!r}"))
+        seen_keys.add(key)
+    labels = table.column("labels").combine_chunks()
+    ok = labels_in_range(labels, ds.num_classes)
+    for row in np.flatnonzero(~ok)[:20]:
+        out.append(Problem(shard, int(row), "labels",
+                           f"labels {labels[int(row)].as_py()} outside [0, {ds.num_classes})"))
+    if (~ok).sum() > 20:
+        out.append(Problem(shard, None, "labels", f"{int((~ok).sum())} rows have labels out of range"))
+    empty = pc.equal(pc.list_value_length(labels), 0).to_numpy(zero_copy_only=False)
+    for row in np.flatnonzero(empty)[:20]:
+        out.append(Problem(shard, int(row), "labels", "row has no label"))
+    prio = table.column("priority").to_numpy()
+    bad = np.flatnonzero((prio < 0) | (prio >= 1))
+    for row in bad[:5]:
+        out.append(Problem(shard, int(row), "priority", f"priority {prio[row]} outside [0, 1)"))
+    unsorted = np.flatnonzero(np.diff(prio) < 0)
+    if len(unsorted):
+        out.append(Problem(shard, int(unsorted[0]) + 1, "priority",
+                           "rows are not sorted by priority (subsets would read wrong rows)"))
+    # Recomputing the hash costs ~1 us a row: do it on a spread of rows.
+    for row in np.unique(np.linspace(0, len(keys) - 1, min(64, len(keys))).astype(int)):
+        expected = subset_priority(keys[row], ds.subset_seed)
+        if prio[row] != expected:
+            out.append(Problem(shard, int(row), "priority",
+                               f"priority {prio[row]} is not hash(key, subset_seed)={expected}"))
+            break
+    return out
+
+
+def _check_images(pf, shard: str, picks: np.ndarray, problems: list[Problem]) -> int:
+    decoded = 0
+    if len(picks) == 0:
+        return 0
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    groups = np.unique(np.searchsorted(starts, picks, side="right") - 1)
+    for g in groups:
+        try:
+            images = pf.read_row_group(int(g), columns=["image"]).column("image")
+        except (pa.ArrowException, OSError) as e:
+            problems.append(Problem(shard, int(starts[g]), "image",
+                                    f"row group {g} cannot be read: {e}"))
+            continue
+        for row in picks[(picks >= starts[g]) & (picks < starts[g + 1])]:
+            try:
+                decode_rgb(images[int(row - starts[g])].as_py())
+                decoded += 1
+            except UndecodableImage as e:
+                problems.append(Problem(shard, int(row), "image", str(e)))
+    return decoded
+
+
+def _check_exclusions(ds: Dataset) -> list[Problem]:
+    out: list[Problem] = []
+    for split, entries in ds.manifest.get("exclusions", {}).items():
+        if split not in ds.splits:
+            out.append(Problem(None, None, f"exclusions.{split}", f"no split {split!r}"))
+            continue
+        shards = {s.path: s for s in ds.shards(split)}
+        for i, e in enumerate(entries):
+            s = shards.get(e.get("shard"))
+            if s is None or not 0 <= int(e.get("row", -1)) < s.num_rows:
+                out.append(Problem(e.get("shard"), e.get("row"), f"exclusions.{split}[{i}]",
+                                   "excluded row does not exist in this dataset"))
+    return out

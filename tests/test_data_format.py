@@ -1,0 +1,253 @@
+"""Dataset format, nested subsets, the synthetic generator and `verify`."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.data.format import (DataError, Dataset, Row, iter_blocks, subset_priority,
+                                  write_manifest, write_shard)
+from pipeline.data.synth import generate
+from pipeline.data.verify import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("d") / "synth", images=400, classes=12, image_size=16,
+                    shards=3, seed=7, label_noise=0.05, executor="inline", progress=False)
+
+
+@pytest.fixture(scope="module")
+def large_shards(tmp_path_factory) -> Path:
+    """Two shards of 1000 rows: big enough that a 3% subset is several row groups per shard."""
+    return generate(tmp_path_factory.mktemp("d") / "big", images=2000, classes=20, image_size=48,
+                    shards=2, seed=3, executor="processes", progress=False)
+
+
+def all_rows(path: Path, split: str = "train") -> dict[str, dict]:
+    ds = Dataset(path)
+    out = {}
+    for shard in ds.shards(split):
+        t = pq.read_table(ds.shard_path(shard))
+        for key, image, labels, prio in zip(*(t.column(c).to_pylist() for c in
+                                             ("key", "image", "labels", "priority"))):
+            out[key] = {"image": image, "labels": labels, "priority": prio}
+    return out
+
+
+# -- generator -----------------------------------------------------------------------------
+
+def test_synth_is_deterministic_and_independent_of_sharding(synth, tmp_path):
+    again = generate(tmp_path / "one", images=400, classes=12, image_size=16, shards=1, seed=7,
+                     label_noise=0.05, executor="inline", progress=False)
+    assert all_rows(again) == all_rows(synth)
+    other = generate(tmp_path / "seed8", images=50, classes=12, image_size=16, shards=1, seed=8,
+                     executor="inline", progress=False)
+    first = all_rows(synth)
+    assert not {r["image"] for r in all_rows(other).values()} & {r["image"] for r in first.values()}
+
+
+def test_synth_is_multi_label_long_tailed_and_in_range(synth):
+    rows = all_rows(synth)
+    ds = Dataset(synth)
+    assert ds.multi_label and ds.num_classes == 12 and len(rows) == 400
+    labels = [r["labels"] for r in rows.values()]
+    # up to 3 objects, plus at most one spurious label from the 5% label noise
+    assert all(0 < len(l) <= 4 and all(0 <= c < 12 for c in l) for l in labels)
+    assert sum(len(l) > 1 for l in labels) > 80          # many images hold several objects
+    freq = np.bincount([c for l in labels for c in l], minlength=12)
+    assert freq[0] > 4 * freq[-1]                          # long tail: head class >> tail class
+    manifest = ds.manifest
+    assert manifest["image"] == {"encoding": "png", "height": 16, "width": 16, "channels": 3}
+    assert manifest["source"]["generator"] == "pipeline.data.synth"
+    assert all(len(s["sha256"]) == 64 for s in manifest["splits"]["train"]["shards"])
+
+
+def test_synth_downstream_tasks_have_train_and_test_splits(tmp_path):
+    novel = generate(tmp_path / "novel", task="novel", images=60, test_images=30, classes=5,
+                     class_offset=12, image_size=16, executor="inline", progress=False)
+    ds = Dataset(novel)
+    assert ds.splits == ["train", "test"] and not ds.multi_label
+    assert (ds.num_rows("train"), ds.num_rows("test")) == (60, 30)
+    train, test = all_rows(novel, "train"), all_rows(novel, "test")
+    assert not set(train) & set(test)
+    assert {c for r in test.values() for c in r["labels"]} == set(range(5))
+    count = generate(tmp_path / "count", task="count", images=40, classes=4, image_size=16,
+                     executor="inline", progress=False)
+    assert Dataset(count).num_rows("test") == 10
+    assert {len(r["labels"]) for r in all_rows(count).values()} == {1}
+
+
+def test_synth_cli_reports_rows(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "cli"),
+                          "--images", "30", "--classes", "4", "--image-size", "16", "--shards", "2"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "{'train': 30} rows, 4 classes, 2 shards" in out.stdout
+    assert "30/30" in out.stderr                          # progress bar reached the end
+    verified = subprocess.run([sys.executable, "-m", "pipeline.data", "verify", str(tmp_path / "cli")],
+                              cwd=ROOT, capture_output=True, text=True)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: rows {'train': 30}")
+
+
+# -- subsets ---------------------------------------------------------------------------------
+
+def test_subsets_nest_and_are_exactly_the_low_priority_rows(large_shards):
+    ds = Dataset(large_shards)
+    rows = all_rows(large_shards)
+    seed = ds.subset_seed
+    assert all(r["priority"] == subset_priority(k, seed) for k, r in rows.items())
+    previous: set[str] = set()
+    for fraction in (0.03, 0.1, 0.3, 1.0):
+        keys = set(ds.subset(fraction).keys())
+        assert keys == {k for k, r in rows.items() if r["priority"] < fraction}
+        assert previous <= keys
+        previous = keys
+    by_count = [set(ds.subset(count=n).keys()) for n in (7, 100, 1999)]
+    assert [len(k) for k in by_count] == [7, 100, 1999]
+    assert by_count[0] <= by_count[1] <= by_count[2]
+    assert by_count[1] == set(sorted(rows, key=lambda k: rows[k]["priority"])[:100])
+    with pytest.raises(DataError, match="only 2000 usable rows"):
+        ds.subset(count=2001)
+
+
+class _CountingFile(io.RawIOBase):
+    def __init__(self, path, counter):
+        self._f, self._counter = open(path, "rb"), counter
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        return self._f.seek(offset, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        self._counter[0] += n
+        return n
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+class _ByteCountingDataset(Dataset):
+    """The real reader, with every byte it reads from the shards counted."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.bytes_read = [0]
+
+    def open_shard(self, shard):
+        return _CountingFile(self.shard_path(shard), self.bytes_read)
+
+
+def test_three_percent_subset_reads_at_most_five_percent_of_the_bytes(large_shards):
+    ds = _ByteCountingDataset(large_shards)
+    total = sum(s.bytes for s in ds.shards())
+    subset = ds.subset(0.03)
+    keys = []
+    for _, table in iter_blocks(subset, subset.blocks, ["key", "image", "labels"]):
+        keys += table.column("key").to_pylist()
+    expected = {k for k, r in all_rows(large_shards).items() if r["priority"] < 0.03}
+    assert set(keys) == expected and len(keys) == len(expected) > 40
+    assert ds.bytes_read[0] <= 0.05 * total, f"read {ds.bytes_read[0] / total:.1%} of the bytes"
+
+
+# -- verify and corruption -------------------------------------------------------------------
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def rewrite_row(path: Path, shard_index: int, row: int, **changes) -> str:
+    """Re-write one shard with one row changed, as a buggy producer would (the manifest's
+    checksum is updated, so only content checks can catch it). Returns the row's key."""
+    ds = Dataset(path)
+    shard = ds.shards()[shard_index]
+    t = pq.read_table(ds.shard_path(shard))
+    rows = [Row(k, i, l) for k, i, l in zip(*(t.column(c).to_pylist() for c in ("key", "image", "labels")))]
+    key = rows[row].key
+    rows[row] = Row(key, changes.get("image", rows[row].image), changes.get("labels", rows[row].labels))
+    manifest = ds.manifest
+    entries = manifest["splits"]["train"]["shards"]
+    entries[shard_index] = write_shard(ds.shard_path(shard), rows, ds.subset_seed,
+                                       entries[shard_index]["row_group_rows"])
+    write_manifest(path, manifest)
+    # The row keeps its position: rows are ordered by priority, a function of the key.
+    assert pq.read_table(ds.shard_path(shard), columns=["key"]).column("key")[row].as_py() == key
+    return key
+
+
+def test_verify_passes_a_good_dataset(synth):
+    report = verify(synth, full=True, progress=False)
+    assert report.ok, report.problems
+    assert report.rows == {"train": 400} and report.decoded == 400
+
+
+def test_truncated_shard_is_named(synth, tmp_path):
+    bad = copy_dataset(synth, tmp_path / "trunc")
+    shard = Dataset(bad).shards()[1]
+    data = (bad / shard.path).read_bytes()
+    (bad / shard.path).write_bytes(data[: len(data) // 2])
+    report = verify(bad, progress=False)
+    assert [(p.shard, "truncated" in p.message) for p in report.problems] == [(shard.path, True)]
+    assert report.rows == {"train": 400 - shard.num_rows}   # the other shards are still checked
+    with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes, the manifest says \d+ \(truncated\)"):
+        Dataset(bad).subset(1.0).keys()
+
+
+def test_flipped_bytes_fail_the_checksum(synth, tmp_path):
+    bad = copy_dataset(synth, tmp_path / "flip")
+    shard = Dataset(bad).shards()[0]
+    data = bytearray((bad / shard.path).read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    (bad / shard.path).write_bytes(bytes(data))
+    (p,) = verify(bad, progress=False).problems
+    assert (p.shard, p.field) == (shard.path, "sha256")
+
+
+def test_undecodable_image_and_bad_label_name_shard_row_and_field(synth, tmp_path):
+    bad = copy_dataset(synth, tmp_path / "rows")
+    rewrite_row(bad, 0, 5, image=b"\x89PNG\r\n\x1a\n not really a png")
+    rewrite_row(bad, 2, 9, labels=[3, 12])
+    shards = Dataset(bad).shards()
+    report = verify(bad, full=True, progress=False)
+    found = {(p.shard, p.row, p.field) for p in report.problems}
+    assert found == {(shards[0].path, 5, "image"), (shards[2].path, 9, "labels")}
+    assert any("outside [0, 12)" in p.message for p in report.problems)
+    cli = subprocess.run([sys.executable, "-m", "pipeline.data", "verify", str(bad), "--full"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 1
+    assert f"shard {shards[0].path}, row 5, field image: cannot decode image" in cli.stdout
+
+
+def test_manifest_path_escaping_the_folder_is_refused(synth, tmp_path):
+    bad = copy_dataset(synth, tmp_path / "escape")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["path"] = "../../etc/passwd"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"field splits.train.shards\[0\].path: shard path "
+                                        r"'../../etc/passwd' escapes the dataset folder"):
+        Dataset(bad)
+    (p,) = verify(bad, progress=False).problems
+    assert "escapes the dataset folder" in p.message
+    manifest["splits"]["train"]["shards"][0]["path"] = "/etc/passwd"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="escapes"):
+        Dataset(bad)
