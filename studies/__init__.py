@@ -1,0 +1,1 @@
+"""Study definitions shipped with the package (YAML files)."""
