@@ -281,8 +281,9 @@ class Dataset:
         return self._excluded[cache_key]
 
     def subset(self, fraction: float | None = None, count: int | None = None,
-               split: str = "train") -> "Subset":
-        return Subset.build(self, split=split, fraction=fraction, count=count)
+               split: str = "train", on_unreadable: str = "raise") -> "Subset":
+        return Subset.build(self, split=split, fraction=fraction, count=count,
+                            on_unreadable=on_unreadable)
 
 
 def read_footer(source, size: int) -> pq.FileMetaData:
@@ -336,10 +337,13 @@ class Subset:
     prefix_rows: list[int]            # rows with priority < threshold in each shard
     blocks: list[Block]
     num_rows: int
+    unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(cls, dataset: Dataset, split: str = "train", fraction: float | None = None,
-              count: int | None = None) -> "Subset":
+              count: int | None = None, on_unreadable: str = "raise") -> "Subset":
+        """on_unreadable="skip" leaves out shards that cannot be opened (listed in
+        ``unreadable`` as (shard, problem)) instead of raising :class:`DataError`."""
         if fraction is not None and count is not None:
             raise ValueError("give a subset fraction or a count, not both")
         shards = dataset.shards(split)
@@ -349,13 +353,20 @@ class Subset:
             threshold = 1.0 if fraction is None else float(fraction)
             if not 0.0 < threshold <= 1.0:
                 raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
-        prefix_rows, blocks = [], []
+        prefix_rows, blocks, unreadable = [], [], []
         for si, shard in enumerate(shards):
-            prefix = _prefix_rows(dataset, shard, threshold)
+            try:
+                prefix = _prefix_rows(dataset, shard, threshold)
+                shard_blocks = list(_blocks(dataset, split, si, shard, prefix))
+            except DataError as e:
+                if on_unreadable != "skip":
+                    raise
+                prefix, shard_blocks = 0, []
+                unreadable.append((shard.path, e.problem))
             prefix_rows.append(prefix)
-            blocks.extend(_blocks(dataset, split, si, shard, prefix))
+            blocks.extend(shard_blocks)
         subset = cls(dataset, split, threshold, shards, prefix_rows, blocks,
-                     sum(b.num_rows for b in blocks))
+                     sum(b.num_rows for b in blocks), unreadable)
         if count is not None and subset.num_rows != count:
             raise DataError(f"asked for {count} rows, the split has {subset.num_rows} usable rows",
                             dataset=dataset.root, field=f"splits.{split}")

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 class BadRow(NamedTuple):
+    """A skipped row; row is None when a whole shard could not be read."""
     shard: str
-    row: int
+    row: int | None
     field: str
     reason: str
 
@@ -117,7 +118,8 @@ class _RankStream(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         spec = self.spec
         ds = Dataset(spec.path)
-        subset = ds.subset(fraction=spec.fraction, count=spec.count, split=spec.split)
+        subset = ds.subset(fraction=spec.fraction, count=spec.count, split=spec.split,
+                           on_unreadable=spec.on_bad_row)
         plan = plan_rank(subset, spec)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
@@ -196,7 +198,7 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
     for key, data, labs, row, err, si in zip(keys, images, labels, shard_rows, errors, shard_ids):
         problem = None
         if err is not None:
-            problem = ("shard", err)
+            problem = ("row_group", err)
         elif not labs or any(not 0 <= c < k for c in labs):
             problem = ("labels", f"labels {labs} outside [0, {k})" if labs else "row has no label")
         else:
@@ -242,7 +244,7 @@ class StreamingLoader:
     def __post_init__(self):
         ds = Dataset(self.spec.path)
         self.subset = ds.subset(fraction=self.spec.fraction, count=self.spec.count,
-                                split=self.spec.split)
+                                split=self.spec.split, on_unreadable=self.spec.on_bad_row)
         self.plan = plan_rank(self.subset, self.spec)
         self.num_classes = ds.num_classes
         if not 0 <= self.start_step <= self.plan.num_batches:
@@ -265,11 +267,13 @@ class StreamingLoader:
         else:
             loader = stream
         skipped_before = len(self.skipped)
+        self.skipped.extend(BadRow(shard, None, "shard", f"whole shard skipped: {problem}")
+                            for shard, problem in self.subset.unreadable)
         for batch in loader:
             self.skipped.extend(batch.bad_rows)
             yield batch
         if len(self.skipped) > skipped_before:
-            log.warning("skipped %d bad rows in %s (split %s, rank %d, epoch %d); first: %s",
+            log.warning("skipped %d bad rows/shards in %s (split %s, rank %d, epoch %d); first: %s",
                         len(self.skipped) - skipped_before, self.spec.path, self.spec.split,
                         self.spec.rank, self.spec.epoch, self.skipped[skipped_before])
 

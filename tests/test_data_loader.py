@@ -1,0 +1,181 @@
+"""Streaming loader: rank splits, deterministic order, exact resume, transforms, bad rows."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.data import DataError, make_loader, num_classes, subset_size
+from pipeline.data.format import Dataset
+from pipeline.data.synth import generate
+
+from test_data_format import rewrite_row
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("d") / "synth", images=300, classes=10, image_size=20,
+                    shards=3, seed=1, executor="inline", progress=False)
+
+
+@pytest.fixture(scope="module")
+def downstream(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("d") / "novel", task="novel", images=40,
+                    test_images=30, classes=4, class_offset=10, image_size=24,
+                    executor="inline", progress=False)
+
+
+def keys_of(loader) -> list[str]:
+    return [k for batch in loader for k in batch.keys]
+
+
+def test_eval_rank_shares_are_disjoint_and_cover_the_subset(synth):
+    expected = set(Dataset(synth).subset(0.5).keys())
+    assert subset_size(synth, 0.5) == len(expected)
+    shares = [keys_of(make_loader(synth, fraction=0.5, rank=r, world_size=3, batch_size=16,
+                                  image_size=16, train=False, num_workers=0)) for r in range(3)]
+    assert sum(len(s) for s in shares) == len(expected)       # nothing twice ...
+    assert set().union(*map(set, shares)) == expected          # ... and nothing missing
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced
+
+
+def test_train_ranks_are_disjoint_and_take_equal_full_batches(synth):
+    loaders = [make_loader(synth, rank=r, world_size=2, batch_size=32, image_size=16, seed=5,
+                           epoch=2, num_workers=0) for r in range(2)]
+    assert [len(l) for l in loaders] == [4, 4]                 # 150 rows a rank -> 4 full batches
+    shares = [keys_of(l) for l in loaders]
+    assert [len(s) for s in shares] == [128, 128]
+    assert not set(shares[0]) & set(shares[1])
+
+
+def test_order_depends_on_seed_and_epoch_only(synth):
+    def order(**kw):
+        return keys_of(make_loader(synth, batch_size=25, image_size=16, num_workers=0,
+                                   shuffle_window=100, **kw))
+    base = order(seed=0, epoch=0)
+    assert base == order(seed=0, epoch=0)
+    assert sorted(base) == sorted(Dataset(synth).subset(1.0).keys())
+    assert base != order(seed=0, epoch=1) and base != order(seed=1, epoch=0)
+    assert sorted(base) == sorted(order(seed=0, epoch=1))      # an epoch is a permutation
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_yields_exactly_the_remaining_batches(synth, num_workers):
+    common = dict(fraction=0.8, rank=1, world_size=2, batch_size=8, image_size=16, seed=3,
+                  epoch=4, shuffle_window=32)
+    full = list(make_loader(synth, num_workers=0, **common))
+    resumed = list(make_loader(synth, start_step=7, num_workers=num_workers, **common))
+    assert len(resumed) == len(full) - 7
+    assert [b.keys for b in resumed] == [b.keys for b in full[7:]]
+    for a, b in zip(resumed, full[7:]):                        # augmentation is replayed too
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_batches_are_normalized_nchw_with_the_right_labels(synth, downstream):
+    assert num_classes(synth) == 10 and num_classes(downstream) == 4
+    batch = next(iter(make_loader(synth, batch_size=12, image_size=16, num_workers=0)))
+    assert batch.images.shape == (12, 3, 16, 16) and batch.images.dtype == torch.float32
+    assert -1.0 <= batch.images.min() < 0 < batch.images.max() <= 1.0
+    assert batch.labels.shape == (12, 10) and set(batch.labels.unique().tolist()) == {0.0, 1.0}
+    rows = {}
+    for shard in Dataset(synth).shards():
+        import pyarrow.parquet as pq
+        t = pq.read_table(Dataset(synth).shard_path(shard), columns=["key", "labels"])
+        rows.update(zip(t.column("key").to_pylist(), t.column("labels").to_pylist()))
+    for key, target in zip(batch.keys, batch.labels):
+        assert torch.nonzero(target).flatten().tolist() == rows[key]
+    test = list(make_loader(downstream, split="test", batch_size=8, image_size=32, train=False,
+                            num_workers=0))
+    assert [len(b.keys) for b in test] == [8, 8, 8, 6]         # eval keeps the partial batch
+    assert test[0].labels.dtype == torch.int64 and test[0].images.shape == (8, 3, 32, 32)
+    again = list(make_loader(downstream, split="test", batch_size=8, image_size=32, train=False,
+                             num_workers=0))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(test, again))
+
+
+def test_train_augmentation_crops_and_flips(downstream):
+    common = dict(split="test", batch_size=30, image_size=24, num_workers=0)
+    plain = next(iter(make_loader(downstream, train=False, crop_fraction=1.0, **common)))
+    aug = next(iter(make_loader(downstream, train=True, **common)))
+    plain_by_key = dict(zip(plain.keys, plain.images))
+    diffs = [float((img - plain_by_key[k]).abs().mean()) for k, img in zip(aug.keys, aug.images)]
+    assert sum(d > 0.05 for d in diffs) > 20                   # most images were changed
+
+
+def test_excluded_rows_are_never_yielded(synth, tmp_path):
+    data = Path(shutil.copytree(synth, tmp_path / "ex"))
+    ds = Dataset(data)
+    shard = ds.shards()[1]
+    import pyarrow.parquet as pq
+    keys = pq.read_table(ds.shard_path(shard), columns=["key"]).column("key").to_pylist()
+    manifest = ds.manifest
+    manifest["exclusions"] = {"train": [{"shard": shard.path, "row": r, "key": keys[r]}
+                                        for r in (0, 1, 17)]}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert subset_size(data) == 297
+    seen = keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
+    assert len(seen) == 297 and not {keys[0], keys[1], keys[17]} & set(seen)
+    assert {keys[0], keys[1]} <= set(keys_of(make_loader(synth, batch_size=50, image_size=16,
+                                                         train=False, num_workers=0)))
+
+
+def test_bad_rows_raise_with_location_or_are_skipped_and_counted(synth, tmp_path, caplog):
+    data = Path(shutil.copytree(synth, tmp_path / "bad"))
+    bad_image_key = rewrite_row(data, 0, 4, image=b"GIF89a garbage")
+    bad_label_key = rewrite_row(data, 2, 11, labels=[10])
+    shards = Dataset(data).shards()
+    with pytest.raises(DataError, match=rf"shard {shards[0].path}, row 4, field image: cannot decode"):
+        keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
+    with pytest.raises(DataError, match=rf"shard {shards[2].path}, row 11, field labels: labels \[10\] outside"):
+        keys_of(make_loader(data, fraction=1.0, rank=1, world_size=2, batch_size=10,
+                            image_size=16, train=False, num_workers=0))
+    loader = make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0,
+                         on_bad_row="skip")
+    with caplog.at_level(logging.WARNING):
+        seen = keys_of(loader)
+    assert len(seen) == 298 and not {bad_image_key, bad_label_key} & set(seen)
+    assert [(b.shard, b.row, b.field) for b in loader.skipped] == [
+        (shards[0].path, 4, "image"), (shards[2].path, 11, "labels")]
+    assert "skipped 2 bad rows/shards" in caplog.text
+
+
+def test_unreadable_shard_is_named_or_skipped_whole(synth, tmp_path):
+    data = Path(shutil.copytree(synth, tmp_path / "trunc"))
+    shard = Dataset(data).shards()[1]
+    (data / shard.path).write_bytes((data / shard.path).read_bytes()[:-100])
+    with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes.*truncated"):
+        make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0)
+    loader = make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0,
+                         on_bad_row="skip")
+    seen = keys_of(loader)
+    others = [s for s in Dataset(synth).shards() if s != shard]
+    assert len(seen) == sum(s.num_rows for s in others) == 300 - shard.num_rows
+    assert [(b.shard, b.row, b.field) for b in loader.skipped] == [(shard.path, None, "shard")]
+    assert "truncated" in loader.skipped[0].reason
+
+
+def test_corrupt_row_group_is_named_or_its_rows_skipped(synth, tmp_path):
+    import pyarrow.parquet as pq
+    data = Path(shutil.copytree(synth, tmp_path / "page"))
+    shard = Dataset(data).shards()[0]
+    path = data / shard.path
+    image_chunk = pq.read_metadata(path).row_group(2).column(1)
+    assert image_chunk.path_in_schema == "image"
+    raw = bytearray(path.read_bytes())
+    for i in range(4):                                  # break the page header, keep the size
+        raw[image_chunk.data_page_offset + i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    first_row = sum(pq.read_metadata(path).row_group(g).num_rows for g in range(2))
+    with pytest.raises(DataError, match=rf"shard {shard.path}, row {first_row}: row group 2 cannot be read"):
+        keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
+    loader = make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0,
+                         on_bad_row="skip")
+    seen = keys_of(loader)
+    group_rows = pq.read_metadata(path).row_group(2).num_rows
+    assert len(seen) == 300 - group_rows and len(loader.skipped) == group_rows
+    assert {(b.shard, b.field) for b in loader.skipped} == {(shard.path, "row_group")}
+    assert [b.row for b in loader.skipped] == list(range(first_row, first_row + group_rows))

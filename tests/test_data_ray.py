@@ -1,0 +1,65 @@
+"""pipeline.data with Ray: shards generated as Ray tasks; the loader inside Ray Train workers
+that hold every CPU of a 2-CPU cluster (it must not wait for CPUs that Ray Data would need)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.data.format import Dataset
+from pipeline.data.synth import generate
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _train_loop(config):
+    import ray.train
+    import torch
+    from pipeline.data import make_loader
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seen = []
+    for epoch in range(2):
+        loader = make_loader(config["path"], fraction=0.5, rank=rank, world_size=world,
+                             seed=0, epoch=epoch, batch_size=16, image_size=16, num_workers=1)
+        for images, labels, keys, _ in loader:
+            assert images.shape == (16, 3, 16, 16) and torch.isfinite(images).all()
+            seen.append([epoch, keys])
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_loader_runs_in_ray_train_workers_holding_all_cpus(ray_cluster, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    # Workers cannot import this test module by name: ship the training function by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    data = generate(tmp_path / "synth", images=200, classes=8, image_size=16, shards=2,
+                    executor="ray", progress=False)
+    local = generate(tmp_path / "local", images=200, classes=8, image_size=16, shards=2,
+                     executor="inline", progress=False)
+    # Ray tasks write exactly what local processes write.
+    assert [s.sha256 for s in Dataset(data).shards()] == [s.sha256 for s in Dataset(local).shards()]
+    trainer = TorchTrainer(
+        _train_loop, train_loop_config={"path": str(data), "out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="data-loader", storage_path=str(tmp_path / "ray")))
+    trainer.fit()
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    subset = set(Dataset(data).subset(0.5).keys())
+    for epoch in range(2):
+        shares = [{k for e, keys in seen if e == epoch for k in keys} for seen in per_rank]
+        assert not shares[0] & shares[1]
+        assert shares[0] | shares[1] <= subset
+        assert len(shares[0]) == len(shares[1]) == (len(subset) // 2 // 16) * 16
