@@ -1,0 +1,141 @@
+"""MLflow, and only here: one experiment per study, one run per RunSpec (found again by its id),
+flat identically-named params, namespaced metrics logged in batches.
+
+Run status as the study sees it: ``done`` (FINISHED), ``partial`` (exists, not finished: running,
+killed or failed; it resumes from its checkpoint) or ``new``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+RUN_SPEC_TAG = "run_spec_id"
+
+
+def default_tracking_uri(storage_root: str | os.PathLike) -> str:
+    """SQLite file under the storage root, always absolute (MLflow's own default is cwd-relative)."""
+    return f"sqlite:///{Path(storage_root).expanduser().resolve() / 'mlflow.db'}"
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def init_store(tracking_uri: str) -> None:
+    """Create/migrate the tracking database once, from the driver, before any worker logs
+    (concurrent first-time migrations of a SQLite store corrupt it)."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client(tracking_uri).search_experiments(max_results=1)
+
+
+def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = None) -> str:
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(study)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if artifact_root is not None:
+        location = artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
+    try:
+        return c.create_experiment(study, artifact_location=location)
+    except Exception:  # created concurrently by another driver
+        exp = c.get_experiment_by_name(study)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(tracking_uri: str, study: str, run_spec_id: str):
+    """The MLflow run of a RunSpec, or None. More than one is a broken invariant: say so."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(study)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.{RUN_SPEC_TAG} = '{run_spec_id}'",
+                         max_results=2)
+    if len(runs) > 1:
+        raise RuntimeError(f"study {study!r} has several MLflow runs for RunSpec {run_spec_id}: "
+                           f"{[r.info.run_id for r in runs]}; delete the extra ones in the MLflow UI")
+    return runs[0] if runs else None
+
+
+def run_status(run) -> str:
+    if run is None:
+        return "new"
+    return "done" if run.info.status == "FINISHED" else "partial"
+
+
+def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[str, Any],
+              params: Mapping[str, Any], run_name: str | None = None, artifact_root: str | None = None) -> str:
+    """The run of this RunSpec: found and marked RUNNING again, or created with its tags and
+    params in one go (so a crash can never leave a run without its id tag)."""
+    run = find_run(tracking_uri, study, run_spec_id)
+    c = client(tracking_uri)
+    if run is not None:
+        if run.info.status != "RUNNING":
+            c.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id
+    exp_id = experiment_id(tracking_uri, study, artifact_root)
+    all_tags = {RUN_SPEC_TAG: run_spec_id, "study": study, **{k: str(v) for k, v in tags.items()}}
+    run = c.create_run(exp_id, tags=all_tags, run_name=run_name)
+    log_params(tracking_uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client(tracking_uri).log_batch(run_id, params=items[i:i + 100])
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+    client(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client(tracking_uri).get_metric_history(run_id, key)]
+
+
+class MetricLogger:
+    """Buffers metrics and sends them with ``log_batch`` (about 30x faster than one call per
+    value). ``flush`` is called at every log interval and at the end."""
+
+    def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 200):
+        self.tracking_uri, self.run_id, self.flush_every = tracking_uri, run_id, flush_every
+        self._pending: list = []
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), 1000):  # MLflow's per-batch limit
+            client(self.tracking_uri).log_batch(self.run_id, metrics=pending[i:i + 1000])
+
+    def log_now(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.log(step, metrics)
+        self.flush()
+
+
+def latest_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    return dict(client(tracking_uri).get_run(run_id).data.metrics)
+
+
+def runs_of_study(tracking_uri: str, study: str) -> Iterable:
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(study)
+    return [] if exp is None else c.search_runs([exp.experiment_id], max_results=10_000)
