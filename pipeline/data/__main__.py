@@ -10,7 +10,8 @@ def _synth(args: argparse.Namespace) -> int:
     from pipeline.data.synth import generate
     out = generate(args.out, images=args.images, classes=args.classes, image_size=args.image_size,
                    shards=args.shards, seed=args.seed, task=args.task,
-                   test_images=args.test_images, label_noise=args.label_noise,
+                   test_images=args.test_images, val_images=args.val_images,
+                   label_noise=args.label_noise,
                    exponent=args.zipf_exponent, class_offset=args.class_offset,
                    max_objects=args.max_objects, encoding=args.encoding, executor=args.executor)
     return _summary(out)
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", choices=("pretrain", "novel", "count"), default="pretrain")
     p.add_argument("--test-images", type=int, default=None, help="test split size for tasks")
+    p.add_argument("--val-images", type=int, default=None,
+                   help="held-out validation split (pretraining early stopping)")
     p.add_argument("--label-noise", type=float, default=0.0)
     p.add_argument("--zipf-exponent", type=float, default=1.0, help="long tail of class frequencies")
     p.add_argument("--class-offset", type=int, default=100,

@@ -33,7 +33,7 @@ PATTERNS = ("solid", "hollow", "hstripes", "vstripes", "checker", "dot")
 NUM_GLOBAL_CLASSES = len(SHAPES) * len(HUES) * len(PATTERNS)
 TASKS = ("pretrain", "novel", "count")
 _TASK_CODE = {"pretrain": 0, "novel": 1, "count": 2}
-_SPLIT_CODE = {"train": 0, "test": 1}
+_SPLIT_CODE = {"train": 0, "test": 1, "val": 2}
 
 
 def class_attributes(c: int) -> tuple[str, float, str]:
@@ -206,13 +206,15 @@ def _make_shard(out: str, name: str, task: str, split: str, first: int, stop: in
 
 def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32,
              shards: int | None = None, seed: int = 0, task: str = "pretrain",
-             test_images: int | None = None, label_noise: float = 0.0, exponent: float = 1.0,
+             test_images: int | None = None, val_images: int | None = None,
+             label_noise: float = 0.0, exponent: float = 1.0,
              class_offset: int = 100, max_objects: int = 3, encoding: str | None = None,
              executor: str = "auto", progress: bool = True) -> Path:
     """Generate a synthetic dataset at ``out`` and return its path.
 
     Pretraining sets have one split ("train"); downstream tasks also get a "test" split of
-    ``test_images`` (default: a quarter of ``images``).
+    ``test_images`` (default: a quarter of ``images``). ``val_images`` adds a held-out "val"
+    split drawn like "train" (the pretraining validation slice of the paper's early stopping).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -232,6 +234,8 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
     split_sizes = {"train": images}
     if task != "pretrain":
         split_sizes["test"] = test_images if test_images is not None else max(1, images // 4)
+    if val_images:
+        split_sizes["val"] = val_images
     params = dict(seed=seed, num_classes=classes, image_size=image_size, exponent=exponent,
                   label_noise=label_noise, class_offset=class_offset, max_objects=max_objects)
     jobs, weights, where = [], [], []
