@@ -44,11 +44,13 @@ def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
                 rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
                 start_step: int = 0, num_workers: int | None = None,
                 label_format: str | None = None, on_bad_row: str = "raise",
-                shuffle_window: int = 2048, crop_fraction: float = 0.875) -> "StreamingLoader":
+                shuffle_window: int = 2048, crop_fraction: float = 0.875,
+                min_crop_area: float = 0.05) -> "StreamingLoader":
     """An iterable of :class:`Batch` (images, labels, keys, bad_rows) for one rank and one epoch.
 
     train=True: shuffled for (seed, epoch), inception crop + flip, full batches only, the same
-    number on every rank (``loader.steps_per_epoch``). train=False: storage order, resize +
+    number on every rank (``loader.steps_per_epoch``); ``min_crop_area`` is the inception crop's
+    smallest area (the paper's 5%; tiny images of small objects want more, e.g. 0.5). train=False: storage order, resize +
     center crop (``crop_fraction``), every row of the rank's share once. Rank shares are disjoint
     and together cover the subset. ``start_step`` resumes mid-epoch exactly. ``label_format``:
     "multi_hot" (float (N, K)) or "index" (int64 (N,)); default multi-hot for multi-label sets.
@@ -60,6 +62,7 @@ def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
                       world_size=world_size, seed=seed, epoch=epoch, batch_size=batch_size,
                       image_size=image_size, train=train, label_format=label_format,
                       shuffle_window=shuffle_window, crop_fraction=crop_fraction,
+                      min_crop_area=min_crop_area,
                       on_bad_row=on_bad_row)
     return StreamingLoader(spec, start_step=start_step,
                            num_workers=default_num_workers() if num_workers is None else num_workers)

@@ -76,8 +76,9 @@ def inception_crop_box(width: int, height: int, rng: np.random.Generator,
     return x, y, x + w, y + h
 
 
-def train_transform(img: Image.Image, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    box = inception_crop_box(img.width, img.height, rng)
+def train_transform(img: Image.Image, image_size: int, rng: np.random.Generator,
+                    min_crop_area: float = 0.05) -> np.ndarray:
+    box = inception_crop_box(img.width, img.height, rng, area_range=(min_crop_area, 1.0))
     out = img.resize((image_size, image_size), Image.BILINEAR, box=box)
     arr = np.asarray(out)
     if rng.random() < 0.5:

@@ -72,6 +72,7 @@ class LoaderSpec:
     label_format: str | None = None   # "multi_hot" | "index"; default from the manifest
     shuffle_window: int = 2048
     crop_fraction: float = 0.875
+    min_crop_area: float = 0.05       # inception crop's smallest area fraction (train)
     on_bad_row: str = "raise"          # "raise" | "skip"
 
 
@@ -204,7 +205,7 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
         else:
             try:
                 img = decode_rgb(data, draft_size=draft)
-                arr = (train_transform(img, spec.image_size, rng) if spec.train
+                arr = (train_transform(img, spec.image_size, rng, spec.min_crop_area) if spec.train
                        else eval_transform(img, spec.image_size, spec.crop_fraction))
             except UndecodableImage as e:
                 problem = ("image", str(e))
