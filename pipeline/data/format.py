@@ -44,17 +44,18 @@ SHARD_SCHEMA = pa.schema([
 class DataError(Exception):
     """A problem with a dataset, said for people: what is wrong, where, and what to do.
 
-    ``where`` names the dataset path, and when known the shard, row and field.
+    The message names the dataset (or the conversion's source file), and when known the shard,
+    row and field.
     """
 
     def __init__(self, message: str, *, dataset: str | os.PathLike | None = None,
                  shard: str | None = None, row: int | None = None, field: str | None = None,
-                 hint: str | None = None):
+                 hint: str | None = None, source: str | os.PathLike | None = None):
         self.dataset, self.shard, self.row, self.field = dataset, shard, row, field
-        self.problem, self.hint = message, hint
+        self.source, self.problem, self.hint = source, message, hint
         where = [f"{name} {value}" for name, value in
-                 (("dataset", dataset), ("shard", shard), ("row", row), ("field", field))
-                 if value is not None]
+                 (("source", source), ("dataset", dataset), ("shard", shard), ("row", row),
+                  ("field", field)) if value is not None]
         text = message if not where else f"{', '.join(where)}: {message}"
         if hint:
             text += f" ({hint})"

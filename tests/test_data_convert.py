@@ -1,0 +1,257 @@
+"""Converters round-trip: what goes in (pixels, labels, counts) comes back out of the dataset."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.data import DataError, make_loader
+from pipeline.data.convert import convert, convert_digits
+from pipeline.data.format import Dataset
+from pipeline.data.verify import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stored(path: Path, split: str = "train") -> dict[str, tuple[bytes, list[int]]]:
+    ds = Dataset(path)
+    out = {}
+    for shard in ds.shards(split):
+        t = pq.read_table(ds.shard_path(shard))
+        out.update(zip(t.column("key").to_pylist(),
+                       zip(t.column("image").to_pylist(), t.column("labels").to_pylist())))
+    return out
+
+
+def pixels(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    assert img.mode == "RGB"
+    return np.asarray(img)
+
+
+def encode(arr: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def assert_usable(path: Path, splits: dict[str, int]) -> None:
+    report = verify(path, full=True, progress=False)
+    assert report.ok, report.problems
+    assert report.rows == splits
+    for split, n in splits.items():
+        seen = sum(len(b.keys) for b in make_loader(path, split=split, batch_size=64, image_size=16,
+                                                    train=False, num_workers=0))
+        assert seen == n
+
+
+def test_digits_are_real_images_with_a_fixed_split(tmp_path):
+    from sklearn.datasets import load_digits
+    result = convert_digits(tmp_path / "digits", progress=False)
+    assert [(s["split"], s["rows"]) for s in result["splits"]] == [("train", 1347), ("test", 450)]
+    assert_usable(tmp_path / "digits", {"train": 1347, "test": 450})
+    digits = load_digits()
+    test = stored(tmp_path / "digits", "test")
+    assert len(test) == 450 and not set(test) & set(stored(tmp_path / "digits", "train"))
+    for key, (image, labels) in list(test.items())[:20]:
+        i = int(key.split("-")[1])
+        expected = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+        assert np.array_equal(pixels(image), np.repeat(expected[:, :, None], 3, axis=2))
+        assert labels == [int(digits.target[i])]
+    again = tmp_path / "again"
+    convert_digits(again, progress=False)
+    assert set(stored(again, "test")) == set(test)               # the split is fixed
+
+
+@pytest.fixture()
+def image_tree(tmp_path) -> tuple[Path, dict[str, tuple[np.ndarray, str]]]:
+    """A folder tree with RGB JPEG, grayscale PNG, palette PNG and RGBA PNG files."""
+    rng = np.random.default_rng(0)
+    expected = {}
+    src = tmp_path / "tree"
+    for c, cls in enumerate(["cat", "dog", "eel"]):
+        (src / cls).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+            kind = ["rgb_jpeg", "gray_png", "palette_png", "rgba_png"][i]
+            if kind == "rgb_jpeg":
+                data = encode(arr, "JPEG")
+                want = pixels(data)
+            elif kind == "gray_png":
+                data = encode(arr[:, :, 0], "PNG")
+                want = np.repeat(arr[:, :, :1], 3, axis=2)
+            elif kind == "palette_png":
+                img = Image.fromarray(arr).convert("P")
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                data = buf.getvalue()
+                want = np.asarray(img.convert("RGB"))
+            else:
+                data = encode(np.dstack([arr, np.full((12, 10), 255, np.uint8)]), "PNG")
+                want = arr
+            ext = ".jpg" if kind == "rgb_jpeg" else ".png"
+            (src / cls / f"{kind}{ext}").write_bytes(data)
+            expected[f"train/{cls}/{kind}{ext}"] = (want, c, data)
+    (src / "cat" / "notes.txt").write_text("not an image")
+    return src, expected
+
+
+def test_imagefolder_round_trip_makes_everything_rgb(image_tree, tmp_path):
+    src, expected = image_tree
+    out = tmp_path / "out"
+    result = convert("imagefolder", src, out, shards=2, progress=False)
+    assert (result["rows"], result["shards"], result["skipped"], result["ignored_files"]) == (12, 2, 0, 1)
+    assert result["rows_per_class"] == {0: 4, 1: 4, 2: 4}
+    rows = stored(out)
+    assert set(rows) == set(expected)
+    for key, (image, labels) in rows.items():
+        want, label, original = expected[key]
+        assert labels == [label] and np.array_equal(pixels(image), want), key
+        if key.endswith("rgb_jpeg.jpg"):
+            assert image == original                            # RGB JPEG kept byte for byte
+    ds = Dataset(out)
+    assert ds.manifest["class_names"] == ["cat", "dog", "eel"] and ds.num_classes == 3
+    assert ds.manifest["image"]["encodings"] == ["jpeg", "png"]
+    assert_usable(out, {"train": 12})
+
+
+def test_imagefolder_adds_splits_and_reports_bad_files(image_tree, tmp_path):
+    src, _ = image_tree
+    out = tmp_path / "out"
+    convert("imagefolder", src, out, progress=False)
+    (src / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    with pytest.raises(DataError, match=r"broken.jpg, field image: cannot decode image"):
+        convert("imagefolder", src, out, split="test", progress=False)
+    assert not list(out.glob(".*.parquet*"))                    # nothing half-written left
+    result = convert("imagefolder", src, out, split="test", skip_bad=True, progress=False)
+    assert (result["rows"], result["skipped"]) == (12, 1)
+    assert "broken.jpg" in result["skipped_examples"][0]
+    assert_usable(out, {"train": 12, "test": 12})
+    with pytest.raises(DataError, match="split 'test' already exists"):
+        convert("imagefolder", src, out, split="test", progress=False)
+    (src / "fox").mkdir()
+    (src / "fox" / "a.png").write_bytes(encode(np.zeros((4, 4, 3), np.uint8), "PNG"))
+    with pytest.raises(DataError, match="classes differ"):
+        convert("imagefolder", src, out, split="val", progress=False)
+
+
+def test_convert_cli_prints_exact_counts(image_tree, tmp_path):
+    src, _ = image_tree
+    run = subprocess.run([sys.executable, "-m", "pipeline.data", "convert", "imagefolder", str(src),
+                          str(tmp_path / "cli"), "--split", "val"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert '"rows": 12' in run.stdout and "{'val': 12} rows, 3 classes" in run.stdout
+    assert "12/12" in run.stderr                                # progress reached the end
+
+
+def write_cifar(folder: Path, variant: str, rng) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """A miniature CIFAR folder in the official python-pickle layout (bytes keys, CHW rows)."""
+    folder.mkdir()
+    classes = 10 if variant == "cifar10" else 100
+    label_key = b"labels" if variant == "cifar10" else b"fine_labels"
+    files = ({"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+             if variant == "cifar10" else {"train": ["train"], "test": ["test"]})
+    truth = {}
+    for split, names in files.items():
+        images, labels = [], []
+        for name in names:
+            n = 3 if split == "train" else 4
+            hwc = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            lab = rng.integers(0, classes, n).tolist()
+            batch = {b"batch_label": name.encode(), label_key: lab,
+                     b"data": hwc.transpose(0, 3, 1, 2).reshape(n, 3072),
+                     b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+            images.append(hwc)
+            labels += lab
+        truth[split] = (np.concatenate(images), labels)
+    meta_name, names_key = (("batches.meta", b"label_names") if variant == "cifar10"
+                            else ("meta", b"fine_label_names"))
+    (folder / meta_name).write_bytes(pickle.dumps(
+        {names_key: [f"class{i}".encode() for i in range(classes)]}, protocol=2))
+    return truth
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_cifar_round_trip(tmp_path, variant):
+    truth = write_cifar(tmp_path / "src", variant, np.random.default_rng(1))
+    result = convert("cifar", tmp_path / "src", tmp_path / "out", progress=False)
+    n_train = 15 if variant == "cifar10" else 3
+    assert [(s["split"], s["rows"]) for s in result["splits"]] == [("train", n_train), ("test", 4)]
+    ds = Dataset(tmp_path / "out")
+    assert ds.num_classes == (10 if variant == "cifar10" else 100)
+    assert ds.manifest["class_names"][:2] == ["class0", "class1"]
+    for split, (images, labels) in truth.items():
+        rows = stored(tmp_path / "out", split)
+        for i in range(len(labels)):
+            image, stored_labels = rows[f"{variant}-{split}-{i:05d}"]
+            assert np.array_equal(pixels(image), images[i]) and stored_labels == [labels[i]]
+    assert_usable(tmp_path / "out", {"train": n_train, "test": 4})
+    with pytest.raises(DataError, match="not a CIFAR python-version folder"):
+        convert("cifar", tmp_path, tmp_path / "nope", progress=False)
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_round_trip_with_cls_and_json_labels(tmp_path):
+    rng = np.random.default_rng(2)
+    arrays = [rng.integers(0, 256, (9, 11, 3), dtype=np.uint8) for _ in range(5)]
+    jpeg = encode(arrays[0], "JPEG")
+    src = tmp_path / "wds"
+    src.mkdir()
+    write_tar(src / "shard-000.tar", {
+        "a/s0.jpg": jpeg, "a/s0.cls": b"3",
+        "a/s1.png": encode(arrays[1], "PNG"), "a/s1.json": json.dumps({"label": 1}).encode(),
+        "s2.png": encode(arrays[2], "PNG", mode="L"), "s2.cls": b" 0\n",
+    })
+    write_tar(src / "shard-001.tar", {
+        "s3.PNG": encode(arrays[3], "PNG"), "s3.json": json.dumps({"labels": [4, 2]}).encode(),
+        "s4.webp": encode(arrays[4], "WEBP", mode=None), "s4.cls": b"2",
+    })
+    result = convert("webdataset", src, tmp_path / "out", progress=False)
+    assert (result["rows"], result["shards"], result["skipped"]) == (5, 2, 0)
+    rows = stored(tmp_path / "out")
+    assert rows["shard-000.tar/a/s0"] == (jpeg, [3])
+    assert np.array_equal(pixels(rows["shard-000.tar/a/s1"][0]), arrays[1])
+    assert np.array_equal(pixels(rows["shard-000.tar/s2"][0]),
+                          np.asarray(Image.fromarray(arrays[2]).convert("L").convert("RGB")))
+    assert rows["shard-000.tar/s2"][1] == [0]
+    assert rows["shard-001.tar/s3"][1] == [2, 4]
+    assert pixels(rows["shard-001.tar/s4"][0]).shape == (9, 11, 3)
+    ds = Dataset(tmp_path / "out")
+    assert ds.num_classes == 5 and ds.multi_label
+    assert_usable(tmp_path / "out", {"train": 5})
+
+
+def test_webdataset_bad_samples_are_named_or_skipped(tmp_path):
+    png = encode(np.zeros((4, 4, 3), np.uint8), "PNG")
+    write_tar(tmp_path / "bad.tar", {"ok.png": png, "ok.cls": b"1", "nolabel.png": png,
+                                     "big.png": png, "big.cls": b"7"})
+    write_tar(tmp_path / "big.tar", {"ok.png": png, "ok.cls": b"1", "big.png": png, "big.cls": b"7"})
+    with pytest.raises(DataError, match=r"source .*bad.tar:nolabel, field labels: no label member"):
+        convert("webdataset", tmp_path / "bad.tar", tmp_path / "out", progress=False)
+    with pytest.raises(DataError, match=r"big.tar:big, field labels: labels \[7\] outside \[0, 5\)"):
+        convert("webdataset", tmp_path / "big.tar", tmp_path / "out2", num_classes=5,
+                progress=False)
+    result = convert("webdataset", tmp_path / "bad.tar", tmp_path / "out3", num_classes=5,
+                     skip_bad=True, progress=False)
+    assert (result["rows"], result["skipped"]) == (1, 2)
+    assert_usable(tmp_path / "out3", {"train": 1})
