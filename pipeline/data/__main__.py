@@ -54,6 +54,7 @@ def _digits(args: argparse.Namespace) -> int:
 def _dedup(args: argparse.Namespace) -> int:
     from pipeline.data.dedup import dedup
     result = dedup(args.pretrain, args.against, max_distance=args.max_distance,
+                   min_correlation=args.min_correlation,
                    executor=args.executor, dry_run=args.dry_run)
     print(json.dumps(result, indent=1))
     return 0
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", nargs="+", required=True,
                    help="downstream datasets (their test split; DATASET:SPLIT for another split)")
     p.add_argument("--max-distance", type=int, default=None,
-                   help="perceptual-hash Hamming distance for candidates (default 10 of 64)")
+                   help="perceptual-hash Hamming distance for candidates (default 14 of 64)")
+    p.add_argument("--min-correlation", type=float, default=0.95,
+                   help="thumbnail correlation that confirms a candidate as a copy")
     p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto")
     p.add_argument("--dry-run", action="store_true", help="report, don't write the manifest")
     p.set_defaults(fn=_dedup)
