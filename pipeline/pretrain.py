@@ -209,7 +209,8 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
         epoch, position = divmod(step, steps_per_epoch)
         loader = make_loader(config["data_path"], batch_size=per_rank, image_size=recipe.image_size, train=True,
                              rank=rank, world_size=world, seed=spec.seed, epoch=epoch, start_step=position,
-                             label_format="multi_hot", **spec.subset_selector())
+                             label_format="multi_hot", min_crop_area=recipe.min_crop_area,
+                             **spec.subset_selector())
         for batch in loader:
             if trace is not None:
                 with trace.open("a") as f:
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=10_000)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--min-crop-area", type=float, default=0.05, help="inception crop (1.0: flip only)")
     parser.add_argument("--val-every", type=int, default=1000)
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--log-every", type=int, default=50)
@@ -419,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         model = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
         recipe = Recipe(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, base_lr=args.lr,
                         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, image_size=args.image_size,
+                        min_crop_area=args.min_crop_area,
                         val_every=args.val_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         compile=args.compile)
         from pipeline.data import open_dataset

@@ -46,6 +46,8 @@ class Recipe(Frozen):
     micro_batch_size: int | None = Field(None, ge=1, description="per-device batch; smaller than a "
                                          "worker's share means gradient accumulation")
     image_size: int = Field(224, ge=8)
+    min_crop_area: float = Field(0.05, gt=0, le=1, description="inception crop: smallest area fraction "
+                                 "(paper/big_vision 0.05; 1.0 = flip only, for tiny images)")
     dropout: float = Field(0.0, ge=0, lt=1)
     head_bias_init: float = Field(0.0, description="initial classifier bias (e.g. -10 for sigmoid on many classes)")
     val_every: int = Field(1000, ge=1, description="steps between validations")
