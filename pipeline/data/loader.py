@@ -220,7 +220,7 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
         out_keys.append(key)
         out_labels.append(labs)
     n = len(out_images)
-    images_t = (torch.from_numpy(to_unit_range(np.stack(out_images))) if n else
+    images_t = (to_unit_range(np.stack(out_images)) if n else
                 torch.empty((0, 3, spec.image_size, spec.image_size)))
     if label_format == "multi_hot":
         labels_t = torch.zeros((n, k), dtype=torch.float32)

@@ -1,0 +1,114 @@
+"""Data pipeline speed: synthetic generation, decode + augment per CPU core, the loader, dedup.
+
+    python bench/bench_data.py                      # all, default sizes (about 2 minutes on 2 cores)
+    python bench/bench_data.py --images-224 400 --images-32 4000   # quicker
+
+Per-core numbers run in this process on one thread; "processes" numbers use every core.
+Prints a Markdown table to paste into bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data import make_loader  # noqa: E402
+from pipeline.data.dedup import dedup  # noqa: E402
+from pipeline.data.format import Dataset  # noqa: E402
+from pipeline.data.images import decode_rgb, eval_transform, train_transform  # noqa: E402
+from pipeline.data.synth import generate  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def images_of(path: Path) -> list[bytes]:
+    ds = Dataset(path)
+    out = []
+    for shard in ds.shards():
+        out += pq.read_table(ds.shard_path(shard), columns=["image"]).column("image").to_pylist()
+    return out
+
+
+def decode_augment_rate(images: list[bytes], size: int, train: bool) -> float:
+    rng = np.random.default_rng(0)
+    def run():
+        for data in images:
+            img = decode_rgb(data, draft_size=None if train else int(size / 0.875))
+            train_transform(img, size, rng) if train else eval_transform(img, size)
+    _, seconds = timed(run)
+    return len(images) / seconds
+
+
+def loader_rate(path: Path, size: int, train: bool, workers: int) -> float:
+    loader = make_loader(path, batch_size=64, image_size=size, train=train, num_workers=workers)
+    n = 0
+    start = time.perf_counter()
+    for batch in loader:
+        n += len(batch.keys)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images-32", type=int, default=10000)
+    parser.add_argument("--images-224", type=int, default=1500)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cores = os.cpu_count() or 1
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-data-"))
+    rows = []
+
+    for size, n, enc in ((32, args.images_32, "png"), (224, args.images_224, "jpeg")):
+        path, sec = timed(lambda: generate(work / f"gen{size}-1", images=n // 4, classes=100,
+                                            image_size=size, shards=1, executor="inline",
+                                            progress=False))
+        rows.append((f"synth generate {size}-px {enc}, 1 core", n // 4 / sec))
+        path, sec = timed(lambda: generate(work / f"gen{size}", images=n, classes=100,
+                                            image_size=size, shards=2 * cores,
+                                            executor="processes", progress=False))
+        rows.append((f"synth generate {size}-px {enc}, {cores} processes", n / sec))
+        mb = sum(s.bytes for s in Dataset(path).shards()) / n / 1e3
+        rows.append((f"  (mean encoded size {size}-px {enc}, kB)", mb))
+        images = images_of(path)
+        rows.append((f"decode + inception crop + flip, {size}-px {enc} -> {size}, per core",
+                     decode_augment_rate(images, size, train=True)))
+        rows.append((f"decode + resize + center crop, {size}-px {enc} -> {size}, per core",
+                     decode_augment_rate(images, size, train=False)))
+        rows.append((f"loader train (read+decode+augment+batch), {size}-px, 0 workers (1 core)",
+                     loader_rate(path, size, train=True, workers=0)))
+        rows.append((f"loader train, {size}-px, {cores} worker processes",
+                     loader_rate(path, size, train=True, workers=cores)))
+
+    task = generate(work / "task", task="novel", images=10, test_images=500, classes=10,
+                    class_offset=100, image_size=64, executor="inline", progress=False)
+    pre = generate(work / "pre64", images=args.images_32 // 2, classes=100, image_size=64,
+                   shards=2 * cores, executor="processes", progress=False)
+    _, sec = timed(lambda: dedup(pre, [str(task)], executor="processes", progress=False,
+                                 dry_run=True))
+    rows.append((f"dedup 64-px vs 500 test images, {cores} processes",
+                 (args.images_32 // 2) / sec))
+
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {cores} cores, "
+          f"python {platform.python_version()}, torch {torch.__version__}\n")
+    print("| measurement | images/s |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:,.1f} |" if "kB" in name else f"| {name} | {value:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
