@@ -86,3 +86,8 @@ def test_dedup_cli_against_several_sets_is_idempotent(tmp_path):
         assert report["duplicates_found"] == report["excluded_total"] == 24
     manifest = Dataset(pretrain).manifest
     assert len(manifest["exclusions"]["train"]) == 24 and len(manifest["dedup_runs"]) == 2
+    # An exclusion that no longer points at its row (a shard rewritten after dedup) is reported.
+    manifest["exclusions"]["train"][0]["row"] += 1
+    (pretrain / "manifest.json").write_text(json.dumps(manifest))
+    (problem,) = verify(pretrain, progress=False).problems
+    assert problem.field == "exclusions.train[0].key" and "rewritten after dedup" in problem.message

@@ -161,9 +161,22 @@ def _check_exclusions(ds: Dataset) -> list[Problem]:
             out.append(Problem(None, None, f"exclusions.{split}", f"no split {split!r}"))
             continue
         shards = {s.path: s for s in ds.shards(split)}
+        keys: dict[str, list[str]] = {}
         for i, e in enumerate(entries):
             s = shards.get(e.get("shard"))
             if s is None or not 0 <= int(e.get("row", -1)) < s.num_rows:
                 out.append(Problem(e.get("shard"), e.get("row"), f"exclusions.{split}[{i}]",
                                    "excluded row does not exist in this dataset"))
+                continue
+            if s.path not in keys:
+                try:
+                    pf = ds.parquet_file(s)
+                    keys[s.path] = pf.read(columns=["key"]).column("key").to_pylist()
+                    pf.close(force=True)
+                except (DataError, pa.ArrowException, OSError):
+                    keys[s.path] = []  # the shard's own problem is reported already
+            if keys[s.path] and keys[s.path][e["row"]] != e.get("key"):
+                out.append(Problem(s.path, e["row"], f"exclusions.{split}[{i}].key",
+                                   f"excluded key {e.get('key')!r} but the row holds "
+                                   f"{keys[s.path][e['row']]!r} (shard rewritten after dedup?)",))
     return out
