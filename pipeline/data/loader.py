@@ -113,14 +113,17 @@ def plan_rank(subset: Subset, spec: LoaderSpec) -> RankPlan:
 class _RankStream(IterableDataset):
     """Produces one rank's batches from ``start_step`` on; in worker w of n, every n-th batch."""
 
-    def __init__(self, spec: LoaderSpec, start_step: int):
-        self.spec, self.start_step = spec, start_step
+    def __init__(self, spec: LoaderSpec, start_step: int, subset: Subset | None = None):
+        # The subset (with the shards' footers) is planned once by the loader and inherited by
+        # worker processes, rather than re-read by each of them every epoch.
+        self.spec, self.start_step, self.subset = spec, start_step, subset
 
     def __iter__(self) -> Iterator[Batch]:
         spec = self.spec
-        ds = Dataset(spec.path)
-        subset = ds.subset(fraction=spec.fraction, count=spec.count, split=spec.split,
-                           on_unreadable=spec.on_bad_row)
+        subset = self.subset or Dataset(spec.path).subset(
+            fraction=spec.fraction, count=spec.count, split=spec.split,
+            on_unreadable=spec.on_bad_row)
+        ds = subset.dataset
         plan = plan_rank(subset, spec)
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
@@ -260,7 +263,7 @@ class StreamingLoader:
         return self.plan.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        stream = _RankStream(self.spec, self.start_step)
+        stream = _RankStream(self.spec, self.start_step, self.subset)
         if self.num_workers > 0:
             loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                 prefetch_factor=self.prefetch_batches,
