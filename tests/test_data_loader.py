@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import DataError, make_loader, num_classes, subset_size
+from pipeline.data import DataError, make_loader, normalize_images, num_classes, subset_size
 from pipeline.data.format import Dataset
 from pipeline.data.synth import generate
 
@@ -92,9 +92,10 @@ def test_batches_are_normalized_nchw_with_the_right_labels(synth, downstream):
                             num_workers=0))
     assert [len(b.keys) for b in test] == [8, 8, 8, 6]         # eval keeps the partial batch
     assert test[0].labels.dtype == torch.int64 and test[0].images.shape == (8, 3, 32, 32)
-    again = list(make_loader(downstream, split="test", batch_size=8, image_size=32, train=False,
-                             num_workers=0))
-    assert all(torch.equal(a.images, b.images) for a, b in zip(test, again))
+    raw = list(make_loader(downstream, split="test", batch_size=8, image_size=32, train=False,
+                           num_workers=2, image_dtype="uint8"))
+    assert raw[0].images.dtype == torch.uint8 and raw[0].images.shape == (8, 3, 32, 32)
+    assert all(torch.equal(normalize_images(a.images), b.images) for a, b in zip(raw, test))
 
 
 def test_train_augmentation_crops_and_flips(downstream):

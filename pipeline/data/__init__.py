@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipeline.data.format import DataError, Dataset, Subset
+from pipeline.data.images import normalize_images
 
 if TYPE_CHECKING:
     from pipeline.data.loader import Batch, LoaderSpec, StreamingLoader
 
 __all__ = ["DataError", "Dataset", "Subset", "Batch", "LoaderSpec", "StreamingLoader",
-           "open_dataset", "num_classes", "subset_size", "make_loader"]
+           "open_dataset", "num_classes", "subset_size", "make_loader", "normalize_images"]
 
 
 def open_dataset(path) -> Dataset:
@@ -45,7 +46,7 @@ def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
                 start_step: int = 0, num_workers: int | None = None,
                 label_format: str | None = None, on_bad_row: str = "raise",
                 shuffle_window: int = 2048, crop_fraction: float = 0.875,
-                min_crop_area: float = 0.05) -> "StreamingLoader":
+                min_crop_area: float = 0.05, image_dtype: str = "float32") -> "StreamingLoader":
     """An iterable of :class:`Batch` (images, labels, keys, bad_rows) for one rank and one epoch.
 
     train=True: shuffled for (seed, epoch), inception crop + flip, full batches only, the same
@@ -54,6 +55,8 @@ def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
     center crop (``crop_fraction``), every row of the rank's share once. Rank shares are disjoint
     and together cover the subset. ``start_step`` resumes mid-epoch exactly. ``label_format``:
     "multi_hot" (float (N, K)) or "index" (int64 (N,)); default multi-hot for multi-label sets.
+    ``image_dtype="uint8"`` yields raw NCHW bytes: move them to the GPU and call
+    :func:`normalize_images` there (saves CPU time and host memory bandwidth).
     ``on_bad_row="skip"`` drops undecodable/mislabelled rows, listed in ``batch.bad_rows`` and
     ``loader.skipped``, instead of raising :class:`DataError`.
     """
@@ -62,7 +65,7 @@ def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
                       world_size=world_size, seed=seed, epoch=epoch, batch_size=batch_size,
                       image_size=image_size, train=train, label_format=label_format,
                       shuffle_window=shuffle_window, crop_fraction=crop_fraction,
-                      min_crop_area=min_crop_area,
+                      min_crop_area=min_crop_area, image_dtype=image_dtype,
                       on_bad_row=on_bad_row)
     return StreamingLoader(spec, start_step=start_step,
                            num_workers=default_num_workers() if num_workers is None else num_workers)

@@ -98,10 +98,13 @@ def eval_transform(img: Image.Image, image_size: int, crop_fraction: float = 0.8
     return np.asarray(out)
 
 
-def to_unit_range(batch_hwc_uint8: np.ndarray) -> "torch.Tensor":
-    """uint8 NHWC -> float32 NCHW tensor in [-1, 1] (torch does this in one pass, 3x faster than
-    numpy's astype + transpose + arithmetic)."""
+def to_nchw_uint8(images_hwc: list[np.ndarray]) -> "torch.Tensor":
     import torch
-    x = torch.from_numpy(batch_hwc_uint8).permute(0, 3, 1, 2)
-    x = x.to(torch.float32, memory_format=torch.contiguous_format)
-    return x.mul_(2.0 / 255.0).sub_(1.0)
+    return torch.from_numpy(np.stack(images_hwc)).permute(0, 3, 1, 2).contiguous()
+
+
+def normalize_images(images: "torch.Tensor") -> "torch.Tensor":
+    """uint8 NCHW -> float32 NCHW in [-1, 1], on whatever device the tensor is (on a GPU this is
+    nearly free; on a CPU torch does it in one pass, 3x faster than numpy)."""
+    import torch
+    return images.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
