@@ -39,7 +39,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from pipeline.data.convert import convert
     result = convert(args.format, args.src, args.out, split=args.split, shards=args.shards,
-                     num_classes=args.num_classes, skip_bad=args.skip_bad)
+                     num_classes=args.num_classes, skip_bad=args.skip_bad, seed=args.seed)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
 
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--split", default=None,
                    help="split name to write (imagefolder/webdataset: default train; cifar: default all)")
-    p.add_argument("--shards", type=int, default=None)
+    p.add_argument("--shards", type=int, default=None,
+                   help="imagefolder: number of shards (default: 5000 images each)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset priorities")
     p.add_argument("--num-classes", type=int, default=None,
                    help="webdataset: class count (default: largest label + 1)")
     p.add_argument("--skip-bad", action="store_true",
