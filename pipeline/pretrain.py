@@ -186,6 +186,8 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
 
     logger = tracking.MetricLogger(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
     trace = Path(config["trace_keys_dir"]) / f"keys-rank{rank}.txt" if config.get("trace_keys_dir") else None
+    if trace is not None:  # the keys of every step, per rank (to check exact resumption)
+        trace.parent.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = config["steps_per_epoch"]
     stop_at = min(total_steps, config.get("stop_after_steps") or total_steps)
     fwd_macs, global_batch = config["forward_macs"], recipe.batch_size
@@ -260,7 +262,9 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
                     metrics["throughput/mfu"] = achieved / (peak * world)
                 window.update(loss=0.0, grad_norm=0.0, steps=0, start=time.perf_counter())
             if config["val_split"] and (step % recipe.val_every == 0 or step == total_steps):
-                val = validate(train_model, config, rank, world, device, autocast)
+                # the unwrapped model: ranks may hold different numbers of val batches, and a
+                # DDP forward can broadcast buffers (a collective every rank must join)
+                val = validate(model, config, rank, world, device, autocast)
                 for key, value in val.items():
                     best_key = f"{key}_best"
                     better = value < best.get(best_key, math.inf) if key.endswith("loss") else \

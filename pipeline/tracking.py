@@ -86,6 +86,22 @@ def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[
     return run.info.run_id
 
 
+def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Mapping[str, Any]) -> str:
+    """A child run of ``parent_run_id`` (shown nested in the MLflow UI), found again by ``key`` so
+    that an evaluation that is re-run or resumed never makes a second one."""
+    c = client(tracking_uri)
+    experiment = c.get_run(parent_run_id).info.experiment_id
+    found = c.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                                                      f"and tags.nested_key = '{key}'", max_results=1)
+    if found:
+        if found[0].info.status != "RUNNING":
+            c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = c.create_run(experiment, tags={"mlflow.parentRunId": parent_run_id, "nested_key": key}, run_name=key)
+    log_params(tracking_uri, run.info.run_id, params)
+    return run.info.run_id
+
+
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
     from mlflow.entities import Param
     items = [Param(k, str(v)) for k, v in params.items()]

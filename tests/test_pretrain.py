@@ -1,0 +1,156 @@
+"""Pretraining on a real local Ray cluster with 2 workers (gloo), a real SQLite MLflow store and
+real Parquet data: learning, MLflow contents, worker loss, exact resume."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import tracking
+from pipeline.data import make_loader
+from pipeline.data.synth import generate
+from pipeline.pretrain import STATE_FILE, pretrain
+from pipeline.spec import Recipe, RunSpec
+
+pytestmark = pytest.mark.slow
+
+MICRO = {
+    "vit": {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,
+            "patch_size": 8},
+    "resnet": {"name": "bit-micro", "family": "resnet", "blocks": [1, 1, 1, 1], "width_factor": 0.25,
+               "groups": 8},
+    "hybrid": {"name": "hybrid-micro", "family": "hybrid", "blocks": [1, 1], "width_factor": 0.25, "groups": 8,
+               "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128},
+}
+CLASSES, BATCH = 10, 64
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # the default costs seconds per run
+    # The dashboard serves ray.util.state, which the fault test uses to find a worker process.
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("data") / "synth", images=2000, val_images=400, classes=CLASSES,
+                    image_size=32, shards=2, seed=0, executor="inline", progress=False)
+
+
+def micro_spec(family: str, steps: int, **recipe) -> RunSpec:
+    defaults = dict(batch_size=BATCH, base_lr=1e-3, warmup_steps=20, weight_decay=1e-4, image_size=32,
+                    min_crop_area=1.0, val_every=steps, checkpoint_every=max(1, steps // 2), log_every=100)
+    return RunSpec(study="test-pretrain", model=MICRO[family], dataset="synth", steps=steps,
+                   recipe=Recipe(**{**defaults, **recipe}))
+
+
+def constant_baseline(synth) -> float:
+    """Precision@1 on the val split of always predicting the most frequent training class."""
+    freq = sum(b.labels.sum(0) for b in make_loader(synth, split="train", batch_size=500, image_size=8,
+                                                     train=False, num_workers=0))
+    val = torch.cat([b.labels for b in make_loader(synth, split="val", batch_size=500, image_size=8,
+                                                   train=False, num_workers=0)])
+    return float(val[:, int(freq.argmax())].mean())
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "hybrid"])
+def test_micro_model_trains_with_two_workers_and_logs_to_mlflow(family, ray_cluster, synth, tmp_path):
+    spec = micro_spec(family, steps=800)
+    out = pretrain(spec, str(synth), storage=str(tmp_path), workers=2)
+    assert out["done"] and out["step"] == 800 and out["images_seen"] == 800 * BATCH
+
+    uri, run_id = out["tracking_uri"], out["mlflow_run_id"]
+    run = tracking.client(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["run_spec_id"] == spec.id and run.data.tags["family"] == family
+    params = run.data.params
+    assert params["model"] == MICRO[family]["name"] and params["batch_size"] == str(BATCH)
+    assert params["workers"] == "2" and float(params["forward_gmacs"]) > 0
+    losses = tracking.metric_history(uri, run_id, "pretrain/loss")
+    assert [s for s, _ in losses] == list(range(100, 801, 100))
+    assert losses[-1][1] < losses[0][1]
+    metrics = run.data.metrics
+    expected = 6 * float(params["forward_gmacs"]) * 1e9 * 800 * BATCH / 1e18
+    assert metrics["compute/exaflops"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["compute/images_seen"] == 800 * BATCH and metrics["throughput/images_per_s"] > 0
+    checkpoint = Path(run.data.tags["checkpoint_uri"])
+    assert (checkpoint / STATE_FILE).is_file()
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    assert state["step"] == 800
+
+    baseline = constant_baseline(synth)
+    assert metrics["pretrain/val_prec1_best"] >= metrics["pretrain/val_prec1"]
+    assert metrics["pretrain/val_prec1_best"] > baseline + 0.05, (metrics["pretrain/val_prec1_best"], baseline)
+
+
+def _ray_train_worker_pids() -> list[int]:
+    from ray.util.state import list_actors
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.pid]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, synth, tmp_path):
+    steps = 400
+    spec = micro_spec("vit", steps=steps, checkpoint_every=25, val_every=1000)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(pretrain(spec, str(synth), storage=str(tmp_path),
+                                                                    workers=2, max_failures=2)))
+    runner.start()
+    run_folder = tmp_path / f"pretrain-{spec.id}"
+    deadline = time.time() + 120
+    while not list(run_folder.glob("checkpoint_*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(run_folder.glob("checkpoint_*")), "no checkpoint appeared"
+    pids = _ray_train_worker_pids()
+    assert len(pids) == 2
+    os.kill(pids[1], signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+    assert result["done"], result
+    assert result["resumed_from"] is not None and result["resumed_from"] >= 25  # not from step 0
+    assert result["images_seen"] == steps * BATCH
+    metrics = tracking.client(result["tracking_uri"]).get_run(result["mlflow_run_id"]).data.metrics
+    assert metrics["compute/images_seen"] == steps * BATCH
+
+
+def _last_keys_per_step(trace_dir: Path) -> dict[tuple[int, int], str]:
+    """(rank, step) -> keys; a resumed run re-does the steps after its checkpoint: keep the last."""
+    out = {}
+    for rank_file in sorted(trace_dir.glob("keys-rank*.txt")):
+        rank = int(rank_file.stem.removeprefix("keys-rank"))
+        for line in rank_file.read_text().splitlines():
+            step, keys = line.split("\t")
+            out[(rank, int(step))] = keys
+    return out
+
+
+def test_stop_and_resume_equals_uninterrupted_run(ray_cluster, synth, tmp_path):
+    # Dropout on, so that the per-rank RNG state must be restored too; 20 steps of 64 cross an
+    # epoch boundary of the 2000-image set (31 steps per epoch) only in the longer run below.
+    spec = micro_spec("vit", steps=40, checkpoint_every=10, val_every=1000, dropout=0.1, log_every=10)
+    whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), workers=2,
+                     trace_keys_dir=str(tmp_path / "whole-keys"))
+    first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), workers=2, stop_after_steps=20,
+                     trace_keys_dir=str(tmp_path / "parts-keys"))
+    assert not first["done"] and first["step"] == 20
+    run = tracking.client(first["tracking_uri"]).get_run(first["mlflow_run_id"])
+    assert run.info.status == "RUNNING" and run.data.tags["pretrain_status"] == "partial"
+    second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), workers=2,
+                      trace_keys_dir=str(tmp_path / "parts-keys"))
+    assert second["done"] and second["resumed_from"] == 20 and second["images_seen"] == 40 * BATCH
+    assert second["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run, not a new one
+
+    assert _last_keys_per_step(tmp_path / "parts-keys") == _last_keys_per_step(tmp_path / "whole-keys")
+    a = torch.load(Path(whole["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
+    b = torch.load(Path(second["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
