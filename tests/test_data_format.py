@@ -29,7 +29,7 @@ def synth(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def large_shards(tmp_path_factory) -> Path:
     """Two shards of 1000 rows: big enough that a 3% subset is several row groups per shard."""
-    return generate(tmp_path_factory.mktemp("d") / "big", images=2000, classes=20, image_size=48,
+    return generate(tmp_path_factory.mktemp("d") / "big", images=2000, classes=20, image_size=64,
                     shards=2, seed=3, executor="processes", progress=False)
 
 
@@ -165,7 +165,11 @@ def test_three_percent_subset_reads_at_most_five_percent_of_the_bytes(large_shar
         keys += table.column("key").to_pylist()
     expected = {k for k, r in all_rows(large_shards).items() if r["priority"] < 0.03}
     assert set(keys) == expected and len(keys) == len(expected) > 40
-    assert ds.bytes_read[0] <= 0.05 * total, f"read {ds.bytes_read[0] / total:.1%} of the bytes"
+    read = ds.bytes_read[0] / total
+    # This draw holds 3.4% of the rows; on top of that: at most one row group a shard (1% of it)
+    # and the footers (about 0.3% here, nothing on real shards).
+    assert read <= len(keys) / 2000 + 0.015, f"read {read:.2%} of the bytes for {len(keys)} rows"
+    assert read <= 0.05, f"read {read:.2%} of the bytes"
 
 
 # -- verify and corruption -------------------------------------------------------------------
