@@ -2,7 +2,6 @@
 beats the best constant prediction on fresh images."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

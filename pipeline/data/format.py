@@ -506,7 +506,3 @@ def labels_in_range(labels: pa.ListArray, num_classes: int) -> np.ndarray:
     if bad.any():
         ok[np.unique(parents[bad])] = False
     return ok
-
-
-def dataclass_dict(obj) -> dict[str, Any]:
-    return dataclasses.asdict(obj)

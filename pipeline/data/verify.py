@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from pipeline.data.format import (SHARD_SCHEMA, DataError, Dataset, file_sha256, labels_in_range,
+from pipeline.data.format import (DataError, Dataset, file_sha256, labels_in_range,
                                   subset_priority)
 from pipeline.data.images import UndecodableImage, decode_rgb
 
