@@ -118,6 +118,8 @@ def test_excluded_rows_are_never_yielded(synth, tmp_path):
                                         for r in (0, 1, 17)]}
     (data / "manifest.json").write_text(json.dumps(manifest))
     assert subset_size(data) == 297
+    by_count = Dataset(data).subset(count=290).keys()          # counts are of usable rows
+    assert len(by_count) == 290 and not {keys[0], keys[1], keys[17]} & set(by_count)
     seen = keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
     assert len(seen) == 297 and not {keys[0], keys[1], keys[17]} & set(seen)
     assert {keys[0], keys[1]} <= set(keys_of(make_loader(synth, batch_size=50, image_size=16,

@@ -438,27 +438,57 @@ def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
 
 
 def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], count: int) -> float:
-    """Smallest threshold whose subset has exactly ``count`` usable rows (reads priority columns
-    only; they are a few bytes per row next to the images)."""
+    """Smallest threshold whose subset has exactly ``count`` usable rows.
+
+    Priorities are uniform hashes, so the threshold is near count / N. Rows below a bracket
+    [lo, hi) around that guess are counted from row-group statistics (one boundary group a shard);
+    only the priorities inside the bracket are read and sorted: O(sqrt(N)) memory and reads,
+    whatever the dataset size. The bracket widens until it holds the answer.
+    """
     if count <= 0:
         raise ValueError(f"subset count must be positive, got {count}")
-    usable = []
-    for shard in shards:
-        pf = dataset.parquet_file(shard)
-        try:
-            prio = pf.read(columns=["priority"]).column("priority").to_numpy()
-        finally:
-            pf.close(force=True)
-        keep = np.ones(len(prio), bool)
-        keep[dataset.excluded_rows(split, shard)] = False
-        usable.append(prio[keep])
-    all_prio = np.sort(np.concatenate(usable)) if usable else np.empty(0)
-    if count > len(all_prio):
-        raise DataError(f"asked for {count} rows, the split has only {len(all_prio)} usable rows",
+    excluded = [dataset.excluded_rows(split, s) for s in shards]
+    usable_total = sum(s.num_rows - len(e) for s, e in zip(shards, excluded))
+    if count > usable_total:
+        raise DataError(f"asked for {count} rows, the split has only {usable_total} usable rows",
                         dataset=dataset.root, field=f"splits.{split}")
-    if count == len(all_prio):
+    if count == usable_total:
         return 1.0
-    return float(np.nextafter(all_prio[count - 1], 1.0))
+
+    def usable_below(prefixes: list[int]) -> int:
+        return sum(p - int(np.searchsorted(e, p)) for p, e in zip(prefixes, excluded))
+
+    guess = count / usable_total
+    width = 6 * math.sqrt(guess * (1 - guess) / usable_total) + 2 / usable_total
+    while True:
+        lo, hi = max(0.0, guess - width), min(1.0, guess + width)
+        lo_rows = [_prefix_rows(dataset, s, lo) if lo > 0 else 0 for s in shards]
+        hi_rows = [_prefix_rows(dataset, s, hi) for s in shards]
+        below_lo, below_hi = usable_below(lo_rows), usable_below(hi_rows)
+        if below_lo < count <= below_hi:
+            break
+        width *= 4
+    inside = [_usable_priorities(dataset, s, e, a, b)
+              for s, e, a, b in zip(shards, excluded, lo_rows, hi_rows) if b > a]
+    values = np.sort(np.concatenate(inside))
+    return float(np.nextafter(values[count - below_lo - 1], 1.0))
+
+
+def _usable_priorities(dataset: Dataset, shard: ShardInfo, excluded: np.ndarray,
+                       start: int, stop: int) -> np.ndarray:
+    """Priorities of rows [start, stop) of a shard that are not excluded (reads only the
+    priority column of the row groups involved)."""
+    pf = dataset.parquet_file(shard)
+    try:
+        starts, sizes, _ = _row_group_bounds(pf.metadata)
+        g0 = int(np.searchsorted(starts, start, side="right") - 1)
+        g1 = int(np.searchsorted(starts, stop - 1, side="right") - 1)
+        prio = pf.read_row_groups(list(range(g0, g1 + 1)), columns=["priority"])
+        prio = prio.column("priority").to_numpy()[start - starts[g0]: stop - starts[g0]]
+    finally:
+        pf.close(force=True)
+    rows = np.arange(start, stop)
+    return prio[~np.isin(rows, excluded)]
 
 
 def iter_blocks(subset: Subset, blocks: Sequence[Block], columns: Sequence[str],
