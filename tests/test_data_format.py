@@ -255,3 +255,13 @@ def test_manifest_path_escaping_the_folder_is_refused(synth, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="escapes"):
         Dataset(bad)
+
+
+def test_synth_val_split_is_held_out_from_train(tmp_path):
+    out = generate(tmp_path / "val", images=40, val_images=12, classes=6, image_size=16,
+                   executor="inline", progress=False)
+    ds = Dataset(out)
+    assert ds.splits == ["train", "val"] and ds.num_rows("val") == 12 and ds.multi_label
+    train, val = all_rows(out, "train"), all_rows(out, "val")
+    assert not set(train) & set(val)
+    assert not {r["image"] for r in train.values()} & {r["image"] for r in val.values()}
