@@ -141,7 +141,10 @@ def _count_uncached(spec: ModelSpec, image_size: int, num_classes: int) -> dict[
         model = build_model(spec, num_classes=num_classes, image_size=image_size, pre_logits=False)
     model = model.to_empty(device="cpu")
     torch.set_flush_denormal(True)  # garbage weights may be denormal: they would slow the count down
-    return {"forward_macs": forward_macs(model, image_size), "params": count_params(model)}
+    try:
+        return {"forward_macs": forward_macs(model, image_size), "params": count_params(model)}
+    finally:
+        torch.set_flush_denormal(False)  # the process-wide default; training must not inherit ours
 
 
 def model_counts(model: str | Mapping[str, Any] | ModelSpec, image_size: int = 224, num_classes: int = 1000,
