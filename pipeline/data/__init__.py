@@ -42,7 +42,7 @@ def subset_size(path, fraction: float | None = None, count: int | None = None,
 
 def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
                 split: str = "train", fraction: float | None = None, count: int | None = None,
-                rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
+                exclude_fraction: float | None = None, rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
                 start_step: int = 0, num_workers: int | None = None,
                 label_format: str | None = None, on_bad_row: str = "raise",
                 shuffle_window: int = 2048, crop_fraction: float = 0.875,
@@ -58,10 +58,12 @@ def make_loader(path, *, batch_size: int, image_size: int, train: bool = True,
     ``image_dtype="uint8"`` yields raw NCHW bytes: move them to the GPU and call
     :func:`normalize_images` there (saves CPU time and host memory bandwidth).
     ``on_bad_row="skip"`` drops undecodable/mislabelled rows, listed in ``batch.bad_rows`` and
-    ``loader.skipped``, instead of raising :class:`DataError`.
+    ``loader.skipped``, instead of raising :class:`DataError`. ``exclude_fraction=f`` leaves out
+    the rows of ``fraction=f`` (priority < f): train on the rest, hold those out as a dev slice.
     """
     from pipeline.data.loader import LoaderSpec, StreamingLoader, default_num_workers
-    spec = LoaderSpec(path=str(path), split=split, fraction=fraction, count=count, rank=rank,
+    spec = LoaderSpec(path=str(path), split=split, fraction=fraction, count=count,
+                      exclude_fraction=exclude_fraction, rank=rank,
                       world_size=world_size, seed=seed, epoch=epoch, batch_size=batch_size,
                       image_size=image_size, train=train, label_format=label_format,
                       shuffle_window=shuffle_window, crop_fraction=crop_fraction,

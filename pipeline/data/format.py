@@ -282,9 +282,10 @@ class Dataset:
         return self._excluded[cache_key]
 
     def subset(self, fraction: float | None = None, count: int | None = None,
-               split: str = "train", on_unreadable: str = "raise") -> "Subset":
+               split: str = "train", on_unreadable: str = "raise",
+               exclude_fraction: float | None = None) -> "Subset":
         return Subset.build(self, split=split, fraction=fraction, count=count,
-                            on_unreadable=on_unreadable)
+                            on_unreadable=on_unreadable, exclude_fraction=exclude_fraction)
 
 
 def read_footer(source, size: int) -> pq.FileMetaData:
@@ -342,9 +343,12 @@ class Subset:
 
     @classmethod
     def build(cls, dataset: Dataset, split: str = "train", fraction: float | None = None,
-              count: int | None = None, on_unreadable: str = "raise") -> "Subset":
+              count: int | None = None, on_unreadable: str = "raise",
+              exclude_fraction: float | None = None) -> "Subset":
         """on_unreadable="skip" leaves out shards that cannot be opened (listed in
-        ``unreadable`` as (shard, problem)) instead of raising :class:`DataError`."""
+        ``unreadable`` as (shard, problem)) instead of raising :class:`DataError`.
+        ``exclude_fraction`` leaves out the rows of the nested subset of that fraction (priority
+        below it): the complement of a held-out dev slice, e.g. fine-tuning's 10% minival."""
         if fraction is not None and count is not None:
             raise ValueError("give a subset fraction or a count, not both")
         shards = dataset.shards(split)
@@ -354,11 +358,16 @@ class Subset:
             threshold = 1.0 if fraction is None else float(fraction)
             if not 0.0 < threshold <= 1.0:
                 raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+        low = float(exclude_fraction or 0.0)
+        if not 0.0 <= low < threshold:
+            raise ValueError(f"exclude_fraction must be in [0, {threshold}) (below the subset's own "
+                             f"threshold), got {exclude_fraction}")
         prefix_rows, blocks, unreadable = [], [], []
         for si, shard in enumerate(shards):
             try:
                 prefix = _prefix_rows(dataset, shard, threshold)
-                shard_blocks = list(_blocks(dataset, split, si, shard, prefix))
+                start = _prefix_rows(dataset, shard, low) if low > 0 else 0
+                shard_blocks = list(_blocks(dataset, split, si, shard, prefix, start))
             except DataError as e:
                 if on_unreadable != "skip":
                     raise
@@ -418,8 +427,9 @@ def _prefix_rows(dataset: Dataset, shard: ShardInfo, threshold: float) -> int:
 
 
 def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
-            prefix: int) -> Iterator[Block]:
-    if prefix == 0:
+            prefix: int, start: int = 0) -> Iterator[Block]:
+    """Blocks of rows [start, prefix) of a shard (rows are sorted by priority)."""
+    if prefix <= start:
         return
     meta = dataset._metadata.get(shard.path)
     if meta is None:
@@ -431,10 +441,12 @@ def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
     for g, (gs, gn) in enumerate(zip(starts, sizes)):
         if gs >= prefix:
             break
-        stop = int(min(gs + gn, prefix))
-        n_ex = int(np.searchsorted(excluded, stop) - np.searchsorted(excluded, gs))
-        if stop - gs - n_ex > 0:
-            yield Block(shard_index, g, int(gs), int(gs), stop, stop - int(gs) - n_ex)
+        first, stop = int(max(gs, start)), int(min(gs + gn, prefix))
+        if first >= stop:
+            continue
+        n_ex = int(np.searchsorted(excluded, stop) - np.searchsorted(excluded, first))
+        if stop - first - n_ex > 0:
+            yield Block(shard_index, g, int(gs), first, stop, stop - first - n_ex)
 
 
 def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], count: int) -> float:

@@ -62,6 +62,7 @@ class LoaderSpec:
     split: str = "train"
     fraction: float | None = None
     count: int | None = None
+    exclude_fraction: float | None = None  # leave out this nested subset (a dev slice)
     rank: int = 0
     world_size: int = 1
     seed: int = 0
@@ -125,7 +126,7 @@ class _RankStream(IterableDataset):
         spec = self.spec
         subset = self.subset or Dataset(spec.path).subset(
             fraction=spec.fraction, count=spec.count, split=spec.split,
-            on_unreadable=spec.on_bad_row)
+            on_unreadable=spec.on_bad_row, exclude_fraction=spec.exclude_fraction)
         ds = subset.dataset
         plan = plan_rank(subset, spec)
         info = get_worker_info()
@@ -253,7 +254,8 @@ class StreamingLoader:
     def __post_init__(self):
         ds = Dataset(self.spec.path)
         self.subset = ds.subset(fraction=self.spec.fraction, count=self.spec.count,
-                                split=self.spec.split, on_unreadable=self.spec.on_bad_row)
+                                split=self.spec.split, on_unreadable=self.spec.on_bad_row,
+                                exclude_fraction=self.spec.exclude_fraction)
         self.plan = plan_rank(self.subset, self.spec)
         self.num_classes = ds.num_classes
         if not 0 <= self.start_step <= self.plan.num_batches:
