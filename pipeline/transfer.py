@@ -1,0 +1,377 @@
+"""Transfer evaluation of a pretrained checkpoint, the paper's two protocols (Sec. 4.1, App. B.1):
+
+- few-shot linear probes on frozen pre-logits features (closed form, ``pipeline.fewshot``);
+  features are computed once per (checkpoint, dataset, split, resolution) and cached;
+- fine-tuning with Table 4's recipe: the head replaced by a zero-initialized linear layer, SGD
+  with momentum 0.9, cosine decay, no weight decay, gradient clipping at 1, optionally at a higher
+  resolution (position embeddings interpolated). The learning rate is chosen on a held-out dev
+  slice of the training split (10% / 2% / 1% by dataset size) with the grid running as Ray Tune
+  trials, then the chosen rate is retrained on the whole training split and scored on test.
+
+Results land on the pretraining run in MLflow: ``fewshot/<dataset>/<k>shot`` (mean over seeds,
+``..._std`` their spread), ``finetune/<dataset>/acc`` and ``finetune/<dataset>/best_lr``; each
+fine-tuning trial is a nested run.
+
+CLI: python -m pipeline.transfer CHECKPOINT --dataset NAME|PATH [--fewshot 1,5,10,25] [--finetune]
+     [--lrs 0.001,0.003,...] [--resolution R] [--steps N] [--batch-size B]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import fewshot, tracking
+
+# Table 4 of the paper: fine-tuning steps and LR grid; the dev-slice rule of Appendix B.1.1.
+TABLE4 = {
+    "imagenet": dict(steps=20_000, lrs=(0.003, 0.01, 0.03, 0.06), dev_fraction=0.01),
+    "cifar10": dict(steps=10_000, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.02),
+    "cifar100": dict(steps=10_000, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.02),
+    "pets": dict(steps=500, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.1),
+    "flowers": dict(steps=500, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.1),
+    "vtab": dict(steps=2_500, lrs=(0.01,), dev_fraction=0.2),
+}
+# Datasets the paper does not list get the small-dataset row (Pets/Flowers).
+DEFAULT_FINETUNE = TABLE4["pets"]
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int = 500
+    batch_size: int = 512
+    lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)
+    dev_fraction: float = 0.1
+    resolution: int | None = None        # None: the pretraining resolution
+    momentum: float = 0.9
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 0                # Table 4 states none; an option for small-batch runs
+    min_crop_area: float = 0.05          # inception crop + flip on the training images
+    seed: int = 0
+
+    @classmethod
+    def for_dataset(cls, name: str, **overrides: Any) -> "FinetuneSettings":
+        base = TABLE4.get(name.lower().replace("-", ""), DEFAULT_FINETUNE)
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """A pretrained model with its pretraining head, and facts about it.
+
+    ``path``: a pretraining checkpoint of this pipeline (the Ray Train checkpoint folder, or its
+    ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
+    from models import build_model
+    from pipeline.pretrain import STATE_FILE
+    path = Path(path)
+    if timm_name:
+        from models.timm_import import load_timm
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = load_timm(timm_name, state.get("state_dict", state) if isinstance(state, dict) else state)
+        return model, {"model": timm_name, "image_size": model.image_size, "source": "timm"}
+    state_file = path / STATE_FILE if path.is_dir() else path
+    if not state_file.is_file():
+        raise FileNotFoundError(f"no pretraining checkpoint at {path}: expected a folder with {STATE_FILE} "
+                                "(the checkpoint_uri tag of the MLflow run) or a timm file with --timm NAME")
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    spec = state["spec"]
+    weights = state["model"]
+    model = build_model(spec["model"], num_classes=weights["head.fc.weight"].shape[0],
+                        image_size=spec["recipe"]["image_size"],
+                        pre_logits="head.pre_logits.fc.weight" in weights)
+    model.load_state_dict(weights)
+    return model, {"model": spec["model"], "image_size": spec["recipe"]["image_size"], "source": "pipeline",
+                   "step": state.get("step"), "run_spec": spec}
+
+
+def checkpoint_key(path: str | os.PathLike) -> str:
+    """Identity of a checkpoint file for the feature cache: path, size and modification time."""
+    from pipeline.pretrain import STATE_FILE
+    path = Path(path)
+    f = path / STATE_FILE if path.is_dir() else path
+    st = f.stat()
+    return hashlib.sha1(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def dataset_key(data_path: str | os.PathLike) -> str:
+    from pipeline.data.format import MANIFEST_NAME
+    return hashlib.sha1((Path(data_path) / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- features
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def extract_features(model: torch.nn.Module, data_path: str, split: str, image_size: int, *,
+                     batch_size: int = 256, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-logits features and integer labels of a whole split (resize + center crop)."""
+    from pipeline.data import make_loader
+    device = device or default_device()
+    model = model.to(device).eval()
+    feats, labels = [], []
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for batch in make_loader(data_path, split=split, train=False, batch_size=batch_size,
+                                 image_size=image_size, label_format="index"):
+            feats.append(model.features(batch.images.to(device)).float().cpu().numpy())
+            labels.append(batch.labels.numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def cached_features(model, checkpoint: str, data_path: str, split: str, image_size: int, cache_dir: str | None,
+                    **kw) -> tuple[np.ndarray, np.ndarray]:
+    if cache_dir is None:
+        return extract_features(model, data_path, split, image_size, **kw)
+    path = Path(cache_dir) / f"{checkpoint_key(checkpoint)}-{dataset_key(data_path)}-{split}-{image_size}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["features"], z["labels"]
+    x, y = extract_features(model, data_path, split, image_size, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, features=x, labels=y)
+    tmp.replace(path)
+    return x, y
+
+
+def run_fewshot(checkpoint: str, data_path: str, *, shots: Sequence[int] = fewshot.DEFAULT_SHOTS, seeds: int = 3,
+                l2_regs: Sequence[float] = (fewshot.DEFAULT_L2,), cache_dir: str | None = None,
+                timm_name: str | None = None, model: torch.nn.Module | None = None,
+                image_size: int | None = None) -> dict[str, Any]:
+    """Few-shot accuracies on the dataset's test split, probes fit on its train split."""
+    from pipeline.data import num_classes
+    if model is None:
+        model, info = load_checkpoint(checkpoint, timm_name)
+        image_size = image_size or info["image_size"]
+    image_size = image_size or model.image_size
+    k = num_classes(data_path)
+    train = cached_features(model, checkpoint, data_path, "train", image_size, cache_dir)
+    test = cached_features(model, checkpoint, data_path, "test", image_size, cache_dir)
+    start = time.perf_counter()
+    results = fewshot.fewshot_accuracy(*train, *test, k, shots=tuple(shots), seeds=seeds, l2_regs=tuple(l2_regs))
+    return {"results": results, "seconds": time.perf_counter() - start, "num_classes": k,
+            "train_rows": len(train[1]), "test_rows": len(test[1])}
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def finetune_once(checkpoint: str, data_path: str, lr: float, settings: FinetuneSettings, *, evaluate_on: str,
+                  timm_name: str | None = None, device: torch.device | None = None,
+                  progress=None) -> dict[str, float]:
+    """Fine-tune a fresh copy of the checkpoint at ``lr`` and score it.
+
+    evaluate_on="dev": train on the training split minus the dev slice, score on the dev slice
+    (for choosing the LR). evaluate_on="test": train on the whole training split, score on test.
+    """
+    from pipeline.data import make_loader, num_classes
+    from pipeline.pretrain import lr_factor
+    if evaluate_on not in ("dev", "test"):
+        raise ValueError("evaluate_on must be 'dev' or 'test'")
+    device = device or default_device()
+    model, info = load_checkpoint(checkpoint, timm_name)
+    resolution = settings.resolution or info["image_size"]
+    k = num_classes(data_path)
+    model.reset_head(k)
+    model.set_image_size(resolution)
+    model.to(device).train()
+    torch.manual_seed(settings.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, settings.warmup_steps, settings.steps, "cosine"))
+    dev = settings.dev_fraction if evaluate_on == "dev" else None
+    bf16 = device.type == "cuda"
+    step, epoch, start = 0, 0, time.perf_counter()
+    while step < settings.steps:
+        loader = make_loader(data_path, split="train", train=True, batch_size=settings.batch_size,
+                             image_size=resolution, seed=settings.seed, epoch=epoch, label_format="index",
+                             exclude_fraction=dev, min_crop_area=settings.min_crop_area)
+        for batch in loader:
+            x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if progress is not None:
+                progress(step, loss.item())
+            if step == settings.steps:
+                break
+        epoch += 1
+    eval_kw = dict(split="train", fraction=dev) if dev else dict(split="test")
+    hits = n = 0
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for batch in make_loader(data_path, train=False, batch_size=settings.batch_size, image_size=resolution,
+                                 label_format="index", **eval_kw):
+            hits += (model(batch.images.to(device)).argmax(-1).cpu() == batch.labels).sum().item()
+            n += len(batch.labels)
+    return {"accuracy": hits / max(n, 1), "examples": n, "final_loss": float(loss.item()),
+            "seconds": time.perf_counter() - start, "resolution": resolution}
+
+
+def _tune_trial(config: dict) -> None:
+    """One LR of the grid, as a Ray Tune function trial, logged as a nested MLflow run."""
+    import ray.tune
+    settings = FinetuneSettings(**{**config["settings"], "lrs": tuple(config["settings"]["lrs"])})
+    nested = None
+    if config.get("tracking_uri") and config.get("parent_run_id"):
+        nested = tracking.start_nested_run(config["tracking_uri"], config["parent_run_id"],
+                                           key=f"finetune/{config['dataset']}/dev/lr={config['lr']}",
+                                           params={"phase": "dev", "dataset": config["dataset"], "lr": config["lr"],
+                                                   **{k: v for k, v in asdict(settings).items() if k != "lrs"}})
+    out = finetune_once(config["checkpoint"], config["data_path"], config["lr"], settings, evaluate_on="dev",
+                        timm_name=config.get("timm_name"))
+    if nested:
+        tracking.MetricLogger(config["tracking_uri"], nested).log_now(settings.steps, {"dev_accuracy": out["accuracy"]})
+        tracking.finish_run(config["tracking_uri"], nested)
+    ray.tune.report({"dev_accuracy": out["accuracy"], "seconds": out["seconds"]})
+
+
+def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *, dataset_name: str,
+                 storage: str, tracking_uri: str | None = None, parent_run_id: str | None = None,
+                 timm_name: str | None = None, use_gpu: bool = False, max_concurrent: int | None = None) -> dict:
+    """The LR grid as Ray Tune trials selected on the dev slice, then the final retrain scored on test."""
+    import ray
+    from ray import tune
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    checkpoint = str(Path(checkpoint).resolve()) if "://" not in str(checkpoint) else str(checkpoint)
+    data_path = str(Path(data_path).resolve())
+    base = {"checkpoint": checkpoint, "data_path": data_path, "settings": asdict(settings), "dataset": dataset_name,
+            "tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "timm_name": timm_name}
+    resources = {"cpu": 1, "gpu": 1} if use_gpu else {"cpu": 1}
+    name = f"finetune-{dataset_name}-{checkpoint_key(checkpoint) if timm_name is None else 'timm'}"
+    tuner = tune.Tuner(
+        tune.with_resources(_tune_trial, resources),
+        param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
+        tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()) if "://" not in storage
+                                  else storage, verbose=1))
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"fine-tuning trials failed on {dataset_name}: {errors[0]}")
+    dev_accuracy = {r.config["lr"]: r.metrics["dev_accuracy"] for r in grid}
+    best_lr = max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])  # ties: the smaller LR
+    final_run = None
+    if tracking_uri and parent_run_id:
+        final_run = tracking.start_nested_run(tracking_uri, parent_run_id, key=f"finetune/{dataset_name}/final",
+                                              params={"phase": "final", "dataset": dataset_name, "lr": best_lr,
+                                                      **{k: v for k, v in asdict(settings).items() if k != "lrs"}})
+    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(finetune_once).remote(
+        checkpoint, data_path, best_lr, settings, evaluate_on="test", timm_name=timm_name))
+    if final_run:
+        tracking.MetricLogger(tracking_uri, final_run).log_now(settings.steps, {"test_accuracy": final["accuracy"]})
+        tracking.finish_run(tracking_uri, final_run)
+    return {"best_lr": best_lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
+            "test_examples": final["examples"], "resolution": final["resolution"]}
+
+
+# ----------------------------------------------------------------------------- results
+
+def fewshot_metrics(dataset_name: str, fewshot_out: dict, l2: float = fewshot.DEFAULT_L2) -> dict[str, float]:
+    metrics = {}
+    for (k, reg), r in fewshot_out["results"].items():
+        if reg == l2:
+            metrics[f"fewshot/{dataset_name}/{k}shot"] = r["mean"]
+            metrics[f"fewshot/{dataset_name}/{k}shot_std"] = r["std"]
+    return metrics
+
+
+def finetune_metrics(dataset_name: str, out: dict) -> dict[str, float]:
+    return {f"finetune/{dataset_name}/acc": out["test_accuracy"], f"finetune/{dataset_name}/best_lr": out["best_lr"]}
+
+
+def resolve_dataset(name_or_path: str, data_root: str) -> tuple[str, str]:
+    """(name, path): an existing dataset folder, or a built-in downstream set made on first use
+    under ``data_root`` (``digits``)."""
+    path = Path(name_or_path)
+    if (path / "manifest.json").is_file():
+        from pipeline.data import open_dataset
+        ds = open_dataset(path)
+        return ds.manifest.get("name") or path.name, str(path)
+    if name_or_path == "digits":
+        target = Path(data_root) / "digits"
+        if not (target / "manifest.json").is_file():
+            from pipeline.data.convert import convert_digits
+            convert_digits(target)
+        return "digits", str(target)
+    raise ValueError(f"dataset {name_or_path!r} is neither a dataset folder (with manifest.json) nor a built-in "
+                     "name (digits); make one with `python -m pipeline.data convert|digits|synth`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.transfer",
+                                     description="Few-shot linear probes and fine-tuning of a pretrained checkpoint.")
+    parser.add_argument("checkpoint", help="pretraining checkpoint folder (MLflow tag checkpoint_uri) or timm file")
+    parser.add_argument("--dataset", required=True, action="append", help="dataset folder or built-in name (digits); repeatable")
+    parser.add_argument("--fewshot", default="1,5,10,25", help="shots, comma-separated ('' to skip)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--l2", default=str(fewshot.DEFAULT_L2), help="L2 strengths, comma-separated")
+    parser.add_argument("--finetune", action="store_true")
+    parser.add_argument("--lrs", default=None, help="fine-tuning LR grid (default: Table 4's for the dataset)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--resolution", type=int, default=None, help="fine-tuning resolution (default: pretraining's)")
+    parser.add_argument("--dev-fraction", type=float, default=None)
+    parser.add_argument("--min-crop-area", type=float, default=None,
+                        help="inception crop's smallest area (default 0.05; 1.0 = flip only, for tiny images)")
+    parser.add_argument("--timm", default=None, metavar="NAME", help="the checkpoint is a timm state dict of this model")
+    parser.add_argument("--storage", default="runs")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--mlflow-run-id", default=None, help="pretraining run to attach results to")
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        shots = [int(s) for s in args.fewshot.split(",") if s.strip()]
+        l2s = [float(s) for s in args.l2.split(",") if s.strip()]
+        lrs = tuple(float(s) for s in args.lrs.split(",")) if args.lrs else None
+        datasets = [resolve_dataset(d, str(Path(args.storage) / "data")) for d in args.dataset]
+        load_checkpoint(args.checkpoint, args.timm)  # fail early on a bad checkpoint
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    uri = args.tracking_uri or (tracking.default_tracking_uri(args.storage) if args.mlflow_run_id else None)
+    rows = []
+    for name, path in datasets:
+        metrics: dict[str, float] = {}
+        if shots:
+            out = run_fewshot(args.checkpoint, path, shots=shots, seeds=args.seeds, l2_regs=l2s,
+                              cache_dir=str(Path(args.storage) / "features"), timm_name=args.timm)
+            metrics.update(fewshot_metrics(name, out, l2s[0]))
+        if args.finetune:
+            settings = FinetuneSettings.for_dataset(name, lrs=lrs, steps=args.steps, batch_size=args.batch_size,
+                                                    resolution=args.resolution, dev_fraction=args.dev_fraction,
+                                                    min_crop_area=args.min_crop_area)
+            out = run_finetune(args.checkpoint, path, settings, dataset_name=name, storage=args.storage,
+                               tracking_uri=uri, parent_run_id=args.mlflow_run_id, timm_name=args.timm,
+                               use_gpu=args.gpu)
+            metrics.update(finetune_metrics(name, out))
+        if uri and args.mlflow_run_id:
+            tracking.MetricLogger(uri, args.mlflow_run_id).log_now(0, metrics)
+        rows += [(key, value) for key, value in metrics.items()]
+    width = max(len(k) for k, _ in rows) if rows else 10
+    print(f"{'metric'.ljust(width)}  value")
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value:.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

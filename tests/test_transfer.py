@@ -1,0 +1,135 @@
+"""Transfer evaluation end to end: checkpoints from real pretraining runs (local Ray), real
+downstream data (scikit-learn's digits), Ray Tune for the LR grid, results in SQLite MLflow."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking, transfer
+from pipeline.data.convert import convert_digits
+from pipeline.data.synth import generate
+from pipeline.pretrain import pretrain
+from pipeline.spec import Recipe, RunSpec
+
+pytestmark = pytest.mark.slow
+
+MICRO = {
+    "vit": {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,
+            "patch_size": 8},
+    "hybrid": {"name": "hybrid-micro", "family": "hybrid", "blocks": [1, 1], "width_factor": 0.25, "groups": 8,
+               "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("transfer")
+
+
+@pytest.fixture(scope="module")
+def digits(storage):
+    convert_digits(storage / "digits", progress=False)
+    return str(storage / "digits")
+
+
+@pytest.fixture(scope="module")
+def pretrained(ray_cluster, storage):
+    """{family: pretrain() summary}: a micro ViT trained for real, a micro hybrid briefly."""
+    data = generate(storage / "synth", images=2000, val_images=200, classes=10, image_size=32, seed=0,
+                    executor="inline", progress=False)
+    out = {}
+    for family, steps in (("vit", 400), ("hybrid", 10)):
+        spec = RunSpec(study="test-transfer", model=MICRO[family], dataset="synth", steps=steps,
+                       recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=20, weight_decay=1e-4, image_size=32,
+                                     min_crop_area=1.0, checkpoint_every=steps, val_every=steps, log_every=100))
+        out[family] = pretrain(spec, str(data), storage=str(storage / "runs"), workers=2, finish=False)
+    return out
+
+
+def test_fewshot_on_digits_beats_chance_and_caches_features(pretrained, digits, storage):
+    ckpt = pretrained["vit"]["checkpoint_uri"]
+    cache = storage / "features"
+    out = transfer.run_fewshot(ckpt, digits, shots=(1, 5, 10, 25), seeds=3, cache_dir=str(cache))
+    assert out["num_classes"] == 10 and out["test_rows"] > 300
+    results = out["results"]
+    assert set(k for k, _ in results) == {1, 5, 10, 25}
+    assert all(len(r["per_seed"]) == 3 for r in results.values())
+    assert results[(25, 2.0 ** 10)]["mean"] > 0.3  # chance is 0.1
+    assert results[(25, 2.0 ** 10)]["mean"] > results[(1, 2.0 ** 10)]["mean"]
+    assert len(list(cache.glob("*.npz"))) == 2  # train and test features, computed once
+    again = transfer.run_fewshot(ckpt, digits, shots=(1, 5, 10, 25), seeds=3, cache_dir=str(cache))
+    assert again["results"] == results
+
+
+def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(pretrained, digits, storage, capsys):
+    run = pretrained["vit"]
+    uri, run_id = run["tracking_uri"], run["mlflow_run_id"]
+    argv = [run["checkpoint_uri"], "--dataset", digits, "--fewshot", "5,25", "--finetune",
+            "--lrs", "0.01,0.1,0.3", "--steps", "400", "--batch-size", "64", "--dev-fraction", "0.1",
+            "--min-crop-area", "1.0",
+            "--storage", str(storage), "--tracking-uri", uri, "--mlflow-run-id", run_id]
+    assert transfer.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "finetune/digits/acc" in printed and "fewshot/digits/25shot" in printed
+
+    metrics = tracking.client(uri).get_run(run_id).data.metrics
+    assert metrics["finetune/digits/acc"] > metrics["fewshot/digits/25shot"]  # fine-tuning beats the probe
+    assert metrics["finetune/digits/best_lr"] in (0.01, 0.1, 0.3)
+    assert 0 <= metrics["fewshot/digits/25shot_std"] < 0.2
+
+    # One nested run per LR (scored on the dev slice only) and one final run (scored on test);
+    # the chosen LR is the dev-best.
+    children = tracking.client(uri).search_runs(
+        [tracking.client(uri).get_run(run_id).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    dev = {float(r.data.params["lr"]): r.data.metrics for r in children if r.data.params["phase"] == "dev"}
+    final = [r for r in children if r.data.params["phase"] == "final"]
+    assert sorted(dev) == [0.01, 0.1, 0.3] and all(set(m) == {"dev_accuracy"} for m in dev.values())
+    assert len(final) == 1 and set(final[0].data.metrics) == {"test_accuracy"}
+    best = max(sorted(dev), key=lambda lr: dev[lr]["dev_accuracy"])
+    assert metrics["finetune/digits/best_lr"] == best == float(final[0].data.params["lr"])
+    assert final[0].data.metrics["test_accuracy"] == metrics["finetune/digits/acc"]
+
+    # Re-running attaches to the same nested runs instead of making new ones.
+    assert transfer.main(argv) == 0
+    again = tracking.client(uri).search_runs([tracking.client(uri).get_run(run_id).info.experiment_id],
+                                             filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert len(again) == len(children) == 4
+
+
+@pytest.mark.parametrize("family", ["vit", "hybrid"])
+def test_finetune_at_a_higher_resolution(pretrained, digits, family):
+    settings = transfer.FinetuneSettings(steps=3, batch_size=32, lrs=(0.01,), resolution=48)
+    out = transfer.finetune_once(pretrained[family]["checkpoint_uri"], digits, 0.01, settings, evaluate_on="test")
+    assert out["resolution"] == 48 and out["examples"] > 300 and 0 <= out["accuracy"] <= 1
+    model, info = transfer.load_checkpoint(pretrained[family]["checkpoint_uri"])
+    model.set_image_size(48)
+    probe = transfer.run_fewshot(pretrained[family]["checkpoint_uri"], digits, shots=(5,), seeds=1, model=model,
+                                 image_size=48)
+    assert probe["results"][(5, 2.0 ** 10)]["mean"] > 0.1
+
+
+def test_cli_errors_are_actionable(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        transfer.main([str(tmp_path / "nowhere"), "--dataset", "digits", "--storage", str(tmp_path)])
+    assert "no pretraining checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="neither a dataset folder"):
+        transfer.resolve_dataset("imagenet-that-is-not-here", str(tmp_path))
+
+
+def test_table4_defaults():
+    assert transfer.FinetuneSettings.for_dataset("imagenet").steps == 20_000
+    assert transfer.FinetuneSettings.for_dataset("cifar10").lrs == (0.001, 0.003, 0.01, 0.03)
+    assert transfer.FinetuneSettings.for_dataset("cifar100").dev_fraction == 0.02
+    assert transfer.FinetuneSettings.for_dataset("digits", steps=100).steps == 100
