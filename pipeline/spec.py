@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -131,3 +132,131 @@ class RunSpec(Frozen):
         if self.steps is not None:
             return self.steps
         return max(1, math.ceil(self.epochs * subset_rows / self.recipe.batch_size))
+
+
+# ----------------------------------------------------------------------------- studies
+
+class DatasetRef(Frozen):
+    """The pretraining data of a study: a name (hashed into run ids), the size of its full set
+    (for planning without the data present), and, for the built-in synthetic data, how to make it."""
+    name: str
+    images: Union[str, int, None] = Field(None, description="rows of the full set, e.g. 303M")
+    synth: dict[str, Any] | None = Field(None, description="pipeline.data.synth.generate arguments")
+
+    @field_validator("images")
+    @classmethod
+    def _count(cls, value):
+        if value is not None:
+            parse_count(value)
+        return value
+
+
+class TransferPlan(Frozen):
+    fewshot: list[str] = Field(default_factory=list, description="downstream datasets for few-shot probes")
+    shots: list[int] = Field(default_factory=lambda: [1, 5, 10, 25])
+    finetune: list[str] = Field(default_factory=list, description="downstream datasets to fine-tune on")
+    finetune_steps: int | None = Field(None, ge=1, description="None: Table 4's steps per dataset")
+    finetune_batch_size: int | None = Field(None, ge=1)
+    finetune_lrs: list[float] | None = None
+    min_crop_area: float | None = Field(None, gt=0, le=1)
+
+
+class RunEntry(Frozen):
+    model: Union[str, dict[str, Any]]
+    epochs: float | None = Field(None, gt=0)
+    steps: int | None = Field(None, ge=1)
+    recipe: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's recipe")
+
+    _known_model = field_validator("model")(RunSpec._known_model.__func__)
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of 'epochs' or 'steps'")
+        unknown = set(self.recipe) - set(Recipe.model_fields)
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; allowed: {sorted(Recipe.model_fields)}")
+        return self
+
+
+class Preset(Frozen):
+    description: str = ""
+    dataset: DatasetRef
+    subsets: list[Union[str, float]] = Field(default_factory=lambda: ["full"])
+    recipe: Recipe = Recipe()
+    runs: list[RunEntry]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    transfer: TransferPlan = TransferPlan()
+
+
+class Study(Frozen):
+    name: str
+    title: str = ""
+    presets: dict[str, Preset]
+
+    def preset(self, name: str) -> Preset:
+        if name not in self.presets:
+            raise ValueError(f"study {self.name!r} has no preset {name!r}; its presets are {sorted(self.presets)}")
+        return self.presets[name]
+
+    def expand(self, preset: str) -> list[RunSpec]:
+        """Every run of a preset: run entries x subsets x seeds, in file order."""
+        p = self.preset(preset)
+        specs = []
+        for entry in p.runs:
+            recipe = Recipe(**{**p.recipe.model_dump(), **entry.recipe})
+            for subset in p.subsets:
+                for seed in p.seeds:
+                    specs.append(RunSpec(study=self.name, model=entry.model, dataset=p.dataset.name, subset=subset,
+                                         epochs=entry.epochs, steps=entry.steps, recipe=recipe, seed=seed))
+        return specs
+
+
+def subset_images(subset: Union[str, float], full_images: int | None) -> int | None:
+    """Rows of a subset for planning: a count as given, a fraction or 'full' of the full set."""
+    if subset == "full":
+        return full_images
+    if isinstance(subset, float):
+        return None if full_images is None else round(subset * full_images)
+    return parse_count(subset)
+
+
+def _format_error(err, source: str) -> str:
+    lines = [f"{source}: invalid study"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        lines.append(f"  {where}: {e['msg']}" + (f" (got {e['input']!r})" if not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def load_study(name_or_path: str) -> Study:
+    """A study by name (``studies/<name>.yaml`` shipped with the package) or by file path.
+    Errors name the file, the field and what is allowed."""
+    import yaml
+    from importlib import resources
+    from pydantic import ValidationError
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path(str(resources.files("studies") / f"{name_or_path}.yaml"))
+        if not path.is_file():
+            raise ValueError(f"no study {name_or_path!r}; available: {', '.join(list_studies())} "
+                             "(or give the path of a .yaml file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a study file is a mapping with 'name' and 'presets'")
+    try:
+        study = Study.model_validate(data)
+        for preset in study.presets:
+            study.expand(preset)  # model names, subsets and lengths of every run
+    except ValidationError as err:
+        raise ValueError(_format_error(err, str(path))) from None
+    return study
+
+
+def list_studies() -> list[str]:
+    from importlib import resources
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("studies").iterdir()
+                  if p.name.endswith(".yaml"))

@@ -1,0 +1,116 @@
+"""The study front door: ``python -m pipeline.study NAME [--preset P] [--plan] [--json] ...``.
+
+``--plan`` launches nothing. It prints every run of the study: id, model, family, subset and its
+image count, epochs, params, pretraining exaFLOPs (``pipeline.compute``), the GPU-hours those
+need at a stated MFU and GPU peak, and each run's status in MLflow (done / partial / new).
+``--list`` shows the studies and their presets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import compute, tracking
+from pipeline.spec import RunSpec, Study, list_studies, load_study, subset_images
+
+DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
+DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
+
+
+def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DEFAULT_MFU,
+         peak_tflops: float = DEFAULT_PEAK_TFLOPS) -> dict[str, Any]:
+    p = study.preset(preset)
+    full = compute.parse_count(p.dataset.images) if p.dataset.images is not None else None
+    statuses = {}
+    if tracking_uri:
+        try:
+            statuses = {r.data.tags.get(tracking.RUN_SPEC_TAG): tracking.run_status(r)
+                        for r in tracking.runs_of_study(tracking_uri, study.name)}
+        except Exception as err:  # an unreachable server must not stop a plan
+            print(f"warning: could not read run status from {tracking_uri}: {err}", file=sys.stderr)
+    runs = []
+    for spec in study.expand(preset):
+        rows = subset_images(spec.subset, full)
+        if spec.epochs is not None:
+            images_seen = round(spec.epochs * rows) if rows is not None else None
+        else:
+            images_seen = spec.steps * spec.recipe.batch_size
+        counts = compute.model_counts(spec.model, spec.recipe.image_size, progress=True)
+        exaflops = compute.pretrain_exaflops(counts["forward_macs"], images_seen) if images_seen else None
+        gpu_hours = exaflops * 1e18 / (mfu * peak_tflops * 1e12) / 3600 if exaflops is not None else None
+        runs.append({"id": spec.id, "model": spec.model_name, "family": spec.family, "subset": spec.subset,
+                     "subset_images": rows, "images_seen": images_seen, "epochs": spec.epochs, "steps": spec.steps,
+                     "seed": spec.seed, "params": counts["params"], "forward_gmacs": counts["forward_macs"] / 1e9,
+                     "exaflops": exaflops, "gpu_hours": gpu_hours,
+                     "status": statuses.get(spec.id, "new" if tracking_uri else "unknown")})
+    known = [r for r in runs if r["exaflops"] is not None]
+    totals = {"runs": len(runs), "exaflops": sum(r["exaflops"] for r in known),
+              "gpu_hours": sum(r["gpu_hours"] for r in known),
+              **{s: sum(r["status"] == s for r in runs) for s in ("done", "partial", "new")}}
+    return {"study": study.name, "preset": preset, "dataset": p.dataset.name, "mfu": mfu,
+            "gpu_peak_tflops": peak_tflops, "runs": runs, "totals": totals}
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    head = ("id", "model", "family", "subset", "images", "epochs", "params", "exaFLOPs", "GPU-h", "status")
+    fmt_n = lambda v, f: "-" if v is None else format(v, f)
+    rows = [(r["id"], r["model"], r["family"], str(r["subset"]), fmt_n(r["subset_images"], ","),
+             fmt_n(r["epochs"], "g") if r["epochs"] is not None else f"{r['steps']} steps",
+             f"{r['params'] / 1e6:.1f}M", fmt_n(r["exaflops"], ",.1f"), fmt_n(r["gpu_hours"], ",.0f"), r["status"])
+            for r in result["runs"]]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
+    t = result["totals"]
+    return "\n".join([
+        f"study {result['study']} / preset {result['preset']} on {result['dataset']}",
+        line(head), line(["-" * w for w in widths]), *map(line, rows), "",
+        f"{t['runs']} runs: {t['done']} done, {t['partial']} partial, {t['new']} new; "
+        f"{t['exaflops']:,.1f} exaFLOPs = {t['gpu_hours']:,.0f} GPU-hours at {result['mfu']:.0%} MFU of "
+        f"{result['gpu_peak_tflops']:g} TFLOP/s"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="study name (see --list) or a study .yaml file")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--list", action="store_true", help="list studies and presets")
+    parser.add_argument("--plan", action="store_true", help="print the runs, their compute and status; launch nothing")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"))
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU for GPU-hours")
+    parser.add_argument("--gpu-peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
+    args = parser.parse_args(argv)
+    if args.list:
+        for name in list_studies():
+            study = load_study(name)
+            print(f"{name}: {study.title}")
+            for preset, p in study.presets.items():
+                print(f"  --preset {preset}: {len(study.expand(preset))} runs. {p.description}")
+        return 0
+    if not args.name:
+        parser.error("give a study name (see --list)")
+    if not 0 < args.mfu <= 1 or args.gpu_peak_tflops <= 0:
+        parser.error("--mfu must be in (0, 1] and --gpu-peak-tflops positive")
+    try:
+        study = load_study(args.name)
+        study.preset(args.preset)
+    except ValueError as err:
+        parser.error(str(err))
+    uri = args.tracking_uri
+    if uri is None and "://" not in args.storage and (Path(args.storage) / "mlflow.db").exists():
+        uri = tracking.default_tracking_uri(args.storage)
+    if not args.plan:
+        parser.error("launching a study is not built yet (issue #6): use --plan to see what it would run")
+    result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

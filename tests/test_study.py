@@ -1,0 +1,101 @@
+"""Study files (validated plain data) and the --plan front door."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import study as study_cli
+from pipeline import tracking
+from pipeline.spec import list_studies, load_study
+
+PAPER_SCALING = {("R50x1", 7), ("R50x2", 7), ("R101x1", 7), ("R152x1", 7), ("R152x2", 7), ("R152x2", 14),
+                 ("R200x3", 14), ("ViT-B/32", 7), ("ViT-B/16", 7), ("ViT-L/32", 7), ("ViT-L/16", 7),
+                 ("ViT-L/16", 14), ("ViT-H/14", 14), ("R50+ViT-B/32", 7), ("R50+ViT-B/16", 7),
+                 ("R50+ViT-L/32", 7), ("R50+ViT-L/16", 7), ("R50+ViT-L/16", 14)}
+
+
+def test_packaged_studies_load_and_expand():
+    assert {"scaling", "data"} <= set(list_studies())
+    scaling = load_study("scaling")
+    assert set(scaling.presets) >= {"paper", "tiny", "smoke"}
+    runs = scaling.expand("paper")
+    assert {(r.model_name, r.epochs) for r in runs} == PAPER_SCALING and len(runs) == 18
+    assert len({r.id for r in runs}) == 18
+    assert all(r.recipe.batch_size == 4096 and r.recipe.image_size == 224 for r in runs)
+    assert {r.family for r in scaling.expand("tiny")} == {"vit", "resnet", "hybrid"}
+    data = load_study("data").expand("paper")
+    assert {r.subset for r in data} == {"9M", "30M", "90M", "full"}
+    assert {r.model_name for r in data} == {"ViT-B/32", "R50x1", "ViT-L/16", "R152x2", "ViT-b/32"}
+    assert len({r.recipe.model_dump_json(exclude={"base_lr"}) for r in data}) == 1  # same recipe for all
+
+
+def test_paper_plan_json(capsys):
+    assert study_cli.main(["scaling", "--preset", "paper", "--plan", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert len(plan["runs"]) == 18
+    for run in plan["runs"]:
+        assert {"id", "model", "family", "subset", "images_seen", "epochs", "exaflops", "status"} <= set(run)
+    h14 = next(r for r in plan["runs"] if r["model"] == "ViT-H/14")
+    assert h14["images_seen"] == 14 * 303_000_000
+    assert h14["exaflops"] == pytest.approx(4262, rel=0.01)  # paper Table 6
+    assert plan["totals"]["runs"] == 18
+    assert plan["totals"]["exaflops"] == pytest.approx(sum(r["exaflops"] for r in plan["runs"]))
+
+
+def test_plan_reads_status_from_mlflow(tmp_path, capsys):
+    uri = tracking.default_tracking_uri(tmp_path)
+    tracking.init_store(uri)
+    runs = load_study("scaling").expand("smoke")
+    done = tracking.start_run(uri, "scaling", runs[0].id, tags={}, params={})
+    tracking.finish_run(uri, done)
+    tracking.start_run(uri, "scaling", runs[1].id, tags={}, params={})  # still RUNNING: partial
+    assert study_cli.main(["scaling", "--preset", "smoke", "--plan", "--json", "--storage", str(tmp_path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in plan["runs"]] == ["done", "partial"]
+    assert plan["totals"]["done"] == 1 and plan["totals"]["partial"] == 1
+
+
+BAD_STUDIES = [
+    ("presets: {p: {dataset: {name: d}, runs: [{model: ViT-Q/16, epochs: 7}]}}\nname: s",
+     ["presets.p.runs.0.model", "unknown model 'ViT-Q/16'", "ViT-B/16"]),
+    ("name: s\npresets: {p: {dataset: {name: d}, runs: [{model: ViT-B/16}]}}",
+     ["presets.p.runs.0", "exactly one of 'epochs' or 'steps'"]),
+    ("name: s\npresets: {p: {dataset: {name: d}, runs: [{model: R50x1, epochs: 7, recipe: {lr: 1}}]}}",
+     ["unknown recipe field(s) ['lr']", "base_lr"]),
+    ("name: s\npresets: {p: {dataset: {name: d}, subsets: [lots], runs: [{model: R50x1, epochs: 7}]}}",
+     ["cannot read 'lots' as a count"]),
+    ("name: s\npresets: {p: {dataset: {name: d}, recipe: {batch_size: -1}, runs: [{model: R50x1, epochs: 7}]}}",
+     ["presets.p.recipe.batch_size", "greater than or equal to 1"]),
+    ("name: s\npresets: [not, a, mapping]", ["presets", "dictionary"]),
+    ("name: [unclosed", ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize("text,messages", BAD_STUDIES)
+def test_bad_study_files_fail_with_file_field_and_allowed_values(tmp_path, text, messages):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_study(str(path))
+    assert str(path) in str(err.value)
+    for message in messages:
+        assert message in str(err.value)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["nosuchstudy", "--plan"], "available: data, scaling"),
+    (["scaling", "--preset", "huge", "--plan"], "its presets are ['paper', 'smoke', 'tiny']"),
+    (["scaling", "--plan", "--mfu", "3"], "--mfu must be in (0, 1]"),
+    ([], "give a study name"),
+])
+def test_bad_cli_values_fail_before_anything_launches(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        study_cli.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_list(capsys):
+    assert study_cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "scaling:" in out and "--preset paper: 18 runs" in out and "--preset paper: 20 runs" in out
