@@ -162,23 +162,27 @@ def vit_forward(img, sd, heads):
     return vit_tokens_forward(x.flatten(2).transpose(1, 2), sd, heads)
 
 
+def _resnet_blocks(sd, prefix=""):
+    """(key prefix, stride, is first block of its stage) for each block in the state dict."""
+    s = 0
+    while f"{prefix}stages.{s}.blocks.0.conv1.weight" in sd:
+        j = 0
+        while f"{prefix}stages.{s}.blocks.{j}.conv1.weight" in sd:
+            yield f"{prefix}stages.{s}.blocks.{j}", 2 if (j == 0 and s > 0) else 1, j == 0
+            j += 1
+        s += 1
+
+
 def bit_forward(img, sd):
     x = _std_conv(img, sd["stem.conv.weight"], 2, 3)
     x = F.max_pool2d(F.pad(x, (1, 1, 1, 1), value=0.0), 3, 2)
-    s = 0
-    while f"stages.{s}.blocks.0.conv1.weight" in sd:
-        j = 0
-        while f"stages.{s}.blocks.{j}.conv1.weight" in sd:
-            p = f"stages.{s}.blocks.{j}"
-            stride = 2 if (j == 0 and s > 0) else 1
-            xp = _gn(x, sd, f"{p}.norm1")
-            short = _std_conv(xp, sd[f"{p}.downsample.conv.weight"], stride) if j == 0 else x
-            h = _std_conv(xp, sd[f"{p}.conv1.weight"])
-            h = _std_conv(_gn(h, sd, f"{p}.norm2"), sd[f"{p}.conv2.weight"], stride, 1)
-            h = _std_conv(_gn(h, sd, f"{p}.norm3"), sd[f"{p}.conv3.weight"])
-            x = h + short
-            j += 1
-        s += 1
+    for p, stride, first in _resnet_blocks(sd):
+        xp = _gn(x, sd, f"{p}.norm1")
+        short = _std_conv(xp, sd[f"{p}.downsample.conv.weight"], stride) if first else x
+        h = _std_conv(xp, sd[f"{p}.conv1.weight"])
+        h = _std_conv(_gn(h, sd, f"{p}.norm2"), sd[f"{p}.conv2.weight"], stride, 1)
+        h = _std_conv(_gn(h, sd, f"{p}.norm3"), sd[f"{p}.conv3.weight"])
+        x = h + short
     x = _gn(x, sd, "norm").mean((2, 3), keepdim=True)
     return F.conv2d(x, sd["head.fc.weight"], sd["head.fc.bias"]).flatten(1)
 
@@ -188,21 +192,14 @@ def hybrid_forward(img, sd, heads):
     x = _std_conv(img, sd[p0 + "stem.conv.weight"], 2, same=True)
     x = _gn(x, sd, p0 + "stem.norm")
     x = F.max_pool2d(_tf_same_pad(x, 3, 2, value=float("-inf")), 3, 2)
-    s = 0
-    while f"{p0}stages.{s}.blocks.0.conv1.weight" in sd:
-        j = 0
-        while f"{p0}stages.{s}.blocks.{j}.conv1.weight" in sd:
-            p = f"{p0}stages.{s}.blocks.{j}"
-            stride = 2 if (j == 0 and s > 0) else 1
-            short = x
-            if j == 0:
-                short = _gn(_std_conv(x, sd[f"{p}.downsample.conv.weight"], stride, same=True), sd,
-                            f"{p}.downsample.norm", act=False)
-            h = _gn(_std_conv(x, sd[f"{p}.conv1.weight"], same=True), sd, f"{p}.norm1")
-            h = _gn(_std_conv(h, sd[f"{p}.conv2.weight"], stride, same=True), sd, f"{p}.norm2")
-            h = _gn(_std_conv(h, sd[f"{p}.conv3.weight"], same=True), sd, f"{p}.norm3", act=False)
-            x = F.relu(h + short)
-            j += 1
-        s += 1
+    for p, stride, first in _resnet_blocks(sd, p0):
+        short = x
+        if first:
+            short = _gn(_std_conv(x, sd[f"{p}.downsample.conv.weight"], stride, same=True), sd,
+                        f"{p}.downsample.norm", act=False)
+        h = _gn(_std_conv(x, sd[f"{p}.conv1.weight"], same=True), sd, f"{p}.norm1")
+        h = _gn(_std_conv(h, sd[f"{p}.conv2.weight"], stride, same=True), sd, f"{p}.norm2")
+        h = _gn(_std_conv(h, sd[f"{p}.conv3.weight"], same=True), sd, f"{p}.norm3", act=False)
+        x = F.relu(h + short)
     x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"])
     return vit_tokens_forward(x.flatten(2).transpose(1, 2), sd, heads)
