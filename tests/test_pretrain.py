@@ -2,6 +2,7 @@
 real Parquet data: learning, MLflow contents, worker loss, exact resume."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -98,20 +99,32 @@ def _ray_train_worker_pids() -> list[int]:
     return [a.pid for a in actors if a.pid]
 
 
+def _registered_steps(snapshot: Path) -> list[int]:
+    try:
+        return [r["metrics"]["step"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, synth, tmp_path):
-    steps = 400
-    spec = micro_spec("vit", steps=steps, checkpoint_every=25, val_every=1000)
+    # Long enough (about 20 s of training on 2 idle cores) that the kill lands mid-run, right after
+    # the first registered checkpoint; the state API is warmed up first so finding workers is quick.
+    steps = 800
+    spec = micro_spec("vit", steps=steps, checkpoint_every=25, val_every=10_000, log_every=200)
+    assert _ray_train_worker_pids() == []
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(pretrain(spec, str(synth), storage=str(tmp_path),
                                                                     workers=2, max_failures=2)))
     runner.start()
-    run_folder = tmp_path / f"pretrain-{spec.id}"
+    # Kill once Ray Train has *registered* a checkpoint (its snapshot lists it): a checkpoint
+    # folder alone may still be mid-report, and a kill then rightly restarts from step 0.
+    snapshot = tmp_path / f"pretrain-{spec.id}" / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 120
-    while not list(run_folder.glob("checkpoint_*")) and time.time() < deadline:
-        time.sleep(0.2)
-    assert list(run_folder.glob("checkpoint_*")), "no checkpoint appeared"
+    while time.time() < deadline and not _registered_steps(snapshot):
+        time.sleep(0.1)
+    assert _registered_steps(snapshot), "no checkpoint was registered"
     pids = _ray_train_worker_pids()
-    assert len(pids) == 2
+    assert len(pids) == 2 and runner.is_alive()
     os.kill(pids[1], signal.SIGKILL)
     runner.join(timeout=300)
     assert not runner.is_alive()

@@ -101,8 +101,9 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(pretrained, digit
     assert metrics["finetune/digits/best_lr"] == best == float(final[0].data.params["lr"])
     assert final[0].data.metrics["test_accuracy"] == metrics["finetune/digits/acc"]
 
-    # Re-running attaches to the same nested runs instead of making new ones.
-    assert transfer.main(argv) == 0
+    # Re-running attaches to the same nested runs instead of making new ones (nested runs are
+    # keyed by dataset, phase and LR, so a short re-run is enough to check it).
+    assert transfer.main([a if a != "400" else "5" for a in argv]) == 0
     again = tracking.client(uri).search_runs([tracking.client(uri).get_run(run_id).info.experiment_id],
                                              filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert len(again) == len(children) == 4
