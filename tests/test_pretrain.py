@@ -63,11 +63,17 @@ def constant_baseline(synth) -> float:
     return float(val[:, int(freq.argmax())].mean())
 
 
+# Steps each micro model needs to clear the bar with a margin (measured: BiT 0.71 at 300 steps,
+# the ViT and the hybrid need about 800).
+LEARNING_STEPS = {"vit": 800, "resnet": 300, "hybrid": 800}
+
+
 @pytest.mark.parametrize("family", ["vit", "resnet", "hybrid"])
 def test_micro_model_trains_with_two_workers_and_logs_to_mlflow(family, ray_cluster, synth, tmp_path):
-    spec = micro_spec(family, steps=800)
+    steps = LEARNING_STEPS[family]
+    spec = micro_spec(family, steps=steps)
     out = pretrain(spec, str(synth), storage=str(tmp_path), workers=2)
-    assert out["done"] and out["step"] == 800 and out["images_seen"] == 800 * BATCH
+    assert out["done"] and out["step"] == steps and out["images_seen"] == steps * BATCH
 
     uri, run_id = out["tracking_uri"], out["mlflow_run_id"]
     run = tracking.client(uri).get_run(run_id)
@@ -77,16 +83,16 @@ def test_micro_model_trains_with_two_workers_and_logs_to_mlflow(family, ray_clus
     assert params["model"] == MICRO[family]["name"] and params["batch_size"] == str(BATCH)
     assert params["workers"] == "2" and float(params["forward_gmacs"]) > 0
     losses = tracking.metric_history(uri, run_id, "pretrain/loss")
-    assert [s for s, _ in losses] == list(range(100, 801, 100))
+    assert [s for s, _ in losses] == list(range(100, steps + 1, 100))
     assert losses[-1][1] < losses[0][1]
     metrics = run.data.metrics
-    expected = 6 * float(params["forward_gmacs"]) * 1e9 * 800 * BATCH / 1e18
+    expected = 6 * float(params["forward_gmacs"]) * 1e9 * steps * BATCH / 1e18
     assert metrics["compute/exaflops"] == pytest.approx(expected, rel=1e-6)
-    assert metrics["compute/images_seen"] == 800 * BATCH and metrics["throughput/images_per_s"] > 0
+    assert metrics["compute/images_seen"] == steps * BATCH and metrics["throughput/images_per_s"] > 0
     checkpoint = Path(run.data.tags["checkpoint_uri"])
     assert (checkpoint / STATE_FILE).is_file()
     state = torch.load(checkpoint / STATE_FILE, weights_only=False)
-    assert state["step"] == 800
+    assert state["step"] == steps
 
     baseline = constant_baseline(synth)
     assert metrics["pretrain/val_prec1_best"] >= metrics["pretrain/val_prec1"]
