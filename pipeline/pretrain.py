@@ -16,6 +16,7 @@ CLI: python -m pipeline.pretrain --model NAME --data PATH [--subset 30M] [--epoc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -222,7 +223,8 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
             for i in range(accum):
                 xs, ys = x[i * micro:(i + 1) * micro], y[i * micro:(i + 1) * micro]
                 sync = i == accum - 1 or world == 1
-                ctx_sync = train_model.no_sync() if not sync and hasattr(train_model, "no_sync") else _null()
+                ctx_sync = (train_model.no_sync() if not sync and hasattr(train_model, "no_sync")
+                            else contextlib.nullcontext())
                 with ctx_sync, autocast():
                     loss = sigmoid_xent(train_model(xs), ys) / accum
                 loss.backward()
@@ -291,14 +293,6 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
         logger.flush()
     return {"step": step, "total_steps": total_steps, "images_seen": step * global_batch,
             "resumed_from": resumed_from, "best": best}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------- the driver

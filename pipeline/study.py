@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import compute, tracking
-from pipeline.spec import RunSpec, Study, list_studies, load_study, subset_images
+from pipeline.spec import Study, list_studies, load_study, subset_images
 
 DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16

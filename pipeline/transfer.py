@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

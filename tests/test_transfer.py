@@ -3,7 +3,6 @@ downstream data (scikit-learn's digits), Ray Tune for the LR grid, results in SQ
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported lazily: decode workers start faster without it
+    import torch
 
 # Decompression bombs in scraped data should fail loudly per row, not take the machine down.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
