@@ -323,7 +323,7 @@ def plan_run(spec: RunSpec, data_path: str, workers: int) -> dict[str, Any]:
             "num_classes": dataset.num_classes, "subset_rows": rows, "steps_per_epoch": steps_per_epoch,
             "total_steps": spec.total_steps(rows), "micro_batch": micro, "accum_steps": per_rank // micro,
             "base_lr": base_lr, "base_lr_source": lr_source, "val_split": val_split,
-            "forward_macs": counts["forward_macs"], "params": counts["params"], "dataset_name": dataset.manifest.get("name") or dataset.root.name}
+            "forward_macs": counts["forward_macs"], "params": counts["params"]}
 
 
 def run_params(spec: RunSpec, plan: dict[str, Any], workers: int) -> dict[str, Any]:
@@ -423,10 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                         val_every=args.val_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         compile=args.compile)
         from pipeline.data import open_dataset
-        ds = open_dataset(args.data)
-        name = ds.manifest.get("name") or ds.root.name
-        spec = RunSpec(study=args.study, model=model, dataset=name, subset=args.subset, epochs=args.epochs,
-                       steps=args.steps, recipe=recipe, seed=args.seed)
+        spec = RunSpec(study=args.study, model=model, dataset=open_dataset(args.data).name, subset=args.subset,
+                       epochs=args.epochs, steps=args.steps, recipe=recipe, seed=args.seed)
     except Exception as err:  # validation errors say which field and why
         parser.error(str(err))
     summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=args.tracking_uri, workers=args.workers,

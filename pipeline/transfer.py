@@ -303,8 +303,7 @@ def resolve_dataset(name_or_path: str, data_root: str) -> tuple[str, str]:
     path = Path(name_or_path)
     if (path / "manifest.json").is_file():
         from pipeline.data import open_dataset
-        ds = open_dataset(path)
-        return ds.manifest.get("name") or path.name, str(path)
+        return open_dataset(path).name, str(path)
     if name_or_path == "digits":
         target = Path(data_root) / "digits"
         if not (target / "manifest.json").is_file():

@@ -210,6 +210,11 @@ class Dataset:
         return resolved
 
     @property
+    def name(self) -> str:
+        """The dataset's name (its manifest's, else its folder's): what run ids hash, not its location."""
+        return str(self.manifest.get("name") or self.root.name)
+
+    @property
     def num_classes(self) -> int:
         return int(self.manifest["num_classes"])
 
