@@ -6,6 +6,7 @@ killed or failed; it resumes from its checkpoint) or ``new``.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ def default_tracking_uri(storage_root: str | os.PathLike) -> str:
     return f"sqlite:///{Path(storage_root).expanduser().resolve() / 'mlflow.db'}"
 
 
+@functools.lru_cache(maxsize=8)
 def client(tracking_uri: str):
+    """One client per tracking URI and process (every metric flush goes through it)."""
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -49,57 +52,45 @@ def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = Non
         return exp.experiment_id
 
 
-def find_run(tracking_uri: str, study: str, run_spec_id: str):
-    """The MLflow run of a RunSpec, or None. More than one is a broken invariant: say so."""
-    c = client(tracking_uri)
-    exp = c.get_experiment_by_name(study)
-    if exp is None:
-        return None
-    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.{RUN_SPEC_TAG} = '{run_spec_id}'",
-                         max_results=2)
-    if len(runs) > 1:
-        raise RuntimeError(f"study {study!r} has several MLflow runs for RunSpec {run_spec_id}: "
-                           f"{[r.info.run_id for r in runs]}; delete the extra ones in the MLflow UI")
-    return runs[0] if runs else None
-
-
 def run_status(run) -> str:
     if run is None:
         return "new"
     return "done" if run.info.status == "FINISHED" else "partial"
 
 
-def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[str, Any],
-              params: Mapping[str, Any], run_name: str | None = None, artifact_root: str | None = None) -> str:
-    """The run of this RunSpec: found and marked RUNNING again, or created with its tags and
-    params in one go (so a crash can never leave a run without its id tag)."""
-    run = find_run(tracking_uri, study, run_spec_id)
+def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags: Mapping[str, str],
+                    run_name: str | None, params: Mapping[str, Any]) -> str:
+    """The run matching ``filter_string``, marked RUNNING again; or a new one created with its
+    identifying tags in the same call (a crash can never leave a run without them) and params."""
     c = client(tracking_uri)
-    if run is not None:
-        if run.info.status != "RUNNING":
-            c.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id
-    exp_id = experiment_id(tracking_uri, study, artifact_root)
-    all_tags = {RUN_SPEC_TAG: run_spec_id, "study": study, **{k: str(v) for k, v in tags.items()}}
-    run = c.create_run(exp_id, tags=all_tags, run_name=run_name)
+    found = c.search_runs([experiment], filter_string=filter_string, max_results=2)
+    if len(found) > 1:
+        raise RuntimeError(f"several MLflow runs match {filter_string!r}: {[r.info.run_id for r in found]}; "
+                           "delete the extra ones in the MLflow UI")
+    if found:
+        if found[0].info.status != "RUNNING":
+            c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = c.create_run(experiment, tags=dict(tags), run_name=run_name)
     log_params(tracking_uri, run.info.run_id, params)
     return run.info.run_id
+
+
+def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[str, Any],
+              params: Mapping[str, Any], run_name: str | None = None, artifact_root: str | None = None) -> str:
+    """The one MLflow run of this RunSpec in the study's experiment."""
+    all_tags = {RUN_SPEC_TAG: run_spec_id, "study": study, **{k: str(v) for k, v in tags.items()}}
+    return _find_or_create(tracking_uri, experiment_id(tracking_uri, study, artifact_root),
+                           f"tags.{RUN_SPEC_TAG} = '{run_spec_id}'", all_tags, run_name, params)
 
 
 def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Mapping[str, Any]) -> str:
     """A child run of ``parent_run_id`` (shown nested in the MLflow UI), found again by ``key`` so
     that an evaluation that is re-run or resumed never makes a second one."""
-    c = client(tracking_uri)
-    experiment = c.get_run(parent_run_id).info.experiment_id
-    found = c.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                                                      f"and tags.nested_key = '{key}'", max_results=1)
-    if found:
-        if found[0].info.status != "RUNNING":
-            c.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    run = c.create_run(experiment, tags={"mlflow.parentRunId": parent_run_id, "nested_key": key}, run_name=key)
-    log_params(tracking_uri, run.info.run_id, params)
-    return run.info.run_id
+    experiment = client(tracking_uri).get_run(parent_run_id).info.experiment_id
+    return _find_or_create(tracking_uri, experiment,
+                           f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.nested_key = '{key}'",
+                           {"mlflow.parentRunId": parent_run_id, "nested_key": key}, key, params)
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
@@ -145,10 +136,6 @@ class MetricLogger:
     def log_now(self, step: int, metrics: Mapping[str, float]) -> None:
         self.log(step, metrics)
         self.flush()
-
-
-def latest_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
-    return dict(client(tracking_uri).get_run(run_id).data.metrics)
 
 
 def runs_of_study(tracking_uri: str, study: str) -> Iterable:
