@@ -102,8 +102,9 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _all_reduce_sum(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def _all_reduce_sum(values: list, device) -> list[float]:
+    """Sum numbers (Python floats or 0-d tensors) over all ranks; one host sync for all of them."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
     if _distributed():
         torch.distributed.all_reduce(t)
     return t.tolist()
@@ -123,15 +124,17 @@ def validate(model, config: dict, rank: int, world: int, device, autocast) -> di
     loader = make_loader(config["data_path"], split=config["val_split"], train=False, rank=rank,
                          world_size=world, batch_size=config["micro_batch"], image_size=recipe.image_size,
                          count=recipe.val_images, label_format="multi_hot")
-    loss_sum = hits = n = 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    hits = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
     model.eval()
     with torch.no_grad():
         for batch in loader:
             x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
             with autocast():
                 logits = model(x)
-            loss_sum += F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum().item()
-            hits += precision_at_1(logits, y).item()
+            loss_sum += F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum()
+            hits += precision_at_1(logits, y)
             n += len(y)
     model.train()
     loss_sum, hits, n = _all_reduce_sum([loss_sum, hits, n], device)
@@ -193,7 +196,15 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
     stop_at = min(total_steps, config.get("stop_after_steps") or total_steps)
     fwd_macs, global_batch = config["forward_macs"], recipe.batch_size
     peak = peak_tflops(device, precision)
-    window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "start": time.perf_counter()}
+    params = list(model.parameters())
+
+    def new_window() -> dict[str, Any]:
+        # Loss and gradient-norm sums stay on the device: reading them every step (.item()) would
+        # stall a GPU on every step; they are read once per logging window.
+        zero = lambda: torch.zeros((), dtype=torch.float32, device=device)  # noqa: E731
+        return {"loss": zero(), "grad_norm": zero(), "steps": 0, "start": time.perf_counter()}
+
+    window = new_window()
     if rank == 0 and resumed_from is not None:
         print(f"[pretrain {spec.id}] resumed from the checkpoint at step {resumed_from}/{total_steps}", flush=True)
 
@@ -219,7 +230,6 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
                 with trace.open("a") as f:
                     f.write(f"{step}\t{','.join(batch.keys)}\n")
             x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-            loss_value = 0.0
             for i in range(accum):
                 xs, ys = x[i * micro:(i + 1) * micro], y[i * micro:(i + 1) * micro]
                 sync = i == accum - 1 or world == 1
@@ -228,18 +238,13 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
                 with ctx_sync, autocast():
                     loss = sigmoid_xent(train_model(xs), ys) / accum
                 loss.backward()
-                loss_value += loss.item()
-            if recipe.grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip).item()
-            else:
-                grad_norm = torch.linalg.vector_norm(
-                    torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])).item()
+                window["loss"] += loss.detach()
+            window["grad_norm"] += (torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip) if recipe.grad_clip
+                                   else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window["loss"] += loss_value
-            window["grad_norm"] += grad_norm
             window["steps"] += 1
 
             metrics: dict[str, float] = {}
@@ -262,7 +267,7 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
                 })
                 if peak:
                     metrics["throughput/mfu"] = achieved / (peak * world)
-                window.update(loss=0.0, grad_norm=0.0, steps=0, start=time.perf_counter())
+                window = new_window()
             if config["val_split"] and (step % recipe.val_every == 0 or step == total_steps):
                 # the unwrapped model: ranks may hold different numbers of val batches, and a
                 # DDP forward can broadcast buffers (a collective every rank must join)
