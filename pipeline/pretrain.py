@@ -40,6 +40,12 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 STATE_FILE = "state.pt"
 
 
+def state_file(checkpoint: str | os.PathLike) -> Path:
+    """The state file of a pretraining checkpoint given as its folder or as the file itself."""
+    path = Path(checkpoint)
+    return path / STATE_FILE if path.is_dir() else path
+
+
 # ----------------------------------------------------------------------------- recipe pieces
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -72,18 +72,17 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
     ``path``: a pretraining checkpoint of this pipeline (the Ray Train checkpoint folder, or its
     ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
     from models import build_model
-    from pipeline.pretrain import STATE_FILE
+    from pipeline.pretrain import STATE_FILE, state_file
     path = Path(path)
     if timm_name:
         from models.timm_import import load_timm
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = load_timm(timm_name, state.get("state_dict", state) if isinstance(state, dict) else state)
         return model, {"model": timm_name, "image_size": model.image_size, "source": "timm"}
-    state_file = path / STATE_FILE if path.is_dir() else path
-    if not state_file.is_file():
+    if not state_file(path).is_file():
         raise FileNotFoundError(f"no pretraining checkpoint at {path}: expected a folder with {STATE_FILE} "
                                 "(the checkpoint_uri tag of the MLflow run) or a timm file with --timm NAME")
-    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    state = torch.load(state_file(path), map_location="cpu", weights_only=False)
     spec = state["spec"]
     weights = state["model"]
     model = build_model(spec["model"], num_classes=weights["head.fc.weight"].shape[0],
@@ -96,9 +95,8 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
 
 def checkpoint_key(path: str | os.PathLike) -> str:
     """Identity of a checkpoint file for the feature cache: path, size and modification time."""
-    from pipeline.pretrain import STATE_FILE
-    path = Path(path)
-    f = path / STATE_FILE if path.is_dir() else path
+    from pipeline.pretrain import state_file
+    f = state_file(path)
     st = f.stat()
     return hashlib.sha1(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
@@ -167,8 +165,7 @@ def run_fewshot(checkpoint: str, data_path: str, *, shots: Sequence[int] = fewsh
 # ----------------------------------------------------------------------------- fine-tuning
 
 def finetune_once(checkpoint: str, data_path: str, lr: float, settings: FinetuneSettings, *, evaluate_on: str,
-                  timm_name: str | None = None, device: torch.device | None = None,
-                  progress=None) -> dict[str, float]:
+                  timm_name: str | None = None, device: torch.device | None = None) -> dict[str, float]:
     """Fine-tune a fresh copy of the checkpoint at ``lr`` and score it.
 
     evaluate_on="dev": train on the training split minus the dev slice, score on the dev slice
@@ -207,8 +204,6 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if progress is not None:
-                progress(step, loss.item())
             if step == settings.steps:
                 break
         epoch += 1
@@ -224,21 +219,33 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
             "seconds": time.perf_counter() - start, "resolution": resolution}
 
 
+def finetune_recorded(checkpoint: str, data_path: str, lr: float, settings: FinetuneSettings, *, evaluate_on: str,
+                      dataset: str, tracking_uri: str | None = None, parent_run_id: str | None = None,
+                      timm_name: str | None = None) -> dict[str, float]:
+    """``finetune_once``, recorded (when a parent run is given) as the nested MLflow run of its
+    phase: one per LR on the dev slice, one for the final retrain scored on test."""
+    dev = evaluate_on == "dev"
+    run = None
+    if tracking_uri and parent_run_id:
+        key = f"finetune/{dataset}/dev/lr={lr}" if dev else f"finetune/{dataset}/final"
+        params = {"phase": "dev" if dev else "final", "dataset": dataset, "lr": lr,
+                  **{k: v for k, v in asdict(settings).items() if k != "lrs"}}
+        run = tracking.start_nested_run(tracking_uri, parent_run_id, key=key, params=params)
+    out = finetune_once(checkpoint, data_path, lr, settings, evaluate_on=evaluate_on, timm_name=timm_name)
+    if run:
+        metric = "dev_accuracy" if dev else "test_accuracy"
+        tracking.MetricLogger(tracking_uri, run).log_now(settings.steps, {metric: out["accuracy"]})
+        tracking.finish_run(tracking_uri, run)
+    return out
+
+
 def _tune_trial(config: dict) -> None:
-    """One LR of the grid, as a Ray Tune function trial, logged as a nested MLflow run."""
+    """One LR of the grid, as a Ray Tune function trial."""
     import ray.tune
     settings = FinetuneSettings(**{**config["settings"], "lrs": tuple(config["settings"]["lrs"])})
-    nested = None
-    if config.get("tracking_uri") and config.get("parent_run_id"):
-        nested = tracking.start_nested_run(config["tracking_uri"], config["parent_run_id"],
-                                           key=f"finetune/{config['dataset']}/dev/lr={config['lr']}",
-                                           params={"phase": "dev", "dataset": config["dataset"], "lr": config["lr"],
-                                                   **{k: v for k, v in asdict(settings).items() if k != "lrs"}})
-    out = finetune_once(config["checkpoint"], config["data_path"], config["lr"], settings, evaluate_on="dev",
-                        timm_name=config.get("timm_name"))
-    if nested:
-        tracking.MetricLogger(config["tracking_uri"], nested).log_now(settings.steps, {"dev_accuracy": out["accuracy"]})
-        tracking.finish_run(config["tracking_uri"], nested)
+    out = finetune_recorded(config["checkpoint"], config["data_path"], config["lr"], settings, evaluate_on="dev",
+                            dataset=config["dataset"], tracking_uri=config.get("tracking_uri"),
+                            parent_run_id=config.get("parent_run_id"), timm_name=config.get("timm_name"))
     ray.tune.report({"dev_accuracy": out["accuracy"], "seconds": out["seconds"]})
 
 
@@ -268,16 +275,9 @@ def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *,
         raise RuntimeError(f"fine-tuning trials failed on {dataset_name}: {errors[0]}")
     dev_accuracy = {r.config["lr"]: r.metrics["dev_accuracy"] for r in grid}
     best_lr = max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])  # ties: the smaller LR
-    final_run = None
-    if tracking_uri and parent_run_id:
-        final_run = tracking.start_nested_run(tracking_uri, parent_run_id, key=f"finetune/{dataset_name}/final",
-                                              params={"phase": "final", "dataset": dataset_name, "lr": best_lr,
-                                                      **{k: v for k, v in asdict(settings).items() if k != "lrs"}})
-    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(finetune_once).remote(
-        checkpoint, data_path, best_lr, settings, evaluate_on="test", timm_name=timm_name))
-    if final_run:
-        tracking.MetricLogger(tracking_uri, final_run).log_now(settings.steps, {"test_accuracy": final["accuracy"]})
-        tracking.finish_run(tracking_uri, final_run)
+    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(finetune_recorded).remote(
+        checkpoint, data_path, best_lr, settings, evaluate_on="test", dataset=dataset_name,
+        tracking_uri=tracking_uri, parent_run_id=parent_run_id, timm_name=timm_name))
     return {"best_lr": best_lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
             "test_examples": final["examples"], "resolution": final["resolution"]}
 

@@ -18,16 +18,10 @@ from pipeline.data.synth import generate
 from pipeline.pretrain import STATE_FILE, pretrain
 from pipeline.spec import Recipe, RunSpec
 
+from micro_models import MICRO
+
 pytestmark = pytest.mark.slow
 
-MICRO = {
-    "vit": {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,
-            "patch_size": 8},
-    "resnet": {"name": "bit-micro", "family": "resnet", "blocks": [1, 1, 1, 1], "width_factor": 0.25,
-               "groups": 8},
-    "hybrid": {"name": "hybrid-micro", "family": "hybrid", "blocks": [1, 1], "width_factor": 0.25, "groups": 8,
-               "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128},
-}
 CLASSES, BATCH = 10, 64
 
 

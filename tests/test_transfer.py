@@ -12,14 +12,9 @@ from pipeline.data.synth import generate
 from pipeline.pretrain import pretrain
 from pipeline.spec import Recipe, RunSpec
 
-pytestmark = pytest.mark.slow
+from micro_models import MICRO
 
-MICRO = {
-    "vit": {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,
-            "patch_size": 8},
-    "hybrid": {"name": "hybrid-micro", "family": "hybrid", "blocks": [1, 1], "width_factor": 0.25, "groups": 8,
-               "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128},
-}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
