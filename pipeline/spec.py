@@ -188,6 +188,11 @@ class Preset(Frozen):
     seeds: list[int] = Field(default_factory=lambda: [0])
     transfer: TransferPlan = TransferPlan()
 
+    @field_validator("subsets")
+    @classmethod
+    def _valid_subsets(cls, values):
+        return [RunSpec._valid_subset(v) for v in values]
+
 
 class Study(Frozen):
     name: str
