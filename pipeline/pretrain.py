@@ -147,12 +147,25 @@ def validate(model, config: dict, rank: int, world: int, device, autocast) -> di
     return {"pretrain/val_loss": loss_sum / max(n, 1), "pretrain/val_prec1": hits / max(n, 1)}
 
 
+def quiet_ray_train_logs() -> None:
+    """Ray Train V2 logs every report and checkpoint at INFO on each worker; the rank-0 progress
+    line already says what matters. (Its loggers are named after module files, hence the lookup.)"""
+    import logging
+    try:
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:  # another Ray version: keep its logs
+        return
+    for name in (context.__file__, storage.__name__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
     from pipeline.data import make_loader
 
+    quiet_ray_train_logs()
     spec = RunSpec.model_validate(config["spec"])
     recipe = spec.recipe
     ctx = ray.train.get_context()
@@ -352,9 +365,9 @@ def run_params(spec: RunSpec, plan: dict[str, Any], workers: int) -> dict[str, A
 def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None, workers: int = 1,
              use_gpu: bool = False, cpus_per_worker: float = 1.0, max_failures: int = 3,
              stop_after_steps: int | None = None, trace_keys_dir: str | None = None,
-             finish: bool = True) -> dict[str, Any]:
+             finish: bool = True, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run (or resume) the pretraining of ``spec``. Returns a summary with the MLflow run id and
-    the final checkpoint's URI."""
+    the final checkpoint's URI. ``parent_run_id``: the study-level run that groups this one."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -366,7 +379,8 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
     run_id = tracking.start_run(
         tracking_uri, spec.study, spec.id, run_name=f"{spec.model_name} {spec.subset} {spec.id}",
         tags={"family": spec.family, "model": spec.model_name, "subset": spec.subset,
-              "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps"},
+              "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps",
+              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
         params=run_params(spec, plan, workers), artifact_root=f"{storage}/artifacts")
     config = {**plan, "tracking_uri": tracking_uri, "mlflow_run_id": run_id,
               "stop_after_steps": stop_after_steps, "trace_keys_dir": trace_keys_dir}

@@ -1,4 +1,9 @@
-"""The study front door: ``python -m pipeline.study NAME [--preset P] [--plan] [--json] ...``.
+"""The study front door: ``python -m pipeline.study NAME [--preset P] [--plan] [--json] [--report]
+[--data URI] [--storage URI] [--tracking-uri URI] [--max-concurrent N] [--gpus-per-run G]``.
+
+Without ``--plan`` it runs the study on Ray (``pipeline.orchestrate``): every run pretrains, then
+transfers; re-running the same command skips finished runs and resumes the others. The last stage
+writes the report (``pipeline.analysis``); ``--report`` writes only that.
 
 ``--plan`` launches nothing. It prints every run of the study: id, model, family, subset and its
 image count, epochs, params, pretraining exaFLOPs (``pipeline.compute``), the GPU-hours those
@@ -81,8 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list studies and presets")
     parser.add_argument("--plan", action="store_true", help="print the runs, their compute and status; launch nothing")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"))
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    parser.add_argument("--report", action="store_true", help="write the report of the runs so far; launch nothing")
+    parser.add_argument("--data", default=None, help="pretraining dataset folder or URI (default: the preset's "
+                        "built-in synthetic data, made on first use)")
+    parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"),
+                        help="checkpoints, data made on first use, reports, the default MLflow store "
+                        "(default $VIT_SCALING_STORAGE or ./runs)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="runs at once (default: what the cluster holds now)")
+    parser.add_argument("--gpus-per-run", type=int, default=0, help="GPU workers per pretraining run (0: one CPU worker)")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU for GPU-hours")
     parser.add_argument("--gpu-peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
     args = parser.parse_args(argv)
@@ -102,15 +116,28 @@ def main(argv: list[str] | None = None) -> int:
         study.preset(args.preset)
     except ValueError as err:
         parser.error(str(err))
-    uri = args.tracking_uri
-    if uri is None and "://" not in args.storage and (Path(args.storage) / "mlflow.db").exists():
-        uri = tracking.default_tracking_uri(args.storage)
-    if not args.plan:
-        parser.error("launching a study is not built yet (issue #6): use --plan to see what it would run")
-    result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
-    print(json.dumps(result, indent=2) if args.json else format_plan(result))
-    return 0
-
+    if args.plan:
+        uri = args.tracking_uri
+        if uri is None and "://" not in args.storage and (Path(args.storage) / "mlflow.db").exists():
+            uri = tracking.default_tracking_uri(args.storage)
+        result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
+        print(json.dumps(result, indent=2) if args.json else format_plan(result))
+        return 0
+    from pipeline import orchestrate
+    try:
+        storage = orchestrate.resolve_storage(args.storage)
+        uri = args.tracking_uri or tracking.default_tracking_uri(storage)
+        if args.report:
+            orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri)
+            print(f"report: {orchestrate.report_dir(storage, study.name, args.preset) / 'report.md'}")
+            return 0
+        summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
+                                        max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run)
+    except orchestrate.StudyError as err:
+        parser.error(str(err))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return 1 if summary["failed"] else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 RUN_SPEC_TAG = "run_spec_id"
+STUDY_PRESET_TAG = "study_preset"  # marks the one study-level run of a preset
 
 
 def default_tracking_uri(storage_root: str | os.PathLike) -> str:
@@ -91,6 +92,33 @@ def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Ma
     return _find_or_create(tracking_uri, experiment,
                            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.nested_key = '{key}'",
                            {"mlflow.parentRunId": parent_run_id, "nested_key": key}, key, params)
+
+
+def start_study_run(tracking_uri: str, study: str, preset: str, *, params: Mapping[str, Any],
+                    artifact_root: str | None = None) -> str:
+    """The one study-level run of ``study``/``preset``: it groups the study's runs (they are
+    created as its children) and holds the report."""
+    return _find_or_create(tracking_uri, experiment_id(tracking_uri, study, artifact_root),
+                           f"tags.{STUDY_PRESET_TAG} = '{preset}'", {STUDY_PRESET_TAG: preset, "study": study},
+                           f"study {study} / {preset}", params)
+
+
+def find_study_run(tracking_uri: str, study: str, preset: str) -> str | None:
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(study)
+    found = [] if exp is None else c.search_runs([exp.experiment_id], f"tags.{STUDY_PRESET_TAG} = '{preset}'",
+                                                  max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def nested_result(tracking_uri: str, parent_run_id: str, key: str, metric: str) -> float | None:
+    """The recorded ``metric`` of a finished nested run, or None (not run, or interrupted)."""
+    c = client(tracking_uri)
+    experiment = c.get_run(parent_run_id).info.experiment_id
+    found = c.search_runs([experiment], max_results=1, filter_string=(
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.nested_key = '{key}' and "
+        "attributes.status = 'FINISHED'"))
+    return found[0].data.metrics.get(metric) if found else None
 
 
 def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:

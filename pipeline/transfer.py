@@ -73,7 +73,7 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
     ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
     from models import build_model
     from pipeline.pretrain import STATE_FILE, state_file
-    path = Path(path)
+    path = fetch_checkpoint(path)
     if timm_name:
         from models.timm_import import load_timm
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,10 +93,26 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
                    "step": state.get("step"), "run_spec": spec}
 
 
+def fetch_checkpoint(uri: str | os.PathLike) -> Path:
+    """A local path for a checkpoint: itself, or for a remote URI (s3://, gs://, as the
+    checkpoint_uri tag of a cluster run) a copy in the local cache, downloaded once."""
+    if "://" not in str(uri):
+        return Path(uri)
+    import pyarrow.fs
+    target = local_dir(str(uri), "checkpoints") / hashlib.sha1(str(uri).encode()).hexdigest()[:16]
+    if not (target / "done").exists():
+        fs, remote = pyarrow.fs.FileSystem.from_uri(str(uri))
+        target.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(remote, str(target), source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        (target / "done").touch()
+    return target
+
+
 def checkpoint_key(path: str | os.PathLike) -> str:
     """Identity of a checkpoint file for the feature cache: path, size and modification time."""
     from pipeline.pretrain import state_file
-    f = state_file(path)
+    f = state_file(fetch_checkpoint(path))
     st = f.stat()
     return hashlib.sha1(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
@@ -225,17 +241,23 @@ def finetune_recorded(checkpoint: str, data_path: str, lr: float, settings: Fine
     """``finetune_once``, recorded (when a parent run is given) as the nested MLflow run of its
     phase: one per LR on the dev slice, one for the final retrain scored on test."""
     dev = evaluate_on == "dev"
+    metric = "dev_accuracy" if dev else "test_accuracy"
     run = None
     if tracking_uri and parent_run_id:
         key = f"finetune/{dataset}/dev/lr={lr}" if dev else f"finetune/{dataset}/final"
+        recorded = tracking.nested_result(tracking_uri, parent_run_id, key, metric)
+        if recorded is not None:  # finished before an interruption: not trained again
+            return {"accuracy": recorded, "examples": None, "seconds": 0.0, "reused": True,
+                    "resolution": settings.resolution}
         params = {"phase": "dev" if dev else "final", "dataset": dataset, "lr": lr,
                   **{k: v for k, v in asdict(settings).items() if k != "lrs"}}
         run = tracking.start_nested_run(tracking_uri, parent_run_id, key=key, params=params)
     out = finetune_once(checkpoint, data_path, lr, settings, evaluate_on=evaluate_on, timm_name=timm_name)
     if run:
-        metric = "dev_accuracy" if dev else "test_accuracy"
         tracking.MetricLogger(tracking_uri, run).log_now(settings.steps, {metric: out["accuracy"]})
         tracking.finish_run(tracking_uri, run)
+    print(f"[finetune {dataset}] lr {lr:g}: {evaluate_on} accuracy {out['accuracy']:.4f} "
+          f"({settings.steps} steps, {out['seconds']:.0f}s)", flush=True)
     return out
 
 
@@ -268,8 +290,13 @@ def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *,
         param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
         tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()) if "://" not in storage
-                                  else storage, verbose=1))
-    grid = tuner.fit()
+                                  else storage, verbose=0))  # each trial prints one line itself
+    quiet = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
+    try:
+        grid = tuner.fit()
+    finally:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT") if quiet is None else os.environ.update(RAY_AIR_NEW_OUTPUT=quiet)
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"fine-tuning trials failed on {dataset_name}: {errors[0]}")
@@ -297,6 +324,71 @@ def finetune_metrics(dataset_name: str, out: dict) -> dict[str, float]:
     return {f"finetune/{dataset_name}/acc": out["test_accuracy"], f"finetune/{dataset_name}/best_lr": out["best_lr"]}
 
 
+def evaluate(checkpoint: str, *, fewshot_on: Sequence[tuple[str, str]] = (), finetune_on: Sequence[tuple[str, str]] = (),
+             shots: Sequence[int] = fewshot.DEFAULT_SHOTS, seeds: int = 3,
+             l2_regs: Sequence[float] = (fewshot.DEFAULT_L2,), finetune_overrides: dict[str, Any] | None = None,
+             storage: str, tracking_uri: str | None = None, run_id: str | None = None,
+             timm_name: str | None = None, use_gpu: bool = False, on_ray: bool = False,
+             skip_recorded: bool = False, max_concurrent: int | None = None) -> dict[str, float]:
+    """Few-shot probes on ``fewshot_on`` and fine-tuning on ``finetune_on`` ([(name, path)]).
+
+    Each dataset's metrics are logged to ``run_id`` as soon as they exist. ``skip_recorded``:
+    a dataset whose metrics the run already holds is not evaluated again (a resumed study).
+    ``on_ray``: the few-shot probe runs as a Ray task holding one CPU (or GPU), as the
+    fine-tuning trials do, instead of in this process."""
+    recorded = dict(tracking.client(tracking_uri).get_run(run_id).data.metrics) \
+        if skip_recorded and tracking_uri and run_id else {}
+    metrics: dict[str, float] = {}
+
+    def keep(new: dict[str, float]) -> None:
+        metrics.update(new)
+        if tracking_uri and run_id and new:
+            tracking.MetricLogger(tracking_uri, run_id).log_now(0, new)
+
+    cache = str(local_dir(storage, "features"))
+    for name, path in fewshot_on:
+        wanted = [f"fewshot/{name}/{k}shot" for k in shots]
+        if all(key in recorded for key in wanted):
+            metrics.update({k: v for k, v in recorded.items() if k.startswith(f"fewshot/{name}/")})
+            continue
+        kwargs = dict(shots=shots, seeds=seeds, l2_regs=l2_regs, cache_dir=cache, timm_name=timm_name)
+        if on_ray:
+            import ray
+            task = ray.remote(num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0)(run_fewshot)
+            out = ray.get(task.remote(checkpoint, path, **kwargs))
+        else:
+            out = run_fewshot(checkpoint, path, **kwargs)
+        keep(fewshot_metrics(name, out, l2_regs[0]))
+    for name, path in finetune_on:
+        if f"finetune/{name}/acc" in recorded:
+            metrics.update({k: v for k, v in recorded.items() if k.startswith(f"finetune/{name}/")})
+            continue
+        settings = FinetuneSettings.for_dataset(name, **(finetune_overrides or {}))
+        out = run_finetune(checkpoint, path, settings, dataset_name=name, storage=storage, tracking_uri=tracking_uri,
+                           parent_run_id=run_id, timm_name=timm_name, use_gpu=use_gpu, max_concurrent=max_concurrent)
+        keep(finetune_metrics(name, out))
+    return metrics
+
+
+def local_dir(storage: str, name: str) -> Path:
+    """A local folder for caches next to the storage, or in the user cache when storage is remote."""
+    if "://" in storage:
+        return Path(os.environ.get("VIT_SCALING_CACHE", Path.home() / ".cache" / "vit-scaling")) / name
+    return Path(storage) / name
+
+
+def builtin_dataset(name: str, data_root: str) -> str | None:
+    """The path of a built-in downstream set (``digits``), made under ``data_root`` on first use;
+    None for other names."""
+    if name != "digits":
+        return None
+    target = Path(data_root) / "digits"
+    if not (target / "manifest.json").is_file():
+        from pipeline.data.convert import convert_digits
+        convert_digits(target)
+    return str(target)
+
+
 def resolve_dataset(name_or_path: str, data_root: str) -> tuple[str, str]:
     """(name, path): an existing dataset folder, or a built-in downstream set made on first use
     under ``data_root`` (``digits``)."""
@@ -304,12 +396,9 @@ def resolve_dataset(name_or_path: str, data_root: str) -> tuple[str, str]:
     if (path / "manifest.json").is_file():
         from pipeline.data import open_dataset
         return open_dataset(path).name, str(path)
-    if name_or_path == "digits":
-        target = Path(data_root) / "digits"
-        if not (target / "manifest.json").is_file():
-            from pipeline.data.convert import convert_digits
-            convert_digits(target)
-        return "digits", str(target)
+    built = builtin_dataset(name_or_path, data_root)
+    if built is not None:
+        return name_or_path, built
     raise ValueError(f"dataset {name_or_path!r} is neither a dataset folder (with manifest.json) nor a built-in "
                      "name (digits); make one with `python -m pipeline.data convert|digits|synth`")
 
@@ -345,24 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     uri = args.tracking_uri or (tracking.default_tracking_uri(args.storage) if args.mlflow_run_id else None)
-    rows = []
-    for name, path in datasets:
-        metrics: dict[str, float] = {}
-        if shots:
-            out = run_fewshot(args.checkpoint, path, shots=shots, seeds=args.seeds, l2_regs=l2s,
-                              cache_dir=str(Path(args.storage) / "features"), timm_name=args.timm)
-            metrics.update(fewshot_metrics(name, out, l2s[0]))
-        if args.finetune:
-            settings = FinetuneSettings.for_dataset(name, lrs=lrs, steps=args.steps, batch_size=args.batch_size,
-                                                    resolution=args.resolution, dev_fraction=args.dev_fraction,
-                                                    min_crop_area=args.min_crop_area)
-            out = run_finetune(args.checkpoint, path, settings, dataset_name=name, storage=args.storage,
-                               tracking_uri=uri, parent_run_id=args.mlflow_run_id, timm_name=args.timm,
-                               use_gpu=args.gpu)
-            metrics.update(finetune_metrics(name, out))
-        if uri and args.mlflow_run_id:
-            tracking.MetricLogger(uri, args.mlflow_run_id).log_now(0, metrics)
-        rows += [(key, value) for key, value in metrics.items()]
+    overrides = dict(lrs=lrs, steps=args.steps, batch_size=args.batch_size, resolution=args.resolution,
+                     dev_fraction=args.dev_fraction, min_crop_area=args.min_crop_area)
+    metrics = evaluate(args.checkpoint, fewshot_on=datasets if shots else [],
+                       finetune_on=datasets if args.finetune else [], shots=shots, seeds=args.seeds,
+                       l2_regs=l2s, finetune_overrides=overrides, storage=args.storage, tracking_uri=uri,
+                       run_id=args.mlflow_run_id, timm_name=args.timm, use_gpu=args.gpu)
+    rows = list(metrics.items())
     width = max(len(k) for k, _ in rows) if rows else 10
     print(f"{'metric'.ljust(width)}  value")
     for key, value in rows:

@@ -1,0 +1,272 @@
+"""Running a study on Ray: every RunSpec of a preset chains pretraining then transfer, at most
+``max_concurrent`` at once, with progress (runs done/total, ETA), one study-level MLflow run that
+groups the runs and holds the report, and idempotent re-runs.
+
+A study can be killed at any point and submitted again with the same command. Three stable names
+make that safe:
+
+- MLflow: a RunSpec's run is found again by its id (``run_spec_id`` tag), never created twice, and
+  marked FINISHED only when pretraining and every transfer stage are done. Re-running skips it then.
+- Ray Train: the pretraining run folder is named after the RunSpec id, so an interrupted run resumes
+  from its last registered checkpoint; a finished pretraining (tag ``pretrain_status=done``) is not
+  started again.
+- Transfer: metrics the run already holds are not recomputed, and finished fine-tuning trials
+  (nested runs) are reused rather than trained again.
+
+Each run chain is a Ray task that holds no CPU itself (so chains never starve the work they launch):
+it starts a TorchTrainer (``gpus_per_run`` GPU workers, or one CPU worker), a few-shot task and the
+Ray Tune grid. On an autoscaling cluster the queued GPU work is what scales GPU nodes up.
+
+The data of presets with a ``synth`` dataset (``tiny``, ``smoke``) is generated on first use under
+``<storage>/data/<name>`` and reused; built-in downstream sets (``digits``) likewise.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline import tracking
+from pipeline.spec import Preset, RunSpec, Study, TransferPlan
+
+
+class StudyError(ValueError):
+    """A study that cannot start as asked; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------- checks made before launching
+
+def resolve_storage(storage: str) -> str:
+    """Storage as an absolute path or a URI. A relative path inside a ``ray job submit`` working
+    dir is refused: that folder is Ray's temporary copy, so results would be lost and a re-submitted
+    study could not find its runs."""
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser()
+    if not path.is_absolute() and "runtime_resources" in str(Path.cwd()):
+        raise StudyError(f"--storage {storage!r} is relative, and this job runs in Ray's temporary copy of the "
+                         f"working dir ({Path.cwd()}): give an absolute path or a URI (s3://bucket/dir), or set "
+                         "VIT_SCALING_STORAGE")
+    return str(path.resolve())
+
+
+def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True) -> str:
+    """The pretraining dataset's location: ``data`` when given (its name must be the preset's),
+    or the preset's synthetic data, generated under ``<storage>/data/<name>`` on first use."""
+    from pipeline.data import DataError, open_dataset
+    name = preset.dataset.name
+    if data is None:
+        if preset.dataset.synth is None:
+            raise StudyError(f"the preset's dataset {name!r} is not built in: give its location with --data "
+                             "(a folder or URI made by `python -m pipeline.data convert ...`)")
+        if "://" in storage:
+            raise StudyError(f"storage {storage} is remote: generate {name!r} with `python -m pipeline.data synth`, "
+                             "copy it there and give --data")
+        target = Path(storage) / "data" / name
+        if not (target / "manifest.json").is_file():  # the manifest is written last: its presence means complete
+            from pipeline.data.synth import generate
+            print(f"[study] generating the synthetic dataset {name!r} in {target} (first use)", flush=True)
+            generate(target, **{"progress": progress, **preset.dataset.synth})
+        data = str(target)
+    try:
+        found = open_dataset(data).name
+    except (DataError, OSError) as err:
+        raise StudyError(f"--data {data}: not a readable dataset: {err}") from None
+    if found != name:
+        raise StudyError(f"--data {data} holds dataset {found!r}, but the preset pretrains on {name!r} "
+                         "(the name is part of every run id): give the right folder")
+    return data
+
+
+def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
+    """{name: path} of every downstream set of the plan: a folder ``<storage>/data/<name>`` or a
+    built-in one (digits), made on first use."""
+    from pipeline.transfer import builtin_dataset, local_dir
+    root = local_dir(storage, "data")
+    paths = {}
+    for name in dict.fromkeys([*plan.fewshot, *plan.finetune]):
+        candidate = root / name
+        paths[name] = str(candidate) if (candidate / "manifest.json").is_file() else builtin_dataset(name, str(root))
+        if paths[name] is None:
+            raise StudyError(f"downstream dataset {name!r} is not in {root}: convert it there first "
+                             f"(`python -m pipeline.data convert --help`; the folder must be {candidate})")
+    return paths
+
+
+def default_concurrency(gpus_per_run: int) -> int:
+    """Runs that fit the cluster as it is now (at least 1): one CPU worker each, or
+    ``gpus_per_run`` GPUs each. On an autoscaling cluster give --max-concurrent."""
+    import ray
+    resources = ray.cluster_resources()
+    if gpus_per_run:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_run))
+    return max(1, int(resources.get("CPU", 1)))
+
+
+# ----------------------------------------------------------------------------- one run: pretrain -> transfer
+
+def run_chain(spec_data: dict, data_path: str, transfer_data: dict, downstream: dict[str, str], storage: str,
+              tracking_uri: str, gpus: int, study_run_id: str, previous: dict[str, str]) -> dict[str, Any]:
+    """Pretrain one RunSpec (or resume it, or skip it when finished), then run its transfer stages,
+    then mark its MLflow run FINISHED. Runs as a Ray task."""
+    from pipeline.pretrain import pretrain
+    from pipeline.transfer import evaluate
+    spec, plan = RunSpec.model_validate(spec_data), TransferPlan.model_validate(transfer_data)
+    start = time.perf_counter()
+    if previous.get("pretrain_status") == "done" and previous.get("checkpoint_uri"):
+        run_id, checkpoint, resumed = previous["run_id"], previous["checkpoint_uri"], "finished"
+        tracking.client(tracking_uri).update_run(run_id, status="RUNNING")
+    else:
+        out = pretrain(spec, data_path, storage=storage, tracking_uri=tracking_uri, workers=max(gpus, 1),
+                       use_gpu=gpus > 0, finish=False, parent_run_id=study_run_id)
+        run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
+        if not out["done"]:
+            raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
+    pretrain_s = time.perf_counter() - start
+    overrides = {"steps": plan.finetune_steps, "batch_size": plan.finetune_batch_size,
+                 "lrs": tuple(plan.finetune_lrs) if plan.finetune_lrs else None,
+                 "min_crop_area": plan.min_crop_area}
+    try:
+        metrics = evaluate(checkpoint, fewshot_on=[(n, downstream[n]) for n in plan.fewshot],
+                           finetune_on=[(n, downstream[n]) for n in plan.finetune], shots=plan.shots,
+                           finetune_overrides=overrides, storage=storage, tracking_uri=tracking_uri,
+                           run_id=run_id, use_gpu=gpus > 0, on_ray=True, skip_recorded=True)
+    except Exception:
+        tracking.set_tags(tracking_uri, run_id, {"transfer_status": "failed"})
+        tracking.finish_run(tracking_uri, run_id, "FAILED")
+        raise
+    tracking.set_tags(tracking_uri, run_id, {"transfer_status": "done"})
+    tracking.finish_run(tracking_uri, run_id)
+    return {"id": spec.id, "run_id": run_id, "metrics": metrics, "resumed_from": resumed,
+            "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------- the study
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """Runs done/total and an ETA from the compute finished so far in this session."""
+
+    def __init__(self, weights: dict[str, float], done: set[str], emit: Callable[[str], None]):
+        self.weights, self.emit, self.start = weights, emit, time.perf_counter()
+        self.done, self.failed, self.done_now = set(done), set(), 0.0
+        self.last = self.start
+
+    def line(self, running: int, note: str = "") -> None:
+        elapsed = time.perf_counter() - self.start
+        left = sum(w for k, w in self.weights.items() if k not in self.done | self.failed)
+        eta = f"ETA {_clock(left * elapsed / self.done_now)}" if self.done_now > 0 and left else \
+            ("ETA -" if left else "ETA 0s")
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        self.emit(f"[study] {len(self.done)}/{len(self.weights)} runs done{failed}, {running} running, "
+                  f"elapsed {_clock(elapsed)}, {eta}{note}")
+        self.last = time.perf_counter()
+
+    def finished(self, run: str, ok: bool) -> None:
+        (self.done if ok else self.failed).add(run)
+        self.done_now += self.weights[run] if ok else 0.0
+
+
+def run_study(study: Study, preset: str, *, storage: str, data: str | None = None, tracking_uri: str | None = None,
+              max_concurrent: int | None = None, gpus_per_run: int = 0, report: bool = True,
+              heartbeat_s: float = 60.0, emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
+    listed there, in the report and on their MLflow runs."""
+    import ray
+    from pipeline.study import plan as study_plan
+    emit = emit or (lambda text: print(text, flush=True))
+    p = study.preset(preset)
+    if max_concurrent is not None and max_concurrent < 1:
+        raise StudyError(f"--max-concurrent must be at least 1, got {max_concurrent}")
+    if gpus_per_run < 0:
+        raise StudyError(f"--gpus-per-run must be 0 (CPU) or more, got {gpus_per_run}")
+    storage = resolve_storage(storage)
+    uri = tracking_uri or tracking.default_tracking_uri(storage)
+    specs = study.expand(preset)
+    data_path = prepare_data(p, data, storage)
+    downstream = prepare_downstream(p.transfer, storage)
+    tracking.init_store(uri)
+    planned = study_plan(study, preset, tracking_uri=uri)
+    weights = {r["id"]: r["exaflops"] or 1.0 for r in planned["runs"]}
+    study_run = tracking.start_study_run(
+        uri, study.name, preset, artifact_root=f"{storage}/artifacts",
+        params={"study": study.name, "preset": preset, "runs": len(specs), "dataset": p.dataset.name,
+                "planned_exaflops": planned["totals"]["exaflops"]})
+    previous = {}
+    for run in tracking.runs_of_study(uri, study.name):
+        spec_id = run.data.tags.get(tracking.RUN_SPEC_TAG)
+        if spec_id:
+            previous[spec_id] = {"run_id": run.info.run_id, "status": tracking.run_status(run), **run.data.tags}
+    done = {s.id for s in specs if previous.get(s.id, {}).get("status") == "done"}
+    todo = [s for s in specs if s.id not in done]
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    limit = max_concurrent or default_concurrency(gpus_per_run)
+    partial = sum(s.id in previous for s in todo)
+    emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
+         f"({partial} to resume); at most {limit} at once, "
+         f"{f'{gpus_per_run} GPU(s)' if gpus_per_run else 'one CPU worker'} per run; MLflow {uri}")
+    progress = Progress(weights, done, emit)
+    chain = ray.remote(num_cpus=0, max_retries=0)(run_chain)
+    pending: dict[Any, RunSpec] = {}
+    queue, failures, results = list(todo), {}, {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                spec = queue.pop(0)
+                ref = chain.remote(spec.model_dump(mode="json"), data_path, p.transfer.model_dump(mode="json"),
+                                   downstream, storage, uri, gpus_per_run, study_run, previous.get(spec.id, {}))
+                pending[ref] = spec
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
+            for ref in ready:
+                spec = pending.pop(ref)
+                try:
+                    results[spec.id] = ray.get(ref)
+                    progress.finished(spec.id, True)
+                    note = f" ({spec.model_name} finished in {_clock(results[spec.id]['seconds'])})"
+                except Exception as err:  # one failed run does not stop the study
+                    failures[spec.id] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+                    progress.finished(spec.id, False)
+                    note = f" ({spec.model_name} {spec.id} FAILED: {failures[spec.id]})"
+                progress.line(len(pending), note)
+            if not ready:
+                progress.line(len(pending))
+    except KeyboardInterrupt:
+        emit("[study] interrupted: run the same command again to resume (finished runs are kept)")
+        raise
+    complete = not failures and len(progress.done) == len(specs)
+    summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
+               "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
+               "storage": storage, "results": results}
+    tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(progress.done), "runs_failed": len(failures)})
+    if report:
+        summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run)
+        emit(f"[study] report: {report_dir(storage, study.name, preset) / 'report.md'} (and in the MLflow run "
+             f"'study {study.name} / {preset}')")
+    tracking.finish_run(uri, study_run, "FINISHED" if complete else "FAILED")
+    emit(f"[study] {study.name}/{preset}: {len(progress.done)}/{len(specs)} runs done"
+         + (f", {len(failures)} failed: run the same command again to retry them" if failures else ""))
+    return summary
+
+
+def report_dir(storage: str, study: str, preset: str) -> Path:
+    from pipeline.transfer import local_dir
+    return local_dir(storage, "reports") / f"{study}-{preset}"
+
+
+def write_report(study: Study, preset: str, *, storage: str, tracking_uri: str,
+                 study_run_id: str | None = None) -> dict[str, Path]:
+    """The study's report (pipeline.analysis) in ``<storage>/reports/<study>-<preset>``, also logged
+    to the study-level MLflow run."""
+    from pipeline import analysis
+    if study_run_id is None:
+        study_run_id = tracking.find_study_run(tracking_uri, study.name, preset)
+    return analysis.write_report(study, preset, tracking_uri=tracking_uri,
+                                 out_dir=report_dir(storage, study.name, preset), study_run_id=study_run_id)
+
