@@ -154,7 +154,7 @@ def with_average(table: pd.DataFrame, metrics: list[Metric]) -> tuple[pd.DataFra
 
 def points(table: pd.DataFrame, metrics: list[Metric], x: str = "exaflops") -> pd.DataFrame:
     """Long format for plotting: one row per (run, metric) with a value, accuracy in percent."""
-    rows = table[pretrained(table) & table[x].notna()].copy()
+    rows = table[pretrained(table) & (pd.to_numeric(table[x], errors="coerce") > 0)].copy()
     rows["label"] = run_labels(rows)
     long = rows.melt(id_vars=["id", "model", "family", "subset", "subset_images", "label", x],
                      value_vars=[m.column for m in metrics], var_name="column", value_name="accuracy")
@@ -169,7 +169,7 @@ def run_labels(table: pd.DataFrame) -> pd.Series:
     label = table["model"].astype(str)
     for column, fmt in (("epochs", "{:g} ep"), ("steps", "{:g} steps"), ("subset", "{}"), ("seed", "seed {}")):
         varies = table.groupby("model")[column].transform(lambda s: s.nunique(dropna=True) > 1)
-        extra = table[column].map(lambda v: fmt.format(v) if pd.notna(v) else "")
+        extra = table[column].map(lambda v: fmt.format(v) if pd.notna(v) else "").astype(str)
         label = label.where(~varies, label + " (" + extra + ")")
     return label
 
@@ -177,7 +177,8 @@ def run_labels(table: pd.DataFrame) -> pd.Series:
 def pareto_frontier(group: pd.DataFrame, x: str = "exaflops", y: str = "accuracy") -> pd.DataFrame:
     """Points no cheaper point beats: the best accuracy reached for at most that compute."""
     ordered = group.sort_values([x, y], ascending=[True, False])
-    return ordered[ordered[y] > ordered[y].cummax().shift(fill_value=-np.inf)]
+    best_before = ordered[y].astype(float).cummax().shift(fill_value=-np.inf)
+    return ordered[ordered[y] > best_before]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -187,10 +188,44 @@ def _style():
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 
 
-def family_styles(families) -> tuple[dict, dict, list]:
-    """Colour and marker per family: fixed for the paper's three, grey diamonds for others."""
-    order = [f for f in FAMILIES if f in set(families)] + sorted(set(families) - set(FAMILIES))
-    return ({f: PALETTE.get(f, OTHER_COLOR) for f in order}, {f: MARKERS.get(f, OTHER_MARKER) for f in order}, order)
+def family_name(family: str) -> str:
+    return FAMILY_NAMES.get(family, family)
+
+
+def family_styles(families) -> tuple[list[str], dict, dict]:
+    """Families in the paper's order (others after), with their colour and marker: fixed for the
+    paper's three, grey diamonds for any other."""
+    present = set(families)
+    order = [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
+    return order, {f: PALETTE.get(f, OTHER_COLOR) for f in order}, {f: MARKERS.get(f, OTHER_MARKER) for f in order}
+
+
+def _hue(long: pd.DataFrame) -> dict[str, Any]:
+    """seaborn arguments colouring by family under its display name."""
+    order, colors, markers = family_styles(long["family"])
+    return {"hue": "Family", "hue_order": [family_name(f) for f in order],
+            "palette": {family_name(f): colors[f] for f in order}, "_markers": {family_name(f): markers[f] for f in order}}
+
+
+def _compact(value: float, _=None) -> str:
+    """Tick labels: 300, 1.5k, 30M, 1e-07."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if 1e3 <= abs(value) < 1e12 and abs(value) >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_x(ax, values) -> None:
+    """Log x-axis with readable ticks: 1-2-3-5 steps within a decade, 1-2-5 within two, decades
+    beyond (matplotlib's own choice labels 3e-07 4e-07 ... 9e-07 in a small range)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    values = np.asarray(values, dtype=float)
+    ax.set_xscale("log")
+    decades = np.log10(values.max() / values.min()) if len(values) and values.min() > 0 else 0
+    subs = (1.0, 2.0, 3.0, 5.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(_compact))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _label_points(ax, frame: pd.DataFrame, x: str, y: str) -> None:
@@ -199,24 +234,30 @@ def _label_points(ax, frame: pd.DataFrame, x: str, y: str) -> None:
                     color="0.25")
 
 
+def _panels(long: pd.DataFrame) -> int:
+    return min(3, long["metric"].nunique())
+
+
 def figure_compute(long: pd.DataFrame):
     """Figure 5: accuracy against pretraining compute, a panel per metric, Pareto frontiers."""
     import seaborn as sns
     _style()
-    palette, markers, order = family_styles(long["family"])
-    g = sns.relplot(data=long, x="exaflops", y="accuracy", hue="family", style="family", hue_order=order,
-                    style_order=order, palette=palette, markers=markers, col="metric", col_wrap=min(3, long["metric"].nunique()),
-                    kind="scatter", s=60, height=3.8, aspect=1.25, facet_kws={"sharey": False, "sharex": True})
+    long = long.assign(Family=long["family"].map(family_name))
+    hue = _hue(long)
+    markers = hue.pop("_markers")
+    g = sns.relplot(data=long, x="exaflops", y="accuracy", style="Family", style_order=hue["hue_order"],
+                    markers=markers, col="metric", col_wrap=_panels(long), kind="scatter", s=60, height=3.8,
+                    aspect=1.25, facet_kws={"sharey": False, "sharex": True}, **hue)
     for metric, ax in g.axes_dict.items():
         panel = long[long["metric"] == metric]
-        for family, group in panel.groupby("family"):
+        for family, group in panel.groupby("Family"):
             front = pareto_frontier(group)
-            ax.plot(front["exaflops"], front["accuracy"], color=palette[family], lw=1.5, alpha=0.8)
+            ax.plot(front["exaflops"], front["accuracy"], color=hue["palette"][family], lw=1.5, alpha=0.8)
         _label_points(ax, panel, "exaflops", "accuracy")
+        _log_x(ax, long["exaflops"])
+        ax.margins(x=0.08)   # room for the labels of the last points
         ax.set_title(metric)
-    g.set(xscale="log")
     g.set_axis_labels("total pretraining compute [exaFLOPs]", "transfer accuracy [%]")
-    _family_legend(g)
     return g.figure
 
 
@@ -224,17 +265,17 @@ def figure_data(long: pd.DataFrame):
     """Figure 4: few-shot accuracy against pretraining set size, a line per model."""
     import seaborn as sns
     _style()
-    palette, _, order = family_styles(long["family"])
-    g = sns.relplot(data=long.sort_values("subset_images"), x="subset_images", y="accuracy", hue="family",
-                    hue_order=order, palette=palette, style="model", markers=True, dashes=False, col="metric",
-                    col_wrap=min(3, long["metric"].nunique()), kind="line", height=3.6, aspect=1.15,
-                    facet_kws={"sharey": False})
+    long = long.assign(Family=long["family"].map(family_name)).sort_values("subset_images")
+    hue = _hue(long)
+    hue.pop("_markers")
+    g = sns.relplot(data=long, x="subset_images", y="accuracy", style="model", markers=True, dashes=False,
+                    col="metric", col_wrap=_panels(long), kind="line", height=3.8, aspect=1.25,
+                    facet_kws={"sharey": False}, **hue)
     for metric, ax in g.axes_dict.items():
-        panel = long[long["metric"] == metric]
-        ends = panel.sort_values("subset_images").groupby("model").tail(1).assign(label=lambda f: f["model"])
+        ends = long[long["metric"] == metric].groupby("model").tail(1).assign(label=lambda f: f["model"])
         _label_points(ax, ends, "subset_images", "accuracy")
+        _log_x(ax, long["subset_images"])
         ax.set_title(metric)
-    g.set(xscale="log")
     g.set_axis_labels("pretraining set size [images]", "few-shot accuracy [%]")
     return g.figure
 
@@ -246,14 +287,14 @@ def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
     _style()
-    palette, markers, order = family_styles(family_fits)
+    order, colors, markers = family_styles(family_fits)
     level = next(iter(family_fits.values())).level
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     handles = []
     for family in order:
-        ff, color = family_fits[family], palette[family]
+        ff, color = family_fits[family], colors[family]
         ax.scatter(ff.compute, ff.error * 100, color=color, marker=markers[family], s=40, zorder=3)
-        handles.append(Line2D([], [], color=color, marker=markers[family], label=FAMILY_NAMES.get(family, family)))
+        handles.append(Line2D([], [], color=color, marker=markers[family], label=family_name(family)))
         if ff.best() is None:
             continue
         point, boot = ff.best()
@@ -266,21 +307,15 @@ def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str):
                 ax.plot(grid, other.error(grid) * 100, color=color, lw=1, ls=":")
     handles += [Line2D([], [], color="0.3", lw=1.8, label=f"better form, {_percent(level)} band"),
                 Line2D([], [], color="0.3", lw=1, ls=":", label="other form")]
-    ax.set(xscale="log", yscale="log", xlabel="total pretraining compute [exaFLOPs]",
-           ylabel="error = 100 - accuracy [%]", title=f"{label}: scaling-law fits")
+    ax.set(yscale="log", xlabel="total pretraining compute [exaFLOPs]", ylabel="error = 100 - accuracy [%]",
+           title=f"{label}: scaling-law fits")
+    _log_x(ax, np.concatenate([ff.compute for ff in family_fits.values()]))
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.legend(handles=handles, fontsize=8, frameon=True)
     return fig
-
-
-def _family_legend(g) -> None:
-    if g.legend is not None:
-        g.legend.set_title("")
-        for text in g.legend.texts:
-            text.set_text(FAMILY_NAMES.get(text.get_text(), text.get_text()))
 
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
@@ -300,7 +335,7 @@ def scaling_fits(long: pd.DataFrame, metric_label: str, *, seed: int = 0, n_boot
     (in the paper's order: how much more compute than ViT the others need)."""
     rng = np.random.default_rng(seed)
     data = long[long["metric"] == metric_label]
-    _, _, order = family_styles(data["family"])
+    order = family_styles(data["family"])[0]
     family_fits = {}
     for family in order:
         group = data[data["family"] == family]
@@ -381,8 +416,8 @@ def _with_interval(value: float, bounds: tuple[float, float] | None) -> str:
     return f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
 
 
-def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[dict], metric: Metric) -> list[str]:
-    level = next(iter(family_fits.values())).level
+def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[dict], metric: Metric,
+                 families: list[str], level: float) -> list[str]:
     lines = [f"Error E = 1 - accuracy on **{metric.label}** against pretraining compute C (exaFLOPs): "
              "saturating E = a (C + d)^-b + c and power E = a C^-b, Huber loss in log space; "
              f"[{_percent(level)} bootstrap intervals]; backtest = mean absolute error (accuracy points) "
@@ -392,22 +427,25 @@ def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[di
         for form, f in ff.fits.items():
             iv = ff.intervals[form]
             bt = ff.backtests[form]
-            rows.append([FAMILY_NAMES.get(family, family), str(f.n), form,
+            rows.append([family_name(family), str(f.n), form,
                          *(_with_interval(getattr(f, p), iv.get(p)) if p in iv else "-" for p in ("a", "b", "c", "d")),
                          f"{bt['mae_points']:.2f} ({bt['held_out']} held out)" if bt else "too few points",
                          _fmt(f.aicc, ".1f")])
     if rows:
         lines += _md_table(["family", "points", "form", "a", "b (exponent)", "c (floor)", "d (offset)",
                             "backtest MAE", "AICc"], rows) + [""]
-    for family, ff in family_fits.items():
-        name = FAMILY_NAMES.get(family, family)
+    for family in family_styles(families)[0]:
+        if family not in family_fits:
+            lines.append(f"- {family_name(family)}: no run with finished pretraining has {metric.label}.")
+            continue
+        ff = family_fits[family]
         verdict = f"**{ff.better}** fits better" if ff.better else "no verdict"
-        lines.append(f"- {name}: {verdict} ({ff.reason}).")
+        lines.append(f"- {family_name(family)}: {verdict} ({ff.reason}).")
     lines += ["", "Compute multiplier (how many times the compute one family needs for the same accuracy "
               "as another, geometric mean over the accuracies both fitted curves reach within their "
               "measured compute):", ""]
     for m in multipliers:
-        x, y = FAMILY_NAMES.get(m["x"], m["x"]), FAMILY_NAMES.get(m["y"], m["y"])
+        x, y = family_name(m["x"]), family_name(m["y"])
         if m.get("multiplier") is None or math.isnan(m["multiplier"]):
             lines.append(f"- {x} vs {y}: not available (a family has no fit, or the fitted curves share no "
                          "accuracy range).")
@@ -493,7 +531,7 @@ def write_table_report(table: pd.DataFrame, out_dir: Path, *, title: str, expect
     else:
         headline = metrics[-1] if metrics[-1].kind == "average" else metrics[0]
         family_fits, multipliers = scaling_fits(long, headline.label, seed=seed, n_boot=n_boot, level=level)
-        lines += fits_section(family_fits, multipliers, headline)
+        lines += fits_section(family_fits, multipliers, headline, list(table.loc[pretrained(table), "family"]), level)
         if any(ff.fits for ff in family_fits.values()):
             for path in save_figure(figure_fits(family_fits, headline.label), out_dir, "scaling_fits"):
                 paths[path.name] = path

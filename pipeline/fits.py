@@ -66,7 +66,7 @@ class Fit:
     def compute_for(self, error) -> np.ndarray:
         """Compute at which the curve reaches ``error`` (inf where it never does: error <= c)."""
         error = np.asarray(error, dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             above = error - self.c
             compute = np.where(above > 0, (np.maximum(above, 1e-300) / self.a) ** (-1.0 / self.b) - self.d, np.inf)
         return np.where(compute > 0, compute, np.nan)  # reached before any compute: undefined
@@ -130,21 +130,27 @@ def _solve(x, e, form, starts, huber_scale) -> np.ndarray:
     return best
 
 
+def _scale(compute: np.ndarray) -> float:
+    return float(np.exp(np.mean(np.log(compute))))
+
+
+def _to_theta(f: Fit, scale: float) -> np.ndarray:
+    """A fit's parameters in the solver's normalized units (compute / scale)."""
+    return np.array([math.log(f.a) - f.b * math.log(scale), f.b, f.c, f.d / scale][:len(PARAMS[f.form])])
+
+
 def fit(compute, error, form: str = "saturating", *, huber_scale: float = HUBER_SCALE,
         warm_start: Fit | None = None) -> Fit:
-    """Fit one form to (compute, error) points; errors must lie in (0, 1]."""
+    """Fit one form to (compute, error) points; errors must lie in (0, 1]. With ``warm_start``
+    only that start is tried (bootstrap refits sit near the fit to all points)."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
     if form not in PARAMS:
         raise ValueError(f"unknown form {form!r}; forms are {FORMS}")
     if np.any(compute <= 0) or np.any(error <= 0):
         raise ValueError("compute and error must be positive (an accuracy of 100% has no log error)")
-    scale = float(np.exp(np.mean(np.log(compute))))
+    scale = _scale(compute)
     x = compute / scale
-    starts = _starts(x, error, form)
-    if warm_start is not None:
-        # the warm start in normalized units, tried first (bootstrap resamples sit near it)
-        warm = [math.log(warm_start.a) - warm_start.b * math.log(scale), warm_start.b, warm_start.c, warm_start.d / scale]
-        starts = [np.array(warm[:len(PARAMS[form])])]
+    starts = [_to_theta(warm_start, scale)] if warm_start is not None else _starts(x, error, form)
     theta = _solve(x, error, form, starts, huber_scale)
     residuals = np.log(_curve(theta, x, form)[0]) - np.log(error)
     a = math.exp(theta[0] + theta[1] * math.log(scale))
@@ -160,18 +166,42 @@ def can_fit(compute, form: str) -> bool:
     return distinct_points(compute) >= MIN_POINTS[form]
 
 
+def modified_residuals(compute, error, point: Fit) -> np.ndarray:
+    """Log residuals (observed - fitted) divided by sqrt(1 - leverage), centred: raw residuals
+    are too small by the parameters they were fitted with, most at the ends of the compute range
+    (Davison & Hinkley 1997, Sec. 6.2-6.4)."""
+    scale = _scale(compute)
+    fitted, jac = _curve(_to_theta(point, scale), compute / scale, point.form)
+    q, _ = np.linalg.qr(jac)
+    leverage = np.minimum((q ** 2).sum(axis=1), 0.99)
+    modified = (np.log(error) - np.log(fitted)) / np.sqrt(1 - leverage)
+    return modified - modified.mean()
+
+
 def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: int = 1000,
-              point: Fit | None = None, huber_scale: float = HUBER_SCALE) -> list[Fit]:
-    """Refits on ``n_boot`` resamples of the points (with replacement). Resamples with too few
-    distinct compute values to determine the curve are drawn again."""
+              point: Fit | None = None, method: str = "residual", huber_scale: float = HUBER_SCALE) -> list[Fit]:
+    """``n_boot`` refits to data made like the observed data.
+
+    ``residual`` (default): the fitted curve at the measured compute, times exp of modified log
+    residuals drawn with replacement: every replicate keeps every compute value, which matters
+    when a family has 5-7 runs. ``pairs``: the (compute, error) points drawn with replacement,
+    which does not trust the curve's form but undercovers for small studies (see docs/analysis.md);
+    draws with too few distinct compute values to determine the curve are drawn again."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
     point = point or fit(compute, error, form, huber_scale=huber_scale)
     fits, n = [], len(compute)
-    while len(fits) < n_boot:
-        idx = rng.integers(0, n, size=n)
-        if not can_fit(compute[idx], form):
-            continue
-        fits.append(fit(compute[idx], error[idx], form, huber_scale=huber_scale, warm_start=point))
+    if method == "residual":
+        fitted, residuals = point.error(compute), modified_residuals(compute, error, point)
+        while len(fits) < n_boot:
+            replicate = fitted * np.exp(rng.choice(residuals, size=n))
+            fits.append(fit(compute, np.minimum(replicate, 1.0), form, huber_scale=huber_scale, warm_start=point))
+    elif method == "pairs":
+        while len(fits) < n_boot:
+            idx = rng.integers(0, n, size=n)
+            if can_fit(compute[idx], form):
+                fits.append(fit(compute[idx], error[idx], form, huber_scale=huber_scale, warm_start=point))
+    else:
+        raise ValueError(f"unknown bootstrap method {method!r}: 'residual' or 'pairs'")
     return fits
 
 
@@ -272,8 +302,8 @@ def compare_forms(result: FamilyFit) -> tuple[str | None, str]:
     if len(result.fits) < 2:
         have = distinct_points(result.compute)
         if not result.fits:
-            return None, f"{have} distinct compute values: too few to fit either form (power needs {MIN_POINTS['power']})"
-        return None, (f"{have} distinct compute values: only the power law can be fitted "
+            return None, f"{have} distinct compute value(s): too few to fit either form (power needs {MIN_POINTS['power']})"
+        return None, (f"{have} distinct compute value(s): only the power law can be fitted "
                       f"(the saturating form needs {MIN_POINTS['saturating']})")
     tests = result.backtests
     if all(tests.get(form) for form in FORMS):

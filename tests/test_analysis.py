@@ -1,0 +1,284 @@
+"""The analysis: scaling-law fits on synthetic data drawn from known laws (parameters, interval
+coverage, compute multiplier) and the report from a real MLflow store of partial studies."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import analysis, fits, tracking
+from pipeline.spec import load_study
+
+TRUE = fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)   # error 0.5 (C + 1)^-0.35 + 0.1
+COMPUTE = np.geomspace(0.1, 1e4, 16)
+
+
+def draw(rng, truth=TRUE, compute=COMPUTE, noise=0.02):
+    """Errors of a family whose true curve is ``truth``, with log-normal noise."""
+    return truth.error(compute) * np.exp(rng.normal(0, noise, len(compute)))
+
+
+def shifted(truth: fits.Fit, factor: float) -> fits.Fit:
+    """The family that needs ``factor`` times the compute for every error: E'(C) = E(C / factor)."""
+    return fits.Fit("saturating", a=truth.a * factor ** truth.b, b=truth.b, c=truth.c, d=truth.d * factor)
+
+
+# ----------------------------------------------------------------------------- fits
+
+def test_saturating_fit_recovers_parameters():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        f = fits.fit(COMPUTE, draw(rng))
+        assert f.a == pytest.approx(TRUE.a, rel=0.12)
+        assert f.b == pytest.approx(TRUE.b, rel=0.12)
+        assert f.c == pytest.approx(TRUE.c, abs=0.015)
+        assert f.d == pytest.approx(TRUE.d, rel=0.4)
+        grid = np.geomspace(0.1, 1e4, 50)
+        assert np.allclose(f.error(grid), TRUE.error(grid), rtol=0.03)
+
+
+def test_fit_is_scale_free_and_inverse_is_consistent():
+    """Micro studies live at 1e-8 exaFLOPs: the same law in other units gives the same exponent."""
+    errors = draw(np.random.default_rng(1))
+    f, tiny = fits.fit(COMPUTE, errors), fits.fit(COMPUTE * 1e-9, errors)
+    assert tiny.b == pytest.approx(f.b, rel=1e-3) and tiny.c == pytest.approx(f.c, rel=1e-3)
+    assert tiny.d == pytest.approx(f.d * 1e-9, rel=1e-2)
+    assert np.allclose(f.compute_for(f.error(COMPUTE)), COMPUTE, rtol=1e-6)
+    assert np.isinf(f.compute_for([f.c * 0.9])).all()   # below the floor: never reached
+
+
+def test_huber_fit_shrugs_off_one_bad_run():
+    rng = np.random.default_rng(2)
+    errors = draw(rng)
+    errors[10] *= 1.8                                    # one run whose transfer went wrong
+    f = fits.fit(COMPUTE, errors)
+    assert f.b == pytest.approx(TRUE.b, rel=0.15) and f.c == pytest.approx(TRUE.c, abs=0.02)
+
+
+def test_forms_compared_by_backtest():
+    rng = np.random.default_rng(3)
+    saturating = fits.fit_family("x", COMPUTE, 1 - draw(rng), rng=rng, n_boot=20)
+    assert saturating.better == "saturating" and "backtest" in saturating.reason
+    bt = saturating.backtests["saturating"]
+    assert bt["held_out"] == 4 and bt["mae_points"] < saturating.backtests["power"]["mae_points"]
+    pure = fits.Fit("power", a=0.6, b=0.2)
+    power = fits.fit_family("y", COMPUTE, 1 - draw(rng, pure), rng=rng, n_boot=20)
+    assert power.fits["power"].b == pytest.approx(0.2, rel=0.1)
+    assert power.fits["saturating"].c < 0.02            # no floor to find
+    few = fits.fit_family("z", COMPUTE[:4], 1 - draw(rng, compute=COMPUTE[:4]), rng=rng, n_boot=20)
+    assert set(few.fits) == {"power"} and few.better is None and "too few" not in few.reason
+    assert "only the power law" in few.reason
+    two = fits.fit_family("w", COMPUTE[:2], 1 - draw(rng, compute=COMPUTE[:2]), rng=rng, n_boot=20)
+    assert not two.fits and two.best() is None and "too few" in two.reason
+
+
+def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
+    """80% percentile intervals over 40 independent studies of 16 runs: each should miss about 8."""
+    rng = np.random.default_rng(4)
+    level, draws = 0.8, 40
+    hits = {"b": 0, "c": 0, "error at the largest compute": 0}
+    for _ in range(draws):
+        errors = draw(rng, noise=0.03)
+        point = fits.fit(COMPUTE, errors)
+        boot = fits.bootstrap(COMPUTE, errors, "saturating", rng=rng, n_boot=50, point=point)
+        intervals = fits.param_intervals(boot, level)
+        for name in ("b", "c"):
+            hits[name] += intervals[name][0] <= getattr(TRUE, name) <= intervals[name][1]
+        lo, hi = fits.curve_band(boot, COMPUTE[-1:], level)
+        hits["error at the largest compute"] += lo[0] <= TRUE.error(COMPUTE[-1]) <= hi[0]
+    coverage = {k: v / draws for k, v in hits.items()}
+    assert all(0.6 <= v <= 0.97 for v in coverage.values()), coverage
+    assert 0.7 <= np.mean(list(coverage.values())) <= 0.9, coverage
+
+
+def test_compute_multiplier_recovers_a_known_factor():
+    rng = np.random.default_rng(5)
+    factor = 3.0
+    vit = fits.fit_family("vit", COMPUTE, 1 - draw(rng), rng=rng, n_boot=100, level=0.9)
+    resnet_compute = COMPUTE * factor * 1.7              # measured over a different compute range
+    resnet = fits.fit_family("resnet", resnet_compute, 1 - draw(rng, shifted(TRUE, factor), resnet_compute),
+                             rng=rng, n_boot=100, level=0.9)
+    m = fits.compute_multiplier(resnet, vit)
+    assert m["multiplier"] == pytest.approx(factor, rel=0.15)
+    assert m["interval"][0] <= factor <= m["interval"][1]
+    assert m["interval"][1] / m["interval"][0] < 2
+    assert 0 < m["accuracy_range"][0] < m["accuracy_range"][1] < 1
+    inverse = fits.compute_multiplier(vit, resnet)
+    assert inverse["multiplier"] == pytest.approx(1 / m["multiplier"], rel=1e-6)
+
+
+def test_fits_are_reproducible_from_the_seed():
+    errors = draw(np.random.default_rng(6))
+    runs = [fits.fit_family("x", COMPUTE, 1 - errors, rng=np.random.default_rng(7), n_boot=30) for _ in range(2)]
+    assert runs[0].intervals == runs[1].intervals
+
+
+def test_pareto_frontier():
+    frame = pd.DataFrame({"exaflops": [1, 2, 3, 4, 4, 5], "accuracy": [50, 45, 60, 58, 62, 61]})
+    front = analysis.pareto_frontier(frame)
+    assert front["accuracy"].tolist() == [50, 60, 62]
+    assert front["exaflops"].tolist() == [1, 3, 4]
+
+
+# ----------------------------------------------------------------------------- report from MLflow
+
+def fewshot_accuracy(scale: float, shots: int) -> float:
+    return min(0.95, 0.2 + 0.1 * scale + 0.02 * shots ** 0.5)
+
+
+def log_run(uri, study, spec, *, status, pretrain_status, scale, fewshot=(), finetune=(), shots=(1, 5, 10, 25),
+            exaflops=None):
+    """A RunSpec's MLflow run as pretrain/transfer leave it."""
+    run_id = tracking.start_run(uri, study, spec.id, tags={"family": spec.family, "model": spec.model_name,
+                                                           "subset": spec.subset}, params={"model": spec.model_name})
+    logger = tracking.MetricLogger(uri, run_id)
+    logger.log(10, {"pretrain/loss": 1.0 / scale, **({"compute/exaflops": exaflops} if exaflops else {})})
+    if pretrain_status == "done":
+        logger.log(10, {"pretrain/val_prec1_best": 0.1 * scale, "pretrain/val_loss_best": 1 / scale})
+    for dataset in fewshot:
+        for k in shots:
+            logger.log(0, {f"fewshot/{dataset}/{k}shot": fewshot_accuracy(scale, k),
+                           f"fewshot/{dataset}/{k}shot_std": 0.01})
+    for dataset in finetune:
+        logger.log(0, {f"finetune/{dataset}/acc": min(0.99, 0.4 + 0.1 * scale), f"finetune/{dataset}/best_lr": 0.03})
+    logger.flush()
+    tracking.set_tags(uri, run_id, {"pretrain_status": pretrain_status, "checkpoint_uri": f"/ckpt/{spec.id}"})
+    if status != "RUNNING":
+        tracking.finish_run(uri, run_id, status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A partial `scaling` study (tiny preset) in a real SQLite MLflow store: 3 runs done, one
+    failed, one still transferring (no fine-tuning yet), one never started; plus a study-level run,
+    a fine-tuning trial (nested), and a run of another preset."""
+    uri = tracking.default_tracking_uri(tmp_path_factory.mktemp("mlruns"))
+    tracking.init_store(uri)
+    study = load_study("scaling")
+    specs = study.expand("tiny")
+    c = tracking.client(uri)
+    study_run = c.create_run(tracking.experiment_id(uri, "scaling"),
+                             tags={"study_preset": "tiny", "study": "scaling"}).info.run_id
+    ids = {}
+    for i, spec in enumerate(specs[:3]):
+        ids[spec.id] = log_run(uri, "scaling", spec, status="FINISHED", pretrain_status="done", scale=1 + i,
+                               fewshot=["digits"], finetune=["digits"], exaflops=1e-9 if i == 0 else None)
+    tracking.set_tags(uri, ids[specs[0].id], {"mlflow.parentRunId": study_run})   # children of the study run
+    trial = tracking.start_nested_run(uri, ids[specs[0].id], "finetune/digits/dev/lr=0.03", {"lr": 0.03})
+    tracking.MetricLogger(uri, trial).log_now(0, {"finetune/digits/acc": 0.01})
+    log_run(uri, "scaling", specs[3], status="FAILED", pretrain_status="failed", scale=2)
+    log_run(uri, "scaling", specs[4], status="RUNNING", pretrain_status="done", scale=2.5, fewshot=["digits"])
+    smoke = study.expand("smoke")[0]
+    log_run(uri, "scaling", smoke, status="FINISHED", pretrain_status="done", scale=1, fewshot=["digits"],
+            shots=(1, 5))
+    return {"uri": uri, "study": study, "specs": specs, "study_run": study_run, "smoke": smoke}
+
+
+def assert_image(path, min_kb=10):
+    assert path.is_file() and path.stat().st_size > min_kb * 1024, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert min(image.size) > 300
+
+
+def test_run_table_has_every_run_of_the_preset(store):
+    table = analysis.run_table(store["study"], "tiny", tracking_uri=store["uri"])
+    specs = store["specs"]
+    assert table["id"].tolist() == [s.id for s in specs]               # smoke's run is not in it
+    assert table["status"].tolist() == ["done", "done", "done", "failed", "partial", "new"]
+    assert table["pretrain_status"].tolist()[:5] == ["done", "done", "done", "failed", "done"]
+    assert table["family"].tolist() == ["vit", "vit", "resnet", "resnet", "hybrid", "hybrid"]
+    assert table.loc[0, "finetune/digits/acc"] == pytest.approx(0.5)    # the run's value, not the trial's
+    assert table.loc[4, "fewshot/digits/5shot"] == pytest.approx(fewshot_accuracy(2.5, 5))
+    assert np.isnan(table.loc[4, "finetune/digits/acc"]) and np.isnan(table.loc[5, "fewshot/digits/1shot"])
+    assert (table["exaflops"] > 0).all() and (table["params"] > 0).all()
+    assert {"fewshot/digits/25shot", "compute/exaflops", "pretrain/val_prec1_best", "mlflow_run_id"} <= set(table)
+
+
+def test_report_of_a_partial_study(store, tmp_path):
+    specs, uri = store["specs"], store["uri"]
+    paths = analysis.write_report(store["study"], "tiny", tracking_uri=uri, out_dir=tmp_path,
+                                  study_run_id=store["study_run"], n_boot=50)
+    assert {"report.md", "runs.csv", "performance_vs_compute.png", "performance_vs_compute.svg",
+            "fits.json"} <= set(paths)
+    assert_image(paths["performance_vs_compute.png"])
+    assert paths["performance_vs_compute.svg"].read_text().lstrip().startswith("<?xml")
+    assert len(pd.read_csv(paths["runs.csv"])) == len(specs)
+    report = paths["report.md"].read_text()
+    assert "3 done, 1 partial, 1 failed, 1 new" in report
+    assert f"`{specs[5].id}` Hybrid-micro-M" in report and "not started" in report
+    assert f"`{specs[3].id}` BiT-micro-M (subset full); pretraining failed" in report
+    assert f"`{specs[4].id}` Hybrid-micro-S (subset full) [partial]: `finetune/digits/acc`" in report
+    assert f"`{specs[0].id}` ViT-micro-S (subset full): logged compute 1e-09 exaFLOPs differs" in report
+    assert "- Hybrid (R50+ViT): no run with finished pretraining has average of 2." in report
+    assert "one data subset" in report                               # no Figure 4 for this preset
+    assert "too few to fit" in report and "No fit figure" in report   # 2 points per family at most
+    assert "scaling_fits.png" not in paths
+    for model in ("ViT-micro-S", "ViT-micro-M", "BiT-micro-S", "BiT-micro-M", "Hybrid-micro-S", "Hybrid-micro-M"):
+        assert f"| {model} |" in report
+    logged = {a.path for a in tracking.client(uri).list_artifacts(store["study_run"], "report")}
+    assert {f"report/{name}" for name in paths} == logged
+
+
+def test_report_with_one_finished_run_and_with_none(store, tmp_path):
+    study = store["study"]
+    one = analysis.write_report(study, "smoke", tracking_uri=store["uri"], out_dir=tmp_path / "one", n_boot=20)
+    report = one["report.md"].read_text()
+    assert "1 done, 0 partial, 0 failed, 1 new" in report and "digits 5-shot" in report
+    assert_image(one["performance_vs_compute.png"], min_kb=5)
+    none = analysis.write_report(load_study("data"), "smoke", tracking_uri=store["uri"], out_dir=tmp_path / "none")
+    report = none["report.md"].read_text()
+    assert "0 done, 0 partial, 0 failed, 2 new" in report and "No figure" in report and "No fit" in report
+    assert set(none) == {"report.md", "runs.csv"}
+
+
+def test_data_study_draws_performance_against_data_size(tmp_path):
+    uri = tracking.default_tracking_uri(tmp_path / "mlruns")
+    tracking.init_store(uri)
+    study = load_study("data")
+    for i, spec in enumerate(study.expand("tiny")):
+        images = {"0.1": 1, "0.3": 2, "full": 3}[str(spec.subset)]
+        log_run(uri, "data", spec, status="FINISHED", pretrain_status="done", scale=images + 0.5 * (spec.family == "vit"),
+                fewshot=["digits"])
+    paths = analysis.write_report(study, "tiny", tracking_uri=uri, out_dir=tmp_path / "report", n_boot=20)
+    assert_image(paths["performance_vs_data.png"])
+    assert paths["performance_vs_data.svg"].stat().st_size > 10_000
+    assert "performance_vs_data.png" in paths["report.md"].read_text()
+
+
+def synthetic_table(rng, factors={"vit": 1.0, "resnet": 3.0, "hybrid": 1.5}, models=7):
+    rows = []
+    for family, factor in factors.items():
+        truth = shifted(TRUE, factor)
+        for i, compute in enumerate(np.geomspace(0.3, 3e3, models) * factor):
+            rows.append({"id": f"{family}{i}", "model": f"{family}-{i}", "family": family, "subset": "full",
+                         "subset_images": 1000, "epochs": 7, "steps": None, "seed": 0, "params": 1e6 * (i + 1),
+                         "exaflops": compute, "status": "done", "pretrain_status": "done",
+                         "fewshot/imagenet/5shot": 1 - draw(rng, truth, [compute])[0],
+                         "finetune/imagenet/acc": 1 - 0.7 * draw(rng, truth, [compute])[0]})
+    return pd.DataFrame(rows)
+
+
+def test_report_fits_and_multiplier_on_a_synthetic_study(tmp_path):
+    table = synthetic_table(np.random.default_rng(8))
+    paths = analysis.write_table_report(table, tmp_path, title="synthetic", n_boot=100,
+                                        expected=["fewshot/imagenet/5shot", "finetune/imagenet/acc"],
+                                        several_subsets=False)
+    assert_image(paths["scaling_fits.png"])
+    report = paths["report.md"].read_text()
+    assert "**saturating** fits better" in report and "average of 2" in report
+    result = json.loads(paths["fits.json"].read_text())
+    assert result["metric"] == "average" and set(result["families"]) == {"vit", "resnet", "hybrid"}
+    multipliers = {(m["x"], m["y"]): m for m in result["multipliers"]}
+    assert multipliers[("resnet", "vit")]["multiplier"] == pytest.approx(3.0, rel=0.2)
+    assert multipliers[("hybrid", "vit")]["multiplier"] == pytest.approx(1.5, rel=0.2)
+    assert "ResNet (BiT) needs **" in report
