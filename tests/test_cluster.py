@@ -19,9 +19,7 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,8 @@ import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from ray_head import alive, free_port, ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -276,14 +276,6 @@ def test_mlflow_server_restart_stops_the_previous_server(raw, tmp_path):
                 os.killpg(pid, signal.SIGKILL)
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 # ---------------------------------------------------------------------------------------------
 # 3. Scale from zero and back, on Ray's fake multi-node provider
 #
@@ -326,12 +318,6 @@ report(event="idle", gpu_nodes=gpu_nodes(), seconds=round(time.time() - start, 1
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fake_autoscaling_config(raw: dict, gcs_address: str) -> dict:
     """cluster.yaml's node types on the fake provider: the same GPU counts and min/max workers
     (max capped at 2 to fit this machine), one fake CPU per node, a 3-second idle timeout."""
@@ -371,81 +357,17 @@ def fake_autoscaling_config(raw: dict, gcs_address: str) -> dict:
     }
 
 
-def processes_of(session_id: int, marker: str) -> list[int]:
-    """Our processes: those in the head's session, or whose command line names our temp dir."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        pid = int(entry)
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().decode(errors="replace")
-            if (os.getsid(pid) == session_id or marker in cmdline) and alive(pid):
-                found.append(pid)
-        except (OSError, ProcessLookupError):
-            continue
-    return found
-
-
-def end_processes(session_id: int, marker: str) -> None:
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        pids = processes_of(session_id, marker)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = [pid for pid in pids if alive(pid)]
-
-
 @pytest.fixture
 def fake_cluster(raw):
     """A head node with the autoscaler on the fake multi-node provider and token auth on."""
     temp_dir = Path(tempfile.mkdtemp(prefix="vitc-", dir="/tmp"))  # short: socket paths
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port = free_port()
     config_path = temp_dir / "autoscaling.json"
     config_path.write_text(json.dumps(fake_autoscaling_config(raw, f"127.0.0.1:{gcs_port}")))
-    token = secrets.token_hex(32)
-    env = {
-        **os.environ,
-        "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    log_path = temp_dir / "head.log"
-    command = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-        f"--port={gcs_port}", "--num-cpus=1", "--num-gpus=0",
-        f"--autoscaling-config={config_path}", f"--temp-dir={temp_dir / 'ray'}",
-        f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats",
-    ]
-    with open(log_path, "w") as log:
-        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log_path.read_text():
-            assert head.poll() is None, f"ray start exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"head not up:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "token": token,
-               "dir": temp_dir}
-    finally:
-        head.send_signal(signal.SIGTERM)  # ray start --block stops its node on SIGTERM
-        try:
-            head.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            pass
-        end_processes(head.pid, str(temp_dir))
-        if head.poll() is None:
-            head.kill()
-            head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(num_cpus=1, temp_dir=temp_dir, gcs_port=gcs_port,
+                  extra_args=(f"--autoscaling-config={config_path}",),
+                  extra_env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}) as head:
+        yield head
 
 
 def ray_job_submit(cluster: dict, job_dir: Path, token: str, timeout: float):

@@ -1,0 +1,103 @@
+"""A real Ray head for tests: `ray start --head` on free ports and its own temp dir, with token
+auth on, and stopped afterwards by ending only its own processes (never `ray stop`, which would
+end every Ray process on the machine)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def processes_of(session_id: int, marker: str) -> list[int]:
+    """Our processes: those in the head's session, or whose command line names our temp dir."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            if (os.getsid(pid) == session_id or marker in cmdline) and alive(pid):
+                found.append(pid)
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def end_processes(session_id: int, marker: str) -> None:
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        pids = processes_of(session_id, marker)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [pid for pid in pids if alive(pid)]
+
+
+@contextlib.contextmanager
+def ray_head(*, num_cpus: int, extra_args: tuple[str, ...] = (), extra_env: dict | None = None,
+             temp_dir: Path | None = None, gcs_port: int | None = None):
+    """Yields {"dashboard", "address", "token", "dir", "env"}; ``env`` is what a client (``ray job
+    submit``) needs: the token and no inherited RAY_ADDRESS."""
+    temp_dir = temp_dir or Path(tempfile.mkdtemp(prefix="vitc-", dir="/tmp"))  # short: socket paths
+    gcs_port, dashboard_port = gcs_port or free_port(), free_port()
+    token = secrets.token_hex(32)
+    client_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    client_env.pop("RAY_ADDRESS", None)
+    env = {**client_env, "RAY_USAGE_STATS_ENABLED": "0", **(extra_env or {})}
+    log_path = temp_dir / "head.log"
+    command = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        f"--port={gcs_port}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir / 'ray'}",
+        f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", *extra_args,
+    ]
+    with open(log_path, "w") as log:
+        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log_path.read_text():
+            assert head.poll() is None, f"ray start exited:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"head not up:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "address": f"127.0.0.1:{gcs_port}",
+               "token": token, "dir": temp_dir, "env": client_env}
+    finally:
+        head.send_signal(signal.SIGTERM)  # ray start --block stops its node on SIGTERM
+        try:
+            head.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pass
+        end_processes(head.pid, str(temp_dir))
+        if head.poll() is None:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
