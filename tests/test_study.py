@@ -99,3 +99,46 @@ def test_list(capsys):
     assert study_cli.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "scaling:" in out and "--preset paper: 18 runs" in out and "--preset paper: 20 runs" in out
+
+
+def launch_errors(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        study_cli.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_launch_values_fail_before_anything_launches(tmp_path, capsys, monkeypatch):
+    import ray
+    from pipeline.data.convert import convert_digits
+    storage = str(tmp_path / "runs")
+    smoke = ["scaling", "--preset", "smoke", "--storage", storage]
+    assert "--max-concurrent must be at least 1, got 0" in launch_errors([*smoke, "--max-concurrent", "0"], capsys)
+    assert "--gpus-per-run must be 0 (CPU) or more, got -1" in launch_errors([*smoke, "--gpus-per-run", "-1"], capsys)
+    missing = str(tmp_path / "nowhere")
+    assert f"--data {missing}: not a readable dataset" in launch_errors([*smoke, "--data", missing], capsys)
+    convert_digits(tmp_path / "digits", progress=False)
+    err = launch_errors([*smoke, "--data", str(tmp_path / "digits")], capsys)
+    assert "holds dataset 'digits', but the preset pretrains on 'synth-jft-smoke'" in err
+    err = launch_errors(["scaling", "--preset", "paper", "--storage", storage], capsys)
+    assert "dataset 'JFT-300M' is not built in: give its location with --data" in err
+    # a relative --storage inside a `ray job submit` working dir (Ray's temporary copy) is refused
+    job_dir = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)
+    assert "is relative, and this job runs in Ray's temporary copy" in launch_errors(
+        ["scaling", "--preset", "smoke", "--storage", "runs"], capsys)
+    assert not ray.is_initialized() and not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_missing_downstream_set_fails_before_launch(tmp_path, capsys):
+    import ray
+    from pipeline.data.synth import generate
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\npresets:\n  p:\n    dataset: {name: pre}\n    runs: [{model: R50x1, steps: 1}]\n"
+                     "    transfer: {fewshot: [pets]}\n")
+    generate(tmp_path / "pre", images=8, classes=2, image_size=8, executor="inline", progress=False)
+    err = launch_errors([str(study), "--preset", "p", "--data", str(tmp_path / "pre"),
+                         "--storage", str(tmp_path / "runs")], capsys)
+    assert "downstream dataset 'pets' is not in" in err and "convert it there first" in err
+    assert not ray.is_initialized()
