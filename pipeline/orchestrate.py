@@ -246,9 +246,15 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                "storage": storage, "results": results}
     tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(progress.done), "runs_failed": len(failures)})
     if report:
-        summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run)
-        emit(f"[study] report: {report_dir(storage, study.name, preset) / 'report.md'} (and in the MLflow run "
-             f"'study {study.name} / {preset}')")
+        try:
+            summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run)
+            emit(f"[study] report: {report_dir(storage, study.name, preset) / 'report.md'} (and in the MLflow run "
+                 f"'study {study.name} / {preset}')")
+        except Exception as err:  # the runs are safe in MLflow; only the report is missing
+            summary["report_error"] = f"{type(err).__name__}: {err}"
+            complete = False
+            emit(f"[study] the report failed ({summary['report_error']}); the runs are recorded: fix the cause and "
+                 f"run `python -m pipeline.study {study.name} --preset {preset} --report`")
     tracking.finish_run(uri, study_run, "FINISHED" if complete else "FAILED")
     emit(f"[study] {study.name}/{preset}: {len(progress.done)}/{len(specs)} runs done"
          + (f", {len(failures)} failed: run the same command again to retry them" if failures else ""))

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or "report_error" in summary else 0
 
 if __name__ == "__main__":
     sys.exit(main())
