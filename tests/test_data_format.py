@@ -98,6 +98,63 @@ def test_synth_cli_reports_rows(tmp_path):
     assert verified.returncode == 0 and verified.stdout.startswith("OK: rows {'train': 30}")
 
 
+def test_glyph_style_is_deterministic_grey_multi_label_and_named(tmp_path):
+    from PIL import Image
+    out = generate(tmp_path / "glyphs", images=120, classes=30, image_size=16, shards=3, seed=4,
+                   style="glyphs", executor="inline", progress=False)
+    again = generate(tmp_path / "one", images=120, classes=30, image_size=16, shards=1, seed=4,
+                     style="glyphs", executor="inline", progress=False)
+    rows = all_rows(out)
+    assert rows == all_rows(again)                        # independent of sharding
+    shapes = all_rows(generate(tmp_path / "shapes", images=120, classes=30, image_size=16, seed=4,
+                               executor="inline", progress=False))
+    assert not {r["image"] for r in rows.values()} & {r["image"] for r in shapes.values()}
+    assert all(k.startswith("glyphs-pretrain4-train-") for k in rows)
+    labels = [r["labels"] for r in rows.values()]
+    assert all(0 < len(l) <= 3 and all(0 <= c < 30 for c in l) for l in labels)
+    assert sum(len(l) > 1 for l in labels) > 20           # scenes of several glyphs, as in `pretrain`
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB"), np.int16)
+                       for r in rows.values()])
+    assert pixels.shape == (120, 16, 16, 3)
+    assert np.abs(pixels - pixels.mean(-1, keepdims=True)).mean() < 12   # grey levels, a faint tint
+    contrast = pixels.reshape(120, -1).max(1) - pixels.reshape(120, -1).min(1)
+    assert np.median(contrast) > 80                       # visible ink on its ground
+    ds = Dataset(out)
+    assert ds.manifest["source"]["style"] == "glyphs" and ds.manifest["class_names"][:2] == ["glyph0000", "glyph0001"]
+
+
+def test_glyph_classes_are_fixed_figures_and_the_style_is_checked(tmp_path):
+    from pipeline.data.synth import NUM_GLYPH_CLASSES, glyph_prototype
+    a, b = glyph_prototype(5), glyph_prototype(5)
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert 1 <= len(a) <= 4 and all(s.ndim == 2 and s.shape[1] == 2 for s in a)
+    pts = np.concatenate(a)
+    assert np.isclose(np.abs(pts).max(), 1.0)             # longer side spans [-1, 1]
+    assert not all(len(glyph_prototype(c)) == len(a) and np.allclose(np.concatenate(glyph_prototype(c)), pts)
+                   for c in range(6, 9))
+    with pytest.raises(ValueError, match="glyph class space"):
+        glyph_prototype(NUM_GLYPH_CLASSES)
+    novel = generate(tmp_path / "novel", task="novel", style="glyphs", images=40, test_images=20, classes=4,
+                     class_offset=500, image_size=16, executor="inline", progress=False)
+    ds = Dataset(novel)
+    assert ds.splits == ["train", "test"] and not ds.multi_label and ds.manifest["class_names"][0] == "glyph0500"
+    with pytest.raises(ValueError, match="style"):
+        generate(tmp_path / "bad", images=4, classes=2, style="emoji", executor="inline", progress=False)
+    with pytest.raises(ValueError, match="glyphs class space"):
+        generate(tmp_path / "bad", task="novel", images=4, classes=2, class_offset=NUM_GLYPH_CLASSES - 1,
+                 style="glyphs", executor="inline", progress=False)
+
+
+def test_synth_cli_makes_glyphs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "cli"), "--style", "glyphs",
+                          "--images", "20", "--classes", "300", "--image-size", "16", "--max-objects", "1",
+                          "--executor", "inline"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "{'train': 20} rows, 300 classes, 1 shards" in out.stdout
+    ds = Dataset(tmp_path / "cli")
+    assert ds.manifest["source"]["style"] == "glyphs" and ds.manifest["source"]["max_objects"] == 1
+    assert all(len(r["labels"]) == 1 for r in all_rows(tmp_path / "cli").values())
+
+
 # -- subsets ---------------------------------------------------------------------------------
 
 def test_subsets_nest_and_are_exactly_the_low_priority_rows(large_shards):

@@ -13,7 +13,8 @@ def _synth(args: argparse.Namespace) -> int:
                    test_images=args.test_images, val_images=args.val_images,
                    label_noise=args.label_noise,
                    exponent=args.zipf_exponent, class_offset=args.class_offset,
-                   max_objects=args.max_objects, encoding=args.encoding, executor=args.executor)
+                   max_objects=args.max_objects, style=args.style, encoding=args.encoding,
+                   executor=args.executor)
     return _summary(out)
 
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--class-offset", type=int, default=100,
                    help="novel: first class of the task in the synthetic class space")
     p.add_argument("--max-objects", type=int, default=3)
+    p.add_argument("--style", choices=("shapes", "glyphs"), default="shapes",
+                   help="shapes: coloured filled shapes (576 classes); glyphs: grey stroke figures "
+                        "(10000 classes), whose features transfer to handwriting-like images")
     p.add_argument("--encoding", choices=("png", "jpeg"), default=None)
     p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto")
     p.set_defaults(fn=_synth)

@@ -32,6 +32,7 @@ HUES = tuple(i / 12 for i in range(12))
 PATTERNS = ("solid", "hollow", "hstripes", "vstripes", "checker", "dot")
 NUM_GLOBAL_CLASSES = len(SHAPES) * len(HUES) * len(PATTERNS)
 TASKS = ("pretrain", "novel", "count")
+STYLES = ("shapes", "glyphs")
 _TASK_CODE = {"pretrain": 0, "novel": 1, "count": 2}
 _SPLIT_CODE = {"train": 0, "test": 1, "val": 2}
 
@@ -47,6 +48,10 @@ def class_attributes(c: int) -> tuple[str, float, str]:
 def class_name(c: int) -> str:
     shape, hue, pattern = class_attributes(c)
     return f"{pattern}-{shape}-hue{int(round(hue * 360)):03d}"
+
+
+def glyph_name(c: int) -> str:
+    return f"glyph{c:04d}"
 
 
 def zipf_probs(num_classes: int, exponent: float) -> np.ndarray:
@@ -153,6 +158,142 @@ def render_scene(classes: list[int], size: int, rng: np.random.Generator) -> Ima
     return img
 
 
+# --------------------------------------------------------------------------------------------
+# Glyphs: procedural stroke figures (style="glyphs")
+
+NUM_GLYPH_CLASSES = 10_000
+_GLYPH_SPACE_SEED = 0x6C79_7068   # fixes the glyph class space; independent of a dataset's seed
+_POINTS_PER_STROKE = 24
+# Rendering ranges of the glyph style (fractions of the frame or of a glyph's half-size).
+GLYPH_LOWRES_FRACTION = 0.5          # images captured at a lower resolution, then scaled up
+GLYPH_SINGLE_SIZE = (0.3, 0.42)      # half-size of a lone glyph, fraction of the frame
+GLYPH_MULTI_SIZE = (0.14, 0.26)      # half-size of each glyph in a scene of several
+GLYPH_STROKE_WIDTH = (0.12, 0.32)    # stroke width, fraction of the glyph's half-size
+
+
+def _bezier(ctrl: np.ndarray, n: int) -> np.ndarray:
+    """n points along the cubic Bezier curve with control points ``ctrl`` (4, 2)."""
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return ((1 - t) ** 3 * ctrl[0] + 3 * (1 - t) ** 2 * t * ctrl[1] + 3 * (1 - t) * t ** 2 * ctrl[2]
+            + t ** 3 * ctrl[3])
+
+
+def glyph_prototype(c: int) -> list[np.ndarray]:
+    """The prototype of glyph class ``c``: 1-4 strokes, each a polyline (P, 2) in [-1, 1]^2.
+
+    A pure function of ``c`` (the glyph class space is the same for every dataset seed). Strokes
+    are straight lines, circular arcs or cubic Bezier curves; after the first, a stroke starts on
+    an earlier stroke with probability 0.6, so glyphs are mostly connected figures, as handwriting
+    and printed characters are. The figure is centred and scaled so its longer side spans [-1, 1].
+    """
+    if not 0 <= c < NUM_GLYPH_CLASSES:
+        raise ValueError(f"class {c} outside the glyph class space [0, {NUM_GLYPH_CLASSES})")
+    rng = np.random.default_rng([_GLYPH_SPACE_SEED, c])
+    n_strokes = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
+    strokes: list[np.ndarray] = []
+    for _ in range(n_strokes):
+        if strokes and rng.random() < 0.6:
+            prev = strokes[int(rng.integers(len(strokes)))]
+            start = prev[int(rng.integers(len(prev)))]
+        else:
+            start = rng.uniform(-0.8, 0.8, size=2)
+        kind = rng.choice(["line", "arc", "curve"], p=[0.35, 0.3, 0.35])
+        if kind == "line":
+            angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(0.6, 1.6)
+            end = start + length * np.array([math.cos(angle), math.sin(angle)])
+            pts = start + np.linspace(0, 1, _POINTS_PER_STROKE)[:, None] * (end - start)
+        elif kind == "arc":
+            radius = rng.uniform(0.3, 0.8)
+            a0 = rng.uniform(0, 2 * math.pi)
+            sweep = rng.uniform(math.pi / 2, 1.9 * math.pi) * rng.choice([-1, 1])
+            centre = start - radius * np.array([math.cos(a0), math.sin(a0)])
+            a = a0 + np.linspace(0, sweep, _POINTS_PER_STROKE)
+            pts = centre + radius * np.stack([np.cos(a), np.sin(a)], axis=1)
+        else:
+            ctrl = np.vstack([start, rng.uniform(-1, 1, size=(3, 2))])
+            pts = _bezier(ctrl, _POINTS_PER_STROKE)
+        strokes.append(pts)
+    allpts = np.concatenate(strokes)
+    lo, hi = allpts.min(0), allpts.max(0)
+    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-3)
+    return [(s - centre) / half for s in strokes]
+
+
+def _jitter_glyph(strokes: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """One sample of a glyph: a smooth random warp (elastic-ish), then a random affine map
+    (rotation, anisotropic scale, shear). Output still roughly in [-1, 1]^2."""
+    # Warp: a displacement field of two random low-frequency sinusoids per axis.
+    freq = rng.uniform(0.5, 1.5, size=(2, 2, 2)) * math.pi / 2
+    phase = rng.uniform(0, 2 * math.pi, size=(2, 2))
+    amp = rng.uniform(0.0, 0.08, size=(2, 2))
+    angle = rng.normal(0, 0.2)
+    shear = rng.normal(0, 0.2)
+    scale = np.exp(rng.normal(0, 0.1, size=2))
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    affine = rot @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag(scale)
+    out = []
+    for s in strokes:
+        d = np.zeros_like(s)
+        for axis in range(2):
+            for k in range(2):
+                d[:, axis] += amp[axis, k] * np.sin(s @ freq[axis, k] + phase[axis, k])
+        out.append((s + d) @ affine.T)
+    return out
+
+
+def _draw_glyph(draw: ImageDraw.ImageDraw, strokes: list[np.ndarray], cx: float, cy: float,
+                r: float, width: float, ink: int) -> None:
+    """Strokes as round-capped, round-jointed lines of ``width`` px on a grey-level canvas."""
+    rad = width / 2
+    for s in strokes:
+        pts = [(cx + r * x, cy + r * y) for x, y in s]
+        draw.line(pts, fill=ink, width=max(1, int(round(width))), joint="curve")
+        for x, y in (pts[0], pts[-1]):
+            draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=ink)
+
+
+def render_glyph_scene(classes: list[int], size: int, rng: np.random.Generator) -> Image.Image:
+    """Glyphs as ink strokes on a plain surface, in grey levels.
+
+    Light ink on a dark surface or dark ink on a light one (even odds), each with a random grey
+    level, a faint colour tint, a soft gradient and sensor noise. One glyph fills most of the
+    frame; several share it at smaller sizes. Each glyph is jittered (``_jitter_glyph``) and drawn
+    with a random stroke width. Half of the images are then captured at a lower resolution
+    (drawn at 8..size px and scaled back up), as web images come at every resolution.
+    """
+    low = rng.random() < GLYPH_LOWRES_FRACTION
+    draw_size = int(rng.integers(8, size + 1)) if low else size
+    scale = 4 if draw_size < 64 else 2 if draw_size < 128 else 1
+    s = draw_size * scale
+    dark_ground = rng.random() < 0.5
+    ground = rng.uniform(0, 90) if dark_ground else rng.uniform(165, 255)
+    ink = rng.uniform(170, 255) if dark_ground else rng.uniform(0, 90)
+    canvas = Image.new("L", (s, s), 0)
+    draw = ImageDraw.Draw(canvas)
+    single = len(classes) == 1
+    for cls in classes:
+        r = rng.uniform(*GLYPH_SINGLE_SIZE) * s if single else rng.uniform(*GLYPH_MULTI_SIZE) * s
+        margin = r * 0.9
+        if single:
+            cx, cy = s / 2 + rng.normal(0, 0.04 * s), s / 2 + rng.normal(0, 0.04 * s)
+        else:
+            cx, cy = rng.uniform(margin, s - margin), rng.uniform(margin, s - margin)
+        width = rng.uniform(*GLYPH_STROKE_WIDTH) * r
+        _draw_glyph(draw, _jitter_glyph(glyph_prototype(int(cls)), rng), cx, cy, r, width, 255)
+    if scale != 1:
+        canvas = canvas.reduce(scale)
+    alpha = np.asarray(canvas, dtype=np.float64)[:, :, None] / 255.0
+    if draw_size != size:
+        alpha = np.asarray(Image.fromarray((alpha[:, :, 0] * 255).astype(np.uint8)).resize(
+            (size, size), Image.BILINEAR), dtype=np.float64)[:, :, None] / 255.0
+    tint = rng.normal(0, 8, size=3)
+    t = np.linspace(-0.5, 0.5, size)
+    gradient = rng.normal(0, 15) * (t[:, None] if rng.random() < 0.5 else t[None, :])
+    surface = ground + gradient[:, :, None] + tint
+    img = surface * (1 - alpha) + (ink + tint) * alpha + rng.normal(0, 4, size=(size, size, 1))
+    return Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8))
+
+
 def encode_image(img: Image.Image, encoding: str) -> bytes:
     buf = io.BytesIO()
     if encoding == "png":
@@ -169,13 +310,19 @@ def encode_image(img: Image.Image, encoding: str) -> bytes:
 
 def make_example(task: str, split: str, index: int, *, seed: int, num_classes: int,
                  image_size: int, exponent: float, label_noise: float, class_offset: int,
-                 max_objects: int) -> tuple[Image.Image, list[int]]:
+                 max_objects: int, style: str = "shapes") -> tuple[Image.Image, list[int]]:
     rng = np.random.default_rng([seed, _TASK_CODE[task], _SPLIT_CODE[split], index])
+    if style == "shapes":
+        render = render_scene
+    elif style == "glyphs":
+        render = render_glyph_scene
+    else:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     if task == "pretrain":
         n = int(rng.choice(np.arange(1, max_objects + 1),
                            p=zipf_probs(max_objects, 1.0)))
         classes = [int(c) for c in rng.choice(num_classes, size=n, p=zipf_probs(num_classes, exponent))]
-        img = render_scene(classes, image_size, rng)
+        img = render(classes, image_size, rng)
         labels = sorted(set(classes))
         if label_noise > 0:
             # Web-like noise: a label is replaced by a random class, or a spurious one is added.
@@ -187,11 +334,11 @@ def make_example(task: str, split: str, index: int, *, seed: int, num_classes: i
         return img, labels
     if task == "novel":
         c = int(rng.integers(num_classes))
-        return render_scene([class_offset + c], image_size, rng), [c]
+        return render([class_offset + c], image_size, rng), [c]
     if task == "count":
         n = int(rng.integers(1, num_classes + 1))
         classes = [int(c) for c in rng.integers(0, class_offset, size=n)]
-        return render_scene(classes, image_size, rng), [n - 1]
+        return render(classes, image_size, rng), [n - 1]
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -200,7 +347,8 @@ def _make_shard(out: str, name: str, task: str, split: str, first: int, stop: in
     rows = []
     for i in range(first, stop):
         img, labels = make_example(task, split, i, **params)
-        rows.append(Row(f"{task}{params['seed']}-{split}-{i:09d}", encode_image(img, encoding), labels))
+        prefix = "" if params.get("style", "shapes") == "shapes" else f"{params['style']}-"
+        rows.append(Row(f"{prefix}{task}{params['seed']}-{split}-{i:09d}", encode_image(img, encoding), labels))
     return write_shard(Path(out) / name, rows, subset_seed)
 
 
@@ -208,23 +356,29 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
              shards: int | None = None, seed: int = 0, task: str = "pretrain",
              test_images: int | None = None, val_images: int | None = None,
              label_noise: float = 0.0, exponent: float = 1.0,
-             class_offset: int = 100, max_objects: int = 3, encoding: str | None = None,
-             executor: str = "auto", progress: bool = True) -> Path:
+             class_offset: int = 100, max_objects: int = 3, style: str = "shapes",
+             encoding: str | None = None, executor: str = "auto", progress: bool = True) -> Path:
     """Generate a synthetic dataset at ``out`` and return its path.
 
     Pretraining sets have one split ("train"); downstream tasks also get a "test" split of
     ``test_images`` (default: a quarter of ``images``). ``val_images`` adds a held-out "val"
     split drawn like "train" (the pretraining validation slice of the paper's early stopping).
+    ``style`` picks what the objects are: "shapes" (coloured filled shapes, ``NUM_GLOBAL_CLASSES``
+    classes) or "glyphs" (grey stroke figures, ``NUM_GLYPH_CLASSES`` classes); see the module
+    docstring.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if images < 1 or classes < 1:
         raise ValueError("need at least one image and one class")
-    if task == "novel" and class_offset + classes > NUM_GLOBAL_CLASSES:
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    space = NUM_GLOBAL_CLASSES if style == "shapes" else NUM_GLYPH_CLASSES
+    if task == "novel" and class_offset + classes > space:
         raise ValueError(f"novel classes [{class_offset}, {class_offset + classes}) exceed the "
-                         f"synthetic class space of {NUM_GLOBAL_CLASSES}")
-    if task == "pretrain" and classes > NUM_GLOBAL_CLASSES:
-        raise ValueError(f"the synthetic generator has {NUM_GLOBAL_CLASSES} distinct classes; "
+                         f"{style} class space of {space}")
+    if task == "pretrain" and classes > space:
+        raise ValueError(f"the synthetic generator has {space} distinct {style} classes; "
                          f"asked for {classes}")
     if task == "pretrain" and class_offset < classes:
         class_offset = classes  # novel classes start after the pretraining ones
@@ -237,7 +391,8 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
     if val_images:
         split_sizes["val"] = val_images
     params = dict(seed=seed, num_classes=classes, image_size=image_size, exponent=exponent,
-                  label_noise=label_noise, class_offset=class_offset, max_objects=max_objects)
+                  label_noise=label_noise, class_offset=class_offset, max_objects=max_objects,
+                  style=style)
     jobs, weights, where = [], [], []
     for split, n in split_sizes.items():
         m = shards or max(1, math.ceil(n / 2000))
@@ -250,10 +405,11 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
             where.append(split)
     entries = run_jobs(_make_shard, jobs, weights=weights, desc=f"synth {task} -> {out.name}",
                        unit="img", executor=executor, progress=progress)
+    name_of = class_name if style == "shapes" else glyph_name
     if task == "pretrain":
-        names = [class_name(c) for c in range(classes)]
+        names = [name_of(c) for c in range(classes)]
     elif task == "novel":
-        names = [class_name(class_offset + c) for c in range(classes)]
+        names = [name_of(class_offset + c) for c in range(classes)]
     else:
         names = [f"{n + 1} objects" for n in range(classes)]
     manifest = new_manifest(
