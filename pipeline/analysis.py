@@ -215,17 +215,22 @@ def _compact(value: float, _=None) -> str:
     return f"{value:g}"
 
 
-def _log_x(ax, values) -> None:
-    """Log x-axis with readable ticks: 1-2-3-5 steps within a decade, 1-2-5 within two, decades
-    beyond (matplotlib's own choice labels 3e-07 4e-07 ... 9e-07 in a small range)."""
+def _log_ticks(axis, values) -> None:
+    """Readable ticks on a log axis: 1-1.5-2-3-5-7 steps within a decade, 1-2-5 within two, decades
+    beyond (matplotlib's own choice labels 3e-07 4e-07 ... 9e-07 in a small range, or nothing)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     values = np.asarray(values, dtype=float)
+    values = values[values > 0]
+    decades = np.log10(values.max() / values.min()) if len(values) else 0
+    subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    axis.set_major_locator(LogLocator(subs=subs))
+    axis.set_major_formatter(FuncFormatter(_compact))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_x(ax, values) -> None:
     ax.set_xscale("log")
-    decades = np.log10(values.max() / values.min()) if len(values) and values.min() > 0 else 0
-    subs = (1.0, 2.0, 3.0, 5.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
-    ax.xaxis.set_major_locator(LogLocator(subs=subs))
-    ax.xaxis.set_major_formatter(FuncFormatter(_compact))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _log_ticks(ax.xaxis, values)
 
 
 def _label_points(ax, frame: pd.DataFrame, x: str, y: str) -> None:
@@ -285,7 +290,6 @@ def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str):
     solid in its bootstrap band, the other form dotted."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
     _style()
     order, colors, markers = family_styles(family_fits)
     level = next(iter(family_fits.values())).level
@@ -299,21 +303,18 @@ def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str):
             continue
         point, boot = ff.best()
         grid = np.geomspace(*ff.compute_range, 100)
-        lo, hi = scaling.curve_band(boot, grid, level)
+        lo, hi = ff.band(grid)
         ax.fill_between(grid, lo * 100, hi * 100, color=color, alpha=0.18, lw=0)
         ax.plot(grid, point.error(grid) * 100, color=color, lw=1.8)
         for form, other in ff.fits.items():
             if form != point.form:
                 ax.plot(grid, other.error(grid) * 100, color=color, lw=1, ls=":")
-    handles += [Line2D([], [], color="0.3", lw=1.8, label=f"better form, {_percent(level)} band"),
+    handles += [Line2D([], [], color="0.3", lw=1.8, label=f"law used, {_percent(level)} band"),
                 Line2D([], [], color="0.3", lw=1, ls=":", label="other form")]
     ax.set(yscale="log", xlabel="total pretraining compute [exaFLOPs]", ylabel="error = 100 - accuracy [%]",
            title=f"{label}: scaling-law fits")
     _log_x(ax, np.concatenate([ff.compute for ff in family_fits.values()]))
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    _log_ticks(ax.yaxis, np.concatenate([ff.error for ff in family_fits.values()]) * 100)
     ax.legend(handles=handles, fontsize=8, frameon=True)
     return fig
 
@@ -439,7 +440,8 @@ def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[di
             lines.append(f"- {family_name(family)}: no run with finished pretraining has {metric.label}.")
             continue
         ff = family_fits[family]
-        verdict = f"**{ff.better}** fits better" if ff.better else "no verdict"
+        verdict = (f"**{ff.better}** fits better" if ff.better else
+                   "no verdict, the power law is used" if ff.best() else "no fit")
         lines.append(f"- {family_name(family)}: {verdict} ({ff.reason}).")
     lines += ["", "Compute multiplier (how many times the compute one family needs for the same accuracy "
               "as another, geometric mean over the accuracies both fitted curves reach within their "
@@ -454,9 +456,11 @@ def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[di
         acc_lo, acc_hi = m["accuracy_range"]
         dropped = (f"; {m['undefined_replicates']}/{m['replicates']} bootstrap replicates undefined"
                    if m["undefined_replicates"] else "")
+        end_lo, end_hi = m["at_range_ends"]
         lines.append(f"- {x} needs **{m['multiplier']:.2f}x** [{lo:.2f}, {hi:.2f}] the compute of {y} "
-                     f"for accuracies {acc_lo * 100:.1f}-{acc_hi * 100:.1f}% ({m['form_x']} vs {m['form_y']} "
-                     f"fits{dropped}).")
+                     f"for accuracies {acc_lo * 100:.1f}-{acc_hi * 100:.1f}% ({_fmt(end_lo, '.2f')}x at "
+                     f"{acc_lo * 100:.1f}%, {_fmt(end_hi, '.2f')}x at {acc_hi * 100:.1f}%; {m['form_x']} vs "
+                     f"{m['form_y']} fits{dropped}).")
     return lines
 
 

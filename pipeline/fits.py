@@ -152,6 +152,8 @@ def fit(compute, error, form: str = "saturating", *, huber_scale: float = HUBER_
     x = compute / scale
     starts = [_to_theta(warm_start, scale)] if warm_start is not None else _starts(x, error, form)
     theta = _solve(x, error, form, starts, huber_scale)
+    if form == "saturating":
+        theta[2:] = np.where(theta[2:] < 1e-9, 0.0, theta[2:])   # at the bound: no floor / no offset
     residuals = np.log(_curve(theta, x, form)[0]) - np.log(error)
     a = math.exp(theta[0] + theta[1] * math.log(scale))
     extra = {"c": float(theta[2]), "d": float(theta[3]) * scale} if form == "saturating" else {}
@@ -205,28 +207,50 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
     return fits
 
 
-def interval(values, level: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap values (NaN ignored)."""
+def percentile_level(level: float, df: int | None) -> float:
+    """The bootstrap percentile level that gives ``level`` coverage when the noise is estimated
+    from ``df`` residual degrees of freedom: the bootstrap draws noise at the estimated scale as if
+    it were known, so a plain percentile interval covers like a z-interval where a t-interval is
+    due (with 7 runs and 4 parameters, 80% nominal covers about 71%). Expanding to the level whose
+    normal quantile is the t quantile fixes that (Hesterberg's expanded percentile interval).
+    None: the plain percentile level."""
+    if df is None:
+        return level
+    from scipy.stats import norm, t
+    return float(2 * norm.cdf(t.ppf((1 + level) / 2, max(df, 1))) - 1)
+
+
+def _tails(level: float, df: int | None) -> list[float]:
+    tail = (1 - percentile_level(level, df)) / 2 * 100
+    return [tail, 100 - tail]
+
+
+def interval(values, level: float, df: int | None = None) -> tuple[float, float]:
+    """Percentile interval of bootstrap values (NaN ignored), expanded for ``df`` (see
+    ``percentile_level``)."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return (math.nan, math.nan)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
+    lo, hi = np.percentile(values, _tails(level, df))
     return (float(lo), float(hi))
 
 
-def param_intervals(fits: list[Fit], level: float) -> dict[str, tuple[float, float]]:
+def residual_df(f: Fit) -> int:
+    return f.n - len(PARAMS[f.form])
+
+
+def param_intervals(fits: list[Fit], level: float, df: int | None = None) -> dict[str, tuple[float, float]]:
     if not fits:
         return {}
-    return {name: interval([getattr(f, name) for f in fits], level) for name in PARAMS[fits[0].form]}
+    return {name: interval([getattr(f, name) for f in fits], level, df) for name in PARAMS[fits[0].form]}
 
 
-def curve_band(fits: list[Fit], compute, level: float) -> tuple[np.ndarray, np.ndarray]:
+def curve_band(fits: list[Fit], compute, level: float, df: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise percentile band of the bootstrap curves at ``compute``."""
     curves = np.stack([f.error(compute) for f in fits])
-    tail = (1 - level) / 2 * 100
-    return np.percentile(curves, tail, axis=0), np.percentile(curves, 100 - tail, axis=0)
+    lo, hi = _tails(level, df)
+    return np.percentile(curves, lo, axis=0), np.percentile(curves, hi, axis=0)
 
 
 def backtest(compute, error, form: str, *, holdout: int | None = None,
@@ -271,9 +295,15 @@ class FamilyFit:
     def compute_range(self) -> tuple[float, float]:
         return float(self.compute.min()), float(self.compute.max())
 
+    def band(self, compute) -> tuple[np.ndarray, np.ndarray]:
+        """The ``level`` band of the curve used downstream, at ``compute``."""
+        point, boot = self.best()
+        return curve_band(boot, compute, self.level, residual_df(point))
+
     def best(self) -> tuple[Fit, list[Fit]] | None:
-        """The fit used downstream (multiplier, figure): the better form, else whichever exists."""
-        for form in ([self.better] if self.better else []) + list(FORMS):
+        """The fit used downstream (multiplier, figure): the better form; when that cannot be told,
+        the simpler one (the power law)."""
+        for form in ([self.better] if self.better else []) + ["power", "saturating"]:
             if form in self.fits:
                 return self.fits[form], self.boot[form]
         return None
@@ -291,7 +321,7 @@ def fit_family(family: str, compute, accuracy, *, rng: np.random.Generator, n_bo
         result.fits[form] = point
         result.boot[form] = bootstrap(compute, error, form, rng=rng, n_boot=n_boot, point=point,
                                       huber_scale=huber_scale)
-        result.intervals[form] = param_intervals(result.boot[form], level)
+        result.intervals[form] = param_intervals(result.boot[form], level, residual_df(point))
         result.backtests[form] = backtest(compute, error, form, holdout=holdout, huber_scale=huber_scale)
     result.better, result.reason = compare_forms(result)
     return result
@@ -339,7 +369,8 @@ def common_errors(x: FamilyFit, y: FamilyFit, points: int = 50) -> np.ndarray | 
 
 def multiplier(fx: Fit, fy: Fit, errors: np.ndarray) -> float:
     """Geometric mean over ``errors`` of C_X(E) / C_Y(E); NaN where neither curve gets there."""
-    ratio = fx.compute_for(errors) / fy.compute_for(errors)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = fx.compute_for(errors) / fy.compute_for(errors)
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     return float(np.exp(np.mean(np.log(ratio)))) if len(ratio) else math.nan
 
@@ -356,7 +387,10 @@ def compute_multiplier(x: FamilyFit, y: FamilyFit, *, level: float | None = None
     (fx, boot_x), (fy, boot_y) = x.best(), y.best()
     replicates = np.array([multiplier(bx, by, errors) for bx, by in zip(boot_x, boot_y)])
     level = level if level is not None else x.level
+    df = residual_df(fx) + residual_df(fy)   # both families' noise scales were estimated
     return {"x": x.family, "y": y.family, "form_x": fx.form, "form_y": fy.form,
-            "multiplier": multiplier(fx, fy, errors), "interval": interval(replicates, level), "level": level,
+            "multiplier": multiplier(fx, fy, errors), "interval": interval(replicates, level, df), "level": level,
             "accuracy_range": (float(1 - errors[-1]), float(1 - errors[0])),
+            # the ratio is constant only if the curves are shifted copies: its value at either end
+            "at_range_ends": (multiplier(fx, fy, errors[-1:]), multiplier(fx, fy, errors[:1])),
             "undefined_replicates": int(np.isnan(replicates).sum()), "replicates": len(replicates)}

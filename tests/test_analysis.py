@@ -80,22 +80,34 @@ def test_forms_compared_by_backtest():
 
 
 def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
-    """80% percentile intervals over 40 independent studies of 16 runs: each should miss about 8."""
+    """80% intervals (as the report computes them) over 40 independent families of 8 runs each
+    should miss the truth about 8 times (binomial spread +-0.06)."""
     rng = np.random.default_rng(4)
+    compute = np.geomspace(0.1, 1e4, 8)
     level, draws = 0.8, 40
     hits = {"b": 0, "c": 0, "error at the largest compute": 0}
     for _ in range(draws):
-        errors = draw(rng, noise=0.03)
-        point = fits.fit(COMPUTE, errors)
-        boot = fits.bootstrap(COMPUTE, errors, "saturating", rng=rng, n_boot=50, point=point)
-        intervals = fits.param_intervals(boot, level)
+        errors = draw(rng, compute=compute, noise=0.03)
+        point = fits.fit(compute, errors)
+        boot = fits.bootstrap(compute, errors, "saturating", rng=rng, n_boot=60, point=point)
+        df = fits.residual_df(point)
+        intervals = fits.param_intervals(boot, level, df)
         for name in ("b", "c"):
             hits[name] += intervals[name][0] <= getattr(TRUE, name) <= intervals[name][1]
-        lo, hi = fits.curve_band(boot, COMPUTE[-1:], level)
-        hits["error at the largest compute"] += lo[0] <= TRUE.error(COMPUTE[-1]) <= hi[0]
+        lo, hi = fits.curve_band(boot, compute[-1:], level, df)
+        hits["error at the largest compute"] += lo[0] <= TRUE.error(compute[-1]) <= hi[0]
     coverage = {k: v / draws for k, v in hits.items()}
-    assert all(0.6 <= v <= 0.97 for v in coverage.values()), coverage
-    assert 0.7 <= np.mean(list(coverage.values())) <= 0.9, coverage
+    print("coverage at 80% nominal:", coverage)
+    assert all(0.65 <= v <= 0.95 for v in coverage.values()), coverage
+    assert 0.72 <= np.mean(list(coverage.values())) <= 0.88, coverage
+
+
+def test_t_expansion_widens_intervals_for_few_residual_degrees_of_freedom():
+    assert fits.percentile_level(0.8, None) == 0.8
+    assert fits.percentile_level(0.8, 3) == pytest.approx(0.899, abs=0.002)   # Phi(t_0.9,3 = 1.638)
+    assert fits.percentile_level(0.8, 1000) == pytest.approx(0.8, abs=1e-3)
+    values = np.random.default_rng(0).normal(size=5000)
+    assert np.diff(fits.interval(values, 0.8, 3)) > np.diff(fits.interval(values, 0.8))
 
 
 def test_compute_multiplier_recovers_a_known_factor():
