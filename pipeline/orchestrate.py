@@ -150,10 +150,14 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Runs done/total and an ETA from the compute finished so far in this session."""
+    """Runs done/total and an ETA from the work finished so far in this session. A run's share of
+    the work is taken as half a fixed cost per run and half its compute (exaFLOPs): tiny runs are
+    mostly start-up time, paper-scale runs mostly compute."""
 
-    def __init__(self, weights: dict[str, float], done: set[str], emit: Callable[[str], None]):
-        self.weights, self.emit, self.start = weights, emit, time.perf_counter()
+    def __init__(self, exaflops: dict[str, float], done: set[str], emit: Callable[[str], None]):
+        total = sum(exaflops.values()) or 1.0
+        self.weights = {k: 0.5 / len(exaflops) + 0.5 * e / total for k, e in exaflops.items()}
+        self.emit, self.start = emit, time.perf_counter()
         self.done, self.failed, self.done_now = set(done), set(), 0.0
         self.last = self.start
 
@@ -192,7 +196,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     downstream = prepare_downstream(p.transfer, storage)
     tracking.init_store(uri)
     planned = study_plan(study, preset, tracking_uri=uri)
-    weights = {r["id"]: r["exaflops"] or 1.0 for r in planned["runs"]}
+    exaflops = {r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}
     study_run = tracking.start_study_run(
         uri, study.name, preset, artifact_root=f"{storage}/artifacts",
         params={"study": study.name, "preset": preset, "runs": len(specs), "dataset": p.dataset.name,
@@ -212,17 +216,21 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
          f"({partial} to resume); at most {limit} at once, "
          f"{f'{gpus_per_run} GPU(s)' if gpus_per_run else 'one CPU worker'} per run; MLflow {uri}")
-    progress = Progress(weights, done, emit)
+    progress = Progress(exaflops, done, emit)
     chain = ray.remote(num_cpus=0, max_retries=0)(run_chain)
     pending: dict[Any, RunSpec] = {}
     queue, failures, results = list(todo), {}, {}
+
+    def launch() -> None:
+        while queue and len(pending) < limit:
+            spec = queue.pop(0)
+            ref = chain.remote(spec.model_dump(mode="json"), data_path, p.transfer.model_dump(mode="json"),
+                               downstream, storage, uri, gpus_per_run, study_run, previous.get(spec.id, {}))
+            pending[ref] = spec
+
     try:
-        while queue or pending:
-            while queue and len(pending) < limit:
-                spec = queue.pop(0)
-                ref = chain.remote(spec.model_dump(mode="json"), data_path, p.transfer.model_dump(mode="json"),
-                                   downstream, storage, uri, gpus_per_run, study_run, previous.get(spec.id, {}))
-                pending[ref] = spec
+        launch()
+        while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
             for ref in ready:
                 spec = pending.pop(ref)
@@ -234,6 +242,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                     failures[spec.id] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
                     progress.finished(spec.id, False)
                     note = f" ({spec.model_name} {spec.id} FAILED: {failures[spec.id]})"
+                launch()
                 progress.line(len(pending), note)
             if not ready:
                 progress.line(len(pending))

@@ -143,12 +143,20 @@ class DatasetRef(Frozen):
     images: Union[str, int, None] = Field(None, description="rows of the full set, e.g. 303M")
     synth: dict[str, Any] | None = Field(None, description="pipeline.data.synth.generate arguments")
 
+    num_classes: int | None = Field(None, ge=1, description="label classes (the pretraining head); None: the "
+                                    "synthetic data's, else the 1000-class convention of public compute tables")
+
     @field_validator("images")
     @classmethod
     def _count(cls, value):
         if value is not None:
             parse_count(value)
         return value
+
+    @property
+    def head_classes(self) -> int:
+        """Classes of the head whose compute the plan counts (what pretraining logs, when known)."""
+        return self.num_classes or (self.synth or {}).get("classes") or 1000
 
 
 class TransferPlan(Frozen):

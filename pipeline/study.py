@@ -44,7 +44,7 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
             images_seen = round(spec.epochs * rows) if rows is not None else None
         else:
             images_seen = spec.steps * spec.recipe.batch_size
-        counts = compute.model_counts(spec.model, spec.recipe.image_size, progress=True)
+        counts = compute.model_counts(spec.model, spec.recipe.image_size, p.dataset.head_classes, progress=True)
         exaflops = compute.pretrain_exaflops(counts["forward_macs"], images_seen) if images_seen else None
         gpu_hours = exaflops * 1e18 / (mfu * peak_tflops * 1e12) / 3600 if exaflops is not None else None
         runs.append({"id": spec.id, "model": spec.model_name, "family": spec.family, "subset": spec.subset,
@@ -62,7 +62,7 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
 
 def format_plan(result: dict[str, Any]) -> str:
     head = ("id", "model", "family", "subset", "images", "epochs", "params", "exaFLOPs", "GPU-h", "status")
-    fmt_n = lambda v, f: "-" if v is None else format(v, f)
+    fmt_n = lambda v, f: "-" if v is None else format(v, f if abs(v) >= 10 or v == 0 else ".3g")
     rows = [(r["id"], r["model"], r["family"], str(r["subset"]), fmt_n(r["subset_images"], ","),
              fmt_n(r["epochs"], "g") if r["epochs"] is not None else f"{r['steps']} steps",
              f"{r['params'] / 1e6:.1f}M", fmt_n(r["exaflops"], ",.1f"), fmt_n(r["gpu_hours"], ",.0f"), r["status"])
@@ -74,7 +74,7 @@ def format_plan(result: dict[str, Any]) -> str:
         f"study {result['study']} / preset {result['preset']} on {result['dataset']}",
         line(head), line(["-" * w for w in widths]), *map(line, rows), "",
         f"{t['runs']} runs: {t['done']} done, {t['partial']} partial, {t['new']} new; "
-        f"{t['exaflops']:,.1f} exaFLOPs = {t['gpu_hours']:,.0f} GPU-hours at {result['mfu']:.0%} MFU of "
+        f"{fmt_n(t['exaflops'], ',.1f')} exaFLOPs = {fmt_n(t['gpu_hours'], ',.0f')} GPU-hours at {result['mfu']:.0%} MFU of "
         f"{result['gpu_peak_tflops']:g} TFLOP/s"])
 
 
