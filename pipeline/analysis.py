@@ -83,9 +83,10 @@ def _runs_by_spec(tracking_uri: str, study: str, spec_ids: set[str]) -> dict[str
     found: dict[str, Any] = {}
     for run in c.search_runs([exp.experiment_id], max_results=50_000):
         spec_id = run.data.tags.get(tracking.RUN_SPEC_TAG)
-        if spec_id in spec_ids and "nested_key" not in run.data.tags:
-            if spec_id not in found or run.info.start_time > found[spec_id].info.start_time:
-                found[spec_id] = run   # tracking never makes two; if it did, the latest counts
+        if spec_id not in spec_ids or "nested_key" in run.data.tags:
+            continue
+        if spec_id not in found or run.info.start_time > found[spec_id].info.start_time:
+            found[spec_id] = run   # tracking never makes two; if it did, the latest counts
     return found
 
 
@@ -169,7 +170,8 @@ def run_labels(table: pd.DataFrame) -> pd.Series:
     label = table["model"].astype(str)
     for column, fmt in (("epochs", "{:g} ep"), ("steps", "{:g} steps"), ("subset", "{}"), ("seed", "seed {}")):
         varies = table.groupby("model")[column].transform(lambda s: s.nunique(dropna=True) > 1)
-        extra = table[column].map(lambda v: fmt.format(v) if pd.notna(v) else "").astype(str)
+        extra = pd.Series([fmt.format(v) if pd.notna(v) else "" for v in table[column]], index=table.index,
+                          dtype=str)
         label = label.where(~varies, label + " (" + extra + ")")
     return label
 
@@ -301,7 +303,7 @@ def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str):
         handles.append(Line2D([], [], color=color, marker=markers[family], label=family_name(family)))
         if ff.best() is None:
             continue
-        point, boot = ff.best()
+        point = ff.best()[0]
         grid = np.geomspace(*ff.compute_range, 100)
         lo, hi = ff.band(grid)
         ax.fill_between(grid, lo * 100, hi * 100, color=color, alpha=0.18, lw=0)
@@ -419,10 +421,10 @@ def _with_interval(value: float, bounds: tuple[float, float] | None) -> str:
 
 def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[dict], metric: Metric,
                  families: list[str], level: float) -> list[str]:
-    lines = [f"Error E = 1 - accuracy on **{metric.label}** against pretraining compute C (exaFLOPs): "
-             "saturating E = a (C + d)^-b + c and power E = a C^-b, Huber loss in log space; "
-             f"[{_percent(level)} bootstrap intervals]; backtest = mean absolute error (accuracy points) "
-             "predicting the largest-compute point(s) from a fit without them.", ""]
+    lines = [(f"Error E = 1 - accuracy on **{metric.label}** against pretraining compute C (exaFLOPs): "
+              "saturating E = a (C + d)^-b + c and power E = a C^-b, Huber loss in log space; "
+              f"[{_percent(level)} bootstrap intervals]; backtest = mean absolute error (accuracy points) "
+              "predicting the largest-compute point(s) from a fit without them."), ""]
     rows = []
     for family, ff in family_fits.items():
         for form, f in ff.fits.items():
@@ -443,9 +445,9 @@ def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[di
         verdict = (f"**{ff.better}** fits better" if ff.better else
                    "no verdict, the power law is used" if ff.best() else "no fit")
         lines.append(f"- {family_name(family)}: {verdict} ({ff.reason}).")
-    lines += ["", "Compute multiplier (how many times the compute one family needs for the same accuracy "
-              "as another, geometric mean over the accuracies both fitted curves reach within their "
-              "measured compute):", ""]
+    lines += ["", ("Compute multiplier (how many times the compute one family needs for the same accuracy "
+                   "as another, geometric mean over the accuracies both fitted curves reach within their "
+                   "measured compute):"), ""]
     for m in multipliers:
         x, y = family_name(m["x"]), family_name(m["y"])
         if m.get("multiplier") is None or math.isnan(m["multiplier"]):
@@ -514,8 +516,8 @@ def write_table_report(table: pd.DataFrame, out_dir: Path, *, title: str, expect
     else:
         for path in save_figure(figure_compute(long), out_dir, "performance_vs_compute"):
             paths[path.name] = path
-        lines.append(f"- Transfer accuracy against pretraining compute, Pareto frontier per family (paper Fig. 5): "
-                     f"![performance vs compute](performance_vs_compute.png) (`performance_vs_compute.svg`)")
+        lines.append("- Transfer accuracy against pretraining compute, Pareto frontier per family (paper Fig. 5): "
+                     "![performance vs compute](performance_vs_compute.png) (`performance_vs_compute.svg`)")
         data_metrics = [m for m in metrics if m.kind == "fewshot"]
         data_long = points(plotted, data_metrics).dropna(subset=["subset_images"]) if data_metrics else long[:0]
         if not several_subsets:
@@ -541,9 +543,9 @@ def write_table_report(table: pd.DataFrame, out_dir: Path, *, title: str, expect
                 paths[path.name] = path
             lines += ["", "![scaling-law fits](scaling_fits.png) (`scaling_fits.svg`)"]
         else:
-            lines += ["", "No fit figure: no family has enough points at distinct compute "
-                      f"(the power law needs {scaling.MIN_POINTS['power']}, the saturating law "
-                      f"{scaling.MIN_POINTS['saturating']})."]
+            lines += ["", ("No fit figure: no family has enough points at distinct compute "
+                           f"(the power law needs {scaling.MIN_POINTS['power']}, the saturating law "
+                           f"{scaling.MIN_POINTS['saturating']}).")]
         paths["fits.json"] = out_dir / "fits.json"
         paths["fits.json"].write_text(json.dumps(_plain(fits_json(family_fits, multipliers, headline)), indent=2))
     paths["report.md"] = out_dir / "report.md"
