@@ -211,8 +211,8 @@ def percentile_level(level: float, df: int | None) -> float:
     """The bootstrap percentile level that gives ``level`` coverage when the noise is estimated
     from ``df`` residual degrees of freedom: the bootstrap draws noise at the estimated scale as if
     it were known, so a plain percentile interval covers like a z-interval where a t-interval is
-    due (with 7 runs and 4 parameters, 80% nominal covers about 71%). Expanding to the level whose
-    normal quantile is the t quantile fixes that (Hesterberg's expanded percentile interval).
+    due. Expanding to the level whose normal quantile is the t quantile corrects for that
+    (Hesterberg's expanded percentile interval); measured in bench/bench_fits.py and docs/analysis.md.
     None: the plain percentile level."""
     if df is None:
         return level
@@ -310,7 +310,7 @@ class FamilyFit:
 
 
 def fit_family(family: str, compute, accuracy, *, rng: np.random.Generator, n_boot: int = 1000,
-               level: float = 0.95, holdout: int | None = None, huber_scale: float = HUBER_SCALE) -> FamilyFit:
+               level: float = 0.8, holdout: int | None = None, huber_scale: float = HUBER_SCALE) -> FamilyFit:
     """Every form that the points can determine, with bootstrap intervals and a backtest."""
     compute, error = np.asarray(compute, dtype=float), 1.0 - np.asarray(accuracy, dtype=float)
     result = FamilyFit(family, compute, error, level)
