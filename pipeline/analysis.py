@@ -239,9 +239,12 @@ def _log_x(ax, values) -> None:
 
 
 def _label_points(ax, frame: pd.DataFrame, x: str, y: str) -> None:
+    """Each point's label below it, to its right; to its left at the right edge (not cut off)."""
+    right_edge = frame[x].max()
     for _, row in frame.iterrows():
-        ax.annotate(row["label"], (row[x], row[y]), xytext=(4, -9), textcoords="offset points", fontsize=6.5,
-                    color="0.25")
+        at_edge = row[x] == right_edge
+        ax.annotate(row["label"], (row[x], row[y]), xytext=(-4 if at_edge else 4, -9), textcoords="offset points",
+                    ha="right" if at_edge else "left", fontsize=6.5, color="0.25")
 
 
 def _panels(long: pd.DataFrame) -> int:
@@ -449,6 +452,8 @@ def fits_section(family_fits: dict[str, scaling.FamilyFit], multipliers: list[di
         verdict = (f"**{ff.better}** fits better" if ff.better else
                    "no verdict, the power law is used" if ff.best() else "no fit")
         lines.append(f"- {family_name(family)}: {verdict} ({ff.reason}).")
+    if not any(ff.fits for ff in family_fits.values()):
+        return [*lines, "", "Compute multiplier: not available, no family has a fit."]
     lines += ["", ("Compute multiplier (how many times the compute one family needs for the same accuracy "
                    "as another, geometric mean over the accuracies both fitted curves reach within their "
                    "measured compute):"), ""]
