@@ -168,7 +168,7 @@ _POINTS_PER_STROKE = 24
 GLYPH_LOWRES_FRACTION = 0.5          # images captured at a lower resolution, then scaled up
 GLYPH_SINGLE_SIZE = (0.3, 0.42)      # half-size of a lone glyph, fraction of the frame
 GLYPH_MULTI_SIZE = (0.14, 0.26)      # half-size of each glyph in a scene of several
-GLYPH_STROKE_WIDTH = (0.12, 0.32)    # stroke width, fraction of the glyph's half-size
+GLYPH_STROKE_WIDTH = (0.2, 0.5)      # stroke width, fraction of the glyph's half-size
 
 
 def _bezier(ctrl: np.ndarray, n: int) -> np.ndarray:
