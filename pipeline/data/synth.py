@@ -1,17 +1,31 @@
-"""Synthetic JFT-like data: procedural scenes of coloured shapes, multi-label, long-tailed.
+"""Synthetic JFT-like data: procedural scenes, multi-label, long-tailed, in two styles.
 
-A class is a (shape, colour, pattern) combination; there are ``len(SHAPES) * len(HUES) *
-len(PATTERNS)`` of them in one global class space, numbered so that the first classes differ in
-shape and colour (easy to see at 32 px) and later ones add patterns. Tasks:
+``style="shapes"`` (the default): a class is a (shape, colour, pattern) combination; there are
+``len(SHAPES) * len(HUES) * len(PATTERNS)`` of them in one global class space, numbered so that the
+first classes differ in shape and colour (easy to see at 32 px) and later ones add patterns.
 
-- ``pretrain``: 1-3 objects per image, classes drawn from a Zipf (long-tailed) distribution over
-  classes ``[0, K)``; labels are the classes present (multi-label); optional label noise.
+``style="glyphs"``: a class is a fixed random stroke figure (``glyph_prototype``): 1-4 strokes
+(straight lines, circular arcs, cubic Bezier curves), mostly joined, in a class space of
+``NUM_GLYPH_CLASSES`` that is the same for every dataset seed. Each sample of a class is the
+prototype under a smooth random warp and a random affine map (rotation, anisotropic scale,
+shear), drawn with a random pen width (``GLYPH_STROKE_WIDTH``) as light ink on a dark surface or
+dark ink on a light one, in grey levels with a faint tint, gradient and noise; half the images
+are captured at a lower resolution and scaled back up (``GLYPH_LOWRES_FRACTION``). Nothing in it
+comes from a downstream set: the figures are random strokes, like an alphabet nobody writes.
+Pretraining on it gives features that transfer to handwriting-like images (digits), where the
+filled coloured shapes do not (bench/RESULTS.md, issue 5).
+
+Tasks (either style):
+
+- ``pretrain``: 1-3 objects per image (``max_objects``), classes drawn from a Zipf (long-tailed)
+  distribution over classes ``[0, K)``; labels are the classes present (multi-label); optional
+  label noise. ``max_objects=1`` gives one object per image (still Zipf over classes).
 - ``novel``: one object per image from classes ``[offset, offset + K)`` not seen in pretraining
   (uniform), single label, train/test splits: measures transfer to new concepts.
 - ``count``: 1..K objects of pretraining classes; the label is the number of objects minus one.
 
-Every image is a pure function of (seed, task, split, index), so the output does not depend on how
-many shards or processes made it.
+Every image is a pure function of (seed, style, task, split, index), so the output does not depend
+on how many shards or processes made it.
 """
 from __future__ import annotations
 
