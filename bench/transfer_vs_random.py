@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import build_model  # noqa: E402
-from pipeline.data import make_loader, num_classes  # noqa: E402
-from pipeline.data.synth import generate  # noqa: E402
-from pipeline.pretrain import lr_factor, param_groups, sigmoid_xent  # noqa: E402
-from pipeline.transfer import resolve_dataset, run_fewshot  # noqa: E402
+from models import build_model
+from pipeline.data import make_loader, num_classes
+from pipeline.data.synth import generate
+from pipeline.pretrain import lr_factor, param_groups, sigmoid_xent
+from pipeline.transfer import resolve_dataset, run_fewshot
 
 # The micro models of studies/scaling.yaml's tiny preset.
 TINY = {m["name"]: m for m in (

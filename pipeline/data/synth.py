@@ -261,7 +261,7 @@ def _draw_glyph(draw: ImageDraw.ImageDraw, strokes: list[np.ndarray], cx: float,
     rad = width / 2
     for s in strokes:
         pts = [(cx + r * x, cy + r * y) for x, y in s]
-        draw.line(pts, fill=ink, width=max(1, int(round(width))), joint="curve")
+        draw.line(pts, fill=ink, width=max(1, round(width)), joint="curve")
         for x, y in (pts[0], pts[-1]):
             draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=ink)
 
