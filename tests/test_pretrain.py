@@ -25,14 +25,8 @@ pytestmark = pytest.mark.slow
 CLASSES, BATCH = 10, 64
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # the default costs seconds per run
-    # The dashboard serves ray.util.state, which the fault test uses to find a worker process.
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield
-    ray.shutdown()
+# The dashboard serves ray.util.state, which the fault test uses to find a worker process.
+RAY_DASHBOARD = True
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 downstream data (scikit-learn's digits), Ray Tune for the LR grid, results in SQLite MLflow."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -15,15 +14,6 @@ from pipeline.spec import Recipe, RunSpec
 from micro_models import MICRO
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

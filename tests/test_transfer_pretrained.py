@@ -10,7 +10,6 @@ pre-logits features with the same protocol. Numbers behind the margin: bench/RES
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -31,15 +30,6 @@ CLASSES, IMAGES, STEPS = 1000, 10_000, 1000
 SHOTS, L2 = 25, 2.0 ** 10
 RANDOM_SEEDS = (0, 1, 2)
 MARGIN = 0.03
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def fewshot_25(checkpoint: str, digits: str, model: torch.nn.Module | None = None) -> float:
