@@ -76,29 +76,12 @@ def _run_columns(run) -> dict[str, Any]:
             **{k: v for k, v in run.data.metrics.items() if _kept(k)}}
 
 
-def _runs_by_spec(tracking_uri: str, study: str, spec_ids: set[str]) -> dict[str, Any]:
-    """The MLflow run of each RunSpec id, from one search of the study's experiment. Fine-tuning
-    trials (nested, no RunSpec tag) and the study-level run are not RunSpec runs."""
-    c = tracking.client(tracking_uri)
-    exp = c.get_experiment_by_name(study)
-    if exp is None:
-        return {}
-    found: dict[str, Any] = {}
-    for run in c.search_runs([exp.experiment_id], max_results=50_000):
-        spec_id = run.data.tags.get(tracking.RUN_SPEC_TAG)
-        if spec_id not in spec_ids or "nested_key" in run.data.tags:
-            continue
-        if spec_id not in found or run.info.start_time > found[spec_id].info.start_time:
-            found[spec_id] = run   # tracking never makes two; if it did, the latest counts
-    return found
-
-
 def run_table(study: Study, preset: str, *, tracking_uri: str | None) -> pd.DataFrame:
     """One row per RunSpec of the preset, in plan order: the plan's columns, the MLflow status and
     tags, and the latest value of every transfer metric (NaN where missing)."""
     from pipeline.study import plan   # pipeline.study imports this module for --report
     planned = plan(study, preset, tracking_uri=None)["runs"]
-    runs = _runs_by_spec(tracking_uri, study.name, {r["id"] for r in planned}) if tracking_uri else {}
+    runs = tracking.spec_runs(tracking_uri, study.name) if tracking_uri else {}
     table = pd.DataFrame([{**{k: r[k] for k in PLAN_COLUMNS},
                            **(_run_columns(runs.get(r["id"])) if tracking_uri else {"status": "unknown"})}
                           for r in planned])

@@ -195,17 +195,14 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     data_path = prepare_data(p, data, storage)
     downstream = prepare_downstream(p.transfer, storage)
     tracking.init_store(uri)
-    planned = study_plan(study, preset, tracking_uri=uri)
+    planned = study_plan(study, preset, tracking_uri=None)  # compute only: the runs are read once below
     exaflops = {r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}
     study_run = tracking.start_study_run(
         uri, study.name, preset, artifact_root=f"{storage}/artifacts",
         params={"study": study.name, "preset": preset, "runs": len(specs), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
-    previous = {}
-    for run in tracking.runs_of_study(uri, study.name):
-        spec_id = run.data.tags.get(tracking.RUN_SPEC_TAG)
-        if spec_id:
-            previous[spec_id] = {"run_id": run.info.run_id, "status": tracking.run_status(run), **run.data.tags}
+    previous = {spec_id: {"run_id": run.info.run_id, "status": tracking.run_status(run), **run.data.tags}
+                for spec_id, run in tracking.spec_runs(uri, study.name).items()}
     done = {s.id for s in specs if previous.get(s.id, {}).get("status") == "done"}
     todo = [s for s in specs if s.id not in done]
 

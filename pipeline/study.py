@@ -33,8 +33,8 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
     statuses = {}
     if tracking_uri:
         try:
-            statuses = {r.data.tags.get(tracking.RUN_SPEC_TAG): tracking.run_status(r)
-                        for r in tracking.runs_of_study(tracking_uri, study.name)}
+            statuses = {spec_id: tracking.run_status(run)
+                        for spec_id, run in tracking.spec_runs(tracking_uri, study.name).items()}
         except Exception as err:  # an unreachable server must not stop a plan
             print(f"warning: could not read run status from {tracking_uri}: {err}", file=sys.stderr)
     runs = []

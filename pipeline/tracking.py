@@ -169,4 +169,18 @@ class MetricLogger:
 def runs_of_study(tracking_uri: str, study: str) -> Iterable:
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(study)
-    return [] if exp is None else c.search_runs([exp.experiment_id], max_results=10_000)
+    return [] if exp is None else c.search_runs([exp.experiment_id], max_results=50_000)
+
+
+def spec_runs(tracking_uri: str, study: str) -> dict[str, Any]:
+    """{RunSpec id: its MLflow run} from one search of the study's experiment; fine-tuning trials
+    (nested) and the study-level run are not RunSpec runs. Tracking never makes two runs of one
+    RunSpec; if something else did, the latest counts."""
+    found: dict[str, Any] = {}
+    for run in runs_of_study(tracking_uri, study):
+        spec_id = run.data.tags.get(RUN_SPEC_TAG)
+        if spec_id is None or "nested_key" in run.data.tags:
+            continue
+        if spec_id not in found or run.info.start_time > found[spec_id].info.start_time:
+            found[spec_id] = run
+    return found

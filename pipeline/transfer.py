@@ -291,12 +291,15 @@ def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *,
         tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()) if "://" not in storage
                                   else storage, verbose=0))  # each trial prints one line itself
-    quiet = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
     try:
         grid = tuner.fit()
     finally:
-        os.environ.pop("RAY_AIR_NEW_OUTPUT") if quiet is None else os.environ.update(RAY_AIR_NEW_OUTPUT=quiet)
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"fine-tuning trials failed on {dataset_name}: {errors[0]}")
