@@ -159,7 +159,6 @@ class Progress:
         self.weights = {k: 0.5 / len(exaflops) + 0.5 * e / total for k, e in exaflops.items()}
         self.emit, self.start = emit, time.perf_counter()
         self.done, self.failed, self.done_now = set(done), set(), 0.0
-        self.last = self.start
 
     def line(self, running: int, note: str = "") -> None:
         elapsed = time.perf_counter() - self.start
@@ -169,7 +168,6 @@ class Progress:
         failed = f", {len(self.failed)} failed" if self.failed else ""
         self.emit(f"[study] {len(self.done)}/{len(self.weights)} runs done{failed}, {running} running, "
                   f"elapsed {_clock(elapsed)}, {eta}{note}")
-        self.last = time.perf_counter()
 
     def finished(self, run: str, ok: bool) -> None:
         (self.done if ok else self.failed).add(run)
