@@ -165,6 +165,8 @@ def run_fewshot(checkpoint: str, data_path: str, *, shots: Sequence[int] = fewsh
                 image_size: int | None = None) -> dict[str, Any]:
     """Few-shot accuracies on the dataset's test split, probes fit on its train split."""
     from pipeline.data import num_classes
+    from pipeline.pretrain import use_assigned_cpus
+    use_assigned_cpus()
     if model is None:
         model, info = load_checkpoint(checkpoint, timm_name)
         image_size = image_size or info["image_size"]
@@ -188,10 +190,11 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     (for choosing the LR). evaluate_on="test": train on the whole training split, score on test.
     """
     from pipeline.data import make_loader, num_classes
-    from pipeline.pretrain import lr_factor
+    from pipeline.pretrain import lr_factor, use_assigned_cpus
     if evaluate_on not in ("dev", "test"):
         raise ValueError("evaluate_on must be 'dev' or 'test'")
     device = device or default_device()
+    use_assigned_cpus()
     model, info = load_checkpoint(checkpoint, timm_name)
     resolution = settings.resolution or info["image_size"]
     k = num_classes(data_path)

@@ -9,8 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Keep Ray and torch from fighting over the two cores of small machines.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="module")
