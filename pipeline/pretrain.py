@@ -178,19 +178,81 @@ def quiet_ray_train_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(config: dict) -> dict[str, Any]:
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-    from pipeline.data import make_loader
+class RaySession:
+    """The loop's view of Ray Train: rank, device, the checkpoint to resume, reports."""
 
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def restore(self, device: torch.device) -> dict[str, Any] | None:
+        import ray.train
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+
+    def report(self, metrics: dict[str, float], folder: str | None) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if folder else None)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+        return ray.train.torch.prepare_model(model) if self.world > 1 else model
+
+
+class LocalSession:
+    """The same loop in this process, without Ray (one worker): checkpoints are folders
+    ``<run_dir>/checkpoint_<step>`` written whole, then renamed; the latest is resumed and the
+    two latest are kept, as with Ray Train."""
+    rank, world, keep = 0, 1, 2
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.run_dir.glob("checkpoint_[0-9]*"))
+
+    def restore(self, device: torch.device) -> dict[str, Any] | None:
+        found = self.checkpoints()
+        return torch.load(found[-1] / STATE_FILE, map_location=device, weights_only=False) if found else None
+
+    def report(self, metrics: dict[str, float], folder: str | None) -> None:
+        if folder is None:
+            return
+        import shutil
+        target = self.run_dir / f"checkpoint_{int(metrics['step']):09d}"
+        partial = self.run_dir / f".{target.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(folder, partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        for old in self.checkpoints()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+def train_loop_per_worker(config: dict) -> dict[str, Any]:
+    """The Ray Train entry point of :func:`train_loop`."""
     quiet_ray_train_logs()
     use_assigned_cpus()
+    return train_loop(config, RaySession())
+
+
+def train_loop(config: dict, session: RaySession | LocalSession) -> dict[str, Any]:
+    from pipeline.data import make_loader
+
     spec = RunSpec.model_validate(config["spec"])
     recipe = spec.recipe
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = session.rank, session.world, session.device
     precision = recipe.precision if recipe.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
     def autocast():
@@ -211,10 +273,8 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
         optimizer, lambda s: lr_factor(s, recipe.warmup_steps, total_steps, recipe.decay))
 
     step, best, resumed_from = 0, {}, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+    state = session.restore(device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -223,7 +283,7 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
     else:
         torch.manual_seed(spec.seed * 1000 + rank)  # dropout differs across ranks, reproducibly
 
-    train_model = ray.train.torch.prepare_model(model) if world > 1 else model
+    train_model = session.wrap(model)
     if recipe.compile:
         train_model = torch.compile(train_model)
 
@@ -254,9 +314,9 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "step": step, "best": best, "rng": states,
                             "spec": config["spec"]}, Path(folder) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+                session.report(metrics, folder)
         else:
-            ray.train.report(metrics, checkpoint=None)
+            session.report(metrics, None)
 
     while step < stop_at:
         epoch, position = divmod(step, steps_per_epoch)
@@ -382,16 +442,40 @@ def run_params(spec: RunSpec, plan: dict[str, Any], workers: int) -> dict[str, A
             "num_classes": plan["num_classes"]}
 
 
-def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None, workers: int = 1,
-             use_gpu: bool = False, cpus_per_worker: float = 1.0, max_failures: int = 3,
-             stop_after_steps: int | None = None, trace_keys_dir: str | None = None,
-             finish: bool = True, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the pretraining of ``spec``. Returns a summary with the MLflow run id and
-    the final checkpoint's URI. ``parent_run_id``: the study-level run that groups this one."""
+def fit_on_ray(config: dict[str, Any], storage: str, spec_id: str, workers: int, use_gpu: bool,
+               cpus_per_worker: float, max_failures: int) -> tuple[dict[str, Any], str | None]:
+    """Run the loop on Ray Train; the Train run is named after the RunSpec (re-running resumes).
+    Returns the loop's summary and the URI of the last checkpoint."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(name=f"pretrain-{spec_id}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    result = trainer.fit()
+    summary = dict(getattr(result, "return_value", None) or {})
+    checkpoint_uri = result.checkpoint.path if result.checkpoint else None
+    if result.checkpoint is not None and "://" not in checkpoint_uri and "://" in storage:
+        checkpoint_uri = f"{storage.split('://')[0]}://{checkpoint_uri}"
+    return summary, checkpoint_uri
 
+
+def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None, workers: int = 1,
+             use_gpu: bool = False, cpus_per_worker: float = 1.0, max_failures: int = 3,
+             stop_after_steps: int | None = None, trace_keys_dir: str | None = None,
+             finish: bool = True, parent_run_id: str | None = None, in_process: bool = False) -> dict[str, Any]:
+    """Run (or resume) the pretraining of ``spec``. Returns a summary with the MLflow run id and
+    the final checkpoint's URI. ``parent_run_id``: the study-level run that groups this one.
+    ``in_process``: run the same loop in this process, without Ray (one worker, local storage;
+    for debugging and for tests of what the loop learns)."""
+    if in_process and (workers != 1 or "://" in storage):
+        raise ValueError("in_process pretraining runs one worker on local storage")
     storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
     plan = plan_run(spec, data_path, workers)
@@ -404,25 +488,19 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
         params=run_params(spec, plan, workers), artifact_root=f"{storage}/artifacts")
     config = {**plan, "tracking_uri": tracking_uri, "mlflow_run_id": run_id,
               "stop_after_steps": stop_after_steps, "trace_keys_dir": trace_keys_dir}
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=f"pretrain-{spec.id}", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
     try:
-        result = trainer.fit()
+        if in_process:
+            session = LocalSession(Path(storage) / f"pretrain-{spec.id}")
+            summary = train_loop(config, session)
+            found = session.checkpoints()
+            checkpoint_uri = str(found[-1]) if found else None
+        else:
+            summary, checkpoint_uri = fit_on_ray(config, storage, spec.id, workers, use_gpu, cpus_per_worker,
+                                                 max_failures)
     except Exception:
         tracking.set_tags(tracking_uri, run_id, {"pretrain_status": "failed"})
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise
-    summary = dict(getattr(result, "return_value", None) or {})
-    checkpoint_uri = result.checkpoint.path if result.checkpoint else None
-    if result.checkpoint is not None and "://" not in checkpoint_uri and "://" in storage:
-        checkpoint_uri = f"{storage.split('://')[0]}://{checkpoint_uri}"
     done = summary.get("step") == plan["total_steps"]
     tracking.set_tags(tracking_uri, run_id, {"checkpoint_uri": checkpoint_uri,
                                              "pretrain_status": "done" if done else "partial"})

@@ -277,13 +277,32 @@ def _tune_trial(config: dict) -> None:
 def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *, dataset_name: str,
                  storage: str, tracking_uri: str | None = None, parent_run_id: str | None = None,
                  timm_name: str | None = None, use_gpu: bool = False, max_concurrent: int | None = None) -> dict:
-    """The LR grid as Ray Tune trials selected on the dev slice, then the final retrain scored on test."""
+    """The LR grid as Ray Tune trials selected on the dev slice, then the final retrain scored on test.
+    A grid of one LR leaves nothing to select: no dev trials, only the final retrain."""
     import ray
-    from ray import tune
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     checkpoint = str(Path(checkpoint).resolve()) if "://" not in str(checkpoint) else str(checkpoint)
     data_path = str(Path(data_path).resolve())
+    if len(settings.lrs) == 1:
+        dev_accuracy, best_lr = {}, settings.lrs[0]
+    else:
+        dev_accuracy = select_lr_on_tune(checkpoint, data_path, settings, dataset_name=dataset_name, storage=storage,
+                                         tracking_uri=tracking_uri, parent_run_id=parent_run_id, timm_name=timm_name,
+                                         use_gpu=use_gpu, max_concurrent=max_concurrent)
+        best_lr = max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])  # ties: the smaller LR
+    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(finetune_recorded).remote(
+        checkpoint, data_path, best_lr, settings, evaluate_on="test", dataset=dataset_name,
+        tracking_uri=tracking_uri, parent_run_id=parent_run_id, timm_name=timm_name))
+    return {"best_lr": best_lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
+            "test_examples": final["examples"], "resolution": final["resolution"]}
+
+
+def select_lr_on_tune(checkpoint: str, data_path: str, settings: FinetuneSettings, *, dataset_name: str,
+                      storage: str, tracking_uri: str | None, parent_run_id: str | None, timm_name: str | None,
+                      use_gpu: bool, max_concurrent: int | None) -> dict[float, float]:
+    """Dev accuracy of each LR of the grid, one Ray Tune trial (and nested MLflow run) each."""
+    from ray import tune
     base = {"checkpoint": checkpoint, "data_path": data_path, "settings": asdict(settings), "dataset": dataset_name,
             "tracking_uri": tracking_uri, "parent_run_id": parent_run_id, "timm_name": timm_name}
     resources = {"cpu": 1, "gpu": 1} if use_gpu else {"cpu": 1}
@@ -306,13 +325,7 @@ def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *,
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"fine-tuning trials failed on {dataset_name}: {errors[0]}")
-    dev_accuracy = {r.config["lr"]: r.metrics["dev_accuracy"] for r in grid}
-    best_lr = max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])  # ties: the smaller LR
-    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(finetune_recorded).remote(
-        checkpoint, data_path, best_lr, settings, evaluate_on="test", dataset=dataset_name,
-        tracking_uri=tracking_uri, parent_run_id=parent_run_id, timm_name=timm_name))
-    return {"best_lr": best_lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
-            "test_examples": final["examples"], "resolution": final["resolution"]}
+    return {r.config["lr"]: r.metrics["dev_accuracy"] for r in grid}
 
 
 # ----------------------------------------------------------------------------- results

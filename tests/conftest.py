@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests import the packages from this checkout even when it is not installed.
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +21,24 @@ def ray_cluster(request):
     ray.init(num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", False), log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def _pinned_torch_threads(threads: int):
+    # The number of intra-op threads changes float sums, hence learned weights: a test that
+    # compares learned quality pins it, so that every machine of CI's kind computes the same
+    # numbers. One thread also keeps a micro model from spin-waiting for cores that other
+    # processes hold (20x slower, measured).
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def one_torch_thread():
+    yield from _pinned_torch_threads(1)
+
+
+@pytest.fixture()
+def two_torch_threads():
+    yield from _pinned_torch_threads(2)

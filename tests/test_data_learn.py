@@ -16,16 +16,6 @@ MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "hea
              "mlp_dim": 128, "patch_size": 8}
 
 
-@pytest.fixture()
-def one_torch_thread():
-    # A micro model gains nothing from two threads, and OpenMP threads that spin-wait for a core
-    # make it 20x slower when other processes (a parallel test run, Ray workers) hold the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_micro_vit_learns_synthetic_data_beyond_the_trivial_baseline(tmp_path, one_torch_thread):
     classes = 10
     train = generate(tmp_path / "train", images=2000, classes=classes, image_size=32, seed=0,

@@ -56,20 +56,17 @@ def constant_baseline(synth) -> float:
 LEARNING_STEPS = {"vit": 800, "resnet": 300, "hybrid": 800}
 
 
-@pytest.mark.parametrize("family", ["vit", "resnet", "hybrid"])
-def test_micro_model_trains_with_two_workers_and_logs_to_mlflow(family, ray_cluster, synth, tmp_path):
-    steps = LEARNING_STEPS[family]
-    spec = micro_spec(family, steps=steps)
-    out = pretrain(spec, str(synth), storage=str(tmp_path), workers=2)
+def assert_learned_and_logged(out: dict, spec: RunSpec, synth, workers: int) -> None:
+    """The run finished, its MLflow run holds what the compare view needs, and it learned."""
+    steps, family = spec.steps, spec.family
     assert out["done"] and out["step"] == steps and out["images_seen"] == steps * BATCH
-
     uri, run_id = out["tracking_uri"], out["mlflow_run_id"]
     run = tracking.client(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["run_spec_id"] == spec.id and run.data.tags["family"] == family
     params = run.data.params
     assert params["model"] == MICRO[family]["name"] and params["batch_size"] == str(BATCH)
-    assert params["workers"] == "2" and float(params["forward_gmacs"]) > 0
+    assert params["workers"] == str(workers) and float(params["forward_gmacs"]) > 0
     losses = tracking.metric_history(uri, run_id, "pretrain/loss")
     assert [s for s, _ in losses] == list(range(100, steps + 1, 100))
     assert losses[-1][1] < losses[0][1]
@@ -85,6 +82,35 @@ def test_micro_model_trains_with_two_workers_and_logs_to_mlflow(family, ray_clus
     baseline = constant_baseline(synth)
     assert metrics["pretrain/val_prec1_best"] >= metrics["pretrain/val_prec1"]
     assert metrics["pretrain/val_prec1_best"] > baseline + 0.05, (metrics["pretrain/val_prec1_best"], baseline)
+
+
+def test_micro_vit_trains_with_two_workers_on_ray_and_logs_to_mlflow(ray_cluster, synth, tmp_path):
+    spec = micro_spec("vit", steps=LEARNING_STEPS["vit"])
+    out = pretrain(spec, str(synth), storage=str(tmp_path), workers=2)
+    assert_learned_and_logged(out, spec, synth, workers=2)
+
+
+@pytest.mark.parametrize("family", ["resnet", "hybrid"])
+def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path):
+    """The same loop without Ray (one worker): what each family learns, without Ray's start-up."""
+    spec = micro_spec(family, steps=LEARNING_STEPS[family])
+    out = pretrain(spec, str(synth), storage=str(tmp_path), in_process=True)
+    assert_learned_and_logged(out, spec, synth, workers=1)
+    kept = sorted(p.name for p in (tmp_path / f"pretrain-{spec.id}").iterdir())
+    assert kept == [f"checkpoint_{spec.steps // 2:09d}", f"checkpoint_{spec.steps:09d}"]
+
+
+def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path):
+    spec = micro_spec("vit", steps=30, checkpoint_every=10, val_every=1000, dropout=0.1, log_every=10)
+    whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), in_process=True)
+    first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), in_process=True, stop_after_steps=20)
+    assert not first["done"] and first["step"] == 20
+    second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), in_process=True)
+    assert second["done"] and second["resumed_from"] == 20 and second["mlflow_run_id"] == first["mlflow_run_id"]
+    a = torch.load(Path(whole["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
+    b = torch.load(Path(second["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
 def _ray_train_worker_pids() -> list[int]:

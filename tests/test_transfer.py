@@ -28,8 +28,9 @@ def digits(storage):
 
 
 @pytest.fixture(scope="module")
-def pretrained(ray_cluster, storage):
-    """{family: pretrain() summary}: a micro ViT trained for real, a micro hybrid briefly."""
+def pretrained(storage):
+    """{family: pretrain() summary}: a micro ViT trained for real, a micro hybrid briefly (in this
+    process: pretraining on Ray has its own tests; the fine-tuning grid below runs on Ray Tune)."""
     data = generate(storage / "synth", images=2000, val_images=200, classes=10, image_size=32, seed=0,
                     executor="inline", progress=False)
     out = {}
@@ -37,7 +38,7 @@ def pretrained(ray_cluster, storage):
         spec = RunSpec(study="test-transfer", model=MICRO[family], dataset="synth", steps=steps,
                        recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=20, weight_decay=1e-4, image_size=32,
                                      min_crop_area=1.0, checkpoint_every=steps, val_every=steps, log_every=100))
-        out[family] = pretrain(spec, str(data), storage=str(storage / "runs"), workers=2, finish=False)
+        out[family] = pretrain(spec, str(data), storage=str(storage / "runs"), in_process=True, finish=False)
     return out
 
 
@@ -56,7 +57,7 @@ def test_fewshot_on_digits_beats_chance_and_caches_features(pretrained, digits, 
     assert again["results"] == results
 
 
-def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(pretrained, digits, storage, capsys):
+def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pretrained, digits, storage, capsys):
     run = pretrained["vit"]
     uri, run_id = run["tracking_uri"], run["mlflow_run_id"]
     argv = [run["checkpoint_uri"], "--dataset", digits, "--fewshot", "5,25", "--finetune",

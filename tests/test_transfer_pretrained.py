@@ -32,19 +32,22 @@ RANDOM_SEEDS = (0, 1, 2)
 MARGIN = 0.03
 
 
+def spec(seed: int = 0) -> RunSpec:
+    return RunSpec(study="test-transfer-pretrained", model=MICRO[FAMILY], dataset="glyphs", steps=STEPS, seed=seed,
+                   recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=20, weight_decay=1e-4, image_size=32,
+                                 min_crop_area=1.0, checkpoint_every=STEPS, val_every=STEPS, log_every=100))
+
+
 def fewshot_25(checkpoint: str, digits: str, model: torch.nn.Module | None = None) -> float:
     out = transfer.run_fewshot(checkpoint, digits, shots=(SHOTS,), seeds=3, model=model,
                                image_size=32 if model is not None else None)
     return out["results"][(SHOTS, L2)]["mean"]
 
 
-def test_pretrained_micro_model_beats_chance_and_random_init_on_digits(ray_cluster, tmp_path):
+def test_pretrained_micro_model_beats_chance_and_random_init_on_digits(tmp_path, two_torch_threads):
     data = generate(tmp_path / "glyphs", style="glyphs", images=IMAGES, classes=CLASSES, max_objects=1,
                     image_size=32, seed=0, executor="processes", progress=False)
-    spec = RunSpec(study="test-transfer-pretrained", model=MICRO[FAMILY], dataset="glyphs", steps=STEPS,
-                   recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=20, weight_decay=1e-4, image_size=32,
-                                 min_crop_area=1.0, checkpoint_every=STEPS, val_every=STEPS, log_every=100))
-    out = pretrain(spec, str(data), storage=str(tmp_path / "runs"), workers=1)
+    out = pretrain(spec(), str(data), storage=str(tmp_path / "runs"), in_process=True)
     assert out["done"] and out["step"] == STEPS
 
     convert_digits(tmp_path / "digits", progress=False)
