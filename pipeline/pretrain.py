@@ -9,7 +9,9 @@ accumulation) when ``micro_batch_size`` is smaller.
 Checkpoints (every ``checkpoint_every`` steps and at the end) hold the model, optimizer, schedule,
 the step (which fixes the data position) and every rank's RNG state, so a resumed run continues
 exactly where it stopped. The Train run is named after the RunSpec id: re-submitting resumes it.
-Metrics go to the RunSpec's MLflow run from rank 0, in batches.
+Metrics go to the RunSpec's MLflow run from rank 0, in batches. The loop (:func:`train_loop`)
+sees Ray Train only through a session (rank, device, restore, report); ``LocalSession`` runs the
+same loop in the calling process without Ray (``pretrain(..., in_process=True)``).
 
 CLI: python -m pipeline.pretrain --model NAME --data PATH [--subset 30M] [--epochs E | --steps S] ...
 """
