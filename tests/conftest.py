@@ -12,6 +12,13 @@ if str(ROOT) not in sys.path:
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_mac_cache(tmp_path_factory):
+    """Forward MACs are counted into a cache of the test session's own, empty at the start (as on
+    a new machine, so suite times do not depend on earlier runs), never into the user's."""
+    os.environ["VIT_SCALING_CACHE"] = str(tmp_path_factory.mktemp("mac-cache"))
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(request):
     """Local Ray on 2 CPUs for one test module. A module that needs the dashboard (it serves
@@ -41,4 +48,9 @@ def one_torch_thread():
 
 @pytest.fixture()
 def two_torch_threads():
+    yield from _pinned_torch_threads(2)
+
+
+@pytest.fixture(scope="module")
+def two_torch_threads_module():
     yield from _pinned_torch_threads(2)

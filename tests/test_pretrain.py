@@ -91,7 +91,7 @@ def test_micro_vit_trains_with_two_workers_on_ray_and_logs_to_mlflow(ray_cluster
 
 
 @pytest.mark.parametrize("family", ["resnet", "hybrid"])
-def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path):
+def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, two_torch_threads):
     """The same loop without Ray (one worker): what each family learns, without Ray's start-up."""
     spec = micro_spec(family, steps=LEARNING_STEPS[family])
     out = pretrain(spec, str(synth), storage=str(tmp_path), in_process=True)
@@ -100,7 +100,7 @@ def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path):
     assert kept == [f"checkpoint_{spec.steps // 2:09d}", f"checkpoint_{spec.steps:09d}"]
 
 
-def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path):
+def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, two_torch_threads):
     spec = micro_spec("vit", steps=30, checkpoint_every=10, val_every=1000, dropout=0.1, log_every=10)
     whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), in_process=True)
     first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), in_process=True, stop_after_steps=20)
