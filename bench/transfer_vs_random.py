@@ -4,7 +4,8 @@ Pretrains a micro model on a synthetic dataset with a plain single-process loop 
 pipeline's pieces (the loader, ``sigmoid_xent``, ``param_groups``, ``lr_factor``, AdamW, clipping at
 1, the model zoo), then probes 5/10/25-shot digits on pre-logits features (``run_fewshot``, 3
 seeds) next to random initializations of the same shape. One JSON line per run on stdout.
-The acceptance test (tests/test_transfer_pretrained.py) does the same through Ray Train.
+The acceptance test (tests/test_transfer_pretrained.py) runs the pipeline's own loop in process
+(pipeline.pretrain.pretrain(..., in_process=True)); bench/transfer_pretrained_spread.py measures its spread.
 
     OMP_NUM_THREADS=1 python bench/transfer_vs_random.py --model BiT-micro-S --style glyphs \\
         --classes 1000 --images 10000 --max-objects 1 --steps 1000 --lr 1e-3 --warmup 20
