@@ -35,6 +35,11 @@ DRY_MODELS = ['{"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "
               '{"name": "bit-micro", "family": "resnet", "blocks": [1, 1, 1, 1], "width_factor": 0.25, "groups": 8}']
 
 
+def model_arg(name: str):
+    """A paper name, or a custom shape given as JSON (the dry mode's micro models)."""
+    return json.loads(name) if name.startswith("{") else name
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -61,8 +66,8 @@ def make_step(model, optimizer, device, channels_last: bool):
 def time_model(name: str, *, batch: int, image_size: int, device: torch.device, compile_: bool,
                channels_last: bool, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
-    model = build_model(json.loads(name) if name.startswith("{") else name, num_classes=1000,
-                        image_size=image_size).to(device)
+    spec = model_spec(model_arg(name))
+    model = build_model(spec, num_classes=1000, image_size=image_size).to(device)
     torch.nn.init.normal_(model.head.fc.weight, std=0.01)  # zero head: no gradient would reach the trunk
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -87,13 +92,13 @@ def time_model(name: str, *, batch: int, image_size: int, device: torch.device, 
         times.append(time.perf_counter() - t)
     losses.append(float(loss))
     per_s = batch / statistics.median(times)
-    macs = model_counts(model_spec(json.loads(name) if name.startswith("{") else name), image_size, 1000)["forward_macs"]
+    macs = model_counts(spec, image_size, 1000)["forward_macs"]
     tflops = FLOPS_PER_MAC * FORWARD_AND_BACKWARD * macs * per_s / 1e12
     peak = peak_tflops(device, "bf16")
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    return {"model": model_spec(json.loads(name) if name.startswith("{") else name).name,
+    return {"model": spec.name,
             "mode": ("compiled" if compile_ else "eager") + (" channels-last" if channels_last else ""),
             "batch": batch, "images_per_s": per_s, "tflops": tflops, "mfu": tflops / peak if peak else None,
             "first_step_s": first_s, "peak_mem_gib": mem, "loss_first": losses[0], "loss_last": losses[-1],
@@ -140,7 +145,7 @@ def main() -> int:
     sink = open(args.out, "a") if args.out else None
     rows = []
     for name in args.models:
-        family = model_spec(json.loads(name) if name.startswith("{") else name).family
+        family = model_spec(model_arg(name)).family
         modes = [(False, False)] + ([(False, True)] if family == "resnet" else [])
         if not args.no_compile:
             modes.append((True, family == "resnet"))

@@ -196,7 +196,7 @@ class RaySession:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+            return torch.load(state_file(folder), map_location=device, weights_only=False)
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         import ray.train
@@ -223,7 +223,7 @@ class LocalSession:
 
     def restore(self, device: torch.device) -> dict[str, Any] | None:
         found = self.checkpoints()
-        return torch.load(found[-1] / STATE_FILE, map_location=device, weights_only=False) if found else None
+        return torch.load(state_file(found[-1]), map_location=device, weights_only=False) if found else None
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         if folder is None:

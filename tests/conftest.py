@@ -11,12 +11,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def own_mac_cache(tmp_path_factory):
     """Forward MACs are counted into a cache of the test session's own, empty at the start (as on
     a new machine, so suite times do not depend on earlier runs), never into the user's."""
+    before = os.environ.get("VIT_SCALING_CACHE")
     os.environ["VIT_SCALING_CACHE"] = str(tmp_path_factory.mktemp("mac-cache"))
+    yield
+    if before is None:
+        del os.environ["VIT_SCALING_CACHE"]
+    else:
+        os.environ["VIT_SCALING_CACHE"] = before
 
 
 @pytest.fixture(scope="module")
