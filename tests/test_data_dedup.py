@@ -48,11 +48,11 @@ def build(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     for key, image, labels in zip(*(distinct.column(c).to_pylist() for c in ("key", "image", "labels"))):
         rows.append(Row("crawl-" + key, image, labels))    # same pixels as shard 0: not test images
     manifest = pre.manifest
-    entry = write_shard(pretrain / "train-extra.parquet", rows, pre.subset_seed)
+    entry = write_shard(f"{pretrain}/train-extra.parquet", rows, pre.subset_seed)
     manifest["splits"]["train"]["shards"].append(entry)
     manifest["splits"]["train"]["num_rows"] += len(rows)
     write_manifest(pretrain, manifest)
-    return pretrain, downstream, copies
+    return Path(pretrain), Path(downstream), copies
 
 
 def test_hidden_copies_are_excluded_and_distinct_images_kept(tmp_path):

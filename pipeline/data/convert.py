@@ -10,7 +10,8 @@
 Each source is cut into chunks that become shards, converted in parallel (Ray tasks when Ray is
 up, local processes otherwise). Every image is decoded once to validate it; JPEG/PNG files that
 are already RGB are stored byte for byte, anything else (grayscale, palette, alpha, other formats)
-becomes an RGB PNG. A split is added to OUT (a new or an existing dataset with the same classes).
+becomes an RGB PNG. A split is added to OUT (a new or an existing dataset with the same classes). OUT may be a folder
+or a URI (``s3://bucket/data/name``): shards are written there directly, the manifest last.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
+from pipeline import storage
 from pipeline.data.format import (MANIFEST_NAME, DataError, Row, new_manifest, shard_name,
                                   write_manifest, write_shard)
 from pipeline.data.images import UndecodableImage, decode_rgb
@@ -64,10 +66,10 @@ def normalize_image(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
     return buf.getvalue(), "png", img.size
 
 
-def _finish_shard(out: Path, name: str, rows: list[Row], subset_seed: int,
+def _finish_shard(out: str, name: str, rows: list[Row], subset_seed: int,
                   result: ShardResult) -> ShardResult:
     if rows:
-        result.entry = write_shard(out / name, rows, subset_seed)
+        result.entry = write_shard(storage.join(out, name), rows, subset_seed)
     return result
 
 
@@ -96,7 +98,7 @@ def _imagefolder_job(out: str, name: str, items: list[tuple[str, str, int]], spl
     result, rows = ShardResult(None), []
     for path, rel, label in items:
         _add_row(rows, result, f"{split}/{rel}", Path(path).read_bytes(), [label], path, skip_bad)
-    return _finish_shard(Path(out), name, rows, subset_seed, result)
+    return _finish_shard(out, name, rows, subset_seed, result)
 
 
 def _array_job(out: str, name: str, keys: list[str], images: np.ndarray, labels: list[int],
@@ -106,7 +108,7 @@ def _array_job(out: str, name: str, keys: list[str], images: np.ndarray, labels:
         buf = io.BytesIO()
         Image.fromarray(pixels).convert("RGB").save(buf, format="PNG", compress_level=6)
         _add_row(rows, result, key, buf.getvalue(), [int(label)], key, skip_bad=False)
-    return _finish_shard(Path(out), name, rows, subset_seed, result)
+    return _finish_shard(out, name, rows, subset_seed, result)
 
 
 def _webdataset_job(out: str, name: str, tar_path: str, split: str, subset_seed: int,
@@ -135,7 +137,7 @@ def _webdataset_job(out: str, name: str, tar_path: str, split: str, subset_seed:
             result.skipped.append((where, str(e)))
             continue
         _add_row(rows, result, f"{tar_name}/{key}", files[image_ext], labels, where, skip_bad)
-    return _finish_shard(Path(out), name, rows, subset_seed, result)
+    return _finish_shard(out, name, rows, subset_seed, result)
 
 
 def _wds_samples(tar_path: str) -> list[tuple[str, dict[str, bytes]]]:
@@ -183,13 +185,14 @@ def _wds_labels(files: dict[str, bytes]) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # Drivers
 
-def _run_split_jobs(out: Path, split: str, fn, jobs, **kw) -> list[ShardResult]:
+def _run_split_jobs(out: str, split: str, fn, jobs, **kw) -> list[ShardResult]:
     """Run shard jobs; on failure remove the half-made split so OUT stays as it was."""
     try:
         return run_jobs(fn, jobs, **kw)
     except BaseException:
-        for tmp in out.glob(f".{split}-*.parquet*"):
-            tmp.unlink(missing_ok=True)
+        for name in storage.listdir(out):
+            if name.startswith(f".{split}-") and ".parquet" in name:
+                storage.delete(storage.join(out, name))
         raise
 
 
@@ -199,12 +202,15 @@ def _chunks(n: int, per: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _open_output(out: Path, split: str, *, name: str, num_classes: int, multi_label: bool,
-                 class_names: list[str] | None, source: dict[str, Any], subset_seed: int) -> dict:
-    """The manifest to add ``split`` to: the existing one (same classes) or a new one."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST_NAME).exists():
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
+def _open_output(out: str, split: str, *, name: str, num_classes: int, multi_label: bool,
+                 class_names: list[str] | None, source: dict[str, Any], subset_seed: int,
+                 manifest: dict | None = None) -> dict:
+    """The manifest to add ``split`` to: ``manifest`` (one being made, not yet written), the
+    existing one (same classes) or a new one."""
+    storage.makedirs(out)
+    if manifest is None and storage.is_file(storage.join(out, MANIFEST_NAME)):
+        manifest = json.loads(storage.read_text(storage.join(out, MANIFEST_NAME)))
+    if manifest is not None:
         if split in manifest["splits"]:
             raise ConversionError(f"split {split!r} already exists", dataset=out,
                                   field=f"splits.{split}", hint="choose another --split or a new OUT")
@@ -215,18 +221,20 @@ def _open_output(out: Path, split: str, *, name: str, num_classes: int, multi_la
         manifest["num_classes"] = max(manifest["num_classes"], num_classes)
         manifest["source"].setdefault("splits", {})[split] = source
         return manifest
-    return new_manifest(name=out.name, num_classes=num_classes, multi_label=multi_label,
+    return new_manifest(name=storage.name(out), num_classes=num_classes, multi_label=multi_label,
                         image={}, subset_seed=subset_seed, class_names=class_names,
                         source={**source, "splits": {split: source}})
 
 
-def _record_split(out: Path, manifest: dict, split: str, results: list[ShardResult]) -> dict:
-    """Rename shards to their final -of-N names, write the manifest, return the counts."""
+def _record_split(out: str, manifest: dict, split: str, results: list[ShardResult],
+                  write: bool = True) -> dict:
+    """Rename shards to their final -of-N names, write the manifest (unless the caller writes it
+    after more splits), return the counts."""
     done = [r for r in results if r.entry is not None]
     entries = []
     for i, r in enumerate(done):
         final = shard_name(split, i, len(done))
-        os.replace(out / r.entry["path"], out / final)
+        storage.move(storage.join(out, r.entry["path"]), storage.join(out, final))
         entries.append({**r.entry, "path": final})
     manifest["splits"][split] = {"num_rows": sum(e["num_rows"] for e in entries), "shards": entries}
     encodings = set().union(*(r.encodings for r in done)) | set(manifest["image"].get("encodings", []))
@@ -238,7 +246,8 @@ def _record_split(out: Path, manifest: dict, split: str, results: list[ShardResu
                          "encodings": sorted(set().union(*(r.encodings for r in done)) |
                                              set(manifest["image"].get("encodings", []))),
                          "width": w, "height": h, "channels": 3}
-    write_manifest(out, manifest)
+    if write:
+        write_manifest(out, manifest)
     skipped = [s for r in results for s in r.skipped]
     counts = sum((r.class_counts for r in results), Counter())
     return {"split": split, "rows": manifest["splits"][split]["num_rows"],
@@ -265,7 +274,7 @@ def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike, *, split: 
 def convert_imagefolder(src, out, *, split: str = "train", shards: int | None = None,
                         skip_bad: bool = False, seed: int = 0, executor: str = "auto",
                         progress: bool = True) -> dict[str, Any]:
-    src, out = Path(src), Path(out)
+    src, out = Path(src), storage.resolve(out)
     if not src.is_dir():
         raise ConversionError("not a folder", source=src, hint="expected SRC/<class>/<images>")
     classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -282,11 +291,11 @@ def convert_imagefolder(src, out, *, split: str = "train", shards: int | None = 
                     ignored.append(str(path))
     if not items:
         raise ConversionError("has no image files in its class subfolders", source=src)
-    manifest = _open_output(out, split, name=out.name, num_classes=len(classes), multi_label=False,
+    manifest = _open_output(out, split, name=storage.name(out), num_classes=len(classes), multi_label=False,
                             class_names=classes, subset_seed=seed,
                             source={"converter": "imagefolder", "src": str(src.resolve())})
     per = math.ceil(len(items) / shards) if shards else ROWS_PER_SHARD
-    jobs = [(str(out), f".{split}-{i:05d}.parquet", items[a:b], split, seed, skip_bad)
+    jobs = [(out, f".{split}-{i:05d}.parquet", items[a:b], split, seed, skip_bad)
             for i, (a, b) in enumerate(_chunks(len(items), per))]
     results = _run_split_jobs(out, split, _imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
                        desc=f"imagefolder {split}", unit="img", executor=executor, progress=progress)
@@ -306,7 +315,7 @@ def _unpickle(path: Path) -> dict:
 
 def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor: str = "auto",
                   progress: bool = True) -> dict[str, Any]:
-    src, out = Path(src), Path(out)
+    src, out = Path(src), storage.resolve(out)
     if (src / "data_batch_1").exists():
         variant, meta_file, label_key, names_key = "cifar10", "batches.meta", b"labels", b"label_names"
         files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -322,7 +331,7 @@ def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor
     if (src / meta_file).exists():
         class_names = [n.decode() for n in _unpickle(src / meta_file)[names_key]]
     num_classes = len(class_names) if class_names else (10 if variant == "cifar10" else 100)
-    reports = []
+    reports, manifest = [], None
     for name in ([split] if split else list(files)):
         images, labels = [], []
         for f in files[name]:
@@ -341,16 +350,17 @@ def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor
         if bad:
             raise ConversionError(f"label {labels[bad[0]]} outside [0, {num_classes})",
                                   source=src, row=bad[0], field=name)
-        manifest = _open_output(out, name, name=out.name, num_classes=num_classes,
+        manifest = _open_output(out, name, name=storage.name(out), num_classes=num_classes, manifest=manifest,
                                 multi_label=False, class_names=class_names, subset_seed=seed,
                                 source={"converter": "cifar", "variant": variant,
                                         "src": str(src.resolve())})
-        jobs = [(str(out), f".{name}-{i:05d}.parquet",
+        jobs = [(out, f".{name}-{i:05d}.parquet",
                  [f"{variant}-{name}-{j:05d}" for j in range(a, b)], pixels[a:b], labels[a:b], seed)
                 for i, (a, b) in enumerate(_chunks(len(labels), 10000))]
         results = _run_split_jobs(out, name, _array_job, jobs, weights=[len(j[3]) for j in jobs],
                            desc=f"{variant} {name}", unit="img", executor=executor, progress=progress)
-        reports.append(_record_split(out, manifest, name, results))
+        reports.append(_record_split(out, manifest, name, results, write=False))
+    write_manifest(out, manifest)  # every split there: the dataset opens from now on
     return {"splits": reports}
 
 
@@ -371,29 +381,30 @@ def _tar_files(src: Path) -> list[Path]:
 def convert_webdataset(src, out, *, split: str = "train", num_classes: int | None = None,
                        skip_bad: bool = False, seed: int = 0, executor: str = "auto",
                        progress: bool = True) -> dict[str, Any]:
-    src, out = Path(src), Path(out)
+    src, out = Path(src), storage.resolve(out)
     tars = _tar_files(src)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), f".{split}-{i:05d}.parquet", str(t), split, seed, skip_bad, num_classes)
+    storage.makedirs(out)
+    jobs = [(out, f".{split}-{i:05d}.parquet", str(t), split, seed, skip_bad, num_classes)
             for i, t in enumerate(tars)]
     results = _run_split_jobs(out, split, _webdataset_job, jobs, weights=[t.stat().st_size for t in tars],
                        desc=f"webdataset {split}", unit="B", executor=executor, progress=progress)
     if num_classes is None:
         num_classes = max(r.max_label for r in results) + 1
     multi_label = _any_multi_label(out, results)
-    manifest = _open_output(out, split, name=out.name, num_classes=num_classes,
+    manifest = _open_output(out, split, name=storage.name(out), num_classes=num_classes,
                             multi_label=multi_label, class_names=None, subset_seed=seed,
                             source={"converter": "webdataset", "src": [str(t.resolve()) for t in tars]})
     manifest["multi_label"] = manifest.get("multi_label", False) or multi_label
     return _record_split(out, manifest, split, results)
 
 
-def _any_multi_label(out: Path, results: Iterable[ShardResult]) -> bool:
+def _any_multi_label(out: str, results: Iterable[ShardResult]) -> bool:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     for r in results:
         if r.entry is not None:
-            labels = pq.read_table(out / r.entry["path"], columns=["labels"]).column("labels")
+            with storage.open_input(storage.join(out, r.entry["path"])) as f:
+                labels = pq.read_table(f, columns=["labels"]).column("labels")
             if pc.max(pc.list_value_length(labels)).as_py() > 1:
                 return True
     return False
@@ -416,18 +427,19 @@ def convert_digits(out, *, progress: bool = True) -> dict[str, Any]:
     index = np.arange(len(pixels))
     train_idx, test_idx = train_test_split(index, test_size=DIGITS_TEST_FRACTION,
                                            random_state=DIGITS_SPLIT_SEED, stratify=digits.target)
-    out = Path(out)
-    reports = []
+    out = storage.resolve(out)
+    reports, manifest = [], None
     for split, idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
-        manifest = _open_output(out, split, name=out.name, num_classes=10, multi_label=False,
+        manifest = _open_output(out, split, name=storage.name(out), num_classes=10, multi_label=False, manifest=manifest,
                                 class_names=[str(d) for d in range(10)], subset_seed=0,
                                 source={"converter": "digits",
                                         "src": "sklearn.datasets.load_digits",
                                         "split": f"stratified, test_size={DIGITS_TEST_FRACTION}, "
                                                  f"random_state={DIGITS_SPLIT_SEED}"})
-        job = (str(out), f".{split}-00000.parquet", [f"digits-{i:04d}" for i in idx],
+        job = (out, f".{split}-00000.parquet", [f"digits-{i:04d}" for i in idx],
                pixels[idx], [int(t) for t in digits.target[idx]], 0)
         results = run_jobs(_array_job, [job], weights=[len(idx)], desc=f"digits {split}",
                            unit="img", executor="inline", progress=progress)
-        reports.append(_record_split(out, manifest, split, results))
+        reports.append(_record_split(out, manifest, split, results, write=False))
+    write_manifest(out, manifest)  # both splits there: the dataset opens from now on
     return {"splits": reports}

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from scipy.fft import dctn
 
+from pipeline import storage
 from pipeline.data.format import DataError, Dataset, write_manifest
 from pipeline.data.images import UndecodableImage, decode_rgb
 from pipeline.data.parallel import run_jobs
@@ -75,7 +76,7 @@ def _dedup_shard(path: str, shard_path: str, ref_hashes: np.ndarray, ref_thumbs:
                  ref_names: list[str], max_distance: int, min_correlation: float,
                  chunk: int = 1024) -> list[dict[str, Any]]:
     """Matches of one pretraining shard against the reference (downstream test) images."""
-    pf = pq.ParquetFile(str(Path(path) / shard_path))
+    pf = pq.ParquetFile(storage.open_input(storage.join(path, shard_path)))
     found = []
     row0 = 0
     for batch in pf.iter_batches(batch_size=chunk, columns=["key", "image"]):
@@ -104,8 +105,9 @@ def _reference(spec: str) -> tuple[list[str], list[bytes]]:
                         dataset=ds.root)
     names, images = [], []
     for shard in ds.shards(split):
-        t = pq.read_table(ds.shard_path(shard), columns=["key", "image"])
-        names += [f"{ds.root.name}:{split}:{k}" for k in t.column("key").to_pylist()]
+        with storage.open_input(ds.shard_path(shard)) as f:
+            t = pq.read_table(f, columns=["key", "image"])
+        names += [f"{storage.name(ds.root)}:{split}:{k}" for k in t.column("key").to_pylist()]
         images += t.column("image").to_pylist()
     return names, images
 
@@ -124,10 +126,10 @@ def dedup(pretrain: str | Path, against: list[str], *, max_distance: int | None 
         ref_images += images
     ref_hashes, ref_thumbs = fingerprints(ref_images)
     shards = ds.shards(split)
-    jobs = [(str(ds.root), s.path, ref_hashes, ref_thumbs, ref_names, max_distance,
+    jobs = [(ds.root, s.path, ref_hashes, ref_thumbs, ref_names, max_distance,
              min_correlation) for s in shards]
     results = run_jobs(_dedup_shard, jobs, weights=[s.num_rows for s in shards],
-                       desc=f"dedup {ds.root.name}", unit="img", executor=executor,
+                       desc=f"dedup {storage.name(ds.root)}", unit="img", executor=executor,
                        progress=progress)
     matches = [m for shard_matches in results for m in shard_matches]
     # One exclusion per pretraining row, listing every test image it duplicates.

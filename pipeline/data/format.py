@@ -18,16 +18,17 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import posixpath
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipeline import storage
 
 FORMAT_NAME = "vit-scaling-dataset"
 FORMAT_VERSION = 1
@@ -92,9 +93,10 @@ class Row:
     labels: Sequence[int]
 
 
-def write_shard(path: Path, rows: Sequence[Row], subset_seed: int,
+def write_shard(path: str, rows: Sequence[Row], subset_seed: int,
                 row_group_rows: int | None = None) -> dict[str, Any]:
-    """Write one shard (rows sorted by priority) and return its manifest entry."""
+    """Write one shard (rows sorted by priority) to ``path`` (a local path or a URI) and return
+    its manifest entry. The shard is made in memory and written whole (see ``storage``)."""
     keys = [r.key for r in rows]
     priority = subset_priorities(keys, subset_seed)
     order = np.argsort(priority, kind="stable")
@@ -105,34 +107,24 @@ def write_shard(path: Path, rows: Sequence[Row], subset_seed: int,
         "priority": pa.array(priority[order], pa.float64()),
     }, schema=SHARD_SCHEMA)
     rg = row_group_rows or default_row_group_rows(len(rows))
-    tmp = path.with_name(path.name + ".tmp")
+    sink = pa.BufferOutputStream()
     # Images are already compressed: don't spend time compressing them again.
-    pq.write_table(table, tmp, row_group_size=rg, compression={"key": "zstd", "image": "none",
+    pq.write_table(table, sink, row_group_size=rg, compression={"key": "zstd", "image": "none",
                    "labels": "zstd", "priority": "none"}, write_statistics=["priority"])
-    os.replace(tmp, path)
-    return {"path": path.name, "num_rows": len(rows), "bytes": path.stat().st_size,
-            "sha256": file_sha256(path), "row_group_rows": rg}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    data = sink.getvalue()
+    storage.write_bytes(path, data)
+    return {"path": storage.name(path), "num_rows": len(rows), "bytes": data.size,
+            "sha256": hashlib.sha256(memoryview(data)).hexdigest(), "row_group_rows": rg}
 
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace the manifest (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, root / MANIFEST_NAME)
+def write_manifest(root: str, manifest: dict[str, Any]) -> None:
+    """Replace the manifest whole (readers never see half a file). Writers call it last: a
+    dataset opens only once all its shards are there."""
+    storage.write_text(storage.join(root, MANIFEST_NAME), json.dumps(manifest, indent=1) + "\n")
 
 
 def new_manifest(*, name: str, num_classes: int, multi_label: bool, image: dict[str, Any],
@@ -162,16 +154,17 @@ class ShardInfo:
 
 
 class Dataset:
-    """A dataset on disk: manifest, shards and their Parquet footers (read once, cached)."""
+    """A dataset in a folder or under a URI: manifest, shards and their Parquet footers (read
+    once, cached). Shards are read with ranged reads: footers, then only the row groups needed."""
 
     def __init__(self, path: str | os.PathLike):
-        self.root = Path(path).resolve()
-        manifest_path = self.root / MANIFEST_NAME
-        if not manifest_path.is_file():
+        self.root = storage.resolve(path)
+        manifest_path = storage.join(self.root, MANIFEST_NAME)
+        if not storage.is_file(manifest_path):
             raise DataError(f"no {MANIFEST_NAME} found", dataset=self.root,
                             hint="a dataset is a folder made by `python -m pipeline.data synth|convert|digits`")
         try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+            self.manifest: dict[str, Any] = json.loads(storage.read_text(manifest_path))
         except json.JSONDecodeError as e:
             raise DataError(f"{MANIFEST_NAME} is not valid JSON: {e}", dataset=self.root,
                             field="manifest") from e
@@ -199,20 +192,19 @@ class Dataset:
             for i, shard in enumerate(entry.get("shards", [])):
                 self._resolve(shard.get("path", ""), f"splits.{split}.shards[{i}].path")
 
-    def _resolve(self, rel: str, fieldname: str) -> Path:
+    def _resolve(self, rel: str, fieldname: str) -> str:
         """Shard paths must stay inside the dataset folder (a manifest is not allowed to point at
         arbitrary files on the reader's machine)."""
-        candidate = Path(rel)
-        resolved = (self.root / candidate).resolve()
-        if not rel or candidate.is_absolute() or not resolved.is_relative_to(self.root):
+        normal = posixpath.normpath(rel) if rel else ""
+        if not rel or "\\" in rel or ":" in rel or posixpath.isabs(rel) or normal.split("/")[0] in ("..", "."):
             raise DataError(f"shard path {rel!r} escapes the dataset folder", dataset=self.root,
                             field=fieldname, hint="shard paths must be relative and inside the folder")
-        return resolved
+        return storage.join(self.root, normal)
 
     @property
     def name(self) -> str:
         """The dataset's name (its manifest's, else its folder's): what run ids hash, not its location."""
-        return str(self.manifest.get("name") or self.root.name)
+        return str(self.manifest.get("name") or storage.name(self.root))
 
     @property
     def num_classes(self) -> int:
@@ -241,21 +233,24 @@ class Dataset:
     def num_rows(self, split: str = "train") -> int:
         return sum(s.num_rows for s in self.shards(split))
 
-    def shard_path(self, shard: ShardInfo) -> Path:
+    def shard_path(self, shard: ShardInfo) -> str:
         return self._resolve(shard.path, "path")
 
     # -- shards -----------------------------------------------------------------------------
-    def open_shard(self, shard: ShardInfo):
-        """A source for ``pq.ParquetFile``: a path, or a file object. Kept as one method so storage
-        backends (and byte counters) can be swapped in one place."""
-        return str(self.shard_path(shard))
+    def open_shard(self, shard: ShardInfo) -> pa.NativeFile:
+        """A random-access file for ``pq.ParquetFile``. Kept as one method so that byte counters
+        (bench/) can be swapped in one place."""
+        return storage.open_input(self.shard_path(shard))
 
     def parquet_file(self, shard: ShardInfo) -> pq.ParquetFile:
-        path = self.shard_path(shard)
-        if not path.is_file():
+        try:
+            found = storage.info(self.shard_path(shard))
+        except OSError as e:
+            raise DataError(f"shard cannot be reached: {e}", dataset=self.root, shard=shard.path) from e
+        if found.type != storage.FileType.File:
             raise DataError("shard file is missing", dataset=self.root, shard=shard.path,
                             hint="re-create or re-download the dataset")
-        size = path.stat().st_size
+        size = found.size
         if shard.bytes >= 0 and size != shard.bytes:
             raise DataError(f"file is {size} bytes, the manifest says {shard.bytes} "
                             f"({'truncated' if size < shard.bytes else 'changed'})",
@@ -267,8 +262,7 @@ class Dataset:
                 self._metadata[shard.path] = read_footer(handle, size)
             pf = pq.ParquetFile(handle, metadata=self._metadata[shard.path])
         except (pa.ArrowException, OSError) as e:
-            if hasattr(handle, "close"):
-                handle.close()
+            handle.close()
             raise DataError(f"not a readable Parquet file: {e}", dataset=self.root,
                             shard=shard.path, hint="re-create the shard") from e
         if pf.schema_arrow.remove_metadata() != SHARD_SCHEMA:
@@ -293,27 +287,22 @@ class Dataset:
                             on_unreadable=on_unreadable, exclude_fraction=exclude_fraction)
 
 
-def read_footer(source, size: int) -> pq.FileMetaData:
+def read_footer(f: pa.NativeFile, size: int) -> pq.FileMetaData:
     """Parquet metadata from exactly the footer's bytes.
 
     pyarrow's own open reads the last 64 KiB speculatively; on small shards that alone would be
     more than a small subset's data. Two exact reads cost the same round trips on object stores.
     """
-    f = pa.OSFile(source) if isinstance(source, str) else pa.PythonFile(source, mode="r")
-    try:
-        if size < 12:
-            raise pa.ArrowInvalid(f"file of {size} bytes is too small to be Parquet")
-        tail = f.read_at(8, size - 8)
-        if tail[4:] != b"PAR1":
-            raise pa.ArrowInvalid("Parquet magic bytes not found at the end of the file")
-        length = int.from_bytes(tail[:4], "little")
-        if length + 12 > size:
-            raise pa.ArrowInvalid(f"footer length {length} exceeds the file size {size}")
-        footer = f.read_at(length, size - 8 - length)
-        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
-    finally:
-        if isinstance(source, str):
-            f.close()
+    if size < 12:
+        raise pa.ArrowInvalid(f"file of {size} bytes is too small to be Parquet")
+    tail = f.read_at(8, size - 8)
+    if tail[4:] != b"PAR1":
+        raise pa.ArrowInvalid("Parquet magic bytes not found at the end of the file")
+    length = int.from_bytes(tail[:4], "little")
+    if length + 12 > size:
+        raise pa.ArrowInvalid(f"footer length {length} exceeds the file size {size}")
+    footer = f.read_at(length, size - 8 - length)
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
 
 
 # --------------------------------------------------------------------------------------------

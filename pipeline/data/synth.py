@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline import storage
 from pipeline.data.format import Row, new_manifest, shard_name, write_manifest, write_shard
 from pipeline.data.parallel import run_jobs
 
@@ -363,7 +364,7 @@ def _make_shard(out: str, name: str, task: str, split: str, first: int, stop: in
         img, labels = make_example(task, split, i, **params)
         prefix = "" if params.get("style", "shapes") == "shapes" else f"{params['style']}-"
         rows.append(Row(f"{prefix}{task}{params['seed']}-{split}-{i:09d}", encode_image(img, encoding), labels))
-    return write_shard(Path(out) / name, rows, subset_seed)
+    return write_shard(storage.join(out, name), rows, subset_seed)
 
 
 def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32,
@@ -371,7 +372,7 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
              test_images: int | None = None, val_images: int | None = None,
              label_noise: float = 0.0, exponent: float = 1.0,
              class_offset: int = 100, max_objects: int = 3, style: str = "shapes",
-             encoding: str | None = None, executor: str = "auto", progress: bool = True) -> Path:
+             encoding: str | None = None, executor: str = "auto", progress: bool = True) -> str:
     """Generate a synthetic dataset at ``out`` and return its path.
 
     Pretraining sets have one split ("train"); downstream tasks also get a "test" split of
@@ -397,8 +398,8 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
     if task == "pretrain" and class_offset < classes:
         class_offset = classes  # novel classes start after the pretraining ones
     encoding = encoding or ("png" if image_size <= 64 else "jpeg")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.resolve(out)  # a folder or a URI; shards first, the manifest last
+    storage.makedirs(out)
     split_sizes = {"train": images}
     if task != "pretrain":
         split_sizes["test"] = test_images if test_images is not None else max(1, images // 4)
@@ -417,7 +418,7 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
                          int(bounds[k + 1]), seed, encoding, params))
             weights.append(int(bounds[k + 1] - bounds[k]))
             where.append(split)
-    entries = run_jobs(_make_shard, jobs, weights=weights, desc=f"synth {task} -> {out.name}",
+    entries = run_jobs(_make_shard, jobs, weights=weights, desc=f"synth {task} -> {storage.name(out)}",
                        unit="img", executor=executor, progress=progress)
     name_of = class_name if style == "shapes" else glyph_name
     if task == "pretrain":
@@ -427,7 +428,7 @@ def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32
     else:
         names = [f"{n + 1} objects" for n in range(classes)]
     manifest = new_manifest(
-        name=out.name, num_classes=classes, multi_label=(task == "pretrain"),
+        name=storage.name(out), num_classes=classes, multi_label=(task == "pretrain"),
         image={"encoding": encoding, "height": image_size, "width": image_size, "channels": 3},
         subset_seed=seed, class_names=names,
         source={"generator": "pipeline.data.synth", "task": task, "images": images,

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from pipeline.data.format import (DataError, Dataset, file_sha256, labels_in_range,
+from pipeline import storage
+from pipeline.data.format import (DataError, Dataset, labels_in_range,
                                   subset_priority)
 from pipeline.data.images import UndecodableImage, decode_rgb
 
@@ -63,12 +64,12 @@ def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bo
     global_keys = total_rows <= GLOBAL_KEY_CHECK_ROWS
     seen_keys: set[str] = set()
     all_shards = [s for split in ds.splits for s in ds.shards(split)]
-    bar = tqdm(all_shards, desc=f"verify {ds.root.name}", unit="shard", disable=not progress,
+    bar = tqdm(all_shards, desc=f"verify {storage.name(ds.root)}", unit="shard", disable=not progress,
                file=sys.stderr)
     for shard in bar:
-        path_ = ds.shard_path(shard)
-        if checksums and path_.is_file() and path_.stat().st_size == shard.bytes:
-            if file_sha256(path_) != shard.sha256:
+        found = storage.info(ds.shard_path(shard))
+        if checksums and found.type == storage.FileType.File and found.size == shard.bytes:
+            if storage.sha256(ds.shard_path(shard)) != shard.sha256:
                 problems.append(Problem(shard.path, None, "sha256",
                                         "checksum does not match the manifest (shard changed or corrupt)"))
                 continue
