@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline import storage as store
 from pipeline import tracking
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
 
@@ -41,14 +42,25 @@ def resolve_storage(storage: str) -> str:
     """Storage as an absolute path or a URI. A relative path inside a ``ray job submit`` working
     dir is refused: that folder is Ray's temporary copy, so results would be lost and a re-submitted
     study could not find its runs."""
-    if "://" in storage:
-        return storage
-    path = Path(storage).expanduser()
-    if not path.is_absolute() and "runtime_resources" in str(Path.cwd()):
+    if not store.is_remote(storage) and not Path(storage).expanduser().is_absolute() \
+            and "runtime_resources" in str(Path.cwd()):
         raise StudyError(f"--storage {storage!r} is relative, and this job runs in Ray's temporary copy of the "
                          f"working dir ({Path.cwd()}): give an absolute path or a URI (s3://bucket/dir), or set "
                          "VIT_SCALING_STORAGE")
-    return str(path.resolve())
+    return store.resolve(storage)
+
+
+def check_services(storage: str, tracking_uri: str) -> None:
+    """The storage's bucket and the tracking server answer (within seconds, before anything is
+    made or launched): a typo in a bucket, a wrong key or a server that is down is said here."""
+    try:
+        store.check_bucket(storage)
+    except OSError as err:
+        raise StudyError(f"--storage {storage}: {err}") from None
+    try:
+        tracking.check_server(tracking_uri)
+    except tracking.TrackingError as err:
+        raise StudyError(str(err)) from None
 
 
 def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True) -> str:
@@ -60,16 +72,14 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
         if preset.dataset.synth is None:
             raise StudyError(f"the preset's dataset {name!r} is not built in: give its location with --data "
                              "(a folder or URI made by `python -m pipeline.data convert ...`)")
-        if "://" in storage:
-            raise StudyError(f"storage {storage} is remote: generate {name!r} with `python -m pipeline.data synth`, "
-                             "copy it there and give --data")
-        target = Path(storage) / "data" / name
-        if not (target / "manifest.json").is_file():  # the manifest is written last: its presence means complete
+        target = store.join(storage, "data", name)
+        if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
             from pipeline.data.synth import generate
             print(f"[study] generating the synthetic dataset {name!r} in {target} (first use)", flush=True)
             generate(target, **{"progress": progress, **preset.dataset.synth})
-        data = str(target)
+        data = target
     try:
+        store.check_bucket(data)
         found = open_dataset(data).name
     except (DataError, OSError) as err:
         raise StudyError(f"--data {data}: not a readable dataset: {err}") from None
@@ -80,14 +90,14 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
 
 
 def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
-    """{name: path} of every downstream set of the plan: a folder ``<storage>/data/<name>`` or a
-    built-in one (digits), made on first use."""
-    from pipeline.transfer import builtin_dataset, local_dir
-    root = local_dir(storage, "data")
+    """{name: location} of every downstream set of the plan: ``<storage>/data/<name>`` (a folder
+    or a URI) or a built-in one (digits), made there on first use."""
+    from pipeline.transfer import builtin_dataset
+    root = store.join(storage, "data")
     paths = {}
     for name in dict.fromkeys([*plan.fewshot, *plan.finetune]):
-        candidate = root / name
-        paths[name] = str(candidate) if (candidate / "manifest.json").is_file() else builtin_dataset(name, str(root))
+        candidate = store.join(root, name)
+        paths[name] = candidate if store.is_file(store.join(candidate, "manifest.json")) else builtin_dataset(name, root)
         if paths[name] is None:
             raise StudyError(f"downstream dataset {name!r} is not in {root}: convert it there first "
                              f"(`python -m pipeline.data convert --help`; the folder must be {candidate})")
@@ -189,6 +199,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         raise StudyError(f"--gpus-per-run must be 0 (CPU) or more, got {gpus_per_run}")
     storage = resolve_storage(storage)
     uri = tracking_uri or tracking.default_tracking_uri(storage)
+    check_services(storage, uri)
     specs = study.expand(preset)
     data_path = prepare_data(p, data, storage)
     downstream = prepare_downstream(p.transfer, storage)
@@ -196,7 +207,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     planned = study_plan(study, preset, tracking_uri=None)  # compute only: the runs are read once below
     exaflops = {r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}
     study_run = tracking.start_study_run(
-        uri, study.name, preset, artifact_root=f"{storage}/artifacts",
+        uri, study.name, preset, artifact_root=store.join(storage, "artifacts"),
         params={"study": study.name, "preset": preset, "runs": len(specs), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
     previous = {spec_id: {"run_id": run.info.run_id, "status": tracking.run_status(run), **run.data.tags}
@@ -252,7 +263,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     if report:
         try:
             summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run)
-            emit(f"[study] report: {report_dir(storage, study.name, preset) / 'report.md'} (and in the MLflow run "
+            emit(f"[study] report: {store.join(report_dir(storage, study.name, preset), 'report.md')} (and in the MLflow run "
                  f"'study {study.name} / {preset}')")
         except Exception as err:  # the runs are safe in MLflow; only the report is missing
             summary["report_error"] = f"{type(err).__name__}: {err}"
@@ -265,18 +276,20 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     return summary
 
 
-def report_dir(storage: str, study: str, preset: str) -> Path:
-    from pipeline.transfer import local_dir
-    return local_dir(storage, "reports") / f"{study}-{preset}"
+def report_dir(storage: str, study: str, preset: str) -> str:
+    return store.join(storage, "reports", f"{study}-{preset}")
 
 
 def write_report(study: Study, preset: str, *, storage: str, tracking_uri: str,
-                 study_run_id: str | None = None) -> dict[str, Path]:
+                 study_run_id: str | None = None) -> dict[str, str]:
     """The study's report (pipeline.analysis) in ``<storage>/reports/<study>-<preset>``, also logged
-    to the study-level MLflow run."""
+    to the study-level MLflow run. Returns {file name: location}."""
     from pipeline import analysis
     if study_run_id is None:
         study_run_id = tracking.find_study_run(tracking_uri, study.name, preset)
-    return analysis.write_report(study, preset, tracking_uri=tracking_uri,
-                                 out_dir=report_dir(storage, study.name, preset), study_run_id=study_run_id)
+    target = report_dir(storage, study.name, preset)
+    with store.folder_to_write(target) as folder:
+        paths = analysis.write_report(study, preset, tracking_uri=tracking_uri, out_dir=folder,
+                                      study_run_id=study_run_id)
+    return {name: store.join(target, path.name) for name, path in paths.items()}
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from models import build_model
 from pipeline import compute, tracking
+from pipeline import storage as store
 from pipeline.spec import Recipe, RunSpec
 
 # Dense bf16 peak per device (TFLOP/s) for MFU; unknown devices get no MFU.
@@ -424,8 +425,7 @@ def plan_run(spec: RunSpec, data_path: str, workers: int) -> dict[str, Any]:
     base_lr, lr_source = spec.base_lr()
     val_split = "val" if "val" in dataset.splits else None
     counts = compute.model_counts(spec.model, recipe.image_size, dataset.num_classes, progress=True)
-    return {"spec": spec.model_dump(mode="json"), "data_path": str(Path(data_path).resolve())
-            if "://" not in str(data_path) else str(data_path),
+    return {"spec": spec.model_dump(mode="json"), "data_path": store.resolve(data_path),
             "num_classes": dataset.num_classes, "subset_rows": rows, "steps_per_epoch": steps_per_epoch,
             "total_steps": spec.total_steps(rows), "micro_batch": micro, "accum_steps": per_rank // micro,
             "base_lr": base_lr, "base_lr_source": lr_source, "val_split": val_split,
@@ -457,14 +457,12 @@ def fit_on_ray(config: dict[str, Any], storage: str, spec_id: str, workers: int,
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=f"pretrain-{spec_id}", storage_path=storage,
+        run_config=RunConfig(name=f"pretrain-{spec_id}", **store.ray_storage(storage),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     result = trainer.fit()
     summary = dict(getattr(result, "return_value", None) or {})
-    checkpoint_uri = result.checkpoint.path if result.checkpoint else None
-    if result.checkpoint is not None and "://" not in checkpoint_uri and "://" in storage:
-        checkpoint_uri = f"{storage.split('://')[0]}://{checkpoint_uri}"
+    checkpoint_uri = store.with_scheme_of(storage, result.checkpoint.path) if result.checkpoint else None
     return summary, checkpoint_uri
 
 
@@ -476,9 +474,9 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
     the final checkpoint's URI. ``parent_run_id``: the study-level run that groups this one.
     ``in_process``: run the same loop in this process, without Ray (one worker, local storage;
     for debugging and for tests of what the loop learns)."""
-    if in_process and (workers != 1 or "://" in storage):
+    if in_process and (workers != 1 or store.is_remote(storage)):
         raise ValueError("in_process pretraining runs one worker on local storage")
-    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    storage = store.resolve(storage)
     tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
     plan = plan_run(spec, data_path, workers)
     tracking.init_store(tracking_uri)
@@ -487,7 +485,7 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
         tags={"family": spec.family, "model": spec.model_name, "subset": spec.subset,
               "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps",
               **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-        params=run_params(spec, plan, workers), artifact_root=f"{storage}/artifacts")
+        params=run_params(spec, plan, workers), artifact_root=store.join(storage, "artifacts"))
     config = {**plan, "tracking_uri": tracking_uri, "mlflow_run_id": run_id,
               "stop_after_steps": stop_after_steps, "trace_keys_dir": trace_keys_dir}
     try:

@@ -21,6 +21,7 @@ copy is never used.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -100,10 +101,19 @@ def _env_key() -> tuple:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3(region: str | None, env_key: tuple) -> pafs.S3FileSystem:
-    # S3FileSystem reads the endpoint, keys and profile from the environment itself.
-    return pafs.S3FileSystem(region=region, connect_timeout=CONNECT_TIMEOUT_S, request_timeout=REQUEST_TIMEOUT_S,
-                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+def _s3(region: str | None, quick: bool, env_key: tuple) -> pafs.S3FileSystem:
+    """S3 with bounded waits; keys, session token and profile come from the AWS SDK's own chain.
+    pyarrow's constructor does not read AWS_ENDPOINT_URL (only ``from_uri`` does), so it is passed
+    here. ``quick``: short waits and one retry, for checks made before launching anything."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    where = {}
+    if endpoint:
+        parsed = urlparse(endpoint if "//" in endpoint else f"https://{endpoint}")
+        where = {"endpoint_override": parsed.netloc, "scheme": parsed.scheme}
+    return pafs.S3FileSystem(region=region, connect_timeout=CONNECT_TIMEOUT_S,
+                             request_timeout=4.0 if quick else REQUEST_TIMEOUT_S,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2 if quick else S3_ATTEMPTS),
+                             **where)
 
 
 @functools.lru_cache(maxsize=16)
@@ -119,7 +129,7 @@ def _bucket_region(bucket: str, env_key: tuple) -> str | None:
         return None  # the first real request says what is wrong
 
 
-def filesystem(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+def filesystem(location: str | os.PathLike, quick: bool = False) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path on it) for a location."""
     text = str(location)
     if not is_remote(text):
@@ -127,9 +137,18 @@ def filesystem(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     parsed = urlparse(text)
     path = (parsed.netloc + parsed.path).rstrip("/")
     if parsed.scheme == "s3":
-        return _s3(_bucket_region(parsed.netloc, _env_key()), _env_key()), path
+        return _s3(_bucket_region(parsed.netloc, _env_key()), quick, _env_key()), path
     fs, path = pafs.FileSystem.from_uri(text)
     return fs, path.rstrip("/")
+
+
+def ray_storage(location: str) -> dict:
+    """``storage_path`` (and ``storage_filesystem``) for Ray Train's and Tune's RunConfig: remote
+    storage goes through this module's filesystem (its timeouts, region and credential chain)."""
+    if not is_remote(location):
+        return {"storage_path": resolve(location)}
+    fs, path = filesystem(location)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 # ----------------------------------------------------------------------------- files
@@ -220,6 +239,15 @@ def delete(location: str | os.PathLike) -> None:
         _call(location, fs.delete_file, path)
 
 
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Stream one file to another location (local or remote, either way)."""
+    src_fs, src = filesystem(source)
+    dst_fs, dst = filesystem(target)
+    if isinstance(dst_fs, pafs.LocalFileSystem):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    _call(target, pafs.copy_files, src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
 def sha256(location: str | os.PathLike, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open_input(location) as f:
@@ -235,6 +263,20 @@ def upload_folder(local: str | os.PathLike, target: str | os.PathLike) -> None:
         return
     _call(target, pafs.copy_files, str(Path(local).resolve()), path,
           source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def folder_to_write(location: str | os.PathLike):
+    """A local folder whose files end up at ``location``: the folder itself when local, else a
+    temporary folder uploaded when the block succeeds (reports: made by libraries that write
+    local files)."""
+    if not is_remote(location):
+        Path(resolve(location)).mkdir(parents=True, exist_ok=True)
+        yield Path(resolve(location))
+        return
+    with tempfile.TemporaryDirectory(prefix="vit-scaling-") as tmp:
+        yield Path(tmp)
+        upload_folder(tmp, location)
 
 
 # ----------------------------------------------------------------------------- node-local caches
@@ -330,7 +372,8 @@ def check_bucket(location: str | os.PathLike) -> None:
     if not is_remote(location):
         return
     bucket = _bucket_uri(str(location))
-    found = info(bucket)
+    fs, path = filesystem(bucket, quick=True)
+    found = _call(bucket, fs.get_file_info, path)
     if found.type == pafs.FileType.NotFound:
         raise StorageError(f"{location}: the bucket {bucket} does not exist (create it with `aws s3 mb {bucket}`, "
                            "or fix the URI; check AWS_ENDPOINT_URL if the bucket is on another store)")

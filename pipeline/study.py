@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from pipeline import compute, tracking
+from pipeline import storage as store
 from pipeline.spec import Study, list_studies, load_study, subset_images
 
 DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.plan:
         uri = args.tracking_uri
-        if uri is None and "://" not in args.storage and (Path(args.storage) / "mlflow.db").exists():
+        if uri is None and not store.is_remote(args.storage) and store.exists(store.join(args.storage, "mlflow.db")):
             uri = tracking.default_tracking_uri(args.storage)
         result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
         print(json.dumps(result, indent=2) if args.json else format_plan(result))
@@ -127,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage = orchestrate.resolve_storage(args.storage)
         uri = args.tracking_uri or tracking.default_tracking_uri(storage)
+        orchestrate.check_services(storage, uri)
         if args.report:
             orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri)
-            print(f"report: {orchestrate.report_dir(storage, study.name, args.preset) / 'report.md'}")
+            print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run)
-    except orchestrate.StudyError as err:
+    except (orchestrate.StudyError, tracking.TrackingError) as err:
         parser.error(str(err))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

@@ -12,20 +12,67 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pipeline import storage as store
+
 RUN_SPEC_TAG = "run_spec_id"
 STUDY_PRESET_TAG = "study_preset"  # marks the one study-level run of a preset
 
 
+class TrackingError(ValueError):
+    """MLflow cannot be used as asked; the message says what to set."""
+
+
 def default_tracking_uri(storage_root: str | os.PathLike) -> str:
-    """SQLite file under the storage root, always absolute (MLflow's own default is cwd-relative)."""
-    return f"sqlite:///{Path(storage_root).expanduser().resolve() / 'mlflow.db'}"
+    """SQLite file under the storage root, always absolute (MLflow's own default is cwd-relative).
+    Remote storage has no default: SQLite cannot live in an object store."""
+    if store.is_remote(storage_root):
+        raise TrackingError(f"storage {storage_root} is remote, and MLflow's default store is a SQLite file under the "
+                            "storage: give the MLflow server with --tracking-uri or MLFLOW_TRACKING_URI "
+                            "(e.g. http://HEAD:5000, see docs/cluster.md)")
+    return f"sqlite:///{Path(store.resolve(storage_root)) / 'mlflow.db'}"
+
+
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (it stores artifacts itself, e.g. proxied to an object store)."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+# MLflow retries a failed request to a tracking server (connection refused, 429, 5xx) with
+# exponential backoff; its defaults (7 retries, factor 2) wait about 4 minutes before failing.
+# These ride out a server restart of ~30 s and then fail with the server's name in the error.
+# The user's own settings win.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 @functools.lru_cache(maxsize=8)
 def client(tracking_uri: str):
     """One client per tracking URI and process (every metric flush goes through it)."""
     from mlflow.tracking import MlflowClient
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_server(tracking_uri: str, wait_s: float = 10.0) -> None:
+    """Fail fast, before anything is launched, when a tracking server does not answer."""
+    if not is_server(tracking_uri):
+        return
+    import requests
+    deadline, problem = time.monotonic() + wait_s, ""
+    while True:
+        try:
+            answer = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3)
+            if answer.ok:
+                return
+            problem = f"HTTP {answer.status_code}"
+        except requests.RequestException as err:
+            problem = type(err).__name__
+        if time.monotonic() > deadline:
+            raise TrackingError(f"the MLflow server {tracking_uri} does not answer ({problem} from /health, for "
+                                f"{wait_s:.0f} s): start it (`mlflow server --host ... --port ...`) or fix --tracking-uri / "
+                                "MLFLOW_TRACKING_URI")
+        time.sleep(1.0)
 
 
 def init_store(tracking_uri: str) -> None:
@@ -37,13 +84,15 @@ def init_store(tracking_uri: str) -> None:
 
 
 def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = None) -> str:
+    """The study's experiment, made on first use. Its artifacts go under ``artifact_root``, except
+    with a tracking server, which decides where artifacts go (``--artifacts-destination``)."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(study)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if artifact_root is not None:
-        location = artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
+    if artifact_root is not None and not is_server(tracking_uri):
+        location = store.file_uri(artifact_root)
     try:
         return c.create_experiment(study, artifact_location=location)
     except Exception:  # created concurrently by another driver
@@ -72,9 +121,15 @@ def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags
         if found[0].info.status != "RUNNING":
             c.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
-    run = c.create_run(experiment, tags=dict(tags), run_name=run_name)
-    log_params(tracking_uri, run.info.run_id, params)
-    return run.info.run_id
+    c.create_run(experiment, tags=dict(tags), run_name=run_name)
+    # A create retried after a lost answer (a tracking server's response dropped by the network)
+    # can make two runs: keep the first, delete the others.
+    made = sorted(c.search_runs([experiment], filter_string=filter_string, max_results=10),
+                  key=lambda r: (r.info.start_time, r.info.run_id))
+    for extra in made[1:]:
+        c.delete_run(extra.info.run_id)
+    log_params(tracking_uri, made[0].info.run_id, params)
+    return made[0].info.run_id
 
 
 def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[str, Any],

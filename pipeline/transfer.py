@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import fewshot, tracking
+from pipeline import storage as store
 
 # Table 4 of the paper: fine-tuning steps and LR grid; the dev-slice rule of Appendix B.1.1.
 TABLE4 = {
@@ -73,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
     ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
     from models import build_model
     from pipeline.pretrain import STATE_FILE, state_file
-    path = fetch_checkpoint(path)
+    path = store.fetch(path, "checkpoints")  # a remote checkpoint: this node's cached copy
     if timm_name:
         from models.timm_import import load_timm
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,33 +94,15 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
                    "step": state.get("step"), "run_spec": spec}
 
 
-def fetch_checkpoint(uri: str | os.PathLike) -> Path:
-    """A local path for a checkpoint: itself, or for a remote URI (s3://, gs://, as the
-    checkpoint_uri tag of a cluster run) a copy in the local cache, downloaded once."""
-    if "://" not in str(uri):
-        return Path(uri)
-    import pyarrow.fs
-    target = local_dir(str(uri), "checkpoints") / hashlib.sha1(str(uri).encode()).hexdigest()[:16]
-    if not (target / "done").exists():
-        fs, remote = pyarrow.fs.FileSystem.from_uri(str(uri))
-        target.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(remote, str(target), source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
-        (target / "done").touch()
-    return target
-
-
 def checkpoint_key(path: str | os.PathLike) -> str:
-    """Identity of a checkpoint file for the feature cache: path, size and modification time."""
-    from pipeline.pretrain import state_file
-    f = state_file(fetch_checkpoint(path))
-    st = f.stat()
-    return hashlib.sha1(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """Identity of a checkpoint (folder or file, local or remote) for the feature cache: its
+    location and its files' sizes and modification times, the same seen from every node."""
+    return store.content_key(path)
 
 
 def dataset_key(data_path: str | os.PathLike) -> str:
     from pipeline.data.format import MANIFEST_NAME
-    return hashlib.sha1((Path(data_path) / MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+    return hashlib.sha1(store.read_bytes(store.join(data_path, MANIFEST_NAME))).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- features
@@ -282,8 +265,7 @@ def run_finetune(checkpoint: str, data_path: str, settings: FinetuneSettings, *,
     import ray
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None)
-    checkpoint = str(Path(checkpoint).resolve()) if "://" not in str(checkpoint) else str(checkpoint)
-    data_path = str(Path(data_path).resolve())
+    checkpoint, data_path = store.resolve(checkpoint), store.resolve(data_path)
     if len(settings.lrs) == 1:
         dev_accuracy, best_lr = {}, settings.lrs[0]
     else:
@@ -311,8 +293,7 @@ def select_lr_on_tune(checkpoint: str, data_path: str, settings: FinetuneSetting
         tune.with_resources(_tune_trial, resources),
         param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
         tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()) if "://" not in storage
-                                  else storage, verbose=0))  # each trial prints one line itself
+        run_config=tune.RunConfig(name=name, **store.ray_storage(storage), verbose=0))  # each trial prints one line itself
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
     try:
@@ -364,7 +345,7 @@ def evaluate(checkpoint: str, *, fewshot_on: Sequence[tuple[str, str]] = (), fin
         if tracking_uri and run_id and new:
             tracking.MetricLogger(tracking_uri, run_id).log_now(0, new)
 
-    cache = str(local_dir(storage, "features"))
+    cache = str(store.node_dir(storage, "features"))
     for name, path in fewshot_on:
         wanted = [f"fewshot/{name}/{k}shot" for k in shots]
         if all(key in recorded for key in wanted):
@@ -389,32 +370,24 @@ def evaluate(checkpoint: str, *, fewshot_on: Sequence[tuple[str, str]] = (), fin
     return metrics
 
 
-def local_dir(storage: str, name: str) -> Path:
-    """A local folder for caches next to the storage, or in the user cache when storage is remote."""
-    if "://" in storage:
-        return Path(os.environ.get("VIT_SCALING_CACHE", Path.home() / ".cache" / "vit-scaling")) / name
-    return Path(storage) / name
-
-
 def builtin_dataset(name: str, data_root: str) -> str | None:
-    """The path of a built-in downstream set (``digits``), made under ``data_root`` on first use;
-    None for other names."""
+    """The location of a built-in downstream set (``digits``), made under ``data_root`` (a folder
+    or a URI) on first use; None for other names."""
     if name != "digits":
         return None
-    target = Path(data_root) / "digits"
-    if not (target / "manifest.json").is_file():
+    target = store.join(data_root, "digits")
+    if not store.is_file(store.join(target, "manifest.json")):  # written last: complete
         from pipeline.data.convert import convert_digits
         convert_digits(target)
-    return str(target)
+    return target
 
 
 def resolve_dataset(name_or_path: str, data_root: str) -> tuple[str, str]:
-    """(name, path): an existing dataset folder, or a built-in downstream set made on first use
-    under ``data_root`` (``digits``)."""
-    path = Path(name_or_path)
-    if (path / "manifest.json").is_file():
+    """(name, location): an existing dataset (folder or URI), or a built-in downstream set made
+    on first use under ``data_root`` (``digits``)."""
+    if store.is_file(store.join(name_or_path, "manifest.json")):
         from pipeline.data import open_dataset
-        return open_dataset(path).name, str(path)
+        return open_dataset(name_or_path).name, store.resolve(name_or_path)
     built = builtin_dataset(name_or_path, data_root)
     if built is not None:
         return name_or_path, built
@@ -448,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         shots = [int(s) for s in args.fewshot.split(",") if s.strip()]
         l2s = [float(s) for s in args.l2.split(",") if s.strip()]
         lrs = tuple(float(s) for s in args.lrs.split(",")) if args.lrs else None
-        datasets = [resolve_dataset(d, str(Path(args.storage) / "data")) for d in args.dataset]
+        datasets = [resolve_dataset(d, store.join(args.storage, "data")) for d in args.dataset]
         load_checkpoint(args.checkpoint, args.timm)  # fail early on a bad checkpoint
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

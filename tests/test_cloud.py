@@ -1,0 +1,152 @@
+"""The cloud path on one machine, with real servers: SeaweedFS as the S3 object store, an MLflow
+tracking server whose artifacts go to that store, and the pipeline's own commands run as users run
+them (endpoint and keys only in the standard AWS variables)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import storage, tracking
+from pipeline.data import DataError, make_loader, open_dataset
+from pipeline.data.format import copy_dataset
+from pipeline.spec import load_study
+
+from ray_head import free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = load_study("scaling").expand("smoke")
+
+
+@pytest.fixture()
+def s3(object_store, monkeypatch):
+    """The store's variables in this process, and a fresh prefix of the bucket for this test."""
+    for name, value in object_store["env"].items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{object_store['bucket']}/{uuid.uuid4().hex[:10]}"
+
+
+def run(command: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def client_env(object_store, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_ADDRESS"))}
+    return {**env, **object_store["env"], "PYTHONPATH": str(ROOT), **extra}
+
+
+# ----------------------------------------------------------------------------- datasets in the store
+
+def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
+    from pipeline.data.synth import generate
+    from pipeline.data.verify import verify
+    kw = dict(images=300, classes=10, image_size=16, shards=3, seed=5, executor="inline", progress=False)
+    remote = generate(f"{s3}/synth", **kw)                 # written straight to the store
+    local = generate(tmp_path / "synth", **kw)
+    written = {storage.name(f.path): f.mtime_ns for f in storage.files_under(remote)}
+    assert remote == f"{s3}/synth" and len(written) == 4 and written["manifest.json"] == max(written.values())
+    ds, same = open_dataset(remote), open_dataset(local)
+    assert ds.manifest["splits"] == same.manifest["splits"]   # byte-identical shards (sha256 in the manifest)
+    assert ds.subset(0.1).keys() == same.subset(0.1).keys()
+    a = next(iter(make_loader(remote, batch_size=16, image_size=16, fraction=0.5, seed=1, num_workers=0)))
+    b = next(iter(make_loader(local, batch_size=16, image_size=16, fraction=0.5, seed=1, num_workers=0)))
+    assert a.keys == b.keys and np.array_equal(a.images.numpy(), b.images.numpy())
+    assert verify(remote, full=True, progress=False).ok
+
+    # Up and down again with `copy`: the copy opens and verifies, the manifest is the same.
+    copy_dataset(local, f"{s3}/copied", progress=False)
+    back = copy_dataset(f"{s3}/copied", tmp_path / "back", progress=False)
+    assert verify(f"{s3}/copied", progress=False).ok and open_dataset(back).manifest == same.manifest
+
+
+def test_a_failed_write_to_the_store_leaves_no_dataset(s3, tmp_path):
+    from PIL import Image
+    from pipeline.data.convert import ConversionError, convert
+    for c in ("cat", "dog"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "src" / c / f"{i}.png")
+    (tmp_path / "src" / "dog" / "9.png").write_bytes(b"not an image")
+    with pytest.raises(ConversionError, match="9.png"):
+        convert("imagefolder", tmp_path / "src", f"{s3}/broken", executor="inline", progress=False)
+    with pytest.raises(DataError, match="no manifest.json"):
+        open_dataset(f"{s3}/broken")
+    assert storage.listdir(f"{s3}/broken") == []           # no half-made shards either
+
+
+# ----------------------------------------------------------------------------- bad cloud input
+
+BAD_INPUTS = {
+    # case: (environment changes, --storage suffix or URI, --data, words the message must hold)
+    "missing bucket": ({}, "s3://no-such-bucket/vs", None, ["s3://no-such-bucket", "does not exist", "aws s3 mb"]),
+    "wrong credentials": ({"AWS_SECRET_ACCESS_KEY": "wrong"}, "{s3}/vs", None,
+                          ["{s3}/vs", "credentials", "AWS_SECRET_ACCESS_KEY"]),
+    "unreachable endpoint": ({"AWS_ENDPOINT_URL": "http://127.0.0.1:{port}"}, "{s3}/vs", None,
+                             ["{s3}/vs", "did not answer", "AWS_ENDPOINT_URL=http://127.0.0.1:{port}"]),
+    "data without a manifest": ({}, "{s3}/vs", "{s3}/nothing-here", ["--data {s3}/nothing-here", "no manifest.json",
+                                                                      "python -m pipeline.data"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_cloud_input_is_said_within_30_s_and_launches_nothing(case, object_store, s3, tmp_path):
+    changes, storage_uri, data, words = BAD_INPUTS[case]
+    port = free_port()
+    fill = lambda text: text.format(s3=s3, port=port)
+    env = client_env(object_store, **{k: fill(v) for k, v in changes.items()})
+    db = tmp_path / "mlflow.db"
+    command = [sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage", fill(storage_uri),
+               "--tracking-uri", f"sqlite:///{db}"] + (["--data", fill(data)] if data else [])
+    (tmp_path / "cwd").mkdir()
+    start = time.monotonic()
+    out = run(command, env, tmp_path / "cwd", timeout=60)
+    seconds = time.monotonic() - start
+    message = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and seconds < 30, (seconds, out.stdout[-2000:], out.stderr[-3000:])
+    for word in map(fill, words):
+        assert word in message, message
+    assert "Traceback" not in out.stderr and "Ray" not in out.stdout + out.stderr
+    assert not db.exists() and storage.listdir(s3) == [] and list((tmp_path / "cwd").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the study on the store
+
+def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(object_store, mlflow_http, s3, tmp_path):
+    """The acceptance command of the cloud path, from an empty working directory."""
+    env = client_env(object_store, MLFLOW_TRACKING_URI=mlflow_http)
+    cwd = tmp_path / "empty"
+    cwd.mkdir()
+    vs = f"{s3}/vs"
+    # The data as a user makes it: generated locally, then copied up.
+    made = run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "synth-jft-smoke"), "--images", "512",
+                "--val-images", "64", "--classes", "5", "--image-size", "16", "--seed", "0", "--executor", "inline"],
+               env, cwd, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    copied = run([sys.executable, "-m", "pipeline.data", "copy", str(tmp_path / "synth-jft-smoke"),
+                  f"{vs}/data/synth-jft-smoke"], env, cwd, timeout=120)
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    study = run([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke",
+                 "--data", f"{vs}/data/synth-jft-smoke", "--storage", vs], env, cwd, timeout=600)
+    assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
+
+    runs = [r for r in tracking.runs_of_study(mlflow_http, "scaling") if "nested_key" not in r.data.tags]
+    by_spec = {s.id: [r for r in runs if r.data.tags.get(tracking.RUN_SPEC_TAG) == s.id] for s in SMOKE}
+    assert all(len(found) == 1 and found[0].info.status == "FINISHED" for found in by_spec.values()), by_spec
+    for (found,) in by_spec.values():
+        assert found.data.tags["checkpoint_uri"].startswith(f"{vs}/pretrain-")
+        assert "finetune/digits/acc" in found.data.metrics and "fewshot/digits/5shot" in found.data.metrics
+    report = f"{vs}/reports/scaling-smoke/report.md"
+    assert storage.is_file(report) and "Study `scaling`" in storage.read_text(report)
+    study_run = tracking.find_study_run(mlflow_http, "scaling", "smoke")
+    logged = {a.path for a in tracking.client(mlflow_http).list_artifacts(study_run, "report")}
+    assert "report/report.md" in logged
+    assert storage.is_file(f"{vs}/data/digits/manifest.json")    # downstream sets made in the store
+    assert list(cwd.iterdir()) == []                                # nothing written where it ran
