@@ -223,7 +223,12 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
          f"({partial} to resume); at most {limit} at once, "
          f"{f'{gpus_per_run} GPU(s)' if gpus_per_run else 'one CPU worker'} per run; MLflow {uri}")
     progress = Progress(exaflops, done, emit)
-    chain = ray.remote(num_cpus=0, max_retries=0)(run_chain)
+    # Chains hold no CPU and live on the driver's node (the head on a cluster), with the Train
+    # controllers they start (Ray Train places those next to their caller): a preempted worker
+    # node ends only workers, whose runs resume from their last checkpoint on another node.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    chain = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(run_chain)
     pending: dict[Any, RunSpec] = {}
     queue, failures, results = list(todo), {}, {}
 

@@ -290,7 +290,11 @@ def train_loop(config: dict, session: RaySession | LocalSession) -> dict[str, An
     if recipe.compile:
         train_model = torch.compile(train_model)
 
-    logger = tracking.MetricLogger(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
+    logger = None
+    if rank == 0:
+        logged = -1 if resumed_from is None else tracking.last_step(config["tracking_uri"], config["mlflow_run_id"],
+                                                                     "pretrain/loss")
+        logger = tracking.MetricLogger(config["tracking_uri"], config["mlflow_run_id"], logged_through=logged)
     trace = Path(config["trace_keys_dir"]) / f"keys-rank{rank}.txt" if config.get("trace_keys_dir") else None
     if trace is not None:  # the keys of every step, per rank (to check exact resumption)
         trace.parent.mkdir(parents=True, exist_ok=True)

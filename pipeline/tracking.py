@@ -196,16 +196,25 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, 
     return [(m.step, m.value) for m in client(tracking_uri).get_metric_history(run_id, key)]
 
 
+def last_step(tracking_uri: str, run_id: str, key: str) -> int:
+    """The last step logged for ``key`` (-1 when none): a run resumed from an earlier checkpoint
+    repeats the steps after it exactly, and does not log them twice."""
+    return max((step for step, _ in metric_history(tracking_uri, run_id, key)), default=-1)
+
+
 class MetricLogger:
     """Buffers metrics and sends them with ``log_batch`` (about 30x faster than one call per
     value). ``flush`` is called at every log interval and at the end."""
 
-    def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 200):
+    def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 200, logged_through: int = -1):
         self.tracking_uri, self.run_id, self.flush_every = tracking_uri, run_id, flush_every
+        self.logged_through = logged_through  # steps up to here are in MLflow already: not logged again
         self._pending: list = []
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
+        if step <= self.logged_through:
+            return
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
         if len(self._pending) >= self.flush_every:

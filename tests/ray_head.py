@@ -64,9 +64,35 @@ def end_processes(session_id: int, marker: str, term_grace: float = 5.0) -> None
             pids = [pid for pid in pids if alive(pid)]
 
 
+def _start_node(command: list[str], env: dict, temp_dir: Path, cwd: Path | None) -> subprocess.Popen:
+    """`ray start --block` in its own session, logging to ``temp_dir/node.log``; returns once the
+    node is up."""
+    log_path = temp_dir / "node.log"
+    with open(log_path, "w") as log:
+        node = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while "Ray runtime started" not in log_path.read_text():
+        if node.poll() is not None or time.monotonic() > deadline:
+            stop_node(node, temp_dir)
+            raise AssertionError(f"ray start did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return node
+
+
+def stop_node(node: subprocess.Popen, temp_dir: Path, term_grace: float = 5.0) -> None:
+    """Every process of the node at once (`ray start --block` would stop them one by one on
+    SIGTERM, which took 30 s here); what ignores SIGTERM for ``term_grace`` s is killed (0: SIGKILL
+    at once, as a preempted machine)."""
+    end_processes(node.pid, str(temp_dir), term_grace=term_grace)
+    if node.poll() is None:
+        node.kill()
+    node.wait()
+
+
 @contextlib.contextmanager
 def ray_head(*, num_cpus: int, extra_args: tuple[str, ...] = (), extra_env: dict | None = None,
-             temp_dir: Path | None = None, gcs_port: int | None = None):
+             temp_dir: Path | None = None, gcs_port: int | None = None, cwd: Path | None = None):
     """Yields {"dashboard", "address", "token", "dir", "env"}; ``env`` is what a client (``ray job
     submit``) needs: the token and no inherited RAY_ADDRESS."""
     temp_dir = temp_dir or Path(tempfile.mkdtemp(prefix="vitc-", dir="/tmp"))  # short: socket paths
@@ -75,29 +101,37 @@ def ray_head(*, num_cpus: int, extra_args: tuple[str, ...] = (), extra_env: dict
     client_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     client_env.pop("RAY_ADDRESS", None)
     env = {**client_env, "RAY_USAGE_STATS_ENABLED": "0", **(extra_env or {})}
-    log_path = temp_dir / "head.log"
     command = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
         f"--port={gcs_port}", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir / 'ray'}",
         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", *extra_args,
     ]
-    with open(log_path, "w") as log:
-        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    head = _start_node(command, env, temp_dir, cwd)
     try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log_path.read_text():
-            assert head.poll() is None, f"ray start exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"head not up:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
         yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "address": f"127.0.0.1:{gcs_port}",
-               "token": token, "dir": temp_dir, "env": client_env}
+               "token": token, "dir": temp_dir, "env": client_env, "node_env": env}
     finally:
-        # Every process of the node at once (`ray start --block` would stop them one by one on
-        # SIGTERM, which took 30 s here); what ignores SIGTERM for 5 s is killed.
-        end_processes(head.pid, str(temp_dir))
-        if head.poll() is None:
-            head.kill()
-            head.wait()
+        stop_node(head, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_worker_node(head: dict, *, num_cpus: int, cwd: Path | None = None):
+    """A worker node joined to ``head`` (`ray start --address`), with its own temp dir and ports.
+    Yields {"process", "dir"}; ``stop_node(process, dir, term_grace=0)`` preempts it."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="vitw-", dir="/tmp"))
+    command = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--address={head['address']}",
+        f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir / 'ray'}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
+        "--disable-usage-stats",
+    ]
+    node = _start_node(command, head["node_env"], temp_dir, cwd)
+    try:
+        yield {"process": node, "dir": temp_dir}
+    finally:
+        stop_node(node, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

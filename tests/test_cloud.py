@@ -4,6 +4,7 @@ them (endpoint and keys only in the standard AWS variables)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -150,3 +151,64 @@ def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(obj
     assert "report/report.md" in logged
     assert storage.is_file(f"{vs}/data/digits/manifest.json")    # downstream sets made in the store
     assert list(cwd.iterdir()) == []                                # nothing written where it ran
+
+
+# ----------------------------------------------------------------------------- several Ray nodes, one preempted
+
+def preempt_study(path: Path, vit_steps: int) -> str:
+    """The smoke preset as its own study (its own MLflow experiment), with a longer ViT run so that
+    a node can be killed while it pretrains."""
+    import yaml
+    data = yaml.safe_load((ROOT / "studies" / "scaling.yaml").read_text())
+    smoke = data["presets"]["smoke"]
+    smoke["runs"][0]["steps"] = vit_steps
+    smoke["recipe"].update(checkpoint_every=50, log_every=25, val_every=500)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"name": "cloud-preempt", "title": data["title"], "presets": {"smoke": smoke}}))
+    return path.name
+
+
+def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http, s3, tmp_path):
+    from pipeline.data.synth import generate
+    from ray_head import ray_head, ray_worker_node, stop_node
+    vs = f"{s3}/vs"
+    synth = load_study("scaling").preset("smoke").dataset.synth
+    generate(f"{vs}/data/synth-jft-smoke", progress=False, executor="inline", **synth)
+    study_file = preempt_study(tmp_path / "job" / "preempt.yaml", vit_steps=1500)
+    study = load_study(str(tmp_path / "job" / study_file))
+    vit = study.expand("smoke")[0]
+    folders = {name: tmp_path / name for name in ("head", "worker-1", "worker-2")}
+    for folder in folders.values():
+        folder.mkdir()
+    node_env = {**object_store["env"], "PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                # a dead node is noticed within seconds (default: 5 missed checks 3 s apart)
+                "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+    with ray_head(num_cpus=0, extra_env=node_env, cwd=folders["head"]) as head:
+        env = {**head["env"], "PYTHONPATH": str(ROOT)}
+        with ray_worker_node(head, num_cpus=2, cwd=folders["worker-1"]) as first:
+            job = subprocess.Popen(
+                [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head["dashboard"],
+                 "--working-dir", str(tmp_path / "job"), "--", "python", "-m", "pipeline.study", study_file,
+                 "--preset", "smoke", "--data", f"{vs}/data/synth-jft-smoke", "--storage", vs,
+                 "--tracking-uri", mlflow_http],
+                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            deadline = time.monotonic() + 300
+            while not [n for n in storage.listdir(f"{vs}/pretrain-{vit.id}") if n.startswith("checkpoint_")]:
+                assert job.poll() is None, job.stdout.read()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint of the ViT run within 300 s"
+                time.sleep(0.5)
+            stop_node(first["process"], first["dir"], term_grace=0)   # preempted: every process SIGKILLed
+            killed_at = time.monotonic()
+        with ray_worker_node(head, num_cpus=2, cwd=folders["worker-2"]):
+            output, _ = job.communicate(timeout=600)
+    print(f"job ended {time.monotonic() - killed_at:.0f} s after the kill")
+    assert job.returncode == 0, output[-5000:]
+    resumed = re.findall(rf"\[pretrain {vit.id}\] resumed from the checkpoint at step (\d+)/1500", output)
+    assert resumed and int(resumed[0]) > 0, output[-5000:]
+    runs = [r for r in tracking.runs_of_study(mlflow_http, "cloud-preempt") if "nested_key" not in r.data.tags
+            and tracking.RUN_SPEC_TAG in r.data.tags]
+    assert sorted(r.data.tags[tracking.RUN_SPEC_TAG] for r in runs) == sorted(s.id for s in study.expand("smoke"))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    steps = [s for s, _ in tracking.metric_history(mlflow_http, [r for r in runs if r.data.tags[tracking.RUN_SPEC_TAG] == vit.id][0].info.run_id, "pretrain/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 1500       # nothing logged twice after the resume
+    assert all(list(folder.iterdir()) == [] for folder in folders.values())  # nodes share only the store
