@@ -291,9 +291,8 @@ def train_loop(config: dict, session: RaySession | LocalSession) -> dict[str, An
         train_model = torch.compile(train_model)
 
     logger = None
-    if rank == 0:
-        logged = -1 if resumed_from is None else tracking.last_step(config["tracking_uri"], config["mlflow_run_id"],
-                                                                     "pretrain/loss")
+    if rank == 0:  # steps an interrupted attempt logged are repeated exactly: not logged twice
+        logged = tracking.last_step(config["tracking_uri"], config["mlflow_run_id"], "pretrain/loss")
         logger = tracking.MetricLogger(config["tracking_uri"], config["mlflow_run_id"], logged_through=logged)
     trace = Path(config["trace_keys_dir"]) / f"keys-rank{rank}.txt" if config.get("trace_keys_dir") else None
     if trace is not None:  # the keys of every step, per rank (to check exact resumption)

@@ -174,7 +174,7 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
     vs = f"{s3}/vs"
     synth = load_study("scaling").preset("smoke").dataset.synth
     generate(f"{vs}/data/synth-jft-smoke", progress=False, executor="inline", **synth)
-    study_file = preempt_study(tmp_path / "job" / "preempt.yaml", vit_steps=1500)
+    study_file = preempt_study(tmp_path / "job" / "preempt.yaml", vit_steps=500)
     study = load_study(str(tmp_path / "job" / study_file))
     vit = study.expand("smoke")[0]
     folders = {name: tmp_path / name for name in ("head", "worker-1", "worker-2")}
@@ -193,7 +193,8 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
                  "--tracking-uri", mlflow_http],
                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             deadline = time.monotonic() + 300
-            while not [n for n in storage.listdir(f"{vs}/pretrain-{vit.id}") if n.startswith("checkpoint_")]:
+            # Two checkpoints in the store: the first is registered with Ray Train by now.
+            while len([n for n in storage.listdir(f"{vs}/pretrain-{vit.id}") if n.startswith("checkpoint_")]) < 2:
                 assert job.poll() is None, job.stdout.read()[-3000:]
                 assert time.monotonic() < deadline, "no checkpoint of the ViT run within 300 s"
                 time.sleep(0.5)
@@ -201,14 +202,13 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
             killed_at = time.monotonic()
         with ray_worker_node(head, num_cpus=2, cwd=folders["worker-2"]):
             output, _ = job.communicate(timeout=600)
-    print(f"job ended {time.monotonic() - killed_at:.0f} s after the kill")
     assert job.returncode == 0, output[-5000:]
-    resumed = re.findall(rf"\[pretrain {vit.id}\] resumed from the checkpoint at step (\d+)/1500", output)
+    resumed = re.findall(rf"\[pretrain {vit.id}\] resumed from the checkpoint at step (\d+)/500", output)
     assert resumed and int(resumed[0]) > 0, output[-5000:]
     runs = [r for r in tracking.runs_of_study(mlflow_http, "cloud-preempt") if "nested_key" not in r.data.tags
             and tracking.RUN_SPEC_TAG in r.data.tags]
     assert sorted(r.data.tags[tracking.RUN_SPEC_TAG] for r in runs) == sorted(s.id for s in study.expand("smoke"))
     assert all(r.info.status == "FINISHED" for r in runs)
     steps = [s for s, _ in tracking.metric_history(mlflow_http, [r for r in runs if r.data.tags[tracking.RUN_SPEC_TAG] == vit.id][0].info.run_id, "pretrain/loss")]
-    assert steps == sorted(set(steps)) and steps[-1] == 1500       # nothing logged twice after the resume
+    assert steps == sorted(set(steps)) and steps[-1] == 500       # nothing logged twice after the resume
     assert all(list(folder.iterdir()) == [] for folder in folders.values())  # nodes share only the store
