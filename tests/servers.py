@@ -166,3 +166,64 @@ def mlflow_server(workdir: Path, artifacts_destination: str, env: dict):
         yield url
     finally:
         stop(server, workdir)
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of a server that can fail on demand, as networks and load balancers
+    do: ``down()`` refuses connections until ``up()``; ``fail_next = n`` answers the next n requests
+    with 503 without forwarding them; ``lose_answer = "runs/create"`` forwards the next request
+    whose path holds that text and answers 503 anyway (the server acted, the client never heard)."""
+
+    def __init__(self, target: str):
+        self.target, self.port = target.rstrip("/"), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.fail_next, self.lose_answer, self.seen = 0, None, []
+        self._server = None
+
+    def up(self) -> "FaultyProxy":
+        import http.server
+        import threading
+        import requests
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.seen.append((self.command, self.path))
+                lose = proxy.lose_answer is not None and proxy.lose_answer in self.path
+                if proxy.fail_next > 0 or lose:
+                    if lose:
+                        proxy.lose_answer = None
+                        requests.request(self.command, proxy.target + self.path, data=body,
+                                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                    else:
+                        proxy.fail_next -= 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                answer = requests.request(self.command, proxy.target + self.path, data=body,
+                                          headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
+
+            def log_message(self, *args):
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -199,7 +199,6 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
                 assert time.monotonic() < deadline, "no checkpoint of the ViT run within 300 s"
                 time.sleep(0.5)
             stop_node(first["process"], first["dir"], term_grace=0)   # preempted: every process SIGKILLed
-            killed_at = time.monotonic()
         with ray_worker_node(head, num_cpus=2, cwd=folders["worker-2"]):
             output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-5000:]
@@ -212,3 +211,40 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
     steps = [s for s, _ in tracking.metric_history(mlflow_http, [r for r in runs if r.data.tags[tracking.RUN_SPEC_TAG] == vit.id][0].info.run_id, "pretrain/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 500       # nothing logged twice after the resume
     assert all(list(folder.iterdir()) == [] for folder in folders.values())  # nodes share only the store
+
+
+# ----------------------------------------------------------------------------- MLflow over HTTP, when the network fails
+
+def test_tracking_server_errors_are_retried_without_duplicates(mlflow_http):
+    import threading
+    from servers import FaultyProxy
+    proxy = FaultyProxy(mlflow_http).up()
+    try:
+        uri, study = proxy.url, f"faults-{uuid.uuid4().hex[:8]}"
+        proxy.fail_next = 2                                    # 5xx: retried
+        first = tracking.start_run(uri, study, "spec-a", tags={}, params={"p": 1})
+        proxy.lose_answer = "runs/create"                      # the server made a run, the client never heard
+        second = tracking.start_run(uri, study, "spec-b", tags={}, params={"p": 2})
+        assert tracking.start_run(uri, study, "spec-b", tags={}, params={"p": 2}) == second
+        runs = tracking.spec_runs(mlflow_http, study)
+        assert sorted(runs) == ["spec-a", "spec-b"] and runs["spec-a"].info.run_id == first
+        assert len(list(tracking.runs_of_study(mlflow_http, study))) == 2
+        calls = [path.split("?")[0].rsplit("/", 2)[-2:] for _, path in proxy.seen]
+        assert calls.count(["runs", "create"]) == 3 and calls.count(["runs", "delete"]) == 1  # the extra run went
+
+        logger = tracking.MetricLogger(uri, first)
+        for step in range(6):
+            if step == 3:                                      # the server restarts: refused for 3 s
+                proxy.down()
+                threading.Timer(3.0, proxy.up).start()
+            if step == 4:
+                proxy.lose_answer = "log-batch"                # logged, answer lost, sent again
+            logger.log_now(step, {"loss": 1.0 / (step + 1)})
+        assert tracking.metric_history(mlflow_http, first, "loss") == [(s, 1.0 / (s + 1)) for s in range(6)]
+        assert sum(path.split("?")[0].endswith("log-batch") for _, path in proxy.seen) >= 8  # retries went through
+    finally:
+        proxy.down()
+    start = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=f"{uri} does not answer"):
+        tracking.check_server(uri, wait_s=3)                   # down for good: said in seconds
+    assert time.monotonic() - start < 10
