@@ -19,6 +19,7 @@ import json
 import math
 import os
 import posixpath
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
@@ -176,6 +177,9 @@ class ShardInfo:
     sha256: str
 
 
+SHARD_FILES = 32
+
+
 class Dataset:
     """A dataset in a folder or under a URI: manifest, shards and their Parquet footers (read
     once, cached). Shards are read with ranged reads: footers, then only the row groups needed."""
@@ -193,7 +197,16 @@ class Dataset:
                             field="manifest") from e
         self._check_manifest()
         self._metadata: dict[str, pq.FileMetaData] = {}
+        self._sizes: dict[str, int] = {}
+        self._handles: dict[str, pa.NativeFile] = {}
+        self._lock = threading.Lock()
         self._excluded: dict[tuple[str, str], np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # open files stay in their process
+        return {**self.__dict__, "_handles": {}, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     # -- manifest ---------------------------------------------------------------------------
     def _check_manifest(self) -> None:
@@ -262,10 +275,14 @@ class Dataset:
     # -- shards -----------------------------------------------------------------------------
     def open_shard(self, shard: ShardInfo) -> pa.NativeFile:
         """A random-access file for ``pq.ParquetFile``. Kept as one method so that byte counters
-        (bench/) can be swapped in one place."""
+        (bench/, tests) can be swapped in one place."""
         return storage.open_input(self.shard_path(shard))
 
-    def parquet_file(self, shard: ShardInfo) -> pq.ParquetFile:
+    def _checked_size(self, shard: ShardInfo) -> int:
+        """The shard's size, checked against the manifest once per Dataset object (one request
+        to an object store); later opens of the shard reuse it."""
+        if shard.path in self._sizes:
+            return self._sizes[shard.path]
         try:
             found = storage.info(self.shard_path(shard))
         except OSError as e:
@@ -273,23 +290,44 @@ class Dataset:
         if found.type != storage.FileType.File:
             raise DataError("shard file is missing", dataset=self.root, shard=shard.path,
                             hint="re-create or re-download the dataset")
-        size = found.size
-        if shard.bytes >= 0 and size != shard.bytes:
-            raise DataError(f"file is {size} bytes, the manifest says {shard.bytes} "
-                            f"({'truncated' if size < shard.bytes else 'changed'})",
+        if shard.bytes >= 0 and found.size != shard.bytes:
+            raise DataError(f"file is {found.size} bytes, the manifest says {shard.bytes} "
+                            f"({'truncated' if found.size < shard.bytes else 'changed'})",
                             dataset=self.root, shard=shard.path,
                             hint="re-create the shard; `python -m pipeline.data verify` checks all shards")
-        handle = self.open_shard(shard)
+        self._sizes[shard.path] = found.size
+        return found.size
+
+    def _shard_file(self, shard: ShardInfo) -> pa.NativeFile:
+        """One open file per shard, shared by readers (ranged reads are thread-safe), for the
+        SHARD_FILES shards used last: an object store answers every open with a request. A file
+        dropped from the list closes when its last reader lets go of it."""
+        with self._lock:
+            handle = self._handles.pop(shard.path, None)
+        if handle is None or handle.closed:
+            handle = self.open_shard(shard)
+        with self._lock:
+            self._handles[shard.path] = handle
+            while len(self._handles) > SHARD_FILES:
+                self._handles.pop(next(iter(self._handles)))
+        return handle
+
+    def parquet_file(self, shard: ShardInfo) -> pq.ParquetFile:
+        """The shard as a ParquetFile; close it with ``close()`` (the shard's file stays open)."""
+        size = self._checked_size(shard)
+        handle = self._shard_file(shard)
         try:
             if shard.path not in self._metadata:
                 self._metadata[shard.path] = read_footer(handle, size)
-            pf = pq.ParquetFile(handle, metadata=self._metadata[shard.path])
+            # pre_buffer: the column chunks of a row group in one coalesced read (one request to a store)
+            pf = pq.ParquetFile(handle, metadata=self._metadata[shard.path], pre_buffer=True)
         except (pa.ArrowException, OSError) as e:
-            handle.close()
+            with self._lock:
+                self._handles.pop(shard.path, None)
             raise DataError(f"not a readable Parquet file: {e}", dataset=self.root,
                             shard=shard.path, hint="re-create the shard") from e
         if pf.schema_arrow.remove_metadata() != SHARD_SCHEMA:
-            pf.close(force=True)
+            pf.close()
             raise DataError(f"schema is {pf.schema_arrow} but must be {SHARD_SCHEMA}",
                             dataset=self.root, shard=shard.path, field="schema")
         return pf
@@ -440,7 +478,7 @@ def _prefix_rows(dataset: Dataset, shard: ShardInfo, threshold: float) -> int:
         prio = pf.read_row_group(full, columns=["priority"]).column("priority").to_numpy()
         return int(starts[full] + np.searchsorted(prio, threshold, side="left"))
     finally:
-        pf.close(force=True)
+        pf.close()
 
 
 def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
@@ -452,7 +490,7 @@ def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
     if meta is None:
         pf = dataset.parquet_file(shard)
         meta = pf.metadata
-        pf.close(force=True)
+        pf.close()
     starts, sizes, _ = _row_group_bounds(meta)
     excluded = dataset.excluded_rows(split, shard)
     for g, (gs, gn) in enumerate(zip(starts, sizes)):
@@ -515,7 +553,7 @@ def _usable_priorities(dataset: Dataset, shard: ShardInfo, excluded: np.ndarray,
         prio = pf.read_row_groups(list(range(g0, g1 + 1)), columns=["priority"])
         prio = prio.column("priority").to_numpy()[start - starts[g0]: stop - starts[g0]]
     finally:
-        pf.close(force=True)
+        pf.close()
     rows = np.arange(start, stop)
     return prio[~np.isin(rows, excluded)]
 
@@ -530,7 +568,7 @@ def iter_blocks(subset: Subset, blocks: Sequence[Block], columns: Sequence[str],
         for block in blocks:
             if open_shard is None or open_shard[0] != block.shard:
                 if open_shard is not None:
-                    open_shard[1].close(force=True)
+                    open_shard[1].close()
                 open_shard = (block.shard, ds.parquet_file(subset.shards[block.shard]))
             pf = open_shard[1]
             shard = subset.shards[block.shard]
@@ -551,7 +589,7 @@ def iter_blocks(subset: Subset, blocks: Sequence[Block], columns: Sequence[str],
             yield block, table
     finally:
         if open_shard is not None:
-            open_shard[1].close(force=True)
+            open_shard[1].close()
 
 
 def labels_in_range(labels: pa.ListArray, num_classes: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
@@ -132,26 +133,44 @@ class _RankStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         label_format = spec.label_format or ("multi_hot" if ds.multi_label else "index")
-        cached: tuple[int, pa.Table] | None = None
-        for b in range(self.start_step + worker, plan.num_batches, workers):
-            w = (b * spec.batch_size) // plan.window_rows
-            if cached is None or cached[0] != w:
-                cached = (w, _read_window(subset, spec, plan, w))
-            first = b * spec.batch_size - w * plan.window_rows
-            rows = cached[1].slice(first, spec.batch_size)
-            rng = np.random.default_rng([spec.seed, spec.epoch, spec.world_size, spec.rank, b])
-            yield _decode_batch(rows, ds, subset, spec, label_format, rng)
+        # Read-ahead: the next window is read in a thread while this one is decoded, so the
+        # round trips of an object store (one ranged GET per row group) overlap decoding.
+        last_window = (plan.num_rows - 1) // plan.window_rows
+        # Blocks of a window are read READ_THREADS at a time: latency, not bandwidth, bounds one
+        # ranged GET of a row group.
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader, \
+                ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-block") as blocks:
+            reads: dict[int, object] = {}
+            cached: tuple[int, pa.Table] | None = None
+            for b in range(self.start_step + worker, plan.num_batches, workers):
+                w = (b * spec.batch_size) // plan.window_rows
+                if cached is None or cached[0] != w:
+                    pending = reads.pop(w, None) or reader.submit(_read_window, subset, spec, plan, w, blocks)
+                    reads.clear()  # a read-ahead this worker skipped past (it takes every n-th batch)
+                    if w < last_window:
+                        reads[w + 1] = reader.submit(_read_window, subset, spec, plan, w + 1, blocks)
+                    cached = (w, pending.result())
+                first = b * spec.batch_size - w * plan.window_rows
+                rows = cached[1].slice(first, spec.batch_size)
+                rng = np.random.default_rng([spec.seed, spec.epoch, spec.world_size, spec.rank, b])
+                yield _decode_batch(rows, ds, subset, spec, label_format, rng)
 
 
-def _read_window(subset: Subset, spec: LoaderSpec, plan: RankPlan, w: int) -> pa.Table:
-    """Rows [w * window, (w + 1) * window) of the rank's sequence, shuffled (train)."""
+READ_THREADS = 4
+
+
+def _read_window(subset: Subset, spec: LoaderSpec, plan: RankPlan, w: int,
+                 pool: ThreadPoolExecutor | None = None) -> pa.Table:
+    """Rows [w * window, (w + 1) * window) of the rank's sequence, shuffled (train); its blocks
+    read on ``pool`` when given."""
     start = w * plan.window_rows
     stop = min(start + plan.window_rows, plan.num_rows)
     g0, g1 = plan.lo + start, plan.lo + stop               # positions in the permuted sequence
     i0 = int(np.searchsorted(plan.block_ends, g0, side="right"))
     i1 = int(np.searchsorted(plan.block_ends, g1 - 1, side="right"))
     blocks = [subset.blocks[j] for j in plan.block_order[i0:i1 + 1]]
-    pieces = list(_read_blocks(subset, blocks, spec.on_bad_row))
+    read = lambda block: _read_block(subset, block, spec.on_bad_row)  # noqa: E731
+    pieces = list(pool.map(read, blocks)) if pool is not None else [read(block) for block in blocks]
     table = pa.concat_tables(pieces) if pieces else pa.table({})
     block_start = int(plan.block_ends[i0] - subset.blocks[plan.block_order[i0]].num_rows)
     table = table.slice(g0 - block_start, g1 - g0)
@@ -168,28 +187,26 @@ _WINDOW_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("image", pa.b
                             pa.field("_shard", pa.int32()), pa.field("_error", pa.string())])
 
 
-def _read_blocks(subset: Subset, blocks, on_bad_row: str) -> Iterator[pa.Table]:
-    """Tables of the blocks' rows; an unreadable block becomes rows marked with ``_error`` in skip
+def _read_block(subset: Subset, block, on_bad_row: str) -> pa.Table:
+    """A table of the block's rows; an unreadable block becomes rows marked with ``_error`` in skip
     mode, so positions (and so everyone else's batches) stay where they were."""
-    for block in blocks:
-        try:
-            ((_, table),) = list(iter_blocks(subset, [block], _COLUMNS))
-            table = table.append_column("_error", pa.nulls(table.num_rows, pa.string()))
-            table = table.append_column("_shard", pa.array(np.full(table.num_rows, block.shard,
-                                                                    np.int32)))
-        except DataError as e:
-            if on_bad_row != "skip":
-                raise
-            shard = subset.shards[block.shard]
-            rows = np.arange(block.start, block.stop)
-            rows = rows[~np.isin(rows, subset.dataset.excluded_rows(subset.split, shard))]
-            table = pa.table({"key": pa.nulls(len(rows), pa.string()),
-                              "image": pa.nulls(len(rows), pa.binary()),
-                              "labels": pa.nulls(len(rows), pa.list_(pa.int32())),
-                              "_row": pa.array(rows, pa.int64()),
-                              "_shard": pa.array(np.full(len(rows), block.shard, np.int32)),
-                              "_error": pa.array([e.problem] * len(rows), pa.string())})
-        yield table.select(_WINDOW_SCHEMA.names).cast(_WINDOW_SCHEMA)
+    try:
+        ((_, table),) = list(iter_blocks(subset, [block], _COLUMNS))
+        table = table.append_column("_error", pa.nulls(table.num_rows, pa.string()))
+        table = table.append_column("_shard", pa.array(np.full(table.num_rows, block.shard, np.int32)))
+    except DataError as e:
+        if on_bad_row != "skip":
+            raise
+        shard = subset.shards[block.shard]
+        rows = np.arange(block.start, block.stop)
+        rows = rows[~np.isin(rows, subset.dataset.excluded_rows(subset.split, shard))]
+        table = pa.table({"key": pa.nulls(len(rows), pa.string()),
+                          "image": pa.nulls(len(rows), pa.binary()),
+                          "labels": pa.nulls(len(rows), pa.list_(pa.int32())),
+                          "_row": pa.array(rows, pa.int64()),
+                          "_shard": pa.array(np.full(len(rows), block.shard, np.int32)),
+                          "_error": pa.array([e.problem] * len(rows), pa.string())})
+    return table.select(_WINDOW_SCHEMA.names).cast(_WINDOW_SCHEMA)
 
 
 def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,

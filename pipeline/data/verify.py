@@ -82,7 +82,7 @@ def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bo
             table = pf.read(columns=["key", "labels", "priority"])
         except (pa.ArrowException, OSError) as e:
             problems.append(Problem(shard.path, None, None, f"cannot read the shard: {e}"))
-            pf.close(force=True)
+            pf.close()
             continue
         if table.num_rows != shard.num_rows:
             problems.append(Problem(shard.path, None, "num_rows",
@@ -92,7 +92,7 @@ def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bo
         n = table.num_rows
         picks = np.arange(n) if full else np.unique(np.linspace(0, n - 1, min(sample, n)).astype(int))
         decoded += _check_images(pf, shard.path, picks, problems)
-        pf.close(force=True)
+        pf.close()
     unreadable = {p.shard for p in problems if p.row is None}
     for split in ds.splits:
         declared = ds.manifest["splits"][split].get("num_rows")
@@ -180,7 +180,7 @@ def _check_exclusions(ds: Dataset) -> list[Problem]:
                 try:
                     pf = ds.parquet_file(s)
                     keys[s.path] = pf.read(columns=["key"]).column("key").to_pylist()
-                    pf.close(force=True)
+                    pf.close()
                 except (DataError, pa.ArrowException, OSError):
                     keys[s.path] = []  # the shard's own problem is reported already
             if keys[s.path] and keys[s.path][e["row"]] != e.get("key"):
