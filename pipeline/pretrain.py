@@ -539,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", default="adhoc", help="MLflow experiment")
     parser.add_argument("--storage", default="runs", help="checkpoints, Ray Train folders and the default MLflow DB")
-    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
     args = parser.parse_args(argv)
     try:
         model = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
@@ -551,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.data import open_dataset
         spec = RunSpec(study=args.study, model=model, dataset=open_dataset(args.data).name, subset=args.subset,
                        epochs=args.epochs, steps=args.steps, recipe=recipe, seed=args.seed)
+        uri = args.tracking_uri or tracking.default_tracking_uri(args.storage)
     except Exception as err:  # validation errors say which field and why
         parser.error(str(err))
-    summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=args.tracking_uri, workers=args.workers,
+    summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri, workers=args.workers,
                        use_gpu=args.gpu)
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="inception crop's smallest area (default 0.05; 1.0 = flip only, for tiny images)")
     parser.add_argument("--timm", default=None, metavar="NAME", help="the checkpoint is a timm state dict of this model")
     parser.add_argument("--storage", default="runs")
-    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
     parser.add_argument("--mlflow-run-id", default=None, help="pretraining run to attach results to")
     parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args(argv)
@@ -423,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         lrs = tuple(float(s) for s in args.lrs.split(",")) if args.lrs else None
         datasets = [resolve_dataset(d, store.join(args.storage, "data")) for d in args.dataset]
         load_checkpoint(args.checkpoint, args.timm)  # fail early on a bad checkpoint
-    except (ValueError, FileNotFoundError) as err:
+        uri = args.tracking_uri or (tracking.default_tracking_uri(args.storage) if args.mlflow_run_id else None)
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, an unusable storage location
         parser.error(str(err))
-    uri = args.tracking_uri or (tracking.default_tracking_uri(args.storage) if args.mlflow_run_id else None)
     overrides = dict(lrs=lrs, steps=args.steps, batch_size=args.batch_size, resolution=args.resolution,
                      dev_fraction=args.dev_fraction, min_crop_area=args.min_crop_area)
     metrics = evaluate(args.checkpoint, fewshot_on=datasets if shots else [],

@@ -61,6 +61,9 @@ def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
     b = next(iter(make_loader(local, batch_size=16, image_size=16, fraction=0.5, seed=1, num_workers=0)))
     assert a.keys == b.keys and np.array_equal(a.images.numpy(), b.images.numpy())
     assert verify(remote, full=True, progress=False).ok
+    from pipeline.data.dedup import dedup
+    found = dedup(remote, [f"{s3}/synth:train"], executor="inline", dry_run=True, progress=False)
+    assert found["duplicates_found"] == 300                  # every image is its own copy
 
     # Up and down again with `copy`: the copy opens and verifies, the manifest is the same.
     copy_dataset(local, f"{s3}/copied", progress=False)
@@ -169,11 +172,8 @@ def preempt_study(path: Path, vit_steps: int) -> str:
 
 
 def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http, s3, tmp_path):
-    from pipeline.data.synth import generate
     from ray_head import ray_head, ray_worker_node, stop_node
     vs = f"{s3}/vs"
-    synth = load_study("scaling").preset("smoke").dataset.synth
-    generate(f"{vs}/data/synth-jft-smoke", progress=False, executor="inline", **synth)
     study_file = preempt_study(tmp_path / "job" / "preempt.yaml", vit_steps=500)
     study = load_study(str(tmp_path / "job" / study_file))
     vit = study.expand("smoke")[0]
@@ -189,8 +189,7 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
             job = subprocess.Popen(
                 [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head["dashboard"],
                  "--working-dir", str(tmp_path / "job"), "--", "python", "-m", "pipeline.study", study_file,
-                 "--preset", "smoke", "--data", f"{vs}/data/synth-jft-smoke", "--storage", vs,
-                 "--tracking-uri", mlflow_http],
+                 "--preset", "smoke", "--storage", vs, "--tracking-uri", mlflow_http],   # data made in the store
                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             deadline = time.monotonic() + 300
             # Two checkpoints in the store: the first is registered with Ray Train by now.
@@ -211,6 +210,7 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
     steps = [s for s, _ in tracking.metric_history(mlflow_http, [r for r in runs if r.data.tags[tracking.RUN_SPEC_TAG] == vit.id][0].info.run_id, "pretrain/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 500       # nothing logged twice after the resume
     assert all(list(folder.iterdir()) == [] for folder in folders.values())  # nodes share only the store
+    assert storage.is_file(f"{vs}/data/synth-jft-smoke/manifest.json")       # the preset's data, made on first use
 
 
 # ----------------------------------------------------------------------------- MLflow over HTTP, when the network fails

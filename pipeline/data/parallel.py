@@ -23,7 +23,9 @@ def ray_is_up() -> bool:
     if ray.is_initialized():
         return True
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        # Workers' output reaches this process: a study that makes its data here first (this
+        # initializes Ray for the whole driver) must still show its runs' lines.
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return True
     return False
 
