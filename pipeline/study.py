@@ -128,14 +128,25 @@ def main(argv: list[str] | None = None) -> int:
         storage = orchestrate.resolve_storage(args.storage)
         uri = args.tracking_uri or tracking.default_tracking_uri(storage)
         orchestrate.check_services(storage, uri)
+    except (orchestrate.StudyError, tracking.TrackingError) as err:
+        parser.error(str(err))
+    try:
         if args.report:
             orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri)
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run)
-    except (orchestrate.StudyError, tracking.TrackingError) as err:
+    except orchestrate.StudyError as err:
         parser.error(str(err))
+    except Exception as err:
+        problem = tracking.server_problem(uri) if tracking.is_server(uri) else None
+        if problem:  # the server went away mid-study
+            print(f"error: the MLflow server {uri} stopped answering ({problem}; the study stopped on "
+                  f"{type(err).__name__}); what finished is kept: start the server again and run the same "
+                  "command to resume", file=sys.stderr)
+            return 1
+        raise
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 1 if summary["failed"] or "report_error" in summary else 0

@@ -54,20 +54,25 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def server_problem(tracking_uri: str) -> str | None:
+    """None when the tracking server answers its health check, else what went wrong."""
+    import requests
+    try:
+        answer = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3)
+        return None if answer.ok else f"HTTP {answer.status_code}"
+    except requests.RequestException as err:
+        return type(err).__name__
+
+
 def check_server(tracking_uri: str, wait_s: float = 10.0) -> None:
     """Fail fast, before anything is launched, when a tracking server does not answer."""
     if not is_server(tracking_uri):
         return
-    import requests
-    deadline, problem = time.monotonic() + wait_s, ""
+    deadline = time.monotonic() + wait_s
     while True:
-        try:
-            answer = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=3)
-            if answer.ok:
-                return
-            problem = f"HTTP {answer.status_code}"
-        except requests.RequestException as err:
-            problem = type(err).__name__
+        problem = server_problem(tracking_uri)
+        if problem is None:
+            return
         if time.monotonic() > deadline:
             raise TrackingError(f"the MLflow server {tracking_uri} does not answer ({problem} from /health, for "
                                 f"{wait_s:.0f} s): start it (`mlflow server --host ... --port ...`) or fix --tracking-uri / "

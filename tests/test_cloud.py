@@ -158,16 +158,16 @@ def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(obj
 
 # ----------------------------------------------------------------------------- several Ray nodes, one preempted
 
-def preempt_study(path: Path, vit_steps: int) -> str:
+def preempt_study(path: Path, vit_steps: int, name: str = "cloud-preempt") -> str:
     """The smoke preset as its own study (its own MLflow experiment), with a longer ViT run so that
-    a node can be killed while it pretrains."""
+    a node or a server can be killed while it pretrains."""
     import yaml
     data = yaml.safe_load((ROOT / "studies" / "scaling.yaml").read_text())
     smoke = data["presets"]["smoke"]
     smoke["runs"][0]["steps"] = vit_steps
     smoke["recipe"].update(checkpoint_every=50, log_every=25, val_every=500)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"name": "cloud-preempt", "title": data["title"], "presets": {"smoke": smoke}}))
+    path.write_text(yaml.safe_dump({"name": name, "title": data["title"], "presets": {"smoke": smoke}}))
     return path.name
 
 
@@ -248,3 +248,36 @@ def test_tracking_server_errors_are_retried_without_duplicates(mlflow_http):
     with pytest.raises(tracking.TrackingError, match=f"{uri} does not answer"):
         tracking.check_server(uri, wait_s=3)                   # down for good: said in seconds
     assert time.monotonic() - start < 10
+
+
+def test_a_tracking_server_that_stays_down_stops_the_study_clearly_and_the_same_command_resumes(
+        object_store, mlflow_http, s3, tmp_path):
+    from servers import FaultyProxy
+    study_file = tmp_path / preempt_study(tmp_path / "outage.yaml", vit_steps=300, name="cloud-outage")
+    study = load_study(str(study_file))
+    proxy = FaultyProxy(mlflow_http).up()
+    # Few retries, so that the outage is given up on in seconds (the defaults ride out ~30 s).
+    env = client_env(object_store, MLFLOW_TRACKING_URI=proxy.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
+    command = [sys.executable, "-m", "pipeline.study", str(study_file), "--preset", "smoke", "--storage", f"{s3}/vs"]
+    try:
+        first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        deadline = time.monotonic() + 300
+        while not any("pretrain/loss" in r.data.metrics for r in tracking.runs_of_study(mlflow_http, "cloud-outage")):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.5)
+        proxy.down()                                           # for good
+        start = time.monotonic()
+        _, err = first.communicate(timeout=300)
+        print(f"study stopped {time.monotonic() - start:.0f} s after the server went down")
+        assert first.returncode == 1, err[-3000:]
+        assert f"error: the MLflow server {proxy.url} stopped answering" in err, err[-3000:]  # (Ray may print after it)
+        proxy.up()
+        again = run(command, env, tmp_path, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    finally:
+        proxy.down()
+    runs = [r for r in tracking.runs_of_study(mlflow_http, "cloud-outage") if tracking.RUN_SPEC_TAG in r.data.tags
+            and "nested_key" not in r.data.tags]
+    assert sorted(r.data.tags[tracking.RUN_SPEC_TAG] for r in runs) == sorted(s.id for s in study.expand("smoke"))
+    assert all(r.info.status == "FINISHED" for r in runs)
