@@ -2,7 +2,7 @@
 report, as in Sections 4.3-4.4 of the ViT paper.
 
 - **Table** (``run_table``): one row per RunSpec of the preset, never fewer. Compute comes from the
-  plan (``pipeline.study.plan``: fvcore MACs x images seen); status, tags and the latest value of
+  plan (``pipeline.planning.plan``: fvcore MACs x images seen); status, tags and the latest value of
   every transfer metric from one MLflow search. Status: ``done`` (MLflow FINISHED: pretrained and
   transferred), ``partial`` (running or interrupted), ``failed`` (MLflow FAILED), ``new`` (no run).
 - **Points.** A run is a point of a figure or fit when its pretraining finished (tag
@@ -79,7 +79,7 @@ def _run_columns(run) -> dict[str, Any]:
 def run_table(study: Study, preset: str, *, tracking_uri: str | None) -> pd.DataFrame:
     """One row per RunSpec of the preset, in plan order: the plan's columns, the MLflow status and
     tags, and the latest value of every transfer metric (NaN where missing)."""
-    from pipeline.study import plan   # pipeline.study imports this module for --report
+    from pipeline.planning import plan
     planned = plan(study, preset, tracking_uri=None)["runs"]
     runs = tracking.spec_runs(tracking_uri, study.name) if tracking_uri else {}
     table = pd.DataFrame([{**{k: r[k] for k in PLAN_COLUMNS},

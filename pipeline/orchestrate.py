@@ -190,7 +190,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
     listed there, in the report and on their MLflow runs."""
     import ray
-    from pipeline.study import plan as study_plan
+    from pipeline.planning import plan as study_plan
     emit = emit or (lambda text: print(text, flush=True))
     p = study.preset(preset)
     if max_concurrent is not None and max_concurrent < 1:
