@@ -68,8 +68,8 @@ def _kept(metric: str) -> bool:
 
 def _run_columns(run) -> dict[str, Any]:
     if run is None:
-        return {"status": "new"}
-    status = {"FINISHED": "done", "FAILED": "failed"}.get(run.info.status, "partial")
+        return {"status": tracking.run_status(None)}
+    status = tracking.run_status(run)
     tags = run.data.tags
     return {"status": status, "pretrain_status": tags.get("pretrain_status"), "mlflow_run_id": run.info.run_id,
             "checkpoint_uri": tags.get("checkpoint_uri"),
@@ -494,7 +494,7 @@ def write_table_report(table: pd.DataFrame, out_dir: Path, *, title: str, expect
     table.to_csv(paths["runs.csv"], index=False)
     counts = table["status"].value_counts()
     lines = [f"# {title}", "",
-             f"{len(table)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "partial", "failed", "new")
+             f"{len(table)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in tracking.STATUSES
                                                 + (("unknown",) if "unknown" in counts else ())) + ".", "",
              "Method and limits: `docs/analysis.md` of the vit-scaling repository.", ""]
     metrics = transfer_metrics(table, shot)

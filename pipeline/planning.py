@@ -44,7 +44,7 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
     known = [r for r in runs if r["exaflops"] is not None]
     totals = {"runs": len(runs), "exaflops": sum(r["exaflops"] for r in known),
               "gpu_hours": sum(r["gpu_hours"] for r in known),
-              **{s: sum(r["status"] == s for r in runs) for s in ("done", "partial", "new")}}
+              **{s: sum(r["status"] == s for r in runs) for s in tracking.STATUSES}}
     return {"study": study.name, "preset": preset, "dataset": p.dataset.name, "mfu": mfu,
             "gpu_peak_tflops": peak_tflops, "runs": runs, "totals": totals}
 
@@ -62,6 +62,6 @@ def format_plan(result: dict[str, Any]) -> str:
     return "\n".join([
         f"study {result['study']} / preset {result['preset']} on {result['dataset']}",
         line(head), line(["-" * w for w in widths]), *map(line, rows), "",
-        f"{t['runs']} runs: {t['done']} done, {t['partial']} partial, {t['new']} new; "
+        f"{t['runs']} runs: " + ", ".join(f"{t[s]} {s}" for s in tracking.STATUSES) + "; "
         f"{fmt_n(t['exaflops'], ',.1f')} exaFLOPs = {fmt_n(t['gpu_hours'], ',.0f')} GPU-hours at {result['mfu']:.0%} MFU of "
         f"{result['gpu_peak_tflops']:g} TFLOP/s"])

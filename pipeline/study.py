@@ -7,7 +7,7 @@ writes the report (``pipeline.analysis``); ``--report`` writes only that.
 
 ``--plan`` launches nothing. It prints every run of the study: id, model, family, subset and its
 image count, epochs, params, pretraining exaFLOPs (``pipeline.compute``), the GPU-hours those
-need at a stated MFU and GPU peak, and each run's status in MLflow (done / partial / new).
+need at a stated MFU and GPU peak, and each run's status in MLflow (done / partial / failed / new).
 ``--list`` shows the studies and their presets.
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """MLflow, and only here: one experiment per study, one run per RunSpec (found again by its id),
 flat identically-named params, namespaced metrics logged in batches.
 
-Run status as the study sees it: ``done`` (FINISHED), ``partial`` (exists, not finished: running,
-killed or failed; it resumes from its checkpoint) or ``new``.
+Run status as the study sees it, one vocabulary for the plan, the orchestrator and the report
+(:data:`STATUSES`): ``done`` (FINISHED), ``partial`` (exists, not finished: running or killed),
+``failed`` (FAILED) or ``new`` (no run). Partial and failed runs resume from their checkpoint.
 """
 from __future__ import annotations
 
@@ -107,10 +108,14 @@ def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = Non
         return exp.experiment_id
 
 
+STATUSES = ("done", "partial", "failed", "new")
+
+
 def run_status(run) -> str:
+    """A RunSpec's MLflow run (or None) in the study's words, :data:`STATUSES`."""
     if run is None:
         return "new"
-    return "done" if run.info.status == "FINISHED" else "partial"
+    return {"FINISHED": "done", "FAILED": "failed"}.get(run.info.status, "partial")
 
 
 def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags: Mapping[str, str],

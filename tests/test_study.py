@@ -54,6 +54,10 @@ def test_plan_reads_status_from_mlflow(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert [r["status"] for r in plan["runs"]] == ["done", "partial"]
     assert plan["totals"]["done"] == 1 and plan["totals"]["partial"] == 1
+    # A FAILED run reads "failed" in the plan, as in the report (one vocabulary).
+    tracking.finish_run(uri, tracking.start_run(uri, "scaling", runs[1].id, tags={}, params={}), "FAILED")
+    assert study_cli.main(["scaling", "--preset", "smoke", "--plan", "--storage", str(tmp_path)]) == 0
+    assert "2 runs: 1 done, 0 partial, 1 failed, 0 new" in capsys.readouterr().out
 
 
 BAD_STUDIES = [
