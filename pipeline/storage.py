@@ -335,7 +335,7 @@ def _hint(location: str, error: Exception) -> str:
     """What to check, from the store's answer (pyarrow reports the AWS error names in its text)."""
     text = str(error)
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    if "NETWORK_CONNECTION" in text or "Couldn't connect" in text or "connect" in text.lower() and "timed out" in text:
+    if "NETWORK_CONNECTION" in text or "Couldn't connect" in text or ("connect" in text.lower() and "timed out" in text):
         where = f"AWS_ENDPOINT_URL={endpoint}" if endpoint else "the default AWS endpoint"
         return (f"the object store did not answer ({where}): check the endpoint variable AWS_ENDPOINT_URL "
                 "and that the store is running and reachable from this machine")

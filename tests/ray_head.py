@@ -129,7 +129,12 @@ def ray_worker_node(head: dict, *, num_cpus: int, cwd: Path | None = None):
         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
         "--disable-usage-stats",
     ]
-    node = _start_node(command, head["node_env"], temp_dir, cwd)
+    try:
+        node = _start_node(command, head["node_env"], temp_dir, cwd)
+    except AssertionError as err:  # say what the head's GCS was doing (a join failed once in ~8 runs)
+        gcs = sorted((head["dir"] / "ray").glob("session_*/logs/gcs_server.out"))
+        tail = gcs[-1].read_text(errors="replace")[-2000:] if gcs else "(no gcs_server.out)"
+        raise AssertionError(f"{err}\nhead's GCS log, last lines:\n{tail}") from None
     try:
         yield {"process": node, "dir": temp_dir}
     finally:
