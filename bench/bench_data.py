@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.data import make_loader  # noqa: E402
 from pipeline.data.format import Dataset  # noqa: E402
 from pipeline.data.images import decode_rgb, eval_transform, train_transform  # noqa: E402
-from pipeline.data.synth import generate  # noqa: E402
+from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 
 
 def timed(fn):
@@ -111,10 +111,11 @@ def main() -> None:
         rows.append((f"loader train, {size}-px, {cores} worker processes, uint8 out",
                      loader_rate(path, size, train=True, workers=cores, image_dtype="uint8")))
 
-    task = generate(work / "task", task="novel", images=10, test_images=500, classes=10,
-                    class_offset=100, image_size=64, executor="inline", progress=False)
-    pre = generate(work / "pre64", images=args.images_32 // 2, classes=100, image_size=64,
-                   shards=2 * cores, executor="processes", progress=False)
+    task = generate(work / "task", SynthSpec(task="novel", images=10, test_images=500, classes=10,
+                                             class_offset=100, image_size=64), executor="inline",
+                    progress=False)
+    pre = generate(work / "pre64", SynthSpec(images=args.images_32 // 2, classes=100, image_size=64,
+                                             shards=2 * cores), executor="processes", progress=False)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline.data", "dedup", str(pre), "--against",
                     str(task), "--dry-run", "--executor", "processes"], check=True,

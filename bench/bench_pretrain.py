@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from models import build_model  # noqa: E402
 from pipeline import tracking  # noqa: E402
 from pipeline.data import make_loader  # noqa: E402
-from pipeline.data.synth import generate  # noqa: E402
+from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain import lr_factor, param_groups, pretrain, sigmoid_xent  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
 
@@ -65,8 +65,8 @@ def main() -> None:
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = str(generate(Path(tmp) / "synth", images=args.images, classes=10, image_size=32, seed=0,
-                            executor="inline", progress=False))
+        data = str(generate(Path(tmp) / "synth", SynthSpec(images=args.images, classes=10, image_size=32,
+                                                           seed=0), executor="inline", progress=False))
         recipe = Recipe(batch_size=args.batch_size, base_lr=1e-3, warmup_steps=20, image_size=32, min_crop_area=1.0,
                         checkpoint_every=args.steps, log_every=max(1, args.steps // 4), val_every=10**9)
         spec = RunSpec(study="bench", model=MICRO_VIT, dataset="synth", steps=args.steps, recipe=recipe)

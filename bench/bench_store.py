@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/servers.py starts the r
 
 from pipeline.data import make_loader  # noqa: E402
 from pipeline.data.format import Dataset, copy_dataset, iter_blocks  # noqa: E402
-from pipeline.data.synth import generate  # noqa: E402
+from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 
 
 class CountingFile:
@@ -96,8 +96,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from servers import make_bucket, seaweedfs
     work = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    local = generate(work / "synth", images=args.images, classes=100, image_size=args.image_size,
-                     shards=args.shards, seed=0, progress=False)
+    local = generate(work / "synth", SynthSpec(images=args.images, classes=100, image_size=args.image_size,
+                                               shards=args.shards, seed=0), progress=False)
     with seaweedfs(work / "store") as store:
         os.environ.update(store["env"])
         make_bucket(store["env"], "bench")

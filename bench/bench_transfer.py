@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from pipeline import fewshot, transfer  # noqa: E402
 from pipeline.data.convert import convert_digits  # noqa: E402
-from pipeline.data.synth import generate  # noqa: E402
+from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain import pretrain  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
 
@@ -45,7 +45,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = generate(tmp / "synth", images=1000, classes=10, image_size=32, executor="inline", progress=False)
+        data = generate(tmp / "synth", SynthSpec(images=1000, classes=10, image_size=32), executor="inline",
+                        progress=False)
         spec = RunSpec(study="bench", model=MICRO_VIT, dataset="synth", steps=50,
                        recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=5, image_size=32, min_crop_area=1.0,
                                      checkpoint_every=50, val_every=10**9, log_every=50))

@@ -107,11 +107,12 @@ def time_model(name: str, *, batch: int, image_size: int, device: torch.device, 
 
 def time_loader(image_size: int, images: int, workers: list[int], dtype: str) -> list[dict]:
     from pipeline.data import make_loader
-    from pipeline.data.synth import generate
+    from pipeline.data.synth import SynthSpec, generate
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate(Path(tmp) / "synth", images=images, classes=100, image_size=image_size, shards=16,
-                        seed=0, executor="processes", progress=False)
+        data = generate(Path(tmp) / "synth", SynthSpec(images=images, classes=100, image_size=image_size,
+                                                       shards=16, seed=0), executor="processes",
+                        progress=False)
         for n in workers:
             loader = make_loader(data, batch_size=min(256, images // 8), image_size=224, train=True, num_workers=n,
                                  image_dtype=dtype, min_crop_area=0.05)

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from models import build_model  # noqa: E402
 from pipeline.data.convert import convert_digits  # noqa: E402
-from pipeline.data.synth import generate  # noqa: E402
+from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain import pretrain  # noqa: E402
 import test_transfer_pretrained as t  # noqa: E402
 
@@ -38,8 +38,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="spread-"))
-    data = generate(tmp / "glyphs", style="glyphs", images=t.IMAGES, classes=t.CLASSES, max_objects=1,
-                    image_size=32, seed=0, executor="processes", progress=False)
+    data = generate(tmp / "glyphs", SynthSpec(style="glyphs", images=t.IMAGES, classes=t.CLASSES,
+                                              max_objects=1, image_size=32, seed=0), executor="processes",
+                    progress=False)
     convert_digits(tmp / "digits", progress=False)
     digits = str(tmp / "digits")
     spec0 = t.spec()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model
 from pipeline.data import make_loader, num_classes
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import lr_factor, param_groups, sigmoid_xent
 from pipeline.transfer import resolve_dataset, run_fewshot
 
@@ -94,8 +94,9 @@ def main() -> None:
     digits = resolve_dataset("digits", str(work))[1]
     data = work / f"{a.style}-K{a.classes}-N{a.images}-o{a.max_objects}-e{a.exponent}"
     if not (data / "manifest.json").is_file():
-        generate(data, style=a.style, images=a.images, classes=a.classes, max_objects=a.max_objects,
-                 exponent=a.exponent, image_size=32, seed=0, executor="processes", progress=False)
+        generate(data, SynthSpec(style=a.style, images=a.images, classes=a.classes, max_objects=a.max_objects,
+                                 exponent=a.exponent, image_size=32, seed=0), executor="processes",
+                 progress=False)
     shape = TINY[a.model]
     model, seconds = pretrain_plain(shape, str(data), steps=a.steps, lr=a.lr, warmup=a.warmup, batch=a.batch,
                                     weight_decay=a.weight_decay, min_crop_area=a.min_crop_area, seed=a.seed)

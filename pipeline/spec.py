@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models import model_spec
 from pipeline.compute import parse_count
+from pipeline.data.synth import SynthSpec
 
 # Table 3 of the paper (JFT-300M rows): base learning rates for Adam, batch 4096.
 TABLE3_BASE_LR = {
@@ -141,7 +142,7 @@ class DatasetRef(Frozen):
     (for planning without the data present), and, for the built-in synthetic data, how to make it."""
     name: str
     images: Union[str, int, None] = Field(None, description="rows of the full set, e.g. 303M")
-    synth: dict[str, Any] | None = Field(None, description="pipeline.data.synth.generate arguments")
+    synth: SynthSpec | None = Field(None, description="how to make the built-in synthetic data")
 
     num_classes: int | None = Field(None, ge=1, description="label classes (the pretraining head); None: the "
                                     "synthetic data's, else the 1000-class convention of public compute tables")
@@ -156,7 +157,7 @@ class DatasetRef(Frozen):
     @property
     def head_classes(self) -> int:
         """Classes of the head whose compute the plan counts (what pretraining logs, when known)."""
-        return self.num_classes or (self.synth or {}).get("classes") or 1000
+        return self.num_classes or (self.synth.classes if self.synth else None) or 1000
 
 
 class TransferPlan(Frozen):

@@ -47,11 +47,11 @@ def client_env(object_store, **extra) -> dict[str, str]:
 # ----------------------------------------------------------------------------- datasets in the store
 
 def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
-    from pipeline.data.synth import generate
+    from pipeline.data.synth import SynthSpec, generate
     from pipeline.data.verify import verify
-    kw = dict(images=300, classes=10, image_size=16, shards=3, seed=5, executor="inline", progress=False)
-    remote = generate(f"{s3}/synth", **kw)                 # written straight to the store
-    local = generate(tmp_path / "synth", **kw)
+    spec = SynthSpec(images=300, classes=10, image_size=16, shards=3, seed=5)
+    remote = generate(f"{s3}/synth", spec, executor="inline", progress=False)   # straight to the store
+    local = generate(tmp_path / "synth", spec, executor="inline", progress=False)
     written = {storage.name(f.path): f.mtime_ns for f in storage.files_under(remote)}
     assert remote == f"{s3}/synth" and len(written) == 4 and written["manifest.json"] == max(written.values())
     ds, same = open_dataset(remote), open_dataset(local)

@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.data import make_loader, subset_size
 from pipeline.data.dedup import dedup
 from pipeline.data.format import Dataset, Row, write_manifest, write_shard
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.data.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +31,11 @@ def resized_jpeg(data: bytes, scale: float, quality: int) -> bytes:
 def build(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     """A downstream task, and a pretraining set with copies of 24 of its test images hidden in
     an extra shard among 100 distinct images. Returns (pretrain, downstream, copy key -> test key)."""
-    downstream = generate(tmp_path / "task", task="novel", images=20, test_images=60, classes=5,
-                          class_offset=20, image_size=64, seed=11, executor="inline", progress=False)
-    pretrain = generate(tmp_path / "pre", images=300, classes=20, image_size=64, seed=12,
-                        shards=2, executor="inline", progress=False)
+    downstream = generate(tmp_path / "task", SynthSpec(task="novel", images=20, test_images=60, classes=5,
+                                                       class_offset=20, image_size=64, seed=11),
+                          executor="inline", progress=False)
+    pretrain = generate(tmp_path / "pre", SynthSpec(images=300, classes=20, image_size=64, seed=12, shards=2),
+                        executor="inline", progress=False)
     ds = Dataset(downstream)
     test = pq.read_table(ds.shard_path(ds.shards("test")[0]), columns=["key", "image"])
     pre = Dataset(pretrain)

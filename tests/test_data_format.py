@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.data.format import (DataError, Dataset, Row, iter_blocks, subset_priority,
                                   write_manifest, write_shard)
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.data.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,15 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("d") / "synth", images=400, classes=12, image_size=16,
-                    shards=3, seed=7, label_noise=0.05, executor="inline", progress=False)
+    return generate(tmp_path_factory.mktemp("d") / "synth", SynthSpec(images=400, classes=12, image_size=16,
+                                                                      shards=3, seed=7, label_noise=0.05),
+                    executor="inline", progress=False)
 
 
 @pytest.fixture(scope="module")
 def large_shards(tmp_path_factory) -> Path:
     """Two shards of 1000 rows: big enough that a 3% subset is several row groups per shard."""
-    return generate(tmp_path_factory.mktemp("d") / "big", images=2000, classes=20, image_size=64,
-                    shards=2, seed=3, executor="processes", progress=False)
+    return generate(tmp_path_factory.mktemp("d") / "big", SynthSpec(images=2000, classes=20, image_size=64,
+                                                                    shards=2, seed=3), executor="processes",
+                    progress=False)
 
 
 def all_rows(path: Path, split: str = "train") -> dict[str, dict]:
@@ -48,10 +50,10 @@ def all_rows(path: Path, split: str = "train") -> dict[str, dict]:
 # -- generator -----------------------------------------------------------------------------
 
 def test_synth_is_deterministic_and_independent_of_sharding(synth, tmp_path):
-    again = generate(tmp_path / "one", images=400, classes=12, image_size=16, shards=1, seed=7,
-                     label_noise=0.05, executor="inline", progress=False)
+    again = generate(tmp_path / "one", SynthSpec(images=400, classes=12, image_size=16, shards=1, seed=7,
+                                                 label_noise=0.05), executor="inline", progress=False)
     assert all_rows(again) == all_rows(synth)
-    other = generate(tmp_path / "seed8", images=50, classes=12, image_size=16, shards=1, seed=8,
+    other = generate(tmp_path / "seed8", SynthSpec(images=50, classes=12, image_size=16, shards=1, seed=8),
                      executor="inline", progress=False)
     first = all_rows(synth)
     assert not {r["image"] for r in all_rows(other).values()} & {r["image"] for r in first.values()}
@@ -74,15 +76,16 @@ def test_synth_is_multi_label_long_tailed_and_in_range(synth):
 
 
 def test_synth_downstream_tasks_have_train_and_test_splits(tmp_path):
-    novel = generate(tmp_path / "novel", task="novel", images=60, test_images=30, classes=5,
-                     class_offset=12, image_size=16, executor="inline", progress=False)
+    novel = generate(tmp_path / "novel", SynthSpec(task="novel", images=60, test_images=30, classes=5,
+                                                   class_offset=12, image_size=16), executor="inline",
+                     progress=False)
     ds = Dataset(novel)
     assert ds.splits == ["train", "test"] and not ds.multi_label
     assert (ds.num_rows("train"), ds.num_rows("test")) == (60, 30)
     train, test = all_rows(novel, "train"), all_rows(novel, "test")
     assert not set(train) & set(test)
     assert {c for r in test.values() for c in r["labels"]} == set(range(5))
-    count = generate(tmp_path / "count", task="count", images=40, classes=4, image_size=16,
+    count = generate(tmp_path / "count", SynthSpec(task="count", images=40, classes=4, image_size=16),
                      executor="inline", progress=False)
     assert Dataset(count).num_rows("test") == 10
     assert {len(r["labels"]) for r in all_rows(count).values()} == {1}
@@ -101,13 +104,13 @@ def test_synth_cli_reports_rows(tmp_path):
 
 def test_glyph_style_is_deterministic_grey_multi_label_and_named(tmp_path):
     from PIL import Image
-    out = generate(tmp_path / "glyphs", images=120, classes=30, image_size=16, shards=3, seed=4,
-                   style="glyphs", executor="inline", progress=False)
-    again = generate(tmp_path / "one", images=120, classes=30, image_size=16, shards=1, seed=4,
-                     style="glyphs", executor="inline", progress=False)
+    out = generate(tmp_path / "glyphs", SynthSpec(images=120, classes=30, image_size=16, shards=3, seed=4,
+                                                  style="glyphs"), executor="inline", progress=False)
+    again = generate(tmp_path / "one", SynthSpec(images=120, classes=30, image_size=16, shards=1, seed=4,
+                                                 style="glyphs"), executor="inline", progress=False)
     rows = all_rows(out)
     assert rows == all_rows(again)                        # independent of sharding
-    shapes = all_rows(generate(tmp_path / "shapes", images=120, classes=30, image_size=16, seed=4,
+    shapes = all_rows(generate(tmp_path / "shapes", SynthSpec(images=120, classes=30, image_size=16, seed=4),
                                executor="inline", progress=False))
     assert not {r["image"] for r in rows.values()} & {r["image"] for r in shapes.values()}
     assert all(k.startswith("glyphs-pretrain4-train-") for k in rows)
@@ -135,15 +138,18 @@ def test_glyph_classes_are_fixed_figures_and_the_style_is_checked(tmp_path):
                    for c in range(6, 9))
     with pytest.raises(ValueError, match="glyph class space"):
         glyph_prototype(NUM_GLYPH_CLASSES)
-    novel = generate(tmp_path / "novel", task="novel", style="glyphs", images=40, test_images=20, classes=4,
-                     class_offset=500, image_size=16, executor="inline", progress=False)
+    novel = generate(tmp_path / "novel", SynthSpec(task="novel", style="glyphs", images=40, test_images=20,
+                                                   classes=4, class_offset=500, image_size=16),
+                     executor="inline", progress=False)
     ds = Dataset(novel)
     assert ds.splits == ["train", "test"] and not ds.multi_label and ds.manifest["class_names"][0] == "glyph0500"
     with pytest.raises(ValueError, match="style"):
-        generate(tmp_path / "bad", images=4, classes=2, style="emoji", executor="inline", progress=False)
+        generate(tmp_path / "bad", SynthSpec(images=4, classes=2, style="emoji"), executor="inline",
+                 progress=False)
     with pytest.raises(ValueError, match="glyphs class space"):
-        generate(tmp_path / "bad", task="novel", images=4, classes=2, class_offset=NUM_GLYPH_CLASSES - 1,
-                 style="glyphs", executor="inline", progress=False)
+        generate(tmp_path / "bad", SynthSpec(task="novel", images=4, classes=2,
+                                             class_offset=NUM_GLYPH_CLASSES - 1, style="glyphs"),
+                 executor="inline", progress=False)
 
 
 def test_synth_cli_makes_glyphs(tmp_path):
@@ -316,7 +322,7 @@ def test_manifest_path_escaping_the_folder_is_refused(synth, tmp_path):
 
 
 def test_synth_val_split_is_held_out_from_train(tmp_path):
-    out = generate(tmp_path / "val", images=40, val_images=12, classes=6, image_size=16,
+    out = generate(tmp_path / "val", SynthSpec(images=40, val_images=12, classes=6, image_size=16),
                    executor="inline", progress=False)
     ds = Dataset(out)
     assert ds.splits == ["train", "val"] and ds.num_rows("val") == 12 and ds.multi_label
@@ -328,9 +334,9 @@ def test_synth_val_split_is_held_out_from_train(tmp_path):
 def test_exclude_fraction_is_the_exact_complement_of_a_dev_slice(tmp_path):
     """Fine-tuning holds out subset(fraction=f) as its dev slice and trains on the rest."""
     from pipeline.data import make_loader
-    from pipeline.data.synth import generate
-    path = generate(tmp_path / "ds", images=300, classes=5, image_size=16, shards=3, executor="inline",
-                    progress=False)
+    from pipeline.data.synth import SynthSpec, generate
+    path = generate(tmp_path / "ds", SynthSpec(images=300, classes=5, image_size=16, shards=3),
+                    executor="inline", progress=False)
     ds = Dataset(path)
     dev = set(ds.subset(fraction=0.1).keys())
     rest = set(ds.subset(exclude_fraction=0.1).keys())

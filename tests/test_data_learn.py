@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from models import build_model
 from pipeline.data import make_loader
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +18,9 @@ MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "hea
 
 def test_micro_vit_learns_synthetic_data_beyond_the_trivial_baseline(tmp_path, one_torch_thread):
     classes = 10
-    train = generate(tmp_path / "train", images=2000, classes=classes, image_size=32, seed=0,
-                     shards=2, executor="processes", progress=False)
-    held_out = generate(tmp_path / "test", images=500, classes=classes, image_size=32, seed=99,
+    train = generate(tmp_path / "train", SynthSpec(images=2000, classes=classes, image_size=32, seed=0,
+                                                   shards=2), executor="processes", progress=False)
+    held_out = generate(tmp_path / "test", SynthSpec(images=500, classes=classes, image_size=32, seed=99),
                         executor="inline", progress=False)
     torch.manual_seed(0)
     model = build_model(MICRO_VIT, num_classes=classes, image_size=32)

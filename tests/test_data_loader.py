@@ -11,22 +11,24 @@ import torch
 
 from pipeline.data import DataError, make_loader, normalize_images, num_classes, subset_size
 from pipeline.data.format import Dataset
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 
 from test_data_format import rewrite_row
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("d") / "synth", images=300, classes=10, image_size=20,
-                    shards=3, seed=1, executor="inline", progress=False)
+    return generate(tmp_path_factory.mktemp("d") / "synth", SynthSpec(images=300, classes=10, image_size=20,
+                                                                      shards=3, seed=1), executor="inline",
+                    progress=False)
 
 
 @pytest.fixture(scope="module")
 def downstream(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("d") / "novel", task="novel", images=40,
-                    test_images=30, classes=4, class_offset=10, image_size=24,
-                    executor="inline", progress=False)
+    return generate(tmp_path_factory.mktemp("d") / "novel", SynthSpec(task="novel", images=40, test_images=30,
+                                                                      classes=4, class_offset=10,
+                                                                      image_size=24), executor="inline",
+                    progress=False)
 
 
 def keys_of(loader) -> list[str]:

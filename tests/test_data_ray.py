@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.format import Dataset
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -36,9 +36,9 @@ def test_loader_runs_in_ray_train_workers_holding_all_cpus(ray_cluster, tmp_path
     from ray.train.torch import TorchTrainer
     # Workers cannot import this test module by name: ship the training function by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    data = generate(tmp_path / "synth", images=200, classes=8, image_size=16, shards=2,
+    data = generate(tmp_path / "synth", SynthSpec(images=200, classes=8, image_size=16, shards=2),
                     executor="ray", progress=False)
-    local = generate(tmp_path / "local", images=200, classes=8, image_size=16, shards=2,
+    local = generate(tmp_path / "local", SynthSpec(images=200, classes=8, image_size=16, shards=2),
                      executor="inline", progress=False)
     # Ray tasks write exactly what local processes write.
     assert [s.sha256 for s in Dataset(data).shards()] == [s.sha256 for s in Dataset(local).shards()]

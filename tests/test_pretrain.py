@@ -14,7 +14,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.data import make_loader
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import STATE_FILE, pretrain
 from pipeline.spec import Recipe, RunSpec
 
@@ -31,8 +31,10 @@ RAY_DASHBOARD = True
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("data") / "synth", images=2000, val_images=400, classes=CLASSES,
-                    image_size=32, shards=2, seed=0, executor="inline", progress=False)
+    return generate(tmp_path_factory.mktemp("data") / "synth", SynthSpec(images=2000, val_images=400,
+                                                                         classes=CLASSES, image_size=32,
+                                                                         shards=2, seed=0), executor="inline",
+                    progress=False)
 
 
 def micro_spec(family: str, steps: int, **recipe) -> RunSpec:

@@ -137,11 +137,12 @@ def test_bad_launch_values_fail_before_anything_launches(tmp_path, capsys, monke
 
 def test_missing_downstream_set_fails_before_launch(tmp_path, capsys):
     import ray
-    from pipeline.data.synth import generate
+    from pipeline.data.synth import SynthSpec, generate
     study = tmp_path / "study.yaml"
     study.write_text("name: s\npresets:\n  p:\n    dataset: {name: pre}\n    runs: [{model: R50x1, steps: 1}]\n"
                      "    transfer: {fewshot: [pets]}\n")
-    generate(tmp_path / "pre", images=8, classes=2, image_size=8, executor="inline", progress=False)
+    generate(tmp_path / "pre", SynthSpec(images=8, classes=2, image_size=8), executor="inline",
+             progress=False)
     err = launch_errors([str(study), "--preset", "p", "--data", str(tmp_path / "pre"),
                          "--storage", str(tmp_path / "runs")], capsys)
     assert "downstream dataset 'pets' is not in" in err and "convert it there first" in err

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import tracking, transfer
 from pipeline.data.convert import convert_digits
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import pretrain
 from pipeline.spec import Recipe, RunSpec
 
@@ -31,8 +31,8 @@ def digits(storage):
 def pretrained(storage, two_torch_threads_module):
     """{family: pretrain() summary}: a micro ViT trained for real, a micro hybrid briefly (in this
     process: pretraining on Ray has its own tests; the fine-tuning grid below runs on Ray Tune)."""
-    data = generate(storage / "synth", images=2000, val_images=200, classes=10, image_size=32, seed=0,
-                    executor="inline", progress=False)
+    data = generate(storage / "synth", SynthSpec(images=2000, val_images=200, classes=10, image_size=32,
+                                                 seed=0), executor="inline", progress=False)
     out = {}
     for family, steps in (("vit", 400), ("hybrid", 10)):
         spec = RunSpec(study="test-transfer", model=MICRO[family], dataset="synth", steps=steps,

@@ -24,7 +24,7 @@ import torch
 from models import build_model
 from pipeline import transfer
 from pipeline.data.convert import convert_digits
-from pipeline.data.synth import generate
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import pretrain
 from pipeline.spec import Recipe, RunSpec
 
@@ -52,8 +52,9 @@ def fewshot_25(checkpoint: str, digits: str, model: torch.nn.Module | None = Non
 
 
 def test_pretrained_micro_model_beats_chance_and_random_init_on_digits(tmp_path, two_torch_threads):
-    data = generate(tmp_path / "glyphs", style="glyphs", images=IMAGES, classes=CLASSES, max_objects=1,
-                    image_size=32, seed=0, executor="processes", progress=False)
+    data = generate(tmp_path / "glyphs", SynthSpec(style="glyphs", images=IMAGES, classes=CLASSES,
+                                                   max_objects=1, image_size=32, seed=0),
+                    executor="processes", progress=False)
     out = pretrain(spec(), str(data), storage=str(tmp_path / "runs"), in_process=True)
     assert out["done"] and out["step"] == STEPS
 

@@ -10,15 +10,14 @@ import sys
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from pipeline.data.synth import generate
-    out = generate(args.out, images=args.images, classes=args.classes, image_size=args.image_size,
-                   shards=args.shards, seed=args.seed, task=args.task,
-                   test_images=args.test_images, val_images=args.val_images,
-                   label_noise=args.label_noise,
-                   exponent=args.zipf_exponent, class_offset=args.class_offset,
-                   max_objects=args.max_objects, style=args.style, encoding=args.encoding,
-                   executor=args.executor)
-    return _summary(out)
+    from pipeline.data.synth import SynthSpec, generate
+    spec = SynthSpec(images=args.images, classes=args.classes, image_size=args.image_size,
+                     shards=args.shards, seed=args.seed, task=args.task,
+                     test_images=args.test_images, val_images=args.val_images,
+                     label_noise=args.label_noise, exponent=args.zipf_exponent,
+                     class_offset=args.class_offset, max_objects=args.max_objects,
+                     style=args.style, encoding=args.encoding)
+    return _summary(generate(args.out, spec, executor=args.executor))
 
 
 def _summary(path) -> int:

@@ -33,10 +33,11 @@ import colorsys
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import storage
 from pipeline.data.format import Row, new_manifest, shard_name, write_manifest, write_shard
@@ -46,8 +47,10 @@ SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "star", "bar
 HUES = tuple(i / 12 for i in range(12))
 PATTERNS = ("solid", "hollow", "hstripes", "vstripes", "checker", "dot")
 NUM_GLOBAL_CLASSES = len(SHAPES) * len(HUES) * len(PATTERNS)
-TASKS = ("pretrain", "novel", "count")
-STYLES = ("shapes", "glyphs")
+Task = Literal["pretrain", "novel", "count"]
+Style = Literal["shapes", "glyphs"]
+TASKS: tuple[str, ...] = get_args(Task)
+STYLES: tuple[str, ...] = get_args(Style)
 _TASK_CODE = {"pretrain": 0, "novel": 1, "count": 2}
 _SPLIT_CODE = {"train": 0, "test": 1, "val": 2}
 
@@ -323,117 +326,140 @@ def encode_image(img: Image.Image, encoding: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 # Examples
 
-def make_example(task: str, split: str, index: int, *, seed: int, num_classes: int,
-                 image_size: int, exponent: float, label_noise: float, class_offset: int,
-                 max_objects: int, style: str = "shapes") -> tuple[Image.Image, list[int]]:
-    rng = np.random.default_rng([seed, _TASK_CODE[task], _SPLIT_CODE[split], index])
-    if style == "shapes":
-        render = render_scene
-    elif style == "glyphs":
-        render = render_glyph_scene
-    else:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    if task == "pretrain":
-        n = int(rng.choice(np.arange(1, max_objects + 1),
-                           p=zipf_probs(max_objects, 1.0)))
-        classes = [int(c) for c in rng.choice(num_classes, size=n, p=zipf_probs(num_classes, exponent))]
-        img = render(classes, image_size, rng)
+class SynthSpec(BaseModel):
+    """What a synthetic dataset is; :func:`generate` writes the same bytes for the same spec. Also
+    the ``synth:`` block of a study preset, so an unknown key there is an error naming it."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    images: int = Field(ge=1, description="images of the train split")
+    classes: int = Field(ge=1)
+    image_size: int = 32
+    shards: int | None = Field(None, description="shards per split (None: 2000 images each)")
+    seed: int = 0
+    task: Task = "pretrain"
+    test_images: int | None = Field(None, description="test split of a task (None: images // 4)")
+    val_images: int | None = Field(None, description="held-out val split drawn like train")
+    label_noise: float = 0.0
+    exponent: float = Field(1.0, description="Zipf exponent of the class frequencies")
+    class_offset: int = Field(100, description="novel: first class of the task in the class space")
+    max_objects: int = 3
+    style: Style = "shapes"
+    encoding: Literal["png", "jpeg"] | None = Field(None, description="None: png up to 64 px, else jpeg")
+
+    @model_validator(mode="after")
+    def _fits_class_space(self):
+        space = NUM_GLOBAL_CLASSES if self.style == "shapes" else NUM_GLYPH_CLASSES
+        if self.task == "novel" and self.class_offset + self.classes > space:
+            raise ValueError(f"novel classes [{self.class_offset}, {self.class_offset + self.classes}) "
+                             f"exceed the {self.style} class space of {space}")
+        if self.task == "pretrain" and self.classes > space:
+            raise ValueError(f"the synthetic generator has {space} distinct {self.style} classes; "
+                             f"asked for {self.classes}")
+        return self
+
+    def resolved(self) -> SynthSpec:
+        """The spec as generated: the encoding chosen, and a pretraining set's ``class_offset``
+        (where novel classes would start) past its own classes."""
+        offset = max(self.class_offset, self.classes) if self.task == "pretrain" else self.class_offset
+        encoding = self.encoding or ("png" if self.image_size <= 64 else "jpeg")
+        return self.model_copy(update={"class_offset": offset, "encoding": encoding})
+
+    def split_sizes(self) -> dict[str, int]:
+        """Rows per split: "train", a task's "test", and "val" when asked for."""
+        sizes = {"train": self.images}
+        if self.task != "pretrain":
+            sizes["test"] = self.test_images if self.test_images is not None else max(1, self.images // 4)
+        if self.val_images:
+            sizes["val"] = self.val_images
+        return sizes
+
+
+def make_example(spec: SynthSpec, split: str, index: int) -> tuple[Image.Image, list[int]]:
+    """Example ``index`` of ``split`` (a pure function of the spec's seed, style and task, the split
+    and the index); ``spec`` as :meth:`SynthSpec.resolved` gives it."""
+    rng = np.random.default_rng([spec.seed, _TASK_CODE[spec.task], _SPLIT_CODE[split], index])
+    render = render_scene if spec.style == "shapes" else render_glyph_scene
+    num_classes = spec.classes
+    if spec.task == "pretrain":
+        n = int(rng.choice(np.arange(1, spec.max_objects + 1),
+                           p=zipf_probs(spec.max_objects, 1.0)))
+        classes = [int(c) for c in rng.choice(num_classes, size=n, p=zipf_probs(num_classes, spec.exponent))]
+        img = render(classes, spec.image_size, rng)
         labels = sorted(set(classes))
-        if label_noise > 0:
+        if spec.label_noise > 0:
             # Web-like noise: a label is replaced by a random class, or a spurious one is added.
-            labels = [int(rng.integers(num_classes)) if rng.random() < label_noise else c
+            labels = [int(rng.integers(num_classes)) if rng.random() < spec.label_noise else c
                       for c in labels]
-            if rng.random() < label_noise / 2:
+            if rng.random() < spec.label_noise / 2:
                 labels.append(int(rng.integers(num_classes)))
             labels = sorted(set(labels))
         return img, labels
-    if task == "novel":
+    if spec.task == "novel":
         c = int(rng.integers(num_classes))
-        return render([class_offset + c], image_size, rng), [c]
-    if task == "count":
-        n = int(rng.integers(1, num_classes + 1))
-        classes = [int(c) for c in rng.integers(0, class_offset, size=n)]
-        return render(classes, image_size, rng), [n - 1]
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        return render([spec.class_offset + c], spec.image_size, rng), [c]
+    n = int(rng.integers(1, num_classes + 1))   # count
+    classes = [int(c) for c in rng.integers(0, spec.class_offset, size=n)]
+    return render(classes, spec.image_size, rng), [n - 1]
 
 
-def _make_shard(out: str, name: str, task: str, split: str, first: int, stop: int,
-                subset_seed: int, encoding: str, params: dict[str, Any]) -> dict[str, Any]:
+def _make_shard(out: str, name: str, spec: SynthSpec, split: str, first: int,
+                stop: int) -> dict[str, Any]:
+    prefix = "" if spec.style == "shapes" else f"{spec.style}-"
     rows = []
     for i in range(first, stop):
-        img, labels = make_example(task, split, i, **params)
-        prefix = "" if params.get("style", "shapes") == "shapes" else f"{params['style']}-"
-        rows.append(Row(f"{prefix}{task}{params['seed']}-{split}-{i:09d}", encode_image(img, encoding), labels))
-    return write_shard(storage.join(out, name), rows, subset_seed)
+        img, labels = make_example(spec, split, i)
+        rows.append(Row(f"{prefix}{spec.task}{spec.seed}-{split}-{i:09d}", encode_image(img, spec.encoding),
+                        labels))
+    return write_shard(storage.join(out, name), rows, spec.seed)
 
 
-def generate(out: str | Path, *, images: int, classes: int, image_size: int = 32,
-             shards: int | None = None, seed: int = 0, task: str = "pretrain",
-             test_images: int | None = None, val_images: int | None = None,
-             label_noise: float = 0.0, exponent: float = 1.0,
-             class_offset: int = 100, max_objects: int = 3, style: str = "shapes",
-             encoding: str | None = None, executor: str = "auto", progress: bool = True) -> str:
-    """Generate a synthetic dataset at ``out`` and return its path.
+def _class_names(spec: SynthSpec) -> list[str]:
+    name_of = class_name if spec.style == "shapes" else glyph_name
+    if spec.task == "pretrain":
+        return [name_of(c) for c in range(spec.classes)]
+    if spec.task == "novel":
+        return [name_of(spec.class_offset + c) for c in range(spec.classes)]
+    return [f"{n + 1} objects" for n in range(spec.classes)]
+
+
+def _source(spec: SynthSpec) -> dict[str, Any]:
+    """The manifest's record of how the data was made (its keys, in this order, are on disk)."""
+    return {"generator": "pipeline.data.synth", "task": spec.task, "images": spec.images,
+            "test_images": spec.split_sizes().get("test"), "encoding": spec.encoding,
+            "seed": spec.seed, "num_classes": spec.classes, "image_size": spec.image_size,
+            "exponent": spec.exponent, "label_noise": spec.label_noise,
+            "class_offset": spec.class_offset, "max_objects": spec.max_objects, "style": spec.style}
+
+
+def generate(out: str | Path, spec: SynthSpec, *, executor: str = "auto", progress: bool = True) -> str:
+    """Generate the synthetic dataset ``spec`` at ``out`` (a folder or a URI); return its path.
 
     Pretraining sets have one split ("train"); downstream tasks also get a "test" split of
     ``test_images`` (default: a quarter of ``images``). ``val_images`` adds a held-out "val"
     split drawn like "train" (the pretraining validation slice of the paper's early stopping).
     ``style`` picks what the objects are: "shapes" (coloured filled shapes, ``NUM_GLOBAL_CLASSES``
     classes) or "glyphs" (grey stroke figures, ``NUM_GLYPH_CLASSES`` classes); see the module
-    docstring.
+    docstring. Shards are made on ``executor`` (see :func:`~pipeline.data.parallel.run_jobs`).
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if images < 1 or classes < 1:
-        raise ValueError("need at least one image and one class")
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    space = NUM_GLOBAL_CLASSES if style == "shapes" else NUM_GLYPH_CLASSES
-    if task == "novel" and class_offset + classes > space:
-        raise ValueError(f"novel classes [{class_offset}, {class_offset + classes}) exceed the "
-                         f"{style} class space of {space}")
-    if task == "pretrain" and classes > space:
-        raise ValueError(f"the synthetic generator has {space} distinct {style} classes; "
-                         f"asked for {classes}")
-    if task == "pretrain" and class_offset < classes:
-        class_offset = classes  # novel classes start after the pretraining ones
-    encoding = encoding or ("png" if image_size <= 64 else "jpeg")
-    out = storage.resolve(out)  # a folder or a URI; shards first, the manifest last
+    spec = spec.resolved()
+    out = storage.resolve(out)  # shards first, the manifest last
     storage.makedirs(out)
-    split_sizes = {"train": images}
-    if task != "pretrain":
-        split_sizes["test"] = test_images if test_images is not None else max(1, images // 4)
-    if val_images:
-        split_sizes["val"] = val_images
-    params = dict(seed=seed, num_classes=classes, image_size=image_size, exponent=exponent,
-                  label_noise=label_noise, class_offset=class_offset, max_objects=max_objects,
-                  style=style)
     jobs, weights, where = [], [], []
-    for split, n in split_sizes.items():
-        m = shards or max(1, math.ceil(n / 2000))
-        m = min(m, n)
+    for split, n in spec.split_sizes().items():
+        m = min(spec.shards or max(1, math.ceil(n / 2000)), n)
         bounds = np.linspace(0, n, m + 1).round().astype(int)
         for k in range(m):
-            jobs.append((str(out), shard_name(split, k, m), task, split, int(bounds[k]),
-                         int(bounds[k + 1]), seed, encoding, params))
+            jobs.append((str(out), shard_name(split, k, m), spec, split, int(bounds[k]), int(bounds[k + 1])))
             weights.append(int(bounds[k + 1] - bounds[k]))
             where.append(split)
-    entries = run_jobs(_make_shard, jobs, weights=weights, desc=f"synth {task} -> {storage.name(out)}",
+    entries = run_jobs(_make_shard, jobs, weights=weights, desc=f"synth {spec.task} -> {storage.name(out)}",
                        unit="img", executor=executor, progress=progress)
-    name_of = class_name if style == "shapes" else glyph_name
-    if task == "pretrain":
-        names = [name_of(c) for c in range(classes)]
-    elif task == "novel":
-        names = [name_of(class_offset + c) for c in range(classes)]
-    else:
-        names = [f"{n + 1} objects" for n in range(classes)]
     manifest = new_manifest(
-        name=storage.name(out), num_classes=classes, multi_label=(task == "pretrain"),
-        image={"encoding": encoding, "height": image_size, "width": image_size, "channels": 3},
-        subset_seed=seed, class_names=names,
-        source={"generator": "pipeline.data.synth", "task": task, "images": images,
-                "test_images": split_sizes.get("test"), "encoding": encoding, **params})
-    for split in split_sizes:
+        name=storage.name(out), num_classes=spec.classes, multi_label=(spec.task == "pretrain"),
+        image={"encoding": spec.encoding, "height": spec.image_size, "width": spec.image_size,
+               "channels": 3},
+        subset_seed=spec.seed, class_names=_class_names(spec), source=_source(spec))
+    for split in spec.split_sizes():
         split_entries = [e for e, w in zip(entries, where) if w == split]
         manifest["splits"][split] = {"num_rows": sum(e["num_rows"] for e in split_entries),
                                      "shards": split_entries}
