@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import make_loader  # noqa: E402
+from pipeline.data import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.format import Dataset  # noqa: E402
 from pipeline.data.images import decode_rgb, eval_transform, train_transform  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
@@ -70,8 +70,8 @@ def decode_augment_rate(images: list[bytes], size: int, train: bool) -> float:
 def loader_rate(path: Path, size: int, train: bool, workers: int,
                 image_dtype: str = "float32") -> float:
     def run():
-        loader = make_loader(path, batch_size=64, image_size=size, train=train,
-                             num_workers=workers, image_dtype=image_dtype)
+        loader = make_loader(LoaderSpec(path, batch_size=64, image_size=size, train=train,
+                                        image_dtype=image_dtype), num_workers=workers)
         return sum(len(batch.keys) for batch in loader)
     rates = []
     for _ in range(REPEATS):

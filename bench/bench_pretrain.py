@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
 from pipeline import tracking  # noqa: E402
-from pipeline.data import make_loader  # noqa: E402
+from pipeline.data import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain import lr_factor, param_groups, pretrain, sigmoid_xent  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
@@ -41,8 +41,9 @@ def plain_loop(spec: RunSpec, data: str, num_classes: int) -> float:
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, r.warmup_steps, spec.steps))
     start, step, epoch = time.perf_counter(), 0, 0
     while step < spec.steps:
-        for batch in make_loader(data, batch_size=r.batch_size, image_size=r.image_size, epoch=epoch,
-                                 seed=spec.seed, min_crop_area=r.min_crop_area, label_format="multi_hot"):
+        for batch in make_loader(LoaderSpec(data, batch_size=r.batch_size, image_size=r.image_size,
+                                            epoch=epoch, seed=spec.seed, min_crop_area=r.min_crop_area,
+                                            label_format="multi_hot")):
             loss = sigmoid_xent(model(batch.images), batch.labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)

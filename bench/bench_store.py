@@ -22,7 +22,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/servers.py starts the real store
 
-from pipeline.data import make_loader  # noqa: E402
+from pipeline.data import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.format import Dataset, copy_dataset, iter_blocks  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 
@@ -77,7 +77,8 @@ def loader_rate(location: str, image_size: int, repeats: int) -> float:
     """Images/s of one pass of the training loader over the whole dataset (one process)."""
     best = 0.0
     for _ in range(repeats):
-        loader = make_loader(location, batch_size=256, image_size=image_size, train=True, num_workers=0)
+        loader = make_loader(LoaderSpec(location, batch_size=256, image_size=image_size, train=True),
+                             num_workers=0)
         start, n = time.perf_counter(), 0
         for batch in loader:
             n += len(batch.keys)

@@ -106,7 +106,7 @@ def time_model(name: str, *, batch: int, image_size: int, device: torch.device, 
 
 
 def time_loader(image_size: int, images: int, workers: list[int], dtype: str) -> list[dict]:
-    from pipeline.data import make_loader
+    from pipeline.data import LoaderSpec, make_loader
     from pipeline.data.synth import SynthSpec, generate
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,8 +114,8 @@ def time_loader(image_size: int, images: int, workers: list[int], dtype: str) ->
                                                        shards=16, seed=0), executor="processes",
                         progress=False)
         for n in workers:
-            loader = make_loader(data, batch_size=min(256, images // 8), image_size=224, train=True, num_workers=n,
-                                 image_dtype=dtype, min_crop_area=0.05)
+            loader = make_loader(LoaderSpec(data, batch_size=min(256, images // 8), image_size=224,
+                                            train=True, image_dtype=dtype, min_crop_area=0.05), num_workers=n)
             t, count = time.perf_counter(), 0
             for batch in loader:
                 count += len(batch.images)

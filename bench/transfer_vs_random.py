@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model
-from pipeline.data import make_loader, num_classes
+from pipeline.data import LoaderSpec, make_loader, num_classes
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import lr_factor, param_groups, sigmoid_xent
 from pipeline.transfer import resolve_dataset, run_fewshot
@@ -57,8 +57,9 @@ def pretrain_plain(shape: dict, data: str, *, steps: int, lr: float, warmup: int
     step, epoch, start = 0, 0, time.perf_counter()
     model.train()
     while step < steps:
-        for b in make_loader(data, batch_size=batch, image_size=32, train=True, seed=seed, epoch=epoch,
-                             label_format="multi_hot", min_crop_area=min_crop_area, num_workers=0):
+        for b in make_loader(LoaderSpec(data, batch_size=batch, image_size=32, train=True, seed=seed,
+                                        epoch=epoch, label_format="multi_hot", min_crop_area=min_crop_area),
+                             num_workers=0):
             sigmoid_xent(model(b.images), b.labels).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

@@ -114,13 +114,13 @@ def default_device() -> torch.device:
 def extract_features(model: torch.nn.Module, data_path: str, split: str, image_size: int, *,
                      batch_size: int = 256, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logits features and integer labels of a whole split (resize + center crop)."""
-    from pipeline.data import make_loader
+    from pipeline.data import LoaderSpec, make_loader
     device = device or default_device()
     model = model.to(device).eval()
     feats, labels = [], []
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        for batch in make_loader(data_path, split=split, train=False, batch_size=batch_size,
-                                 image_size=image_size, label_format="index"):
+        for batch in make_loader(LoaderSpec(data_path, split=split, train=False, batch_size=batch_size,
+                                            image_size=image_size, label_format="index")):
             feats.append(model.features(batch.images.to(device)).float().cpu().numpy())
             labels.append(batch.labels.numpy())
     return np.concatenate(feats), np.concatenate(labels)
@@ -172,7 +172,7 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     evaluate_on="dev": train on the training split minus the dev slice, score on the dev slice
     (for choosing the LR). evaluate_on="test": train on the whole training split, score on test.
     """
-    from pipeline.data import make_loader, num_classes
+    from pipeline.data import LoaderSpec, make_loader, num_classes
     from pipeline.pretrain import lr_factor, use_assigned_cpus
     if evaluate_on not in ("dev", "test"):
         raise ValueError("evaluate_on must be 'dev' or 'test'")
@@ -192,9 +192,10 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     bf16 = device.type == "cuda"
     step, epoch, start = 0, 0, time.perf_counter()
     while step < settings.steps:
-        loader = make_loader(data_path, split="train", train=True, batch_size=settings.batch_size,
-                             image_size=resolution, seed=settings.seed, epoch=epoch, label_format="index",
-                             exclude_fraction=dev, min_crop_area=settings.min_crop_area)
+        loader = make_loader(LoaderSpec(data_path, split="train", train=True, batch_size=settings.batch_size,
+                                        image_size=resolution, seed=settings.seed, epoch=epoch,
+                                        label_format="index", exclude_fraction=dev,
+                                        min_crop_area=settings.min_crop_area))
         for batch in loader:
             x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
@@ -213,8 +214,8 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     hits = n = 0
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        for batch in make_loader(data_path, train=False, batch_size=settings.batch_size, image_size=resolution,
-                                 label_format="index", **eval_kw):
+        for batch in make_loader(LoaderSpec(data_path, train=False, batch_size=settings.batch_size,
+                                            image_size=resolution, label_format="index", **eval_kw)):
             hits += (model(batch.images.to(device)).argmax(-1).cpu() == batch.labels).sum().item()
             n += len(batch.labels)
     return {"accuracy": hits / max(n, 1), "examples": n, "final_loss": float(loss.item()),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline import storage, tracking
-from pipeline.data import DataError, make_loader, open_dataset
+from pipeline.data import DataError, LoaderSpec, make_loader, open_dataset
 from pipeline.data.format import copy_dataset
 from pipeline.spec import load_study
 
@@ -57,8 +57,10 @@ def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
     ds, same = open_dataset(remote), open_dataset(local)
     assert ds.manifest["splits"] == same.manifest["splits"]   # byte-identical shards (sha256 in the manifest)
     assert ds.subset(0.1).keys() == same.subset(0.1).keys()
-    a = next(iter(make_loader(remote, batch_size=16, image_size=16, fraction=0.5, seed=1, num_workers=0)))
-    b = next(iter(make_loader(local, batch_size=16, image_size=16, fraction=0.5, seed=1, num_workers=0)))
+    a = next(iter(make_loader(LoaderSpec(remote, batch_size=16, image_size=16, fraction=0.5, seed=1),
+                              num_workers=0)))
+    b = next(iter(make_loader(LoaderSpec(local, batch_size=16, image_size=16, fraction=0.5, seed=1),
+                              num_workers=0)))
     assert a.keys == b.keys and np.array_equal(a.images.numpy(), b.images.numpy())
     assert verify(remote, full=True, progress=False).ok
     from pipeline.data.dedup import dedup

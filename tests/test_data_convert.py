@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data import DataError, make_loader
-from pipeline.data.convert import convert, convert_digits
+from pipeline.data import DataError, LoaderSpec, make_loader
+from pipeline.data.convert import ConvertOptions, convert, convert_digits
 from pipeline.data.format import Dataset
 from pipeline.data.verify import verify
 
@@ -52,8 +52,8 @@ def assert_usable(path: Path, splits: dict[str, int]) -> None:
     assert report.ok, report.problems
     assert report.rows == splits
     for split, n in splits.items():
-        seen = sum(len(b.keys) for b in make_loader(path, split=split, batch_size=64, image_size=16,
-                                                    train=False, num_workers=0))
+        seen = sum(len(b.keys) for b in make_loader(LoaderSpec(path, split=split, batch_size=64,
+                                                               image_size=16, train=False), num_workers=0))
         assert seen == n
 
 
@@ -111,7 +111,7 @@ def image_tree(tmp_path) -> tuple[Path, dict[str, tuple[np.ndarray, str]]]:
 def test_imagefolder_round_trip_makes_everything_rgb(image_tree, tmp_path):
     src, expected = image_tree
     out = tmp_path / "out"
-    result = convert("imagefolder", src, out, shards=2, progress=False)
+    result = convert("imagefolder", src, out, ConvertOptions(shards=2), progress=False)
     assert (result["rows"], result["shards"], result["skipped"], result["ignored_files"]) == (12, 2, 0, 1)
     assert result["rows_per_class"] == {0: 4, 1: 4, 2: 4}
     rows = stored(out)
@@ -133,18 +133,18 @@ def test_imagefolder_adds_splits_and_reports_bad_files(image_tree, tmp_path):
     convert("imagefolder", src, out, progress=False)
     (src / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     with pytest.raises(DataError, match=r"broken.jpg, field image: cannot decode image"):
-        convert("imagefolder", src, out, split="test", progress=False)
+        convert("imagefolder", src, out, ConvertOptions(split="test"), progress=False)
     assert not list(out.glob(".*.parquet*"))                    # nothing half-written left
-    result = convert("imagefolder", src, out, split="test", skip_bad=True, progress=False)
+    result = convert("imagefolder", src, out, ConvertOptions(split="test", skip_bad=True), progress=False)
     assert (result["rows"], result["skipped"]) == (12, 1)
     assert "broken.jpg" in result["skipped_examples"][0]
     assert_usable(out, {"train": 12, "test": 12})
     with pytest.raises(DataError, match="split 'test' already exists"):
-        convert("imagefolder", src, out, split="test", progress=False)
+        convert("imagefolder", src, out, ConvertOptions(split="test"), progress=False)
     (src / "fox").mkdir()
     (src / "fox" / "a.png").write_bytes(encode(np.zeros((4, 4, 3), np.uint8), "PNG"))
     with pytest.raises(DataError, match="classes differ"):
-        convert("imagefolder", src, out, split="val", progress=False)
+        convert("imagefolder", src, out, ConvertOptions(split="val"), progress=False)
 
 
 def test_convert_cli_prints_exact_counts(image_tree, tmp_path):
@@ -249,9 +249,9 @@ def test_webdataset_bad_samples_are_named_or_skipped(tmp_path):
     with pytest.raises(DataError, match=r"source .*bad.tar:nolabel, field labels: no label member"):
         convert("webdataset", tmp_path / "bad.tar", tmp_path / "out", progress=False)
     with pytest.raises(DataError, match=r"big.tar:big, field labels: labels \[7\] outside \[0, 5\)"):
-        convert("webdataset", tmp_path / "big.tar", tmp_path / "out2", num_classes=5,
+        convert("webdataset", tmp_path / "big.tar", tmp_path / "out2", ConvertOptions(num_classes=5),
                 progress=False)
-    result = convert("webdataset", tmp_path / "bad.tar", tmp_path / "out3", num_classes=5,
-                     skip_bad=True, progress=False)
+    result = convert("webdataset", tmp_path / "bad.tar", tmp_path / "out3",
+                     ConvertOptions(num_classes=5, skip_bad=True), progress=False)
     assert (result["rows"], result["skipped"]) == (1, 2)
     assert_usable(tmp_path / "out3", {"train": 1})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.data import make_loader, subset_size
+from pipeline.data import LoaderSpec, make_loader, subset_size
 from pipeline.data.dedup import dedup
 from pipeline.data.format import Dataset, Row, write_manifest, write_shard
 from pipeline.data.synth import SynthSpec, generate
@@ -68,7 +68,7 @@ def test_hidden_copies_are_excluded_and_distinct_images_kept(tmp_path):
         k: [f"task:test:{v}"] for k, v in copies.items()}
     assert verify(pretrain, progress=False).ok
     assert subset_size(pretrain) == total - 24
-    seen = {k for b in make_loader(pretrain, batch_size=64, image_size=16, train=False,
+    seen = {k for b in make_loader(LoaderSpec(pretrain, batch_size=64, image_size=16, train=False),
                                    num_workers=0) for k in b.keys}
     assert len(seen) == total - 24 and not seen & set(copies)
 

@@ -333,7 +333,7 @@ def test_synth_val_split_is_held_out_from_train(tmp_path):
 
 def test_exclude_fraction_is_the_exact_complement_of_a_dev_slice(tmp_path):
     """Fine-tuning holds out subset(fraction=f) as its dev slice and trains on the rest."""
-    from pipeline.data import make_loader
+    from pipeline.data import LoaderSpec, make_loader
     from pipeline.data.synth import SynthSpec, generate
     path = generate(tmp_path / "ds", SynthSpec(images=300, classes=5, image_size=16, shards=3),
                     executor="inline", progress=False)
@@ -341,8 +341,8 @@ def test_exclude_fraction_is_the_exact_complement_of_a_dev_slice(tmp_path):
     dev = set(ds.subset(fraction=0.1).keys())
     rest = set(ds.subset(exclude_fraction=0.1).keys())
     assert dev and rest and not dev & rest and dev | rest == set(ds.subset().keys())
-    seen = [k for b in make_loader(path, batch_size=50, image_size=16, train=False, exclude_fraction=0.1,
-                                   num_workers=0) for k in b.keys]
+    seen = [k for b in make_loader(LoaderSpec(path, batch_size=50, image_size=16, train=False,
+                                              exclude_fraction=0.1), num_workers=0) for k in b.keys]
     assert sorted(seen) == sorted(rest)
     with pytest.raises(ValueError, match="exclude_fraction"):
         ds.subset(fraction=0.1, exclude_fraction=0.2)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline.data import make_loader
+from pipeline.data import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,8 @@ def test_micro_vit_learns_synthetic_data_beyond_the_trivial_baseline(tmp_path, o
     while step < 800:
         # Flip-only augmentation (min_crop_area=1): 32-px scenes of small objects don't survive
         # the paper's 5% crops in a 15-second run.
-        for images, labels, _, _ in make_loader(train, batch_size=64, image_size=32, epoch=epoch,
-                                                min_crop_area=1.0, num_workers=0):
+        for images, labels, _, _ in make_loader(LoaderSpec(train, batch_size=64, image_size=32, epoch=epoch,
+                                                           min_crop_area=1.0), num_workers=0):
             if epoch == 0:
                 train_freq += labels.sum(0)
             loss = F.binary_cross_entropy_with_logits(model(images), labels, reduction="sum") / len(images)
@@ -45,8 +45,8 @@ def test_micro_vit_learns_synthetic_data_beyond_the_trivial_baseline(tmp_path, o
     constant = int(train_freq.argmax())        # the trivial model: always the most common class
     hits = baseline_hits = n = 0
     with torch.no_grad():
-        for images, labels, _, _ in make_loader(held_out, batch_size=100, image_size=32,
-                                                train=False, crop_fraction=1.0, num_workers=0):
+        for images, labels, _, _ in make_loader(LoaderSpec(held_out, batch_size=100, image_size=32,
+                                                           train=False, crop_fraction=1.0), num_workers=0):
             predicted = model(images).argmax(1)
             hits += float(labels[torch.arange(len(labels)), predicted].sum())
             baseline_hits += float(labels[:, constant].sum())

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import DataError, make_loader, normalize_images, num_classes, subset_size
+from pipeline.data import (DataError, LoaderSpec, make_loader, normalize_images, num_classes,
+                           subset_size)
 from pipeline.data.format import Dataset
 from pipeline.data.synth import SynthSpec, generate
 
@@ -38,16 +39,16 @@ def keys_of(loader) -> list[str]:
 def test_eval_rank_shares_are_disjoint_and_cover_the_subset(synth):
     expected = set(Dataset(synth).subset(0.5).keys())
     assert subset_size(synth, 0.5) == len(expected)
-    shares = [keys_of(make_loader(synth, fraction=0.5, rank=r, world_size=3, batch_size=16,
-                                  image_size=16, train=False, num_workers=0)) for r in range(3)]
+    shares = [keys_of(make_loader(LoaderSpec(synth, fraction=0.5, rank=r, world_size=3, batch_size=16,
+                                             image_size=16, train=False), num_workers=0)) for r in range(3)]
     assert sum(len(s) for s in shares) == len(expected)       # nothing twice ...
     assert set().union(*map(set, shares)) == expected          # ... and nothing missing
     assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced
 
 
 def test_train_ranks_are_disjoint_and_take_equal_full_batches(synth):
-    loaders = [make_loader(synth, rank=r, world_size=2, batch_size=32, image_size=16, seed=5,
-                           epoch=2, num_workers=0) for r in range(2)]
+    loaders = [make_loader(LoaderSpec(synth, rank=r, world_size=2, batch_size=32, image_size=16, seed=5,
+                                      epoch=2), num_workers=0) for r in range(2)]
     assert [len(l) for l in loaders] == [4, 4]                 # 150 rows a rank -> 4 full batches
     shares = [keys_of(l) for l in loaders]
     assert [len(s) for s in shares] == [128, 128]
@@ -56,8 +57,8 @@ def test_train_ranks_are_disjoint_and_take_equal_full_batches(synth):
 
 def test_order_depends_on_seed_and_epoch_only(synth):
     def order(**kw):
-        return keys_of(make_loader(synth, batch_size=25, image_size=16, num_workers=0,
-                                   shuffle_window=100, **kw))
+        return keys_of(make_loader(LoaderSpec(synth, batch_size=25, image_size=16, shuffle_window=100, **kw),
+                                   num_workers=0))
     base = order(seed=0, epoch=0)
     assert base == order(seed=0, epoch=0)
     assert sorted(base) == sorted(Dataset(synth).subset(1.0).keys())
@@ -69,8 +70,8 @@ def test_order_depends_on_seed_and_epoch_only(synth):
 def test_resume_mid_epoch_yields_exactly_the_remaining_batches(synth, num_workers):
     common = dict(fraction=0.8, rank=1, world_size=2, batch_size=8, image_size=16, seed=3,
                   epoch=4, shuffle_window=32)
-    full = list(make_loader(synth, num_workers=0, **common))
-    resumed = list(make_loader(synth, start_step=7, num_workers=num_workers, **common))
+    full = list(make_loader(LoaderSpec(synth, **common), num_workers=0))
+    resumed = list(make_loader(LoaderSpec(synth, **common), start_step=7, num_workers=num_workers))
     assert len(resumed) == len(full) - 7
     assert [b.keys for b in resumed] == [b.keys for b in full[7:]]
     for a, b in zip(resumed, full[7:]):                        # augmentation is replayed too
@@ -79,7 +80,7 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(synth, num_worker
 
 def test_batches_are_normalized_nchw_with_the_right_labels(synth, downstream):
     assert num_classes(synth) == 10 and num_classes(downstream) == 4
-    batch = next(iter(make_loader(synth, batch_size=12, image_size=16, num_workers=0)))
+    batch = next(iter(make_loader(LoaderSpec(synth, batch_size=12, image_size=16), num_workers=0)))
     assert batch.images.shape == (12, 3, 16, 16) and batch.images.dtype == torch.float32
     assert -1.0 <= batch.images.min() < 0 < batch.images.max() <= 1.0
     assert batch.labels.shape == (12, 10) and set(batch.labels.unique().tolist()) == {0.0, 1.0}
@@ -90,20 +91,21 @@ def test_batches_are_normalized_nchw_with_the_right_labels(synth, downstream):
         rows.update(zip(t.column("key").to_pylist(), t.column("labels").to_pylist()))
     for key, target in zip(batch.keys, batch.labels):
         assert torch.nonzero(target).flatten().tolist() == rows[key]
-    test = list(make_loader(downstream, split="test", batch_size=8, image_size=32, train=False,
+    test = list(make_loader(LoaderSpec(downstream, split="test", batch_size=8, image_size=32, train=False),
                             num_workers=0))
     assert [len(b.keys) for b in test] == [8, 8, 8, 6]         # eval keeps the partial batch
     assert test[0].labels.dtype == torch.int64 and test[0].images.shape == (8, 3, 32, 32)
-    raw = list(make_loader(downstream, split="test", batch_size=8, image_size=32, train=False,
-                           num_workers=2, image_dtype="uint8"))
+    raw = list(make_loader(LoaderSpec(downstream, split="test", batch_size=8, image_size=32, train=False,
+                                      image_dtype="uint8"), num_workers=2))
     assert raw[0].images.dtype == torch.uint8 and raw[0].images.shape == (8, 3, 32, 32)
     assert all(torch.equal(normalize_images(a.images), b.images) for a, b in zip(raw, test))
 
 
 def test_train_augmentation_crops_and_flips(downstream):
-    common = dict(split="test", batch_size=30, image_size=24, num_workers=0)
-    plain = next(iter(make_loader(downstream, train=False, crop_fraction=1.0, **common)))
-    aug = next(iter(make_loader(downstream, train=True, **common)))
+    common = dict(split="test", batch_size=30, image_size=24)
+    plain = next(iter(make_loader(LoaderSpec(downstream, train=False, crop_fraction=1.0, **common),
+                                  num_workers=0)))
+    aug = next(iter(make_loader(LoaderSpec(downstream, train=True, **common), num_workers=0)))
     plain_by_key = dict(zip(plain.keys, plain.images))
     diffs = [float((img - plain_by_key[k]).abs().mean()) for k, img in zip(aug.keys, aug.images)]
     assert sum(d > 0.05 for d in diffs) > 20                   # most images were changed
@@ -122,10 +124,10 @@ def test_excluded_rows_are_never_yielded(synth, tmp_path):
     assert subset_size(data) == 297
     by_count = Dataset(data).subset(count=290).keys()          # counts are of usable rows
     assert len(by_count) == 290 and not {keys[0], keys[1], keys[17]} & set(by_count)
-    seen = keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
+    seen = keys_of(make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False), num_workers=0))
     assert len(seen) == 297 and not {keys[0], keys[1], keys[17]} & set(seen)
-    assert {keys[0], keys[1]} <= set(keys_of(make_loader(synth, batch_size=50, image_size=16,
-                                                         train=False, num_workers=0)))
+    assert {keys[0], keys[1]} <= set(keys_of(make_loader(LoaderSpec(synth, batch_size=50, image_size=16,
+                                                                    train=False), num_workers=0)))
 
 
 def test_bad_rows_raise_with_location_or_are_skipped_and_counted(synth, tmp_path, caplog):
@@ -134,12 +136,12 @@ def test_bad_rows_raise_with_location_or_are_skipped_and_counted(synth, tmp_path
     bad_label_key = rewrite_row(data, 2, 11, labels=[10])
     shards = Dataset(data).shards()
     with pytest.raises(DataError, match=rf"shard {shards[0].path}, row 4, field image: cannot decode"):
-        keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
+        keys_of(make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False), num_workers=0))
     with pytest.raises(DataError, match=rf"shard {shards[2].path}, row 11, field labels: labels \[10\] outside"):
-        keys_of(make_loader(data, fraction=1.0, rank=1, world_size=2, batch_size=10,
-                            image_size=16, train=False, num_workers=0))
-    loader = make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0,
-                         on_bad_row="skip")
+        keys_of(make_loader(LoaderSpec(data, fraction=1.0, rank=1, world_size=2, batch_size=10, image_size=16,
+                                       train=False), num_workers=0))
+    loader = make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False, on_bad_row="skip"),
+                         num_workers=0)
     with caplog.at_level(logging.WARNING):
         seen = keys_of(loader)
     assert len(seen) == 298 and not {bad_image_key, bad_label_key} & set(seen)
@@ -153,9 +155,9 @@ def test_unreadable_shard_is_named_or_skipped_whole(synth, tmp_path):
     shard = Dataset(data).shards()[1]
     (data / shard.path).write_bytes((data / shard.path).read_bytes()[:-100])
     with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes.*truncated"):
-        make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0)
-    loader = make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0,
-                         on_bad_row="skip")
+        make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False), num_workers=0)
+    loader = make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False, on_bad_row="skip"),
+                         num_workers=0)
     seen = keys_of(loader)
     others = [s for s in Dataset(synth).shards() if s != shard]
     assert len(seen) == sum(s.num_rows for s in others) == 300 - shard.num_rows
@@ -176,9 +178,9 @@ def test_corrupt_row_group_is_named_or_its_rows_skipped(synth, tmp_path):
     path.write_bytes(bytes(raw))
     first_row = sum(pq.read_metadata(path).row_group(g).num_rows for g in range(2))
     with pytest.raises(DataError, match=rf"shard {shard.path}, row {first_row}: row group 2 cannot be read"):
-        keys_of(make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0))
-    loader = make_loader(data, batch_size=10, image_size=16, train=False, num_workers=0,
-                         on_bad_row="skip")
+        keys_of(make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False), num_workers=0))
+    loader = make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False, on_bad_row="skip"),
+                         num_workers=0)
     seen = keys_of(loader)
     group_rows = pq.read_metadata(path).row_group(2).num_rows
     assert len(seen) == 300 - group_rows and len(loader.skipped) == group_rows

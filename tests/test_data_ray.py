@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
 def _train_loop(config):
     import ray.train
     import torch
-    from pipeline.data import make_loader
+    from pipeline.data import LoaderSpec, make_loader
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seen = []
     for epoch in range(2):
-        loader = make_loader(config["path"], fraction=0.5, rank=rank, world_size=world,
-                             seed=0, epoch=epoch, batch_size=16, image_size=16, num_workers=1)
+        loader = make_loader(LoaderSpec(config["path"], fraction=0.5, rank=rank, world_size=world, seed=0,
+                                        epoch=epoch, batch_size=16, image_size=16), num_workers=1)
         for images, labels, keys, _ in loader:
             assert images.shape == (16, 3, 16, 16) and torch.isfinite(images).all()
             seen.append([epoch, keys])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline import tracking
-from pipeline.data import make_loader
+from pipeline.data import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import STATE_FILE, pretrain
 from pipeline.spec import Recipe, RunSpec
@@ -46,10 +46,10 @@ def micro_spec(family: str, steps: int, **recipe) -> RunSpec:
 
 def constant_baseline(synth) -> float:
     """Precision@1 on the val split of always predicting the most frequent training class."""
-    freq = sum(b.labels.sum(0) for b in make_loader(synth, split="train", batch_size=500, image_size=8,
-                                                     train=False, num_workers=0))
-    val = torch.cat([b.labels for b in make_loader(synth, split="val", batch_size=500, image_size=8,
-                                                   train=False, num_workers=0)])
+    freq = sum(b.labels.sum(0) for b in make_loader(LoaderSpec(synth, split="train", batch_size=500,
+                                                               image_size=8, train=False), num_workers=0))
+    val = torch.cat([b.labels for b in make_loader(LoaderSpec(synth, split="val", batch_size=500,
+                                                              image_size=8, train=False), num_workers=0)])
     return float(val[:, int(freq.argmax())].mean())
 
 

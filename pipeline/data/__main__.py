@@ -40,9 +40,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pipeline.data.convert import convert
-    result = convert(args.format, args.src, args.out, split=args.split, shards=args.shards,
-                     num_classes=args.num_classes, skip_bad=args.skip_bad, seed=args.seed)
+    from pipeline.data.convert import ConvertOptions, convert
+    options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
+                             skip_bad=args.skip_bad, seed=args.seed)
+    result = convert(args.format, args.src, args.out, options)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
 

@@ -202,7 +202,7 @@ def _chunks(n: int, per: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _open_output(out: str, split: str, *, name: str, num_classes: int, multi_label: bool,
+def _open_output(out: str, split: str, *, num_classes: int, multi_label: bool,
                  class_names: list[str] | None, source: dict[str, Any], subset_seed: int,
                  manifest: dict | None = None) -> dict:
     """The manifest to add ``split`` to: ``manifest`` (one being made, not yet written), the
@@ -256,18 +256,32 @@ def _record_split(out: str, manifest: dict, split: str, results: list[ShardResul
             "rows_per_class": {int(c): n for c, n in sorted(counts.items())}}
 
 
-def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike, *, split: str | None = None,
-            shards: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
-            seed: int = 0, executor: str = "auto", progress: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What ``convert`` writes besides the source's images: the split's name (imagefolder and
+    webdataset: "train"; cifar: every split), the shard count (imagefolder), the class count
+    (webdataset: largest label + 1), whether bad samples are skipped and counted rather than
+    fatal (imagefolder, webdataset), and the seed of the subset priorities."""
+    split: str | None = None
+    shards: int | None = None
+    num_classes: int | None = None
+    skip_bad: bool = False
+    seed: int = 0
+
+
+def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike,
+            options: ConvertOptions = ConvertOptions(), *, executor: str = "auto",
+            progress: bool = True) -> dict[str, Any]:
     """Convert ``src`` in format ``fmt`` into the dataset at ``out``; returns row counts."""
+    split, seed = options.split, options.seed
     if fmt == "imagefolder":
-        return convert_imagefolder(src, out, split=split or "train", shards=shards,
-                                   skip_bad=skip_bad, seed=seed, executor=executor, progress=progress)
+        return convert_imagefolder(src, out, split=split or "train", shards=options.shards,
+                                   skip_bad=options.skip_bad, seed=seed, executor=executor, progress=progress)
     if fmt == "cifar":
         return convert_cifar(src, out, split=split, seed=seed, executor=executor, progress=progress)
     if fmt == "webdataset":
-        return convert_webdataset(src, out, split=split or "train", num_classes=num_classes,
-                                  skip_bad=skip_bad, seed=seed, executor=executor, progress=progress)
+        return convert_webdataset(src, out, split=split or "train", num_classes=options.num_classes,
+                                  skip_bad=options.skip_bad, seed=seed, executor=executor, progress=progress)
     raise ValueError(f"format must be imagefolder, cifar or webdataset, got {fmt!r}")
 
 
@@ -291,7 +305,7 @@ def convert_imagefolder(src, out, *, split: str = "train", shards: int | None = 
                     ignored.append(str(path))
     if not items:
         raise ConversionError("has no image files in its class subfolders", source=src)
-    manifest = _open_output(out, split, name=storage.name(out), num_classes=len(classes), multi_label=False,
+    manifest = _open_output(out, split, num_classes=len(classes), multi_label=False,
                             class_names=classes, subset_seed=seed,
                             source={"converter": "imagefolder", "src": str(src.resolve())})
     per = math.ceil(len(items) / shards) if shards else ROWS_PER_SHARD
@@ -350,7 +364,7 @@ def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor
         if bad:
             raise ConversionError(f"label {labels[bad[0]]} outside [0, {num_classes})",
                                   source=src, row=bad[0], field=name)
-        manifest = _open_output(out, name, name=storage.name(out), num_classes=num_classes, manifest=manifest,
+        manifest = _open_output(out, name, num_classes=num_classes, manifest=manifest,
                                 multi_label=False, class_names=class_names, subset_seed=seed,
                                 source={"converter": "cifar", "variant": variant,
                                         "src": str(src.resolve())})
@@ -391,7 +405,7 @@ def convert_webdataset(src, out, *, split: str = "train", num_classes: int | Non
     if num_classes is None:
         num_classes = max(r.max_label for r in results) + 1
     multi_label = _any_multi_label(out, results)
-    manifest = _open_output(out, split, name=storage.name(out), num_classes=num_classes,
+    manifest = _open_output(out, split, num_classes=num_classes,
                             multi_label=multi_label, class_names=None, subset_seed=seed,
                             source={"converter": "webdataset", "src": [str(t.resolve()) for t in tars]})
     manifest["multi_label"] = manifest.get("multi_label", False) or multi_label
@@ -430,7 +444,7 @@ def convert_digits(out, *, progress: bool = True) -> dict[str, Any]:
     out = storage.resolve(out)
     reports, manifest = [], None
     for split, idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
-        manifest = _open_output(out, split, name=storage.name(out), num_classes=10, multi_label=False, manifest=manifest,
+        manifest = _open_output(out, split, num_classes=10, multi_label=False, manifest=manifest,
                                 class_names=[str(d) for d in range(10)], subset_seed=0,
                                 source={"converter": "digits",
                                         "src": "sklearn.datasets.load_digits",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -58,25 +58,44 @@ class Batch(NamedTuple):
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """Everything that decides what a rank sees (plain data, picklable into worker processes)."""
-    path: str
+    """Everything that decides what a rank sees (plain data, picklable into worker processes):
+    ``LoaderSpec(path, batch_size=..., image_size=..., ...)``, the rest keyword-only.
+
+    The subset: ``split``, then ``fraction=`` or ``count=`` (None: all rows); ``exclude_fraction=f``
+    leaves out the rows of ``fraction=f`` (priority < f): train on the rest, hold those out as a
+    dev slice. Rank shares (``rank`` of ``world_size``) are disjoint and together cover the subset.
+    train=True: shuffled for (seed, epoch), inception crop + flip, full batches only, the same
+    number on every rank; ``min_crop_area`` is the inception crop's smallest area (the paper's 5%;
+    tiny images of small objects want more, e.g. 0.5). train=False: storage order, resize + center
+    crop (``crop_fraction``), every row of the rank's share once. ``label_format``: "multi_hot"
+    (float (N, K)) or "index" (int64 (N,)); None: multi-hot for multi-label sets.
+    ``image_dtype="uint8"`` yields raw NCHW bytes: move them to the GPU and call
+    :func:`normalize_images` there (saves CPU time and host memory bandwidth).
+    ``on_bad_row="skip"`` drops undecodable/mislabelled rows, listed in ``batch.bad_rows`` and
+    ``loader.skipped``, instead of raising :class:`DataError`.
+    """
+    path: str                          # a folder or a URI; an os.PathLike is kept as its str
+    _: KW_ONLY
+    batch_size: int
+    image_size: int
     split: str = "train"
     fraction: float | None = None
     count: int | None = None
-    exclude_fraction: float | None = None  # leave out this nested subset (a dev slice)
+    exclude_fraction: float | None = None
     rank: int = 0
     world_size: int = 1
     seed: int = 0
     epoch: int = 0
-    batch_size: int = 32
-    image_size: int = 224
     train: bool = True
-    label_format: str | None = None   # "multi_hot" | "index"; default from the manifest
+    label_format: str | None = None   # "multi_hot" | "index"; None: from the manifest
     shuffle_window: int = 2048
     crop_fraction: float = 0.875
     image_dtype: str = "float32"       # "float32": in [-1, 1]; "uint8": raw, see normalize_images
     min_crop_area: float = 0.05       # inception crop's smallest area fraction (train)
     on_bad_row: str = "raise"          # "raise" | "skip"
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", str(self.path))   # (frozen: set through object)
 
 
 @dataclass
