@@ -227,41 +227,95 @@ def test_run_table_has_every_run_of_the_preset(store):
     assert {"fewshot/digits/25shot", "compute/exaflops", "pretrain/val_prec1_best", "mlflow_run_id"} <= set(table)
 
 
-def test_report_of_a_partial_study(store, tmp_path):
+def problem_runs(report, kind) -> list[str]:
+    return [p.run_id for p in report.problems_of(kind)]
+
+
+def test_report_of_a_partial_study(store):
+    """What the report says about a partial study, as data: counts, problems, metrics, fits."""
+    specs = store["specs"]
+    report = analysis.study_report(store["study"], "tiny", tracking_uri=store["uri"],
+                                   options=analysis.ReportOptions(n_boot=50))
+    assert report.counts == {"done": 3, "partial": 1, "failed": 1, "new": 1}
+    assert [r.id for r in report.runs] == [s.id for s in specs]
+    assert [r.status for r in report.runs] == ["done", "done", "done", "failed", "partial", "new"]
+    assert problem_runs(report, "not_started") == [specs[5].id]
+    assert problem_runs(report, "unfinished") == [specs[4].id]
+    [failed] = report.problems_of(analysis.ProblemKind.FAILED)
+    assert (failed.run_id, failed.model, failed.pretrain_status) == (specs[3].id, "BiT-micro-M", "failed")
+    missing = {(p.run_id, p.metric) for p in report.problems_of("missing_metric")}
+    expected = analysis.expected_metrics(store["study"].preset("tiny"))
+    assert missing == {(specs[3].id, m) for m in expected} | {(specs[4].id, "finetune/digits/acc")}
+    [off] = report.problems_of("compute_mismatch")
+    assert off.run_id == specs[0].id and off.logged_exaflops == pytest.approx(1e-9)
+    assert off.planned_exaflops == pytest.approx(report.runs[0].exaflops) and off.planned_exaflops > 100e-9
+    assert not report.problems_of("unused_metrics") and not report.problems_of("unknown_status")
+    assert [m.label for m in report.metrics] == ["digits 5-shot", "digits fine-tuned", "average of 2"]
+    assert report.runs[4].accuracy["fewshot/digits/5shot"] == pytest.approx(fewshot_accuracy(2.5, 5))
+    assert np.isnan(report.runs[4].accuracy["average"])              # no fine-tuning yet
+    assert report.figure("performance_vs_compute").drawn
+    assert report.figure("performance_vs_data").reason == "one_subset"   # no Figure 4 for this preset
+    assert not report.figure("scaling_fits").drawn                     # 2 points per family at most
+    fits_ = report.fits
+    assert fits_.metric.column == "average" and not fits_.any_fit and fits_.level == analysis.LEVEL
+    assert fits_.verdict("hybrid").verdict == analysis.Verdict.NO_POINTS  # its finished run has no fine-tuning
+    for family in ("vit", "resnet"):
+        assert fits_.verdict(family).verdict == "no_fit" and "too few" in fits_.verdict(family).reason
+    assert not fits_.multiplier("resnet", "vit").available
+
+
+def test_report_files_of_a_partial_study(store, tmp_path):
+    """The files the orchestrator writes and logs: report.md names every run, the table is whole."""
     specs, uri = store["specs"], store["uri"]
     paths = analysis.write_report(store["study"], "tiny", tracking_uri=uri, out_dir=tmp_path,
-                                  study_run_id=store["study_run"], n_boot=50)
-    assert {"report.md", "runs.csv", "performance_vs_compute.png", "performance_vs_compute.svg",
-            "fits.json"} <= set(paths)
+                                  study_run_id=store["study_run"], options=analysis.ReportOptions(n_boot=50))
+    assert set(paths) == {"report.md", "runs.csv", "performance_vs_compute.png", "performance_vs_compute.svg",
+                          "fits.json"}
     assert_image(paths["performance_vs_compute.png"])
     assert paths["performance_vs_compute.svg"].read_text().lstrip().startswith("<?xml")
     assert len(pd.read_csv(paths["runs.csv"])) == len(specs)
     report = paths["report.md"].read_text()
-    assert "3 done, 1 partial, 1 failed, 1 new" in report
-    assert f"`{specs[5].id}` Hybrid-micro-M" in report and "not started" in report
-    assert f"`{specs[3].id}` BiT-micro-M (subset full); pretraining failed" in report
-    assert f"`{specs[4].id}` Hybrid-micro-S (subset full) [partial]: `finetune/digits/acc`" in report
-    assert f"`{specs[0].id}` ViT-micro-S (subset full): logged compute 1e-09 exaFLOPs differs" in report
-    assert "- Hybrid (R50+ViT): no run with finished pretraining has average of 2." in report
-    assert "one data subset" in report                               # no Figure 4 for this preset
-    assert "too few to fit" in report and "No fit figure" in report   # 2 points per family at most
-    assert "scaling_fits.png" not in paths
-    for model in ("ViT-micro-S", "ViT-micro-M", "BiT-micro-S", "BiT-micro-M", "Hybrid-micro-S", "Hybrid-micro-M"):
-        assert f"| {model} |" in report
+    assert report.startswith("# ") and "performance_vs_compute.png" in report
+    assert all(spec.model_name in report for spec in specs)                # the runs table
+    assert all(spec.id in report for spec in (specs[0], *specs[3:]))         # the runs with a problem
+    assert "finetune/digits/acc" in report
+    assert json.loads(paths["fits.json"].read_text())["metric"] == "average"
     logged = {a.path for a in tracking.client(uri).list_artifacts(store["study_run"], "report")}
     assert {f"report/{name}" for name in paths} == logged
 
 
 def test_report_with_one_finished_run_and_with_none(store, tmp_path):
     study = store["study"]
-    one = analysis.write_report(study, "smoke", tracking_uri=store["uri"], out_dir=tmp_path / "one", n_boot=20)
-    report = one["report.md"].read_text()
-    assert "1 done, 0 partial, 0 failed, 1 new" in report and "digits 5-shot" in report
-    assert_image(one["performance_vs_compute.png"], min_kb=5)
-    none = analysis.write_report(load_study("data"), "smoke", tracking_uri=store["uri"], out_dir=tmp_path / "none")
-    report = none["report.md"].read_text()
-    assert "0 done, 0 partial, 0 failed, 2 new" in report and "No figure" in report and "No fit" in report
-    assert set(none) == {"report.md", "runs.csv"}
+    one = analysis.study_report(study, "smoke", tracking_uri=store["uri"], options=analysis.ReportOptions(n_boot=20))
+    assert one.counts == {"done": 1, "partial": 0, "failed": 0, "new": 1}
+    assert [m.label for m in one.metrics] == ["digits 5-shot"]            # only 1 and 5 shots measured
+    assert list(one.fits.families) == ["vit"] and one.fits.verdict("vit").verdict == "no_fit"
+    paths = analysis.write_files(one, tmp_path / "one")
+    assert_image(paths["performance_vs_compute.png"], min_kb=5)
+    none = analysis.study_report(load_study("data"), "smoke", tracking_uri=store["uri"])
+    assert none.counts == {"done": 0, "partial": 0, "failed": 0, "new": 2} and none.fits is None
+    assert not none.metrics and {f.reason for f in none.figures} == {"no_points"}
+    assert problem_runs(none, "not_started") == [r.id for r in none.runs]
+    paths = analysis.write_files(none, tmp_path / "none")
+    assert set(paths) == {"report.md", "runs.csv"}
+    assert all(r.id in paths["report.md"].read_text() for r in none.runs)
+
+
+def test_problems_of_runs_without_tracking_or_with_unfinished_pretraining():
+    table = synthetic_table(np.random.default_rng(9), models=3)
+    table.loc[0, "status"] = "unknown"
+    table.loc[1, ["status", "pretrain_status"]] = ["partial", "partial"]   # transferred all the same
+    table["compute/exaflops"] = table["exaflops"] * np.where(table["family"] == "resnet", 1.2, 1.01)
+    report = analysis.build_report(table, title="odd", expected=["fewshot/imagenet/5shot"], several_subsets=True,
+                                   options=analysis.ReportOptions(n_boot=20))
+    assert report.counts == {"done": 7, "partial": 1, "failed": 0, "new": 0, "unknown": 1}
+    assert problem_runs(report, "unknown_status") == ["vit0"]
+    assert problem_runs(report, "unfinished") == problem_runs(report, "unused_metrics") == ["vit1"]
+    assert problem_runs(report, "compute_mismatch") == ["resnet0", "resnet1", "resnet2"]   # 20% off; 1% is not
+    assert not report.problems_of("missing_metric")
+    assert report.fits.families["vit"].compute.tolist() == [table.loc[0, "exaflops"], table.loc[2, "exaflops"]]
+    markdown = analysis.to_markdown(report)
+    assert all(f"`{p.run_id}`" in markdown for p in report.problems)
 
 
 def test_data_study_draws_performance_against_data_size(tmp_path):
@@ -272,7 +326,10 @@ def test_data_study_draws_performance_against_data_size(tmp_path):
         images = {"0.1": 1, "0.3": 2, "full": 3}[str(spec.subset)]
         log_run(uri, "data", spec, status="FINISHED", pretrain_status="done", scale=images + 0.5 * (spec.family == "vit"),
                 fewshot=["digits"])
-    paths = analysis.write_report(study, "tiny", tracking_uri=uri, out_dir=tmp_path / "report", n_boot=20)
+    report = analysis.study_report(study, "tiny", tracking_uri=uri, options=analysis.ReportOptions(n_boot=20))
+    assert report.figure("performance_vs_data").drawn
+    assert set(report.data_points["subset_images"]) == set(report.table["subset_images"])
+    paths = analysis.write_files(report, tmp_path / "report")
     assert_image(paths["performance_vs_data.png"])
     assert paths["performance_vs_data.svg"].stat().st_size > 10_000
     assert "performance_vs_data.png" in paths["report.md"].read_text()
@@ -296,15 +353,25 @@ def synthetic_table(rng, models=7):
 
 def test_report_fits_and_multiplier_on_a_synthetic_study(tmp_path):
     table = synthetic_table(np.random.default_rng(8))
-    paths = analysis.write_table_report(table, tmp_path, title="synthetic", n_boot=100,
-                                        expected=["fewshot/imagenet/5shot", "finetune/imagenet/acc"],
-                                        several_subsets=False)
+    report = analysis.build_report(table, title="synthetic", several_subsets=False,
+                                   expected=["fewshot/imagenet/5shot", "finetune/imagenet/acc"],
+                                   options=analysis.ReportOptions(n_boot=100))
+    assert not report.problems
+    assert report.fits.metric.label == "average of 2" and list(report.fits.families) == ["vit", "resnet", "hybrid"]
+    verdicts = {v.family: (v.verdict, v.better) for v in report.fits.verdicts}
+    assert ("better", "saturating") in verdicts.values() and set(verdicts) == set(FACTORS)
+    assert [(m.x, m.y) for m in report.fits.multipliers] == [("resnet", "vit"), ("hybrid", "vit"), ("hybrid", "resnet")]
+    for family in ("resnet", "hybrid"):
+        m = report.fits.multiplier(family, "vit")
+        assert m.available and m.multiplier == pytest.approx(FACTORS[family], rel=0.2)
+        assert m.interval[0] <= m.multiplier <= m.interval[1] and 0 < m.accuracy_range[0] < m.accuracy_range[1] < 1
+    assert report.figure("scaling_fits").drawn
+    paths = analysis.write_files(report, tmp_path)
     assert_image(paths["scaling_fits.png"])
-    report = paths["report.md"].read_text()
-    assert "**saturating** fits better" in report and "average of 2" in report
     result = json.loads(paths["fits.json"].read_text())
     assert result["metric"] == "average" and set(result["families"]) == {"vit", "resnet", "hybrid"}
     multipliers = {(m["x"], m["y"]): m for m in result["multipliers"]}
-    assert multipliers[("resnet", "vit")]["multiplier"] == pytest.approx(3.0, rel=0.2)
-    assert multipliers[("hybrid", "vit")]["multiplier"] == pytest.approx(1.5, rel=0.2)
-    assert "ResNet (BiT) needs **" in report
+    resnet_vit = report.fits.multiplier("resnet", "vit").multiplier
+    assert multipliers[("resnet", "vit")]["multiplier"] == pytest.approx(resnet_vit)
+    assert result["families"]["vit"]["better"] == report.fits.families["vit"].better
+    assert "scaling_fits.png" in paths["report.md"].read_text()

@@ -1,0 +1,31 @@
+"""The study's answer: MLflow runs -> one tidy table -> figures, frontiers, scaling-law fits and a
+report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysis.md.
+
+- ``table``: the run table (one row per RunSpec of the preset, never fewer) and what to plot
+  from it: which runs are points, which metrics, their long format, Pareto frontiers.
+- ``figures``: Figure 5 (accuracy against compute), Figure 4 (against data set size) and the
+  scaling-law fits, as PNG and SVG.
+- ``report``: the :class:`Report`, what the report says as data (counts, typed problems, runs,
+  figures drawn, fits, verdicts and compute multipliers), built from a table by ``build_report``.
+- ``render``: the Report as report.md (``to_markdown``) and fits.json (``to_fits_json``).
+- ``files``: the files in a folder (``write_files``), and ``write_report``, which the
+  orchestrator calls: ``analysis.write_report(study, preset, tracking_uri=..., out_dir=...)``.
+
+The names below are this package's interface; the modules' other names are theirs.
+"""
+from pipeline.analysis.figures import family_styles, figure_compute, figure_data, figure_fits, save_figure
+from pipeline.analysis.files import write_files, write_report
+from pipeline.analysis.render import to_fits_json, to_markdown
+from pipeline.analysis.report import (LEVEL, FamilyVerdict, FigureEntry, Fits, Multiplier, Problem, ProblemKind,
+                                      Report, ReportOptions, RunRow, Verdict, build_report, scaling_fits,
+                                      study_report)
+from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_name, family_order,
+                                     pareto_frontier, points, pretrained, run_labels, run_table, transfer_metrics,
+                                     with_average)
+
+__all__ = ["FEWSHOT_SHOT", "LEVEL", "FamilyVerdict", "FigureEntry", "Fits", "Metric", "Multiplier", "Problem",
+           "ProblemKind", "Report", "ReportOptions", "RunRow", "Verdict", "build_report", "expected_metrics",
+           "family_name", "family_order", "family_styles", "figure_compute", "figure_data", "figure_fits",
+           "pareto_frontier", "points", "pretrained", "run_labels", "run_table", "save_figure", "scaling_fits",
+           "study_report", "to_fits_json", "to_markdown", "transfer_metrics", "with_average", "write_files",
+           "write_report"]

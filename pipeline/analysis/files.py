@@ -1,0 +1,46 @@
+"""The report on disk: runs.csv, the figures (PNG and SVG), fits.json and report.md in a folder
+(``write_files``), and the study's report written and logged to its study-level MLflow run
+(``write_report``, what the orchestrator calls)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import tracking
+from pipeline.analysis.figures import figure_compute, figure_data, figure_fits, save_figure
+from pipeline.analysis.render import to_fits_json, to_markdown
+from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, Report, ReportOptions,
+                                      study_report)
+from pipeline.spec import Study
+
+DRAW = {FIGURE_COMPUTE: lambda report: figure_compute(report.points),
+        FIGURE_DATA: lambda report: figure_data(report.data_points),
+        FIGURE_FITS: lambda report: figure_fits(report.fits.families, report.fits.metric.label)}
+
+
+def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
+    """The report's files in ``out_dir``: runs.csv (the whole run table), the figures it draws,
+    fits.json (where there are points to fit) and report.md. Returns {file name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"runs.csv": out_dir / "runs.csv"}
+    report.table.to_csv(paths["runs.csv"], index=False)
+    for figure in report.figures:
+        if figure.drawn:
+            paths.update({path.name: path for path in save_figure(DRAW[figure.name](report), out_dir, figure.name)})
+    if report.fits is not None:
+        paths["fits.json"] = out_dir / "fits.json"
+        paths["fits.json"].write_text(json.dumps(to_fits_json(report.fits), indent=2))
+    paths["report.md"] = out_dir / "report.md"
+    paths["report.md"].write_text(to_markdown(report))
+    return paths
+
+
+def write_report(study: Study, preset: str, *, tracking_uri: str | None, out_dir: Path,
+                 study_run_id: str | None = None, options: ReportOptions = ReportOptions()) -> dict[str, Path]:
+    """The study report in ``out_dir``: report.md, runs.csv, fits.json and the figures (PNG and
+    SVG); logged under ``report/`` of the MLflow run ``study_run_id`` when given."""
+    paths = write_files(study_report(study, preset, tracking_uri=tracking_uri, options=options), out_dir)
+    if study_run_id is not None:
+        tracking.log_files(tracking_uri, study_run_id, paths.values(), "report")
+    return paths

@@ -1,0 +1,216 @@
+"""Renderings of a :class:`~pipeline.analysis.report.Report`: report.md (``to_markdown``) and
+fits.json (``to_fits_json``). All the report's wording lives here; what it says is decided in
+``pipeline.analysis.report``."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+from pipeline import fits as scaling
+from pipeline.analysis.report import (COMPUTE_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, Fits,
+                                      Multiplier, Problem, ProblemKind, Report, Verdict)
+from pipeline.analysis.table import family_name
+
+STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
+                ProblemKind.FAILED: "failed", ProblemKind.UNKNOWN_STATUS: "of unknown status (no tracking URI)"}
+DATA_FIGURE_NOT_DRAWN = {"one_subset": "this preset has one data subset",
+                         "no_subset_sizes": "no few-shot results with a known subset size"}
+
+
+def _percent(level: float) -> str:
+    return f"{level * 100:g}%"
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def _run_name(p: Problem) -> str:
+    return f"`{p.run_id}` {p.model} (subset {p.subset})"
+
+
+def _stage(p: Problem) -> str:
+    return "" if p.pretrain_status is None else f"; pretraining {p.pretrain_status}"
+
+
+# ----------------------------------------------------------------------------- report.md
+
+def to_markdown(report: Report) -> str:
+    """report.md: run counts, what is missing, the runs, the figures, the scaling laws."""
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
+    lines = [f"# {report.title}", "", f"{len(report.runs)} runs: {counts}.", "",
+             "Method and limits: `docs/analysis.md` of the vit-scaling repository.", "",
+             "## What is missing", "", *missing_section(report.problems), "",
+             "## Runs", "", *runs_section(report), "",
+             "## Figures", "", *figures_section(report), "",
+             "## Scaling laws", "", *(fits_section(report.fits) if report.fits else ["No fit: no points."])]
+    return "\n".join(lines) + "\n"
+
+
+def missing_section(problems: Iterable[Problem]) -> list[str]:
+    """What the study still lacks: runs not done, metrics not recorded, compute that differs."""
+    problems = list(problems)
+    lines = []
+    for kind, what in STATUS_WORDS.items():
+        runs = [p for p in problems if p.kind == kind]
+        if runs:
+            lines.append(f"- {len(runs)} run(s) {what}:")
+            lines += [f"  - {_run_name(p)}{_stage(p)}" for p in runs]
+    gaps: dict[str, list[Problem]] = {}
+    for p in problems:
+        if p.kind == ProblemKind.MISSING_METRIC:
+            gaps.setdefault(p.run_id, []).append(p)
+    if gaps:
+        lines.append(f"- {len(gaps)} started run(s) lack planned metrics:")
+        lines += [f"  - {_run_name(run[0])} [{run[0].status}]: " + ", ".join(f"`{p.metric}`" for p in run)
+                  for run in gaps.values()]
+    unused = [p for p in problems if p.kind == ProblemKind.UNUSED_METRICS]
+    if unused:
+        lines.append(f"- {len(unused)} run(s) have transfer metrics but unfinished pretraining; left out of "
+                     "figures and fits: " + ", ".join(_run_name(p) for p in unused))
+    lines += [f"- {_run_name(p)}: logged compute {p.logged_exaflops:.4g} exaFLOPs differs from the planned "
+              f"{p.planned_exaflops:.4g} by more than {COMPUTE_TOLERANCE * 100:g}% (the plan's value is plotted)"
+              for p in problems if p.kind == ProblemKind.COMPUTE_MISMATCH]
+    return lines or ["Nothing: every run finished with every planned metric."]
+
+
+def runs_section(report: Report) -> list[str]:
+    """The runs table: a row per run, its plotted accuracies in percent."""
+    head = ["model", "family", "subset", "params", "exaFLOPs", "status", *(m.label for m in report.metrics)]
+    rows = [[r.model, r.family, r.subset, f"{r.params / 1e6:.3g}M", _fmt(r.exaflops, ".4g"), r.status,
+             *(_fmt(r.accuracy[m.column] * 100, ".1f") for m in report.metrics)] for r in report.runs]
+    return _md_table(head, rows) + ["", "Accuracies in percent. All columns, with ids and MLflow run ids: `runs.csv`."]
+
+
+def figures_section(report: Report) -> list[str]:
+    """Figure 5 and Figure 4, drawn or why not (the fits figure goes with the scaling laws)."""
+    if not report.figure(FIGURE_COMPUTE).drawn:
+        return ["- No figure: no run has both finished pretraining and a transfer metric yet."]
+    lines = ["- Transfer accuracy against pretraining compute, Pareto frontier per family (paper Fig. 5): "
+             "![performance vs compute](performance_vs_compute.png) (`performance_vs_compute.svg`)"]
+    data = report.figure(FIGURE_DATA)
+    if data.drawn:
+        lines.append("- Few-shot accuracy against pretraining set size (paper Fig. 4): "
+                     "![performance vs data](performance_vs_data.png) (`performance_vs_data.svg`)")
+    else:
+        lines.append(f"- Performance against data set size (paper Fig. 4): not drawn, "
+                     f"{DATA_FIGURE_NOT_DRAWN[data.reason]}.")
+    return lines
+
+
+def _with_interval(value: float, bounds: tuple[float, float] | None) -> str:
+    if bounds is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+
+
+def fits_table(fits: Fits) -> list[str]:
+    """A row per family and form: parameters with their intervals, backtest, AICc."""
+    rows = []
+    for family, ff in fits.families.items():
+        for form, f in ff.fits.items():
+            iv, bt = ff.intervals[form], ff.backtests[form]
+            rows.append([family_name(family), str(f.n), form,
+                         *(_with_interval(getattr(f, p), iv.get(p)) if p in iv else "-" for p in ("a", "b", "c", "d")),
+                         f"{bt['mae_points']:.2f} ({bt['held_out']} held out)" if bt else "too few points",
+                         _fmt(f.aicc, ".1f")])
+    if not rows:
+        return []
+    return _md_table(["family", "points", "form", "a", "b (exponent)", "c (floor)", "d (offset)",
+                      "backtest MAE", "AICc"], rows) + [""]
+
+
+def verdict_lines(fits: Fits) -> list[str]:
+    """A line per family with finished pretraining: which law fits better, and why."""
+    lines = []
+    for v in fits.verdicts:
+        name = family_name(v.family)
+        if v.verdict == Verdict.NO_POINTS:
+            lines.append(f"- {name}: no run with finished pretraining has {fits.metric.label}.")
+            continue
+        said = {Verdict.BETTER: f"**{v.better}** fits better", Verdict.NO_VERDICT: "no verdict, the power law is used",
+                Verdict.NO_FIT: "no fit"}[v.verdict]
+        lines.append(f"- {name}: {said} ({v.reason}).")
+    return lines
+
+
+def multiplier_line(m: Multiplier) -> str:
+    """One pair of families: the multiplier with its interval, range and ends, or not available."""
+    x, y = family_name(m.x), family_name(m.y)
+    if not m.available:
+        return f"- {x} vs {y}: not available (a family has no fit, or the fitted curves share no accuracy range)."
+    (lo, hi), (acc_lo, acc_hi), (end_lo, end_hi) = m.interval, m.accuracy_range, m.at_range_ends
+    dropped = (f"; {m.undefined_replicates}/{m.replicates} bootstrap replicates undefined"
+               if m.undefined_replicates else "")
+    return (f"- {x} needs **{m.multiplier:.2f}x** [{lo:.2f}, {hi:.2f}] the compute of {y} "
+            f"for accuracies {acc_lo * 100:.1f}-{acc_hi * 100:.1f}% ({_fmt(end_lo, '.2f')}x at "
+            f"{acc_lo * 100:.1f}%, {_fmt(end_hi, '.2f')}x at {acc_hi * 100:.1f}%; {m.form_x} vs "
+            f"{m.form_y} fits{dropped}).")
+
+
+def fits_section(fits: Fits) -> list[str]:
+    """The scaling laws: method, the fits table, verdicts, multipliers, the fits figure."""
+    lines = [(f"Error E = 1 - accuracy on **{fits.metric.label}** against pretraining compute C (exaFLOPs): "
+              "saturating E = a (C + d)^-b + c and power E = a C^-b, Huber loss in log space; "
+              f"[{_percent(fits.level)} intervals, residual bootstrap, t-expanded]; backtest = mean absolute error "
+              "(accuracy points) "
+              "predicting the largest-compute point(s) from a fit without them."), "",
+             *fits_table(fits), *verdict_lines(fits)]
+    if not fits.any_fit:
+        return [*lines, "", "Compute multiplier: not available, no family has a fit.", "",
+                ("No fit figure: no family has enough points at distinct compute "
+                 f"(the power law needs {scaling.MIN_POINTS['power']}, the saturating law "
+                 f"{scaling.MIN_POINTS['saturating']}).")]
+    return [*lines, "", ("Compute multiplier (how many times the compute one family needs for the same accuracy "
+                         "as another, geometric mean over the accuracies both fitted curves reach within their "
+                         "measured compute):"), "",
+            *(multiplier_line(m) for m in fits.multipliers),
+            "", f"![scaling-law fits]({FIGURE_FITS}.png) (`{FIGURE_FITS}.svg`)"]
+
+
+# ----------------------------------------------------------------------------- fits.json
+
+def _plain(value):
+    """JSON-safe: numpy scalars as Python numbers, NaN as null."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _family_json(ff: scaling.FamilyFit) -> dict[str, Any]:
+    return {"points": len(ff.compute), "better": ff.better, "reason": ff.reason,
+            "fits": {form: {"params": f.params, "intervals": ff.intervals[form], "aicc": f.aicc,
+                            "backtest": None if ff.backtests[form] is None else
+                            {k: v for k, v in ff.backtests[form].items() if k != "fit"}}
+                     for form, f in ff.fits.items()}}
+
+
+def _multiplier_json(m: Multiplier) -> dict[str, Any]:
+    """As ``pipeline.fits.compute_multiplier`` gives it; only the pair where not available."""
+    if m.form_x is None:
+        return {"x": m.x, "y": m.y, "multiplier": m.multiplier}
+    return {k: getattr(m, k) for k in Multiplier.__dataclass_fields__}
+
+
+def to_fits_json(fits: Fits) -> dict[str, Any]:
+    """fits.json: every family's fits (parameters, intervals, AICc, backtest, verdict) and the
+    compute multipliers, JSON-safe."""
+    return _plain({"metric": fits.metric.column, "label": fits.metric.label,
+                   "level": fits.level if fits.families else None,
+                   "families": {family: _family_json(ff) for family, ff in fits.families.items()},
+                   "multipliers": [_multiplier_json(m) for m in fits.multipliers]})
