@@ -25,7 +25,7 @@ from models import build_model  # noqa: E402
 from pipeline import tracking  # noqa: E402
 from pipeline.data import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
-from pipeline.pretrain import lr_factor, param_groups, pretrain, sigmoid_xent  # noqa: E402
+from pipeline.pretrain import Launch, lr_factor, param_groups, pretrain, sigmoid_xent  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
 
 MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,
@@ -75,7 +75,7 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         start = time.perf_counter()
         # 2 CPUs for the worker, so that Ray gives it as many torch threads as the plain loop has
-        out = pretrain(spec, data, storage=str(Path(tmp) / "runs"), workers=1, cpus_per_worker=2)
+        out = pretrain(spec, data, storage=str(Path(tmp) / "runs"), launch=Launch(cpus_per_worker=2))
         trainer = time.perf_counter() - start
         rates = tracking.metric_history(out["tracking_uri"], out["mlflow_run_id"], "throughput/images_per_s")
         ray.shutdown()

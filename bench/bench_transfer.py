@@ -51,7 +51,7 @@ def main() -> None:
                        recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=5, image_size=32, min_crop_area=1.0,
                                      checkpoint_every=50, val_every=10**9, log_every=50))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ckpt = pretrain(spec, str(data), storage=str(tmp / "runs"), workers=1)["checkpoint_uri"]
+        ckpt = pretrain(spec, str(data), storage=str(tmp / "runs"))["checkpoint_uri"]
         ray.shutdown()
         convert_digits(tmp / "digits", progress=False)
         digits = str(tmp / "digits")

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from models import build_model  # noqa: E402
 from pipeline.data.convert import convert_digits  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
-from pipeline.pretrain import pretrain  # noqa: E402
+from pipeline.pretrain import Launch, pretrain  # noqa: E402
 import test_transfer_pretrained as t  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     for i, seed in enumerate(seeds):
         spec = t.spec(seed)
         start = time.perf_counter()
-        out = pretrain(spec, str(data), storage=str(tmp / f"runs{i}"), in_process=True)
+        out = pretrain(spec, str(data), storage=str(tmp / f"runs{i}"), launch=Launch(in_process=True))
         acc = t.fewshot_25(out["checkpoint_uri"], digits)
         pretrained.append(acc)
         print(json.dumps({"kind": "pretrained", "seed": seed, "fewshot25": acc,

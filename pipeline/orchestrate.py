@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,7 +77,7 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
         if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
             from pipeline.data.synth import generate
             print(f"[study] generating the synthetic dataset {name!r} in {target} (first use)", flush=True)
-            generate(target, **{"progress": progress, **preset.dataset.synth})
+            generate(target, preset.dataset.synth, progress=progress)
         data = target
     try:
         store.check_bucket(data)
@@ -116,20 +117,32 @@ def default_concurrency(gpus_per_run: int) -> int:
 
 # ----------------------------------------------------------------------------- one run: pretrain -> transfer
 
-def run_chain(spec_data: dict, data_path: str, transfer_data: dict, downstream: dict[str, str], storage: str,
-              tracking_uri: str, gpus: int, study_run_id: str, previous: dict[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ChainContext:
+    """What every run chain of a study shares: where data, checkpoints and MLflow are, the
+    transfer stages, the GPUs per run and the study-level MLflow run."""
+    data_path: str
+    downstream: dict[str, str]
+    transfer: TransferPlan
+    storage: str
+    tracking_uri: str
+    gpus: int
+    study_run_id: str
+
+
+def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
     """Pretrain one RunSpec (or resume it, or skip it when finished), then run its transfer stages,
     then mark its MLflow run FINISHED. Runs as a Ray task."""
-    from pipeline.pretrain import pretrain
+    from pipeline.pretrain import Launch, pretrain
     from pipeline.transfer import evaluate
-    spec, plan = RunSpec.model_validate(spec_data), TransferPlan.model_validate(transfer_data)
-    start = time.perf_counter()
-    if previous.get("pretrain_status") == "done" and previous.get("checkpoint_uri"):
-        run_id, checkpoint, resumed = previous["run_id"], previous["checkpoint_uri"], "finished"
-        tracking.client(tracking_uri).update_run(run_id, status="RUNNING")
+    plan, uri, start = ctx.transfer, ctx.tracking_uri, time.perf_counter()
+    if previous is not None and previous.pretrained:
+        run_id, checkpoint, resumed = previous.run_id, previous.checkpoint_uri, "finished"
+        tracking.reopen_run(uri, run_id)
     else:
-        out = pretrain(spec, data_path, storage=storage, tracking_uri=tracking_uri, workers=max(gpus, 1),
-                       use_gpu=gpus > 0, finish=False, parent_run_id=study_run_id)
+        out = pretrain(spec, ctx.data_path, storage=ctx.storage, tracking_uri=uri,
+                       launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0), finish=False,
+                       parent_run_id=ctx.study_run_id)
         run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
         if not out["done"]:
             raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
@@ -138,16 +151,16 @@ def run_chain(spec_data: dict, data_path: str, transfer_data: dict, downstream: 
                  "lrs": tuple(plan.finetune_lrs) if plan.finetune_lrs else None,
                  "min_crop_area": plan.min_crop_area}
     try:
-        metrics = evaluate(checkpoint, fewshot_on=[(n, downstream[n]) for n in plan.fewshot],
-                           finetune_on=[(n, downstream[n]) for n in plan.finetune], shots=plan.shots,
-                           finetune_overrides=overrides, storage=storage, tracking_uri=tracking_uri,
-                           run_id=run_id, use_gpu=gpus > 0, on_ray=True, skip_recorded=True)
+        metrics = evaluate(checkpoint, fewshot_on=[(n, ctx.downstream[n]) for n in plan.fewshot],
+                           finetune_on=[(n, ctx.downstream[n]) for n in plan.finetune], shots=plan.shots,
+                           finetune_overrides=overrides, storage=ctx.storage, tracking_uri=uri,
+                           run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True, skip_recorded=True)
     except Exception:
-        tracking.set_tags(tracking_uri, run_id, {"transfer_status": "failed"})
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
+        tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.FAILED})
+        tracking.finish_run(uri, run_id, "FAILED")
         raise
-    tracking.set_tags(tracking_uri, run_id, {"transfer_status": "done"})
-    tracking.finish_run(tracking_uri, run_id)
+    tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.DONE})
+    tracking.finish_run(uri, run_id)
     return {"id": spec.id, "run_id": run_id, "metrics": metrics, "resumed_from": resumed,
             "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
 
@@ -184,49 +197,75 @@ class Progress:
         self.done_now += self.weights[run] if ok else 0.0
 
 
+@dataclass(frozen=True)
+class StudyOptions:
+    """How a study runs: runs at once (None: what the cluster holds now), GPU workers per run (0:
+    one CPU worker), whether to write the report, seconds between progress lines while waiting."""
+    max_concurrent: int | None = None
+    gpus_per_run: int = 0
+    report: bool = True
+    heartbeat_s: float = 60.0
+
+    def check(self) -> None:
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise StudyError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if self.gpus_per_run < 0:
+            raise StudyError(f"--gpus-per-run must be 0 (CPU) or more, got {self.gpus_per_run}")
+
+
 def run_study(study: Study, preset: str, *, storage: str, data: str | None = None, tracking_uri: str | None = None,
-              max_concurrent: int | None = None, gpus_per_run: int = 0, report: bool = True,
-              heartbeat_s: float = 60.0, emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+              options: StudyOptions = StudyOptions(), emit: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
     listed there, in the report and on their MLflow runs."""
     import ray
     from pipeline.planning import plan as study_plan
     emit = emit or (lambda text: print(text, flush=True))
-    p = study.preset(preset)
-    if max_concurrent is not None and max_concurrent < 1:
-        raise StudyError(f"--max-concurrent must be at least 1, got {max_concurrent}")
-    if gpus_per_run < 0:
-        raise StudyError(f"--gpus-per-run must be 0 (CPU) or more, got {gpus_per_run}")
+    options.check()
+    p, specs = study.preset(preset), study.expand(preset)
     storage = resolve_storage(storage)
     uri = tracking_uri or tracking.default_tracking_uri(storage)
     check_services(storage, uri)
-    specs = study.expand(preset)
     data_path = prepare_data(p, data, storage)
     downstream = prepare_downstream(p.transfer, storage)
     tracking.init_store(uri)
     planned = study_plan(study, preset, tracking_uri=None)  # compute only: the runs are read once below
-    exaflops = {r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}
     study_run = tracking.start_study_run(
         uri, study.name, preset, artifact_root=store.join(storage, "artifacts"),
         params={"study": study.name, "preset": preset, "runs": len(specs), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
-    previous = {spec_id: {"run_id": run.info.run_id, "status": tracking.run_status(run), **run.data.tags}
-                for spec_id, run in tracking.spec_runs(uri, study.name).items()}
-    done = {s.id for s in specs if previous.get(s.id, {}).get("status") == "done"}
+    previous = tracking.spec_runs(uri, study.name)
+    done = {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
     todo = [s for s in specs if s.id not in done]
-
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    limit = max_concurrent or default_concurrency(gpus_per_run)
-    partial = sum(s.id in previous for s in todo)
+    limit = options.max_concurrent or default_concurrency(options.gpus_per_run)
+    gpus = options.gpus_per_run
     emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
-         f"({partial} to resume); at most {limit} at once, "
-         f"{f'{gpus_per_run} GPU(s)' if gpus_per_run else 'one CPU worker'} per run; MLflow {uri}")
-    progress = Progress(exaflops, done, emit)
+         f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
+         f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
+    progress = Progress({r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}, done, emit)
+    ctx = ChainContext(data_path=data_path, downstream=downstream, transfer=p.transfer, storage=storage,
+                       tracking_uri=uri, gpus=gpus, study_run_id=study_run)
+    try:
+        results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
+    except KeyboardInterrupt:
+        emit("[study] interrupted: run the same command again to resume (finished runs are kept)")
+        raise
+    summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
+               "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
+               "storage": storage, "results": results}
+    return finish_study(study, preset, summary, report=options.report, emit=emit)
+
+
+def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, tracking.RunRecord], limit: int,
+               progress: Progress, heartbeat_s: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every run of ``todo`` as a chain task, at most ``limit`` at once; a progress line after each
+    and every ``heartbeat_s`` while waiting. Returns ({id: result}, {id: failure})."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     # Chains hold no CPU and live on the driver's node (the head on a cluster), with the Train
     # controllers they start (Ray Train places those next to their caller): a preempted worker
     # node ends only workers, whose runs resume from their last checkpoint on another node.
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     chain = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(run_chain)
     pending: dict[Any, RunSpec] = {}
@@ -235,36 +274,36 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     def launch() -> None:
         while queue and len(pending) < limit:
             spec = queue.pop(0)
-            ref = chain.remote(spec.model_dump(mode="json"), data_path, p.transfer.model_dump(mode="json"),
-                               downstream, storage, uri, gpus_per_run, study_run, previous.get(spec.id, {}))
-            pending[ref] = spec
+            pending[chain.remote(spec, ctx, previous.get(spec.id))] = spec
 
-    try:
-        launch()
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
-            for ref in ready:
-                spec = pending.pop(ref)
-                try:
-                    results[spec.id] = ray.get(ref)
-                    progress.finished(spec.id, True)
-                    note = f" ({spec.model_name} finished in {_clock(results[spec.id]['seconds'])})"
-                except Exception as err:  # one failed run does not stop the study
-                    failures[spec.id] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
-                    progress.finished(spec.id, False)
-                    note = f" ({spec.model_name} {spec.id} FAILED: {failures[spec.id]})"
-                launch()
-                progress.line(len(pending), note)
-            if not ready:
-                progress.line(len(pending))
-    except KeyboardInterrupt:
-        emit("[study] interrupted: run the same command again to resume (finished runs are kept)")
-        raise
-    complete = not failures and len(progress.done) == len(specs)
-    summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
-               "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
-               "storage": storage, "results": results}
-    tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(progress.done), "runs_failed": len(failures)})
+    launch()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
+        if not ready:
+            progress.line(len(pending))
+        for ref in ready:
+            spec = pending.pop(ref)
+            try:
+                results[spec.id] = ray.get(ref)
+                progress.finished(spec.id, True)
+                note = f" ({spec.model_name} finished in {_clock(results[spec.id]['seconds'])})"
+            except Exception as err:  # one failed run does not stop the study
+                failures[spec.id] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+                progress.finished(spec.id, False)
+                note = f" ({spec.model_name} {spec.id} FAILED: {failures[spec.id]})"
+            launch()
+            progress.line(len(pending), note)
+    return results, failures
+
+
+def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: bool,
+                 emit: Callable[[str], None]) -> dict[str, Any]:
+    """Log the study's counts, write its report, mark the study run FINISHED (FAILED if a run or
+    the report failed) and say how it went."""
+    uri, study_run, storage = summary["tracking_uri"], summary["study_run_id"], summary["storage"]
+    done, failures = summary["done"], summary["failed"]
+    complete = not failures and len(done) == summary["runs"]
+    tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(done), "runs_failed": len(failures)})
     if report:
         try:
             summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run)
@@ -276,7 +315,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
             emit(f"[study] the report failed ({summary['report_error']}); the runs are recorded: fix the cause and "
                  f"run `python -m pipeline.study {study.name} --preset {preset} --report`")
     tracking.finish_run(uri, study_run, "FINISHED" if complete else "FAILED")
-    emit(f"[study] {study.name}/{preset}: {len(progress.done)}/{len(specs)} runs done"
+    emit(f"[study] {study.name}/{preset}: {len(done)}/{summary['runs']} runs done"
          + (f", {len(failures)} failed: run the same command again to retry them" if failures else ""))
     return summary
 

@@ -1,18 +1,58 @@
-"""A study's plan: every run with its image count, params, forward MACs, pretraining exaFLOPs
-(``pipeline.compute``), the GPU-hours those need at a stated MFU and GPU peak, and its status in
-MLflow. Used by ``python -m pipeline.study --plan``, the orchestrator (progress weights) and the
-report (planned compute); it sits below all three, so none of them imports the CLI.
+"""A run's numbers and a study's plan.
+
+:func:`run_numbers` is the one place a run's steps, images seen, head size, params, forward MACs
+and pretraining exaFLOPs are derived: the plan calls it with the preset's sizes, pretraining with
+the dataset's, so planned and logged compute are equal by construction whenever the data has the
+size the preset says.
+
+:func:`plan` lists every run of a study with those numbers, the GPU-hours they need at a stated MFU
+and GPU peak, and its status in MLflow. Used by ``python -m pipeline.study --plan``, the
+orchestrator (progress weights) and the report (planned compute); it sits below all three, so none
+of them imports the CLI.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import compute, tracking
-from pipeline.spec import Study, subset_images
+from pipeline.spec import RunSpec, Study, subset_images
 
 DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
+
+
+@dataclass(frozen=True)
+class RunNumbers:
+    """What a run costs. ``subset_images``, ``steps`` and what follows from them are None when
+    the subset's size is unknown (a fraction of a dataset of unstated size, run by epochs)."""
+    subset_images: int | None
+    steps: int | None          # optimizer steps: given, or ceil(epochs x subset images / batch)
+    steps_per_epoch: int | None
+    images_seen: int | None    # steps x global batch
+    head_classes: int
+    params: int
+    forward_macs: int          # per image at the pretraining resolution, fvcore (pipeline.compute)
+    exaflops: float | None     # pretraining compute, the paper's convention
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_numbers(spec: RunSpec, subset_images: int | None, head_classes: int) -> RunNumbers:
+    """The numbers of ``spec`` pretrained on ``subset_images`` rows with a ``head_classes`` head."""
+    batch = spec.recipe.batch_size
+    steps = spec.total_steps(subset_images) if spec.steps is not None or subset_images is not None else None
+    images_seen = steps * batch if steps is not None else None
+    counts = compute.model_counts(spec.model, spec.recipe.image_size, head_classes, progress=True)
+    return RunNumbers(
+        subset_images=subset_images, steps=steps,
+        steps_per_epoch=subset_images // batch if subset_images is not None else None,
+        images_seen=images_seen, head_classes=head_classes, params=counts["params"],
+        forward_macs=counts["forward_macs"],
+        exaflops=compute.pretrain_exaflops(counts["forward_macs"], images_seen) if images_seen else None)
 
 
 def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DEFAULT_MFU,
@@ -22,25 +62,18 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
     statuses = {}
     if tracking_uri:
         try:
-            statuses = {spec_id: tracking.run_status(run)
-                        for spec_id, run in tracking.spec_runs(tracking_uri, study.name).items()}
+            statuses = {spec_id: run.status for spec_id, run in tracking.spec_runs(tracking_uri, study.name).items()}
         except Exception as err:  # an unreachable server must not stop a plan
             print(f"warning: could not read run status from {tracking_uri}: {err}", file=sys.stderr)
     runs = []
     for spec in study.expand(preset):
-        rows = subset_images(spec.subset, full)
-        if spec.epochs is not None:
-            images_seen = round(spec.epochs * rows) if rows is not None else None
-        else:
-            images_seen = spec.steps * spec.recipe.batch_size
-        counts = compute.model_counts(spec.model, spec.recipe.image_size, p.dataset.head_classes, progress=True)
-        exaflops = compute.pretrain_exaflops(counts["forward_macs"], images_seen) if images_seen else None
-        gpu_hours = exaflops * 1e18 / (mfu * peak_tflops * 1e12) / 3600 if exaflops is not None else None
+        n = run_numbers(spec, subset_images(spec.subset, full), p.dataset.head_classes)
+        gpu_hours = n.exaflops * 1e18 / (mfu * peak_tflops * 1e12) / 3600 if n.exaflops is not None else None
         runs.append({"id": spec.id, "model": spec.model_name, "family": spec.family, "subset": spec.subset,
-                     "subset_images": rows, "images_seen": images_seen, "epochs": spec.epochs, "steps": spec.steps,
-                     "seed": spec.seed, "params": counts["params"], "forward_gmacs": counts["forward_macs"] / 1e9,
-                     "exaflops": exaflops, "gpu_hours": gpu_hours,
-                     "status": statuses.get(spec.id, "new" if tracking_uri else "unknown")})
+                     "subset_images": n.subset_images, "images_seen": n.images_seen, "epochs": spec.epochs,
+                     "steps": n.steps, "seed": spec.seed, "params": n.params, "forward_gmacs": n.forward_macs / 1e9,
+                     "exaflops": n.exaflops, "gpu_hours": gpu_hours,
+                     "status": str(statuses.get(spec.id, tracking.Status.NEW if tracking_uri else "unknown"))})
     known = [r for r in runs if r["exaflops"] is not None]
     totals = {"runs": len(runs), "exaflops": sum(r["exaflops"] for r in known),
               "gpu_hours": sum(r["gpu_hours"] for r in known),

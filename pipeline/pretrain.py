@@ -11,7 +11,12 @@ the step (which fixes the data position) and every rank's RNG state, so a resume
 exactly where it stopped. The Train run is named after the RunSpec id: re-submitting resumes it.
 Metrics go to the RunSpec's MLflow run from rank 0, in batches. The loop (:func:`train_loop`)
 sees Ray Train only through a session (rank, device, restore, report); ``LocalSession`` runs the
-same loop in the calling process without Ray (``pretrain(..., in_process=True)``).
+same loop in the calling process without Ray (``pretrain(..., launch=Launch(in_process=True))``).
+
+The worker's pieces: :class:`PretrainPlan` (one frozen, typed object: everything a worker needs,
+built by :func:`plan_run` on the driver), :class:`Trainer` (model, optimizer and schedule;
+``restore``, ``train_step``, ``evaluate``, ``save``), :class:`Progress` (window metrics, MLflow,
+console) and :func:`train_loop`, which strings them together; tests attach :class:`Hooks`.
 
 CLI: python -m pipeline.pretrain --model NAME --data PATH [--subset 30M] [--epochs E | --steps S] ...
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -26,8 +32,9 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 from models import build_model
 from pipeline import compute, tracking
 from pipeline import storage as store
+from pipeline.planning import RunNumbers, run_numbers
 from pipeline.spec import Recipe, RunSpec
 
 # Dense bf16 peak per device (TFLOP/s) for MFU; unknown devices get no MFU.
@@ -146,29 +154,6 @@ def _gather(obj):
     return out
 
 
-def validate(model, config: dict, rank: int, world: int, device, autocast) -> dict[str, float]:
-    from pipeline.data import make_loader
-    recipe = Recipe.model_validate(config["spec"]["recipe"])
-    loader = make_loader(config["data_path"], split=config["val_split"], train=False, rank=rank,
-                         world_size=world, batch_size=config["micro_batch"], image_size=recipe.image_size,
-                         count=recipe.val_images, label_format="multi_hot")
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    hits = torch.zeros((), dtype=torch.float64, device=device)
-    n = 0
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-            with autocast():
-                logits = model(x)
-            loss_sum += F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum()
-            hits += precision_at_1(logits, y)
-            n += len(y)
-    model.train()
-    loss_sum, hits, n = _all_reduce_sum([loss_sum, hits, n], device)
-    return {"pretrain/val_loss": loss_sum / max(n, 1), "pretrain/val_prec1": hits / max(n, 1)}
-
-
 def quiet_ray_train_logs() -> None:
     """Ray Train V2 logs every report and checkpoint at INFO on each worker; the rank-0 progress
     line already says what matters. (Its loggers are named after module files, hence the lookup.)"""
@@ -243,212 +228,317 @@ class LocalSession:
         return model
 
 
+@dataclass(frozen=True)
+class PretrainPlan:
+    """Everything a worker needs, derived once on the driver by :func:`plan_run` (so that a bad
+    run fails there, with a clear message, and not inside a Ray worker)."""
+    spec: RunSpec
+    data_path: str
+    numbers: RunNumbers         # steps, images seen, head size, forward MACs (pipeline.planning)
+    micro_batch: int            # per forward pass; per-worker batch = micro_batch x accum_steps
+    accum_steps: int
+    base_lr: float
+    base_lr_source: str         # 'recipe' | 'table3' | 'choice'
+    val_split: str | None
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller attaches to the loop from outside (tests, debugging): stop after some steps
+    as if interrupted, and a call ``on_batch(rank, step, batch)`` before each step."""
+    stop_after_steps: int | None = None
+    on_batch: Callable[[int, int, Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class KeyTrace:
+    """An ``on_batch`` hook: the keys of every step's batch, per rank, appended to
+    ``<folder>/keys-rank<r>.txt`` (to check that a resumed run sees exactly the same data)."""
+    folder: str
+
+    def __call__(self, rank: int, step: int, batch) -> None:
+        path = Path(self.folder) / f"keys-rank{rank}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(f"{step}\t{','.join(batch.keys)}\n")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where the loop runs: Ray Train workers (CPU or one GPU each, retried ``max_failures``
+    times), or ``in_process`` without Ray (one worker, local storage; debugging and tests)."""
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 3
+    in_process: bool = False
+
+
+class Trainer:
+    """One worker's model, optimizer and schedule, and what is done with them: restore, a
+    training step, validation, save. Callable without Ray (``LocalSession``)."""
+
+    def __init__(self, plan: PretrainPlan, session: RaySession | LocalSession) -> None:
+        spec, recipe = plan.spec, plan.spec.recipe
+        self.plan, self.session, self.recipe = plan, session, recipe
+        self.device = session.device
+        self.precision = recipe.precision if recipe.precision != "auto" else (
+            "bf16" if self.device.type == "cuda" else "fp32")
+        torch.manual_seed(spec.seed)  # identical initial weights on every rank
+        options = {"dropout": recipe.dropout} if spec.family != "resnet" else {}
+        self.model = build_model(spec.model, num_classes=plan.numbers.head_classes,
+                                 image_size=recipe.image_size, **options)
+        torch.nn.init.constant_(self.model.head.fc.bias, recipe.head_bias_init)
+        self.model.to(self.device)
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, recipe.weight_decay), lr=plan.base_lr,
+                                           betas=(recipe.beta1, recipe.beta2))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, recipe.warmup_steps, plan.numbers.steps, recipe.decay))
+        self.step, self.best, self.resumed_from = 0, {}, None
+        self.restore()
+        self.train_model = session.wrap(self.model)
+        if recipe.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def restore(self) -> None:
+        """The session's last checkpoint, if any: weights, optimizer, schedule, step, best values and
+        this rank's RNG state; else seed this rank's RNG (dropout differs across ranks, reproducibly)."""
+        state = self.session.restore(self.device)
+        rank = self.session.rank
+        if state is None:
+            torch.manual_seed(self.plan.spec.seed * 1000 + rank)
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.best, self.resumed_from = state["step"], state["best"], state["step"]
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+
+    def batches(self):
+        """This rank's training batches from the current step to the end of its epoch."""
+        from pipeline.data import LoaderSpec, make_loader
+        epoch, position = divmod(self.step, self.plan.numbers.steps_per_epoch)
+        spec = LoaderSpec(self.plan.data_path, batch_size=self.plan.micro_batch * self.plan.accum_steps,
+                          image_size=self.recipe.image_size, train=True, rank=self.session.rank,
+                          world_size=self.session.world, seed=self.plan.spec.seed, epoch=epoch,
+                          label_format="multi_hot", min_crop_area=self.recipe.min_crop_area,
+                          **self.plan.spec.subset_selector())
+        return make_loader(spec, start_step=position)
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Gradients of the batch's loss, accumulated over ``accum_steps`` micro-batches (DDP syncs
+        gradients on the last one only). Returns the loss (on the device)."""
+        micro, accum = self.plan.micro_batch, self.plan.accum_steps
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        for i in range(accum):
+            last = i == accum - 1 or self.session.world == 1
+            no_sync = getattr(self.train_model, "no_sync", None)
+            with (no_sync() if not last and no_sync else contextlib.nullcontext()), self.autocast():
+                loss = sigmoid_xent(self.train_model(x[i * micro:(i + 1) * micro]), y[i * micro:(i + 1) * micro]) / accum
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on ``batch``; returns (loss, gradient norm), both still on the device
+        (reading them every step would stall a GPU)."""
+        x, y = batch.images.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
+        loss = self.backward(x, y)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = (torch.nn.utils.clip_grad_norm_(self.params, self.recipe.grad_clip) if self.recipe.grad_clip
+                else torch.nn.utils.get_total_norm(grads))
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss, norm
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and precision@1 over every rank's share, with the best values so far.
+        Runs the unwrapped model: ranks may hold different numbers of batches, and a DDP forward
+        can broadcast buffers (a collective every rank must join)."""
+        from pipeline.data import LoaderSpec, make_loader
+        loader = make_loader(LoaderSpec(self.plan.data_path, split=self.plan.val_split, train=False,
+                                        rank=self.session.rank, world_size=self.session.world,
+                                        batch_size=self.plan.micro_batch, image_size=self.recipe.image_size,
+                                        count=self.recipe.val_images, label_format="multi_hot"))
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        n = 0
+        self.model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                x, y = batch.images.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
+                with self.autocast():
+                    logits = self.model(x)
+                sums[0] += F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum()
+                sums[1] += precision_at_1(logits, y)
+                n += len(y)
+        self.model.train()
+        loss_sum, hits, n = _all_reduce_sum([sums[0], sums[1], n], self.device)
+        values = {"pretrain/val_loss": loss_sum / max(n, 1), "pretrain/val_prec1": hits / max(n, 1)}
+        for key, value in values.items():
+            best = self.best.get(f"{key}_best")
+            if best is None or (value < best if key.endswith("loss") else value > best):
+                self.best[f"{key}_best"] = value
+        return {**values, **self.best}
+
+    def save(self, metrics: dict[str, float]) -> None:
+        """A checkpoint (model, optimizer, schedule, step, best values, every rank's RNG state, the
+        spec), reported with ``metrics``; every rank takes part, rank 0 writes."""
+        states = _gather(rng_state())  # every rank's RNG, so that dropout resumes exactly too
+        if self.session.rank != 0:
+            self.session.report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "schedule": self.schedule.state_dict(), "step": self.step, "best": self.best,
+                        "rng": states, "spec": self.plan.spec.model_dump(mode="json")}, Path(folder) / STATE_FILE)
+            self.session.report(metrics, folder)
+
+
+class Progress:
+    """The loop's logging: loss and gradient norm averaged over a window of steps and over ranks,
+    throughput, MFU and compute so far; rank 0 sends metrics to MLflow in batches (steps an
+    interrupted attempt already logged are not logged twice) and prints one line per window."""
+
+    def __init__(self, plan: PretrainPlan, trainer: Trainer, stop_at: int) -> None:
+        self.plan, self.trainer, self.stop_at = plan, trainer, stop_at
+        self.rank, self.world = trainer.session.rank, trainer.session.world
+        self.peak = peak_tflops(trainer.device, trainer.precision)
+        self.logger = None
+        if self.rank == 0 and plan.mlflow_run_id:
+            logged = tracking.last_step(plan.tracking_uri, plan.mlflow_run_id, "pretrain/loss")
+            self.logger = tracking.MetricLogger(plan.tracking_uri, plan.mlflow_run_id, logged_through=logged)
+        self._new_window()
+        if self.rank == 0 and trainer.resumed_from is not None:
+            self._print(f"resumed from the checkpoint at step {trainer.resumed_from}/{plan.numbers.steps}")
+
+    def _new_window(self) -> None:
+        device = self.trainer.device
+        self.loss, self.grad_norm = (torch.zeros((), dtype=torch.float32, device=device) for _ in range(2))
+        self.steps, self.start = 0, time.perf_counter()
+
+    def _print(self, text: str) -> None:
+        print(f"[pretrain {self.plan.spec.id}] {text}", flush=True)
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.loss += loss
+        self.grad_norm += grad_norm
+        self.steps += 1
+
+    def window(self) -> dict[str, float]:
+        """The window's metrics (every rank must call this at the same step), then a new window."""
+        step, batch, macs = self.trainer.step, self.plan.spec.recipe.batch_size, self.plan.numbers.forward_macs
+        elapsed = time.perf_counter() - self.start
+        loss_sum, norm_sum = _all_reduce_sum([self.loss, self.grad_norm], self.trainer.device)
+        images_per_s = self.steps * batch / max(elapsed, 1e-9)
+        achieved = compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * macs * images_per_s / 1e12
+        metrics = {"pretrain/loss": loss_sum / self.world / self.steps,
+                   "pretrain/lr": self.trainer.schedule.get_last_lr()[0],
+                   "pretrain/grad_norm": norm_sum / self.world / self.steps,
+                   "throughput/images_per_s": images_per_s, "throughput/tflops": achieved,
+                   "compute/images_seen": step * batch,
+                   "compute/exaflops": compute.pretrain_exaflops(macs, step * batch),
+                   "pretrain/epoch": step / self.plan.numbers.steps_per_epoch}
+        if self.peak:
+            metrics["throughput/mfu"] = achieved / (self.peak * self.world)
+        self._new_window()
+        return metrics
+
+    def emit(self, metrics: dict[str, float]) -> None:
+        """Rank 0: ``metrics`` to MLflow; after a window, send the batch and print a line."""
+        if self.rank != 0 or not metrics:
+            return
+        step = self.trainer.step
+        if self.logger is not None:
+            self.logger.log(step, metrics)
+        if "pretrain/loss" in metrics:
+            self.flush()
+            eta = (self.stop_at - step) * self.plan.spec.recipe.batch_size / max(metrics["throughput/images_per_s"], 1e-9)
+            val = f" val_prec1 {metrics['pretrain/val_prec1']:.3f}" if "pretrain/val_prec1" in metrics else ""
+            self._print(f"step {step}/{self.plan.numbers.steps} loss {metrics['pretrain/loss']:.4f} "
+                        f"lr {metrics['pretrain/lr']:.2e} {metrics['throughput/images_per_s']:.1f} img/s{val} eta {eta:.0f}s")
+
+    def flush(self) -> None:
+        if self.logger is not None:
+            self.logger.flush()
+
+
 def train_loop_per_worker(config: dict) -> dict[str, Any]:
-    """The Ray Train entry point of :func:`train_loop`."""
+    """The Ray Train entry point of :func:`train_loop`: ``config`` is {"plan": ..., "hooks": ...}."""
     quiet_ray_train_logs()
     use_assigned_cpus()
-    return train_loop(config, RaySession())
+    return train_loop(config["plan"], RaySession(), config.get("hooks") or Hooks())
 
 
-def train_loop(config: dict, session: RaySession | LocalSession) -> dict[str, Any]:
-    from pipeline.data import make_loader
-
-    spec = RunSpec.model_validate(config["spec"])
-    recipe = spec.recipe
-    rank, world, device = session.rank, session.world, session.device
-    precision = recipe.precision if recipe.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    total_steps, micro, accum = config["total_steps"], config["micro_batch"], config["accum_steps"]
-    per_rank = micro * accum
-
-    torch.manual_seed(spec.seed)  # identical initial weights on every rank
-    options = {"dropout": recipe.dropout} if spec.family != "resnet" else {}
-    model = build_model(spec.model, num_classes=config["num_classes"], image_size=recipe.image_size, **options)
-    torch.nn.init.constant_(model.head.fc.bias, recipe.head_bias_init)
-    model.to(device)
-    base_lr = config["base_lr"]
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=base_lr,
-                                  betas=(recipe.beta1, recipe.beta2))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, recipe.warmup_steps, total_steps, recipe.decay))
-
-    step, best, resumed_from = 0, {}, None
-    state = session.restore(device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step, best, resumed_from = state["step"], state["best"], state["step"]
-        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-    else:
-        torch.manual_seed(spec.seed * 1000 + rank)  # dropout differs across ranks, reproducibly
-
-    train_model = session.wrap(model)
-    if recipe.compile:
-        train_model = torch.compile(train_model)
-
-    logger = None
-    if rank == 0:  # steps an interrupted attempt logged are repeated exactly: not logged twice
-        logged = tracking.last_step(config["tracking_uri"], config["mlflow_run_id"], "pretrain/loss")
-        logger = tracking.MetricLogger(config["tracking_uri"], config["mlflow_run_id"], logged_through=logged)
-    trace = Path(config["trace_keys_dir"]) / f"keys-rank{rank}.txt" if config.get("trace_keys_dir") else None
-    if trace is not None:  # the keys of every step, per rank (to check exact resumption)
-        trace.parent.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = config["steps_per_epoch"]
-    stop_at = min(total_steps, config.get("stop_after_steps") or total_steps)
-    fwd_macs, global_batch = config["forward_macs"], recipe.batch_size
-    peak = peak_tflops(device, precision)
-    params = list(model.parameters())
-
-    def new_window() -> dict[str, Any]:
-        # Loss and gradient-norm sums stay on the device: reading them every step (.item()) would
-        # stall a GPU on every step; they are read once per logging window.
-        zero = lambda: torch.zeros((), dtype=torch.float32, device=device)  # noqa: E731
-        return {"loss": zero(), "grad_norm": zero(), "steps": 0, "start": time.perf_counter()}
-
-    window = new_window()
-    if rank == 0 and resumed_from is not None:
-        print(f"[pretrain {spec.id}] resumed from the checkpoint at step {resumed_from}/{total_steps}", flush=True)
-
-    def save_and_report(metrics: dict[str, float]) -> None:
-        states = _gather(rng_state())  # every rank's RNG, so that dropout resumes exactly too
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "step": step, "best": best, "rng": states,
-                            "spec": config["spec"]}, Path(folder) / STATE_FILE)
-                session.report(metrics, folder)
-        else:
-            session.report(metrics, None)
-
-    while step < stop_at:
-        epoch, position = divmod(step, steps_per_epoch)
-        loader = make_loader(config["data_path"], batch_size=per_rank, image_size=recipe.image_size, train=True,
-                             rank=rank, world_size=world, seed=spec.seed, epoch=epoch, start_step=position,
-                             label_format="multi_hot", min_crop_area=recipe.min_crop_area,
-                             **spec.subset_selector())
-        for batch in loader:
-            if trace is not None:
-                with trace.open("a") as f:
-                    f.write(f"{step}\t{','.join(batch.keys)}\n")
-            x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-            for i in range(accum):
-                xs, ys = x[i * micro:(i + 1) * micro], y[i * micro:(i + 1) * micro]
-                sync = i == accum - 1 or world == 1
-                ctx_sync = (train_model.no_sync() if not sync and hasattr(train_model, "no_sync")
-                            else contextlib.nullcontext())
-                with ctx_sync, autocast():
-                    loss = sigmoid_xent(train_model(xs), ys) / accum
-                loss.backward()
-                window["loss"] += loss.detach()
-            window["grad_norm"] += (torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip) if recipe.grad_clip
-                                   else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window["steps"] += 1
-
-            metrics: dict[str, float] = {}
-            last = step == stop_at
-            if step % recipe.log_every == 0 or last:
-                elapsed = time.perf_counter() - window["start"]
-                # every rank is here at the same step: average the loss over the global batch
-                loss_sum, norm_sum = _all_reduce_sum([window["loss"], window["grad_norm"]], device)
-                images_per_s = window["steps"] * global_batch / max(elapsed, 1e-9)
-                achieved = compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * fwd_macs * images_per_s / 1e12
-                metrics.update({
-                    "pretrain/loss": loss_sum / world / window["steps"],
-                    "pretrain/lr": schedule.get_last_lr()[0],
-                    "pretrain/grad_norm": norm_sum / world / window["steps"],
-                    "throughput/images_per_s": images_per_s,
-                    "throughput/tflops": achieved,
-                    "compute/images_seen": step * global_batch,
-                    "compute/exaflops": compute.pretrain_exaflops(fwd_macs, step * global_batch),
-                    "pretrain/epoch": step / steps_per_epoch,
-                })
-                if peak:
-                    metrics["throughput/mfu"] = achieved / (peak * world)
-                window = new_window()
-            if config["val_split"] and (step % recipe.val_every == 0 or step == total_steps):
-                # the unwrapped model: ranks may hold different numbers of val batches, and a
-                # DDP forward can broadcast buffers (a collective every rank must join)
-                val = validate(model, config, rank, world, device, autocast)
-                for key, value in val.items():
-                    best_key = f"{key}_best"
-                    better = value < best.get(best_key, math.inf) if key.endswith("loss") else \
-                        value > best.get(best_key, -math.inf)
-                    if better:
-                        best[best_key] = value
-                metrics.update(val)
-                metrics.update(best)
-            if rank == 0 and metrics:
-                logger.log(step, metrics)
-                if "pretrain/loss" in metrics:
-                    logger.flush()
-                    eta = (stop_at - step) * global_batch / max(metrics["throughput/images_per_s"], 1e-9)
-                    val_text = f" val_prec1 {metrics['pretrain/val_prec1']:.3f}" if "pretrain/val_prec1" in metrics else ""
-                    print(f"[pretrain {spec.id}] step {step}/{total_steps} loss {metrics['pretrain/loss']:.4f} "
-                          f"lr {metrics['pretrain/lr']:.2e} {metrics['throughput/images_per_s']:.1f} img/s"
-                          f"{val_text} eta {eta:.0f}s", flush=True)
+def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Hooks = Hooks()) -> dict[str, Any]:
+    """Pretrain from the session's last checkpoint (or from scratch) to the plan's last step."""
+    trainer, recipe, total = Trainer(plan, session), plan.spec.recipe, plan.numbers.steps
+    stop_at = min(total, hooks.stop_after_steps or total)
+    progress = Progress(plan, trainer, stop_at)
+    while trainer.step < stop_at:
+        for batch in trainer.batches():
+            if hooks.on_batch is not None:
+                hooks.on_batch(session.rank, trainer.step, batch)
+            progress.add(*trainer.train_step(batch))
+            step, last = trainer.step, trainer.step == stop_at
+            metrics = progress.window() if step % recipe.log_every == 0 or last else {}
+            if plan.val_split and (step % recipe.val_every == 0 or step == total):
+                metrics.update(trainer.evaluate())
+            progress.emit(metrics)
             if step % recipe.checkpoint_every == 0 or last:
-                save_and_report({"step": step, **metrics})
-            if step >= stop_at:
+                trainer.save({"step": step, **metrics})
+            if last:
                 break
-
-    if rank == 0 and logger is not None:
-        logger.flush()
-    return {"step": step, "total_steps": total_steps, "images_seen": step * global_batch,
-            "resumed_from": resumed_from, "best": best}
+    progress.flush()
+    return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,
+            "resumed_from": trainer.resumed_from, "best": trainer.best}
 
 
 # ----------------------------------------------------------------------------- the driver
 
-def plan_run(spec: RunSpec, data_path: str, workers: int) -> dict[str, Any]:
-    """Everything derived from the spec and the dataset that the workers need, checked up front
-    so that a bad run fails here with a clear message and not inside a Ray worker."""
+def plan_run(spec: RunSpec, data_path: str, workers: int) -> PretrainPlan:
+    """The run's plan from the spec and the dataset, checked up front (batch split over workers,
+    at least one batch per epoch, a learning rate)."""
     from pipeline.data import open_dataset
     recipe = spec.recipe
     dataset = open_dataset(data_path)
-    subset = dataset.subset(split="train", **spec.subset_selector())
-    rows = subset.num_rows
+    rows = dataset.subset(split="train", **spec.subset_selector()).num_rows
     if recipe.batch_size % workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {workers} workers")
     per_rank = recipe.batch_size // workers
     micro = min(recipe.micro_batch_size or per_rank, per_rank)
     if per_rank % micro:
         raise ValueError(f"per-worker batch {per_rank} is not a multiple of micro_batch_size {micro}")
-    steps_per_epoch = rows // recipe.batch_size
-    if steps_per_epoch < 1:
+    if rows < recipe.batch_size:
         raise ValueError(f"subset {spec.subset!r} of {data_path} has {rows} images, fewer than one global "
                          f"batch of {recipe.batch_size}: use a smaller batch or a larger subset")
     base_lr, lr_source = spec.base_lr()
-    val_split = "val" if "val" in dataset.splits else None
-    counts = compute.model_counts(spec.model, recipe.image_size, dataset.num_classes, progress=True)
-    return {"spec": spec.model_dump(mode="json"), "data_path": store.resolve(data_path),
-            "num_classes": dataset.num_classes, "subset_rows": rows, "steps_per_epoch": steps_per_epoch,
-            "total_steps": spec.total_steps(rows), "micro_batch": micro, "accum_steps": per_rank // micro,
-            "base_lr": base_lr, "base_lr_source": lr_source, "val_split": val_split,
-            "forward_macs": counts["forward_macs"], "params": counts["params"]}
+    return PretrainPlan(spec=spec, data_path=store.resolve(data_path),
+                        numbers=run_numbers(spec, rows, dataset.num_classes), micro_batch=micro,
+                        accum_steps=per_rank // micro, base_lr=base_lr, base_lr_source=lr_source,
+                        val_split="val" if "val" in dataset.splits else None)
 
 
-def run_params(spec: RunSpec, plan: dict[str, Any], workers: int) -> dict[str, Any]:
+def run_params(plan: PretrainPlan, workers: int) -> dict[str, Any]:
     """Flat params, named identically across runs (MLflow compare view and scatter plots)."""
-    r = spec.recipe
+    spec, r, n = plan.spec, plan.spec.recipe, plan.numbers
     return {"run_spec_id": spec.id, "model": spec.model_name, "family": spec.family, "dataset": spec.dataset,
-            "subset": spec.subset, "subset_images": plan["subset_rows"], "epochs": spec.epochs, "steps": plan["total_steps"],
-            "batch_size": r.batch_size, "base_lr": plan["base_lr"], "base_lr_source": plan["base_lr_source"],
+            "subset": spec.subset, "subset_images": n.subset_images, "epochs": spec.epochs, "steps": n.steps,
+            "batch_size": r.batch_size, "base_lr": plan.base_lr, "base_lr_source": plan.base_lr_source,
             "warmup_steps": r.warmup_steps, "decay": r.decay, "weight_decay": r.weight_decay,
             "grad_clip": r.grad_clip, "image_size": r.image_size, "dropout": r.dropout, "seed": spec.seed,
-            "workers": workers, "params": plan["params"], "forward_gmacs": plan["forward_macs"] / 1e9,
-            "num_classes": plan["num_classes"]}
+            "workers": workers, "params": n.params, "forward_gmacs": n.forward_macs / 1e9,
+            "num_classes": n.head_classes}
 
 
-def fit_on_ray(config: dict[str, Any], storage: str, spec_id: str, workers: int, use_gpu: bool,
-               cpus_per_worker: float, max_failures: int) -> tuple[dict[str, Any], str | None]:
+def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -> tuple[dict[str, Any], str | None]:
     """Run the loop on Ray Train; the Train run is named after the RunSpec (re-running resumes).
     Returns the loop's summary and the URI of the last checkpoint."""
     import ray
@@ -456,12 +546,13 @@ def fit_on_ray(config: dict[str, Any], storage: str, spec_id: str, workers: int,
     from ray.train.torch import TorchTrainer
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    resources = {"CPU": launch.cpus_per_worker, **({"GPU": 1} if launch.use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=f"pretrain-{spec_id}", **store.ray_storage(storage),
-                             failure_config=FailureConfig(max_failures=max_failures),
+        train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
+        scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"pretrain-{plan.spec.id}", **store.ray_storage(storage),
+                             failure_config=FailureConfig(max_failures=launch.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     result = trainer.fit()
     summary = dict(getattr(result, "return_value", None) or {})
@@ -469,48 +560,54 @@ def fit_on_ray(config: dict[str, Any], storage: str, spec_id: str, workers: int,
     return summary, checkpoint_uri
 
 
-def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None, workers: int = 1,
-             use_gpu: bool = False, cpus_per_worker: float = 1.0, max_failures: int = 3,
-             stop_after_steps: int | None = None, trace_keys_dir: str | None = None,
-             finish: bool = True, parent_run_id: str | None = None, in_process: bool = False) -> dict[str, Any]:
-    """Run (or resume) the pretraining of ``spec``. Returns a summary with the MLflow run id and
-    the final checkpoint's URI. ``parent_run_id``: the study-level run that groups this one.
-    ``in_process``: run the same loop in this process, without Ray (one worker, local storage;
-    for debugging and for tests of what the loop learns)."""
-    if in_process and (workers != 1 or store.is_remote(storage)):
-        raise ValueError("in_process pretraining runs one worker on local storage")
-    storage = store.resolve(storage)
-    tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
-    plan = plan_run(spec, data_path, workers)
+def fit_in_process(plan: PretrainPlan, hooks: Hooks, storage: str) -> tuple[dict[str, Any], str | None]:
+    """The same loop in this process (``LocalSession``); returns what :func:`fit_on_ray` does."""
+    session = LocalSession(Path(storage) / f"pretrain-{plan.spec.id}")
+    summary = train_loop(plan, session, hooks)
+    found = session.checkpoints()
+    return summary, str(found[-1]) if found else None
+
+
+def start_tracking(plan: PretrainPlan, storage: str, tracking_uri: str, launch: Launch,
+                   parent_run_id: str | None) -> PretrainPlan:
+    """The RunSpec's MLflow run (found again on re-runs), with its params; the plan that logs to it."""
+    spec = plan.spec
     tracking.init_store(tracking_uri)
     run_id = tracking.start_run(
         tracking_uri, spec.study, spec.id, run_name=f"{spec.model_name} {spec.subset} {spec.id}",
         tags={"family": spec.family, "model": spec.model_name, "subset": spec.subset,
-              "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps",
-              **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-        params=run_params(spec, plan, workers), artifact_root=store.join(storage, "artifacts"))
-    config = {**plan, "tracking_uri": tracking_uri, "mlflow_run_id": run_id,
-              "stop_after_steps": stop_after_steps, "trace_keys_dir": trace_keys_dir}
+              "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps"},
+        params=run_params(plan, launch.workers), artifact_root=store.join(storage, "artifacts"),
+        parent_run_id=parent_run_id)
+    return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+
+
+def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None,
+             launch: Launch = Launch(), hooks: Hooks = Hooks(), finish: bool = True,
+             parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the pretraining of ``spec``. Returns a summary with the MLflow run id and
+    the final checkpoint's URI. ``parent_run_id``: the study-level run that groups this one;
+    ``finish=False`` leaves the MLflow run open for the transfer stages."""
+    if launch.in_process and (launch.workers != 1 or store.is_remote(storage)):
+        raise ValueError("in_process pretraining runs one worker on local storage")
+    storage = store.resolve(storage)
+    tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
+    plan = start_tracking(plan_run(spec, data_path, launch.workers), storage, tracking_uri, launch, parent_run_id)
+    run_id, total = plan.mlflow_run_id, plan.numbers.steps
     try:
-        if in_process:
-            session = LocalSession(Path(storage) / f"pretrain-{spec.id}")
-            summary = train_loop(config, session)
-            found = session.checkpoints()
-            checkpoint_uri = str(found[-1]) if found else None
-        else:
-            summary, checkpoint_uri = fit_on_ray(config, storage, spec.id, workers, use_gpu, cpus_per_worker,
-                                                 max_failures)
+        summary, checkpoint_uri = (fit_in_process(plan, hooks, storage) if launch.in_process
+                                   else fit_on_ray(plan, hooks, storage, launch))
     except Exception:
-        tracking.set_tags(tracking_uri, run_id, {"pretrain_status": "failed"})
+        tracking.set_tags(tracking_uri, run_id, {tracking.PRETRAIN_STATUS_TAG: tracking.Status.FAILED})
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise
-    done = summary.get("step") == plan["total_steps"]
-    tracking.set_tags(tracking_uri, run_id, {"checkpoint_uri": checkpoint_uri,
-                                             "pretrain_status": "done" if done else "partial"})
+    done = summary.get("step") == total
+    tracking.set_tags(tracking_uri, run_id, {tracking.CHECKPOINT_TAG: checkpoint_uri, tracking.PRETRAIN_STATUS_TAG:
+                                             tracking.Status.DONE if done else tracking.Status.PARTIAL})
     if done and finish:
         tracking.finish_run(tracking_uri, run_id)
     return {**summary, "mlflow_run_id": run_id, "checkpoint_uri": checkpoint_uri, "tracking_uri": tracking_uri,
-            "done": done, "total_steps": plan["total_steps"]}
+            "done": done, "total_steps": total}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,8 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.tracking_uri or tracking.default_tracking_uri(args.storage)
     except Exception as err:  # validation errors say which field and why
         parser.error(str(err))
-    summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri, workers=args.workers,
-                       use_gpu=args.gpu)
+    summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
+                       launch=Launch(workers=args.workers, use_gpu=args.gpu))
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.plan:
-        uri = args.tracking_uri
-        if uri is None and not store.is_remote(args.storage) and store.exists(store.join(args.storage, "mlflow.db")):
-            uri = tracking.default_tracking_uri(args.storage)
+        uri = args.tracking_uri or tracking.existing_default_uri(args.storage)
         result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
         print(json.dumps(result, indent=2) if args.json else format_plan(result))
         return 0
@@ -80,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri)
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
+        options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run)
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
-                                        max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run)
+                                        options=options)
     except orchestrate.StudyError as err:
         parser.error(str(err))
     except Exception as err:

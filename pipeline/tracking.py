@@ -2,14 +2,17 @@
 flat identically-named params, namespaced metrics logged in batches.
 
 Run status as the study sees it, one vocabulary for the plan, the orchestrator and the report
-(:data:`STATUSES`): ``done`` (FINISHED), ``partial`` (exists, not finished: running or killed),
+(:class:`Status`): ``done`` (FINISHED), ``partial`` (exists, not finished: running or killed),
 ``failed`` (FAILED) or ``new`` (no run). Partial and failed runs resume from their checkpoint.
+Other modules read a RunSpec's run as a :class:`RunRecord` and never touch MLflow objects.
 """
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -17,6 +20,10 @@ from pipeline import storage as store
 
 RUN_SPEC_TAG = "run_spec_id"
 STUDY_PRESET_TAG = "study_preset"  # marks the one study-level run of a preset
+PRETRAIN_STATUS_TAG = "pretrain_status"  # done | partial | failed
+TRANSFER_STATUS_TAG = "transfer_status"  # done | failed
+CHECKPOINT_TAG = "checkpoint_uri"        # the last pretraining checkpoint
+NESTED_KEY_TAG = "nested_key"            # identifies a nested (fine-tuning) run under its parent
 
 
 class TrackingError(ValueError):
@@ -31,6 +38,13 @@ def default_tracking_uri(storage_root: str | os.PathLike) -> str:
                             "storage: give the MLflow server with --tracking-uri or MLFLOW_TRACKING_URI "
                             "(e.g. http://HEAD:5000, see docs/cluster.md)")
     return f"sqlite:///{Path(store.resolve(storage_root)) / 'mlflow.db'}"
+
+
+def existing_default_uri(storage_root: str) -> str | None:
+    """The default tracking URI of a local storage root if its database exists, else None."""
+    if store.is_remote(storage_root) or not store.exists(store.join(storage_root, "mlflow.db")):
+        return None
+    return default_tracking_uri(storage_root)
 
 
 def is_server(tracking_uri: str) -> bool:
@@ -108,14 +122,46 @@ def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = Non
         return exp.experiment_id
 
 
-STATUSES = ("done", "partial", "failed", "new")
+class Status(enum.StrEnum):
+    """A RunSpec's state in the study's words (equal to its string: ``Status.DONE == "done"``)."""
+    DONE = "done"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    NEW = "new"
 
 
-def run_status(run) -> str:
-    """A RunSpec's MLflow run (or None) in the study's words, :data:`STATUSES`."""
+STATUSES = tuple(s.value for s in Status)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A RunSpec's MLflow run as the study reads it."""
+    run_id: str
+    status: Status
+    start_time: int
+    pretrain_status: str | None
+    transfer_status: str | None
+    checkpoint_uri: str | None
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, run) -> "RunRecord":
+        tags = run.data.tags
+        return cls(run_id=run.info.run_id, status=run_status(run), start_time=run.info.start_time,
+                   pretrain_status=tags.get(PRETRAIN_STATUS_TAG), transfer_status=tags.get(TRANSFER_STATUS_TAG),
+                   checkpoint_uri=tags.get(CHECKPOINT_TAG), metrics=dict(run.data.metrics))
+
+    @property
+    def pretrained(self) -> bool:
+        """Pretraining finished and left a checkpoint: only the transfer stages may be missing."""
+        return self.pretrain_status == Status.DONE and bool(self.checkpoint_uri)
+
+
+def run_status(run) -> Status:
+    """An MLflow run (or None) in the study's words."""
     if run is None:
-        return "new"
-    return {"FINISHED": "done", "FAILED": "failed"}.get(run.info.status, "partial")
+        return Status.NEW
+    return {"FINISHED": Status.DONE, "FAILED": Status.FAILED}.get(run.info.status, Status.PARTIAL)
 
 
 def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags: Mapping[str, str],
@@ -143,9 +189,12 @@ def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags
 
 
 def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[str, Any],
-              params: Mapping[str, Any], run_name: str | None = None, artifact_root: str | None = None) -> str:
-    """The one MLflow run of this RunSpec in the study's experiment."""
-    all_tags = {RUN_SPEC_TAG: run_spec_id, "study": study, **{k: str(v) for k, v in tags.items()}}
+              params: Mapping[str, Any], run_name: str | None = None, artifact_root: str | None = None,
+              parent_run_id: str | None = None) -> str:
+    """The one MLflow run of this RunSpec in the study's experiment (nested under ``parent_run_id``,
+    the study-level run, when given)."""
+    all_tags = {RUN_SPEC_TAG: run_spec_id, "study": study, **{k: str(v) for k, v in tags.items()},
+                **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     return _find_or_create(tracking_uri, experiment_id(tracking_uri, study, artifact_root),
                            f"tags.{RUN_SPEC_TAG} = '{run_spec_id}'", all_tags, run_name, params)
 
@@ -155,8 +204,8 @@ def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Ma
     that an evaluation that is re-run or resumed never makes a second one."""
     experiment = client(tracking_uri).get_run(parent_run_id).info.experiment_id
     return _find_or_create(tracking_uri, experiment,
-                           f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.nested_key = '{key}'",
-                           {"mlflow.parentRunId": parent_run_id, "nested_key": key}, key, params)
+                           f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.{NESTED_KEY_TAG} = '{key}'",
+                           {"mlflow.parentRunId": parent_run_id, NESTED_KEY_TAG: key}, key, params)
 
 
 def start_study_run(tracking_uri: str, study: str, preset: str, *, params: Mapping[str, Any],
@@ -181,7 +230,7 @@ def nested_result(tracking_uri: str, parent_run_id: str, key: str, metric: str) 
     c = client(tracking_uri)
     experiment = c.get_run(parent_run_id).info.experiment_id
     found = c.search_runs([experiment], max_results=1, filter_string=(
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.nested_key = '{key}' and "
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.{NESTED_KEY_TAG} = '{key}' and "
         "attributes.status = 'FINISHED'"))
     return found[0].data.metrics.get(metric) if found else None
 
@@ -246,15 +295,31 @@ def runs_of_study(tracking_uri: str, study: str) -> Iterable:
     return [] if exp is None else c.search_runs([exp.experiment_id], max_results=50_000)
 
 
-def spec_runs(tracking_uri: str, study: str) -> dict[str, Any]:
-    """{RunSpec id: its MLflow run} from one search of the study's experiment; fine-tuning trials
+def spec_runs(tracking_uri: str, study: str) -> dict[str, RunRecord]:
+    """{RunSpec id: its run} from one search of the study's experiment; fine-tuning trials
     (nested) and the study-level run are not RunSpec runs. Tracking never makes two runs of one
     RunSpec; if something else did, the latest counts."""
-    found: dict[str, Any] = {}
+    found: dict[str, RunRecord] = {}
     for run in runs_of_study(tracking_uri, study):
         spec_id = run.data.tags.get(RUN_SPEC_TAG)
-        if spec_id is None or "nested_key" in run.data.tags:
+        if spec_id is None or NESTED_KEY_TAG in run.data.tags:
             continue
-        if spec_id not in found or run.info.start_time > found[spec_id].info.start_time:
-            found[spec_id] = run
+        if spec_id not in found or run.info.start_time > found[spec_id].start_time:
+            found[spec_id] = RunRecord.of(run)
     return found
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """Mark a run RUNNING again (its transfer stages are about to run)."""
+    client(tracking_uri).update_run(run_id, status="RUNNING")
+
+
+def recorded_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """The latest value of every metric of a run."""
+    return dict(client(tracking_uri).get_run(run_id).data.metrics)
+
+
+def log_files(tracking_uri: str, run_id: str, paths: Iterable[str | os.PathLike], artifact_path: str) -> None:
+    """Files as artifacts of a run, under ``artifact_path``."""
+    for path in paths:
+        client(tracking_uri).log_artifact(run_id, str(path), artifact_path=artifact_path)

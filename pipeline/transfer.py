@@ -337,8 +337,7 @@ def evaluate(checkpoint: str, *, fewshot_on: Sequence[tuple[str, str]] = (), fin
     a dataset whose metrics the run already holds is not evaluated again (a resumed study).
     ``on_ray``: the few-shot probe runs as a Ray task holding one CPU (or GPU), as the
     fine-tuning trials do, instead of in this process."""
-    recorded = dict(tracking.client(tracking_uri).get_run(run_id).data.metrics) \
-        if skip_recorded and tracking_uri and run_id else {}
+    recorded = tracking.recorded_metrics(tracking_uri, run_id) if skip_recorded and tracking_uri and run_id else {}
     metrics: dict[str, float] = {}
 
     def keep(new: dict[str, float]) -> None:

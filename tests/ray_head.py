@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -16,10 +17,35 @@ import time
 from pathlib import Path
 
 
-def free_port() -> int:
+# Ports for test servers come from below the kernel's ephemeral range (32768-60999 here), so an
+# outgoing connection can never take one between our check and the server's bind, and above Ray's
+# default worker ports (10002-19999). A preemption test once failed because a worker node could not
+# reach a head whose GCS port had been picked from the ephemeral range.
+PORT_RANGE = range(20000, 32768)
+_handed_out: set[int] = set()  # never the same port twice in one test session
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("0.0.0.0", port))  # servers here bind every interface (Ray's GCS does)
+            return True
+        except OSError:
+            return False
+
+
+def free_port(also: tuple[int, ...] = ()) -> int:
+    """A free port in PORT_RANGE, not handed out before in this process, with ``port + offset``
+    free as well for each offset in ``also`` (SeaweedFS serves gRPC on port + 10000)."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    candidates = [p for p in PORT_RANGE if all(p + offset in PORT_RANGE for offset in also)]
+    for _ in range(2000):
+        port = rng.choice(candidates)
+        wanted = [port + offset for offset in (0, *also)]
+        if not _handed_out.intersection(wanted) and all(map(_bindable, wanted)):
+            _handed_out.update(wanted)
+            return port
+    raise AssertionError(f"no free port in {PORT_RANGE} (with offsets {also}) after 2000 tries")
 
 
 def alive(pid: int) -> bool:

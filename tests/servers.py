@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,25 +19,8 @@ from ray_head import end_processes, free_port
 
 
 def seaweedfs_ports(n: int) -> list[int]:
-    """``n`` free ports below 55000 whose port + 10000 is free too: SeaweedFS serves gRPC there."""
-    held, ports = [], []  # sockets held open until all are chosen, so that none repeats
-    try:
-        while len(ports) < n:
-            assert len(held) < 2000, "no free ports below 55000 with port + 10000 free"
-            s = socket.socket()
-            held.append(s)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if port < 55000:
-                g = socket.socket()
-                held.append(g)
-                with contextlib.suppress(OSError):
-                    g.bind(("127.0.0.1", port + 10000))
-                    ports.append(port)
-        return ports
-    finally:
-        for s in held:
-            s.close()
+    """``n`` free ports whose port + 10000 is free too: SeaweedFS serves gRPC there."""
+    return [free_port(also=(10000,)) for _ in range(n)]
 
 
 def log_tail(path: Path, chars: int = 3000) -> str:

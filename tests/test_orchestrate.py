@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from pipeline.planning import plan
 from pipeline.spec import load_study
 
 from ray_head import end_processes, ray_head
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = load_study("scaling").expand("smoke")
+PLANNED = {r["id"]: r for r in plan(load_study("scaling"), "smoke", tracking_uri=None)["runs"]}
 
 
 def study_command(storage: Path) -> list[str]:
@@ -55,7 +57,8 @@ def assert_study_complete(storage: Path) -> dict[str, str]:
         assert run.info.status == "FINISHED"
         assert run.data.tags["pretrain_status"] == "done" and run.data.tags["transfer_status"] == "done"
         metrics = run.data.metrics
-        assert metrics["compute/images_seen"] == 40 * 32
+        assert metrics["compute/images_seen"] == PLANNED[spec_id]["images_seen"] == 40 * 32
+        assert metrics["compute/exaflops"] == PLANNED[spec_id]["exaflops"]  # exactly: one function derives both
         assert {"pretrain/loss", "pretrain/val_prec1_best", "fewshot/digits/1shot", "fewshot/digits/5shot",
                 "finetune/digits/acc", "finetune/digits/best_lr"} <= set(metrics)
     uri = tracking.default_tracking_uri(storage)

@@ -15,7 +15,7 @@ import torch
 from pipeline import tracking
 from pipeline.data import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import STATE_FILE, pretrain
+from pipeline.pretrain import STATE_FILE, Hooks, KeyTrace, Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO
@@ -23,6 +23,7 @@ from micro_models import MICRO
 pytestmark = pytest.mark.slow
 
 CLASSES, BATCH = 10, 64
+LOCAL = Launch(in_process=True)  # the same loop in this process, without Ray
 
 
 # The dashboard serves ray.util.state, which the fault test uses to find a worker process.
@@ -88,7 +89,7 @@ def assert_learned_and_logged(out: dict, spec: RunSpec, synth, workers: int) -> 
 
 def test_micro_vit_trains_with_two_workers_on_ray_and_logs_to_mlflow(ray_cluster, synth, tmp_path):
     spec = micro_spec("vit", steps=LEARNING_STEPS["vit"])
-    out = pretrain(spec, str(synth), storage=str(tmp_path), workers=2)
+    out = pretrain(spec, str(synth), storage=str(tmp_path), launch=Launch(workers=2))
     assert_learned_and_logged(out, spec, synth, workers=2)
 
 
@@ -96,7 +97,7 @@ def test_micro_vit_trains_with_two_workers_on_ray_and_logs_to_mlflow(ray_cluster
 def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, two_torch_threads):
     """The same loop without Ray (one worker): what each family learns, without Ray's start-up."""
     spec = micro_spec(family, steps=LEARNING_STEPS[family])
-    out = pretrain(spec, str(synth), storage=str(tmp_path), in_process=True)
+    out = pretrain(spec, str(synth), storage=str(tmp_path), launch=LOCAL)
     assert_learned_and_logged(out, spec, synth, workers=1)
     kept = sorted(p.name for p in (tmp_path / f"pretrain-{spec.id}").iterdir())
     assert kept == [f"checkpoint_{spec.steps // 2:09d}", f"checkpoint_{spec.steps:09d}"]
@@ -104,10 +105,10 @@ def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, t
 
 def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, two_torch_threads):
     spec = micro_spec("vit", steps=30, checkpoint_every=10, val_every=1000, dropout=0.1, log_every=10)
-    whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), in_process=True)
-    first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), in_process=True, stop_after_steps=20)
+    whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), launch=LOCAL)
+    first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=LOCAL, hooks=Hooks(stop_after_steps=20))
     assert not first["done"] and first["step"] == 20
-    second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), in_process=True)
+    second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=LOCAL)
     assert second["done"] and second["resumed_from"] == 20 and second["mlflow_run_id"] == first["mlflow_run_id"]
     a = torch.load(Path(whole["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
     b = torch.load(Path(second["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
@@ -136,7 +137,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, synth, tmp_path
     assert _ray_train_worker_pids() == []
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(pretrain(spec, str(synth), storage=str(tmp_path),
-                                                                    workers=2, max_failures=2)))
+                                                                    launch=Launch(workers=2, max_failures=2))))
     runner.start()
     # Kill once Ray Train has *registered* a checkpoint (its snapshot lists it): a checkpoint
     # folder alone may still be mid-report, and a kill then rightly restarts from step 0.
@@ -172,15 +173,15 @@ def test_stop_and_resume_equals_uninterrupted_run(ray_cluster, synth, tmp_path):
     # Dropout on, so that the per-rank RNG state must be restored too; 20 steps of 64 cross an
     # epoch boundary of the 2000-image set (31 steps per epoch) only in the longer run below.
     spec = micro_spec("vit", steps=40, checkpoint_every=10, val_every=1000, dropout=0.1, log_every=10)
-    whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), workers=2,
-                     trace_keys_dir=str(tmp_path / "whole-keys"))
-    first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), workers=2, stop_after_steps=20,
-                     trace_keys_dir=str(tmp_path / "parts-keys"))
+    two, trace = Launch(workers=2), KeyTrace(str(tmp_path / "parts-keys"))
+    whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), launch=two,
+                     hooks=Hooks(on_batch=KeyTrace(str(tmp_path / "whole-keys"))))
+    first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=two,
+                     hooks=Hooks(stop_after_steps=20, on_batch=trace))
     assert not first["done"] and first["step"] == 20
     run = tracking.client(first["tracking_uri"]).get_run(first["mlflow_run_id"])
     assert run.info.status == "RUNNING" and run.data.tags["pretrain_status"] == "partial"
-    second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), workers=2,
-                      trace_keys_dir=str(tmp_path / "parts-keys"))
+    second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=two, hooks=Hooks(on_batch=trace))
     assert second["done"] and second["resumed_from"] == 20 and second["images_seen"] == 40 * BATCH
     assert second["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run, not a new one
 

@@ -1,12 +1,16 @@
 """The pretraining recipe's pieces (no Ray): schedule, weight-decay groups, loss, accumulation,
 run specs."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
 from models import build_model
-from pipeline.pretrain import lr_factor, param_groups, precision_at_1, sigmoid_xent
+from pipeline.planning import run_numbers
+from pipeline.pretrain import (LocalSession, PretrainPlan, Trainer, lr_factor, param_groups, precision_at_1,
+                               sigmoid_xent)
 from pipeline.spec import Recipe, RunSpec
 
 MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 1, "width": 32, "heads": 2, "mlp_dim": 64,
@@ -43,18 +47,31 @@ def test_sigmoid_cross_entropy_sums_classes_and_averages_examples():
     assert precision_at_1(logits, targets).item() == 2
 
 
-def test_gradient_accumulation_matches_one_big_batch():
-    torch.manual_seed(0)
-    model = build_model(MICRO_VIT, num_classes=5, image_size=32)
-    torch.nn.init.normal_(model.head.fc.weight, std=0.1)
+def micro_trainer(tmp_path, micro_batch: int, accum_steps: int) -> Trainer:
+    """The worker's real Trainer on a micro ViT, without Ray or data (LocalSession, no checkpoint)."""
+    spec = RunSpec(study="t", model=MICRO_VIT, dataset="d", steps=10,
+                   recipe=Recipe(batch_size=8, base_lr=1e-3, warmup_steps=0, image_size=32, dropout=0.0))
+    plan = PretrainPlan(spec=spec, data_path="(unused)", numbers=run_numbers(spec, 80, head_classes=5),
+                        micro_batch=micro_batch, accum_steps=accum_steps, base_lr=1e-3, base_lr_source="recipe",
+                        val_split=None)
+    trainer = Trainer(plan, LocalSession(tmp_path / f"run-{accum_steps}"))
+    torch.manual_seed(1)
+    torch.nn.init.normal_(trainer.model.head.fc.weight, std=0.1)  # the zero head would stop every gradient
+    return trainer
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     x, y = torch.randn(8, 3, 32, 32), (torch.rand(8, 5) > 0.5).float()
-    sigmoid_xent(model(x), y).backward()
-    full = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    for i in range(4):  # what the worker loop does with micro_batch = batch / 4
-        (sigmoid_xent(model(x[2 * i:2 * i + 2]), y[2 * i:2 * i + 2]) / 4).backward()
-    for a, b in zip(full, (p.grad for p in model.parameters())):
-        assert torch.allclose(a, b, atol=1e-6)
+    whole, parts = micro_trainer(tmp_path, 8, 1), micro_trainer(tmp_path, 2, 4)
+    assert whole.backward(x, y).item() == pytest.approx(parts.backward(x, y).item(), rel=1e-6)
+    grads = [(name, p.grad, q.grad) for (name, p), q in zip(whole.model.named_parameters(), parts.params)]
+    assert all(a is not None and a.abs().sum() > 0 for _, a, _ in grads)
+    for name, a, b in grads:
+        assert torch.allclose(a, b, atol=1e-6), name
+    batch = SimpleNamespace(images=x, labels=y)
+    (loss_a, _), (loss_b, _) = whole.train_step(batch), parts.train_step(batch)
+    assert whole.step == parts.step == 1 and all(p.grad is None for p in whole.params)
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-6)
 
 
 def test_run_spec_id_is_stable_and_sensitive():

@@ -37,7 +37,8 @@ def test_paper_plan_json(capsys):
     for run in plan["runs"]:
         assert {"id", "model", "family", "subset", "images_seen", "epochs", "exaflops", "status"} <= set(run)
     h14 = next(r for r in plan["runs"] if r["model"] == "ViT-H/14")
-    assert h14["images_seen"] == 14 * 303_000_000
+    # what pretraining will log: whole steps of 4096, ceil(14 x 303M / 4096) of them
+    assert h14["steps"] == 1_035_645 and h14["images_seen"] == 1_035_645 * 4096 == 4_242_001_920
     assert h14["exaflops"] == pytest.approx(4262, rel=0.01)  # paper Table 6
     assert plan["totals"]["runs"] == 18
     assert plan["totals"]["exaflops"] == pytest.approx(sum(r["exaflops"] for r in plan["runs"]))

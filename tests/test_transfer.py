@@ -8,7 +8,7 @@ import pytest
 from pipeline import tracking, transfer
 from pipeline.data.convert import convert_digits
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import pretrain
+from pipeline.pretrain import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO
@@ -38,7 +38,8 @@ def pretrained(storage, two_torch_threads_module):
         spec = RunSpec(study="test-transfer", model=MICRO[family], dataset="synth", steps=steps,
                        recipe=Recipe(batch_size=64, base_lr=1e-3, warmup_steps=20, weight_decay=1e-4, image_size=32,
                                      min_crop_area=1.0, checkpoint_every=steps, val_every=steps, log_every=100))
-        out[family] = pretrain(spec, str(data), storage=str(storage / "runs"), in_process=True, finish=False)
+        out[family] = pretrain(spec, str(data), storage=str(storage / "runs"), launch=Launch(in_process=True),
+                               finish=False)
     return out
 
 

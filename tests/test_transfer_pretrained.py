@@ -25,7 +25,7 @@ from models import build_model
 from pipeline import transfer
 from pipeline.data.convert import convert_digits
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import pretrain
+from pipeline.pretrain import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO
@@ -55,7 +55,7 @@ def test_pretrained_micro_model_beats_chance_and_random_init_on_digits(tmp_path,
     data = generate(tmp_path / "glyphs", SynthSpec(style="glyphs", images=IMAGES, classes=CLASSES,
                                                    max_objects=1, image_size=32, seed=0),
                     executor="processes", progress=False)
-    out = pretrain(spec(), str(data), storage=str(tmp_path / "runs"), in_process=True)
+    out = pretrain(spec(), str(data), storage=str(tmp_path / "runs"), launch=Launch(in_process=True))
     assert out["done"] and out["step"] == STEPS
 
     convert_digits(tmp_path / "digits", progress=False)

@@ -1,0 +1,62 @@
+"""The shape of the code a newcomer reads: short functions with few parameters (configuration
+travels as typed objects), a pretraining loop that fits on a screen, and MLflow behind
+``pipeline/tracking.py`` only."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
+MAX_LINES, MAX_PARAMS, MAX_LOOP_LINES = 80, 8, 60
+
+
+def functions() -> list[tuple[str, ast.FunctionDef]]:
+    found = []
+    for path in sorted(PIPELINE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.append((f"{path.relative_to(PIPELINE.parent)}:{node.lineno} {node.name}", node))
+    return found
+
+
+def lines(node: ast.FunctionDef) -> int:
+    return node.end_lineno - node.lineno + 1
+
+
+def params(node: ast.FunctionDef) -> int:
+    """Parameters a caller can pass (``*args`` and ``**kwargs`` count one each; ``self``/``cls`` none)."""
+    a = node.args
+    names = [*a.posonlyargs, *a.args]
+    bound = 1 if names and names[0].arg in ("self", "cls") else 0
+    return len(names) - bound + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+
+
+def test_the_rules_measure_what_they_say():
+    tree = ast.parse("def f(self, a, b=1, *c, d, **e):\n    x = 1\n    return x\n")
+    node = tree.body[0]
+    assert params(node) == 5 and lines(node) == 3
+
+
+def test_no_function_over_80_lines_or_8_parameters():
+    found = functions()
+    assert len(found) > 300  # the walk sees the package
+    long = [f"{name} ({lines(node)} lines)" for name, node in found if lines(node) > MAX_LINES]
+    wide = [f"{name} ({params(node)} parameters)" for name, node in found if params(node) > MAX_PARAMS]
+    assert not long and not wide, "split them, or pass a typed settings object: " + "; ".join(long + wide)
+
+
+def test_the_pretraining_loop_fits_on_a_screen():
+    loop = [node for name, node in functions() if name.startswith("pipeline/pretrain.py") and node.name == "train_loop"]
+    assert len(loop) == 1 and lines(loop[0]) <= MAX_LOOP_LINES
+
+
+@pytest.mark.parametrize("path", sorted(p for p in PIPELINE.rglob("*.py") if p.name != "tracking.py"),
+                         ids=lambda p: str(p.relative_to(PIPELINE)))
+def test_only_tracking_touches_mlflow(path):
+    tree = ast.parse(path.read_text())
+    imports = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imports += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert not [m for m in imports if m.split(".")[0] == "mlflow"], f"{path.name} imports mlflow"
+    clients = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "client"
+               and isinstance(node.value, ast.Name) and node.value.id == "tracking"]
+    assert not clients, f"{path.name} uses tracking.client (an MLflow object) on lines {clients}"
