@@ -27,7 +27,7 @@ from models import build_model
 from pipeline.data import LoaderSpec, make_loader, num_classes
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain import lr_factor, param_groups, sigmoid_xent
-from pipeline.transfer import resolve_dataset, run_fewshot
+from pipeline.transfer import FewshotSettings, resolve_dataset, run_fewshot
 
 # The micro models of studies/scaling.yaml's tiny preset.
 TINY = {m["name"]: m for m in (
@@ -44,7 +44,7 @@ SHOTS = (5, 10, 25)
 
 
 def fewshot(model: torch.nn.Module, digits: str) -> dict[int, float]:
-    out = run_fewshot("model", digits, shots=SHOTS, seeds=3, model=model.eval(), image_size=32)["results"]
+    out = run_fewshot("model", digits, FewshotSettings(shots=tuple(SHOTS), seeds=3), model=model.eval(), image_size=32)["results"]
     return {k: round(r["mean"], 4) for (k, _), r in out.items()}
 
 

@@ -93,10 +93,10 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
 def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
     """{name: location} of every downstream set of the plan: ``<storage>/data/<name>`` (a folder
     or a URI) or a built-in one (digits), made there on first use."""
-    from pipeline.transfer import builtin_dataset
+    from pipeline.transfer import builtin_dataset, datasets_of, evaluators_for
     root = store.join(storage, "data")
     paths = {}
-    for name in dict.fromkeys([*plan.fewshot, *plan.finetune]):
+    for name in datasets_of(evaluators_for(plan)):
         candidate = store.join(root, name)
         paths[name] = candidate if store.is_file(store.join(candidate, "manifest.json")) else builtin_dataset(name, root)
         if paths[name] is None:
@@ -134,8 +134,8 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
     """Pretrain one RunSpec (or resume it, or skip it when finished), then run its transfer stages,
     then mark its MLflow run FINISHED. Runs as a Ray task."""
     from pipeline.pretrain import Launch, pretrain
-    from pipeline.transfer import evaluate
-    plan, uri, start = ctx.transfer, ctx.tracking_uri, time.perf_counter()
+    from pipeline.transfer import Target, evaluate, evaluators_for
+    uri, start = ctx.tracking_uri, time.perf_counter()
     if previous is not None and previous.pretrained:
         run_id, checkpoint, resumed = previous.run_id, previous.checkpoint_uri, "finished"
         tracking.reopen_run(uri, run_id)
@@ -147,14 +147,9 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
         if not out["done"]:
             raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
     pretrain_s = time.perf_counter() - start
-    overrides = {"steps": plan.finetune_steps, "batch_size": plan.finetune_batch_size,
-                 "lrs": tuple(plan.finetune_lrs) if plan.finetune_lrs else None,
-                 "min_crop_area": plan.min_crop_area}
+    target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True)
     try:
-        metrics = evaluate(checkpoint, fewshot_on=[(n, ctx.downstream[n]) for n in plan.fewshot],
-                           finetune_on=[(n, ctx.downstream[n]) for n in plan.finetune], shots=plan.shots,
-                           finetune_overrides=overrides, storage=ctx.storage, tracking_uri=uri,
-                           run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True, skip_recorded=True)
+        metrics = evaluate(target, evaluators_for(ctx.transfer), ctx.downstream, skip_recorded=True)
     except Exception:
         tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.FAILED})
         tracking.finish_run(uri, run_id, "FAILED")

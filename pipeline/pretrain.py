@@ -610,6 +610,14 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
             "done": done, "total_steps": total}
 
 
+# CLI flag -> (Recipe field, type); the defaults and help are the Recipe's own, said once there.
+RECIPE_FLAGS = {"--batch-size": ("batch_size", int), "--micro-batch-size": ("micro_batch_size", int),
+                "--lr": ("base_lr", float), "--warmup-steps": ("warmup_steps", int),
+                "--weight-decay": ("weight_decay", float), "--image-size": ("image_size", int),
+                "--min-crop-area": ("min_crop_area", float), "--val-every": ("val_every", int),
+                "--checkpoint-every": ("checkpoint_every", int), "--log-every": ("log_every", int)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.pretrain",
                                      description="Pretrain one model on one dataset subset with Ray Train; "
@@ -622,16 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     length.add_argument("--steps", type=int)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--batch-size", type=int, default=4096, help="global batch (Table 3: 4096)")
-    parser.add_argument("--micro-batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="base LR (default: Table 3's for the model)")
-    parser.add_argument("--warmup-steps", type=int, default=10_000)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--min-crop-area", type=float, default=0.05, help="inception crop (1.0: flip only)")
-    parser.add_argument("--val-every", type=int, default=1000)
-    parser.add_argument("--checkpoint-every", type=int, default=1000)
-    parser.add_argument("--log-every", type=int, default=50)
+    for flag, (field, kind) in RECIPE_FLAGS.items():
+        info = Recipe.model_fields[field]
+        default = f" (default {info.default})" if info.default is not None else ""
+        parser.add_argument(flag, dest=field, type=kind, help=f"{info.description or field.replace('_', ' ')}{default}")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", default="adhoc", help="MLflow experiment")
@@ -641,11 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
-        recipe = Recipe(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, base_lr=args.lr,
-                        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, image_size=args.image_size,
-                        min_crop_area=args.min_crop_area,
-                        val_every=args.val_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                        compile=args.compile)
+        given = {field: getattr(args, field) for field, _ in RECIPE_FLAGS.values() if getattr(args, field) is not None}
+        recipe = Recipe(**given, compile=args.compile)
         from pipeline.data import open_dataset
         spec = RunSpec(study=args.study, model=model, dataset=open_dataset(args.data).name, subset=args.subset,
                        epochs=args.epochs, steps=args.steps, recipe=recipe, seed=args.seed)

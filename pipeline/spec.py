@@ -168,6 +168,9 @@ class TransferPlan(Frozen):
     finetune_batch_size: int | None = Field(None, ge=1)
     finetune_lrs: list[float] | None = None
     min_crop_area: float | None = Field(None, gt=0, le=1)
+    protocols: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "further transfer protocols registered in pipeline/transfer/registry.py: {name: {datasets: [...], "
+        "its settings}}"))
 
 
 class RunEntry(Frozen):

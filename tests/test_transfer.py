@@ -46,7 +46,8 @@ def pretrained(storage, two_torch_threads_module):
 def test_fewshot_on_digits_beats_chance_and_caches_features(pretrained, digits, storage):
     ckpt = pretrained["vit"]["checkpoint_uri"]
     cache = storage / "features"
-    out = transfer.run_fewshot(ckpt, digits, shots=(1, 5, 10, 25), seeds=3, cache_dir=str(cache))
+    out = transfer.run_fewshot(ckpt, digits, transfer.FewshotSettings(shots=(1, 5, 10, 25), seeds=3),
+                               cache_dir=str(cache))
     assert out["num_classes"] == 10 and out["test_rows"] > 300
     results = out["results"]
     assert set(k for k, _ in results) == {1, 5, 10, 25}
@@ -54,7 +55,8 @@ def test_fewshot_on_digits_beats_chance_and_caches_features(pretrained, digits, 
     assert results[(25, 2.0 ** 10)]["mean"] > 0.3  # chance is 0.1
     assert results[(25, 2.0 ** 10)]["mean"] > results[(1, 2.0 ** 10)]["mean"]
     assert len(list(cache.glob("*.npz"))) == 2  # train and test features, computed once
-    again = transfer.run_fewshot(ckpt, digits, shots=(1, 5, 10, 25), seeds=3, cache_dir=str(cache))
+    again = transfer.run_fewshot(ckpt, digits, transfer.FewshotSettings(shots=(1, 5, 10, 25), seeds=3),
+                                 cache_dir=str(cache))
     assert again["results"] == results
 
 
@@ -102,8 +104,8 @@ def test_finetune_at_a_higher_resolution(pretrained, digits, family):
     assert out["resolution"] == 48 and out["examples"] > 300 and 0 <= out["accuracy"] <= 1
     model, info = transfer.load_checkpoint(pretrained[family]["checkpoint_uri"])
     model.set_image_size(48)
-    probe = transfer.run_fewshot(pretrained[family]["checkpoint_uri"], digits, shots=(5,), seeds=1, model=model,
-                                 image_size=48)
+    probe = transfer.run_fewshot(pretrained[family]["checkpoint_uri"], digits, transfer.FewshotSettings(shots=(5,), seeds=1),
+                                 model=model, image_size=48)
     assert probe["results"][(5, 2.0 ** 10)]["mean"] > 0.1
 
 

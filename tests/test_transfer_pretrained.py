@@ -46,7 +46,7 @@ def spec(seed: int = 0) -> RunSpec:
 
 
 def fewshot_25(checkpoint: str, digits: str, model: torch.nn.Module | None = None) -> float:
-    out = transfer.run_fewshot(checkpoint, digits, shots=(SHOTS,), seeds=3, model=model,
+    out = transfer.run_fewshot(checkpoint, digits, transfer.FewshotSettings(shots=(SHOTS,)), model=model,
                                image_size=32 if model is not None else None)
     return out["results"][(SHOTS, L2)]["mean"]
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import tracking
+from pipeline.transfer import registry as transfer_registry
 from pipeline.spec import Preset, Study
 
 FAMILIES = ("vit", "resnet", "hybrid")
@@ -38,14 +39,12 @@ KEPT_METRICS = ("pretrain/val_prec1_best", "pretrain/val_loss_best", "pretrain/l
 # ----------------------------------------------------------------------------- the table
 
 def expected_metrics(preset: Preset) -> list[str]:
-    """The transfer metrics every finished run of the preset should have."""
-    t = preset.transfer
-    return ([f"fewshot/{ds}/{k}shot" for ds in t.fewshot for k in t.shots]
-            + [f"finetune/{ds}/acc" for ds in t.finetune])
+    """The transfer metrics every finished run of the preset should have (each protocol says its own)."""
+    return transfer_registry.expected_metrics(preset.transfer)
 
 
 def _kept(metric: str) -> bool:
-    return metric.startswith(("fewshot/", "finetune/")) or metric in KEPT_METRICS
+    return metric.startswith(tuple(f"{name}/" for name in transfer_registry.EVALUATORS)) or metric in KEPT_METRICS
 
 
 def _run_columns(run: tracking.RunRecord | None) -> dict[str, Any]:

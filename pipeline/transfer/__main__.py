@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.transfer.cli import main
+
+sys.exit(main())

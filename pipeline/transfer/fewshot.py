@@ -1,0 +1,81 @@
+"""The few-shot linear protocol (paper Sec. 4.1): closed-form least-squares probes
+(``pipeline.fewshot``) on frozen pre-logits features of the dataset's train split, scored on its
+test split; ``fewshot/<dataset>/<k>shot`` is the mean accuracy over seeds, ``..._std`` its spread."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pipeline import fewshot
+from pipeline import storage as store
+from pipeline.spec import TransferPlan
+from pipeline.transfer.base import Evaluator, Target
+from pipeline.transfer.checkpoints import cached_features, load_checkpoint
+
+
+@dataclass(frozen=True)
+class FewshotSettings:
+    shots: tuple[int, ...] = fewshot.DEFAULT_SHOTS
+    seeds: int = 3                                   # random draws of the k examples per class
+    l2_regs: tuple[float, ...] = (fewshot.DEFAULT_L2,)
+
+
+def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = FewshotSettings(), *,
+                cache_dir: str | None = None, timm_name: str | None = None, model: torch.nn.Module | None = None,
+                image_size: int | None = None) -> dict[str, Any]:
+    """Few-shot accuracies on the dataset's test split, probes fit on its train split. ``model``:
+    evaluate this module instead of loading ``checkpoint`` (which then only names the cache)."""
+    from pipeline.data import num_classes
+    from pipeline.pretrain import use_assigned_cpus
+    use_assigned_cpus()
+    if model is None:
+        model, info = load_checkpoint(checkpoint, timm_name)
+        image_size = image_size or info["image_size"]
+    image_size = image_size or model.image_size
+    k = num_classes(data_path)
+    train = cached_features(model, checkpoint, data_path, "train", image_size, cache_dir)
+    test = cached_features(model, checkpoint, data_path, "test", image_size, cache_dir)
+    start = time.perf_counter()
+    results = fewshot.fewshot_accuracy(*train, *test, k, shots=settings.shots, seeds=settings.seeds,
+                                       l2_regs=settings.l2_regs)
+    return {"results": results, "seconds": time.perf_counter() - start, "num_classes": k,
+            "train_rows": len(train[1]), "test_rows": len(test[1])}
+
+
+def fewshot_metrics(dataset_name: str, fewshot_out: dict, l2: float = fewshot.DEFAULT_L2) -> dict[str, float]:
+    metrics = {}
+    for (k, reg), r in fewshot_out["results"].items():
+        if reg == l2:
+            metrics[f"fewshot/{dataset_name}/{k}shot"] = r["mean"]
+            metrics[f"fewshot/{dataset_name}/{k}shot_std"] = r["std"]
+    return metrics
+
+
+@dataclass(frozen=True)
+class FewShot(Evaluator):
+    name = "fewshot"
+    datasets: tuple[str, ...] = ()
+    settings: FewshotSettings = field(default_factory=FewshotSettings)
+
+    @classmethod
+    def from_plan(cls, plan: TransferPlan) -> "FewShot | None":
+        if not plan.fewshot:
+            return None
+        return cls(datasets=tuple(plan.fewshot), settings=FewshotSettings(shots=tuple(plan.shots)))
+
+    def metric_keys(self, dataset: str) -> list[str]:
+        return [f"fewshot/{dataset}/{k}shot" for k in self.settings.shots]
+
+    def run(self, target: Target, dataset: str, path: str) -> dict[str, float]:
+        """The probe in this process, or as a Ray task holding one CPU (or GPU) with ``on_ray``."""
+        kwargs = dict(cache_dir=str(store.node_dir(target.storage, "features")), timm_name=target.timm_name)
+        if target.on_ray:
+            import ray
+            task = ray.remote(num_cpus=0 if target.use_gpu else 1, num_gpus=1 if target.use_gpu else 0)(run_fewshot)
+            out = ray.get(task.remote(target.checkpoint, path, self.settings, **kwargs))
+        else:
+            out = run_fewshot(target.checkpoint, path, self.settings, **kwargs)
+        return fewshot_metrics(dataset, out, self.settings.l2_regs[0])

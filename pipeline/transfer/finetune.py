@@ -1,0 +1,220 @@
+"""The fine-tuning protocol with Table 4's recipe (paper Sec. 4.1, App. B.1): the head replaced by a
+zero-initialized linear layer, SGD with momentum 0.9, cosine decay, no weight decay, gradient
+clipping at 1, optionally at a higher resolution (position embeddings interpolated). The learning
+rate is chosen on a held-out dev slice of the training split (10% / 2% / 1% by dataset size)
+with the grid running as Ray Tune trials, then the chosen rate is retrained on the whole training
+split and scored on test: ``finetune/<dataset>/acc`` and ``finetune/<dataset>/best_lr``. Each
+trial is a nested MLflow run under the pretraining run.
+
+One :class:`FinetuneSettings` per dataset is made from the study file (``FineTune.from_plan``) and
+travels as it is to every Tune trial.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from pipeline import storage as store
+from pipeline import tracking
+from pipeline.spec import TransferPlan
+from pipeline.transfer.base import Evaluator, Target
+from pipeline.transfer.checkpoints import checkpoint_key, default_device, load_checkpoint
+
+# Table 4 of the paper: fine-tuning steps and LR grid; the dev-slice rule of Appendix B.1.1.
+TABLE4 = {
+    "imagenet": dict(steps=20_000, lrs=(0.003, 0.01, 0.03, 0.06), dev_fraction=0.01),
+    "cifar10": dict(steps=10_000, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.02),
+    "cifar100": dict(steps=10_000, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.02),
+    "pets": dict(steps=500, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.1),
+    "flowers": dict(steps=500, lrs=(0.001, 0.003, 0.01, 0.03), dev_fraction=0.1),
+    "vtab": dict(steps=2_500, lrs=(0.01,), dev_fraction=0.2),
+}
+# Datasets the paper does not list get the small-dataset row (Pets/Flowers).
+DEFAULT_FINETUNE = TABLE4["pets"]
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int = 500
+    batch_size: int = 512
+    lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)
+    dev_fraction: float = 0.1
+    resolution: int | None = None        # None: the pretraining resolution
+    momentum: float = 0.9
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 0                # Table 4 states none; an option for small-batch runs
+    min_crop_area: float = 0.05          # inception crop + flip on the training images
+    seed: int = 0
+
+    @classmethod
+    def for_dataset(cls, name: str, **overrides: Any) -> "FinetuneSettings":
+        base = TABLE4.get(name.lower().replace("-", ""), DEFAULT_FINETUNE)
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def finetune_once(checkpoint: str, data_path: str, lr: float, settings: FinetuneSettings, *, evaluate_on: str,
+                  timm_name: str | None = None, device: torch.device | None = None) -> dict[str, float]:
+    """Fine-tune a fresh copy of the checkpoint at ``lr`` and score it.
+
+    evaluate_on="dev": train on the training split minus the dev slice, score on the dev slice
+    (for choosing the LR). evaluate_on="test": train on the whole training split, score on test.
+    """
+    from pipeline.data import LoaderSpec, make_loader, num_classes
+    from pipeline.pretrain import lr_factor, use_assigned_cpus
+    if evaluate_on not in ("dev", "test"):
+        raise ValueError("evaluate_on must be 'dev' or 'test'")
+    device = device or default_device()
+    use_assigned_cpus()
+    model, info = load_checkpoint(checkpoint, timm_name)
+    resolution = settings.resolution or info["image_size"]
+    k = num_classes(data_path)
+    model.reset_head(k)
+    model.set_image_size(resolution)
+    model.to(device).train()
+    torch.manual_seed(settings.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, settings.warmup_steps, settings.steps, "cosine"))
+    dev = settings.dev_fraction if evaluate_on == "dev" else None
+    bf16 = device.type == "cuda"
+    step, epoch, start = 0, 0, time.perf_counter()
+    while step < settings.steps:
+        loader = make_loader(LoaderSpec(data_path, split="train", train=True, batch_size=settings.batch_size,
+                                        image_size=resolution, seed=settings.seed, epoch=epoch,
+                                        label_format="index", exclude_fraction=dev,
+                                        min_crop_area=settings.min_crop_area))
+        for batch in loader:
+            x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == settings.steps:
+                break
+        epoch += 1
+    eval_kw = dict(split="train", fraction=dev) if dev else dict(split="test")
+    hits = n = 0
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for batch in make_loader(LoaderSpec(data_path, train=False, batch_size=settings.batch_size,
+                                            image_size=resolution, label_format="index", **eval_kw)):
+            hits += (model(batch.images.to(device)).argmax(-1).cpu() == batch.labels).sum().item()
+            n += len(batch.labels)
+    return {"accuracy": hits / max(n, 1), "examples": n, "final_loss": float(loss.item()),
+            "seconds": time.perf_counter() - start, "resolution": resolution}
+
+
+def finetune_recorded(target: Target, data_path: str, dataset: str, lr: float, settings: FinetuneSettings,
+                      evaluate_on: str) -> dict[str, Any]:
+    """``finetune_once``, recorded (when the target has a run) as the nested MLflow run of its
+    phase: one per LR on the dev slice, one for the final retrain scored on test."""
+    dev = evaluate_on == "dev"
+    metric = "dev_accuracy" if dev else "test_accuracy"
+    run = None
+    if target.recorded:
+        key = f"finetune/{dataset}/dev/lr={lr}" if dev else f"finetune/{dataset}/final"
+        recorded = tracking.nested_result(target.tracking_uri, target.run_id, key, metric)
+        if recorded is not None:  # finished before an interruption: not trained again
+            return {"accuracy": recorded, "examples": None, "seconds": 0.0, "reused": True,
+                    "resolution": settings.resolution}
+        params = {"phase": "dev" if dev else "final", "dataset": dataset, "lr": lr,
+                  **{k: v for k, v in asdict(settings).items() if k != "lrs"}}
+        run = tracking.start_nested_run(target.tracking_uri, target.run_id, key=key, params=params)
+    out = finetune_once(target.checkpoint, data_path, lr, settings, evaluate_on=evaluate_on,
+                        timm_name=target.timm_name)
+    if run:
+        tracking.MetricLogger(target.tracking_uri, run).log_now(settings.steps, {metric: out["accuracy"]})
+        tracking.finish_run(target.tracking_uri, run)
+    print(f"[finetune {dataset}] lr {lr:g}: {evaluate_on} accuracy {out['accuracy']:.4f} "
+          f"({settings.steps} steps, {out['seconds']:.0f}s)", flush=True)
+    return out
+
+
+def _tune_trial(config: dict) -> None:
+    """One LR of the grid, as a Ray Tune function trial."""
+    import ray.tune
+    out = finetune_recorded(config["target"], config["data_path"], config["dataset"], config["lr"],
+                            config["settings"], "dev")
+    ray.tune.report({"dev_accuracy": out["accuracy"], "seconds": out["seconds"]})
+
+
+def run_finetune(target: Target, data_path: str, dataset: str, settings: FinetuneSettings) -> dict[str, Any]:
+    """The LR grid as Ray Tune trials selected on the dev slice, then the final retrain scored on test.
+    A grid of one LR leaves nothing to select: no dev trials, only the final retrain."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    target = dataclasses.replace(target, checkpoint=store.resolve(target.checkpoint))
+    data_path = store.resolve(data_path)
+    if len(settings.lrs) == 1:
+        dev_accuracy, best_lr = {}, settings.lrs[0]
+    else:
+        dev_accuracy = select_lr_on_tune(target, data_path, dataset, settings)
+        best_lr = max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])  # ties: the smaller LR
+    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if target.use_gpu else 0)(finetune_recorded).remote(
+        target, data_path, dataset, best_lr, settings, "test"))
+    return {"best_lr": best_lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
+            "test_examples": final["examples"], "resolution": final["resolution"]}
+
+
+def select_lr_on_tune(target: Target, data_path: str, dataset: str, settings: FinetuneSettings) -> dict[float, float]:
+    """Dev accuracy of each LR of the grid, one Ray Tune trial (and nested MLflow run) each."""
+    from ray import tune
+    base = {"target": target, "data_path": data_path, "dataset": dataset, "settings": settings}
+    resources = {"cpu": 1, "gpu": 1} if target.use_gpu else {"cpu": 1}
+    name = f"finetune-{dataset}-{checkpoint_key(target.checkpoint) if target.timm_name is None else 'timm'}"
+    tuner = tune.Tuner(
+        tune.with_resources(_tune_trial, resources),
+        param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
+        tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=target.max_concurrent),
+        run_config=tune.RunConfig(name=name, **store.ray_storage(target.storage), verbose=0))  # each trial prints one line itself
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
+    try:
+        grid = tuner.fit()
+    finally:
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"fine-tuning trials failed on {dataset}: {errors[0]}")
+    return {r.config["lr"]: r.metrics["dev_accuracy"] for r in grid}
+
+
+@dataclass(frozen=True)
+class FineTune(Evaluator):
+    name = "finetune"
+    settings: Mapping[str, FinetuneSettings] = dataclasses.field(default_factory=dict)  # per dataset
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return tuple(self.settings)
+
+    @classmethod
+    def from_plan(cls, plan: TransferPlan) -> "FineTune | None":
+        """Table 4's settings for each dataset, with the study file's overrides."""
+        if not plan.finetune:
+            return None
+        overrides = dict(steps=plan.finetune_steps, batch_size=plan.finetune_batch_size,
+                         lrs=tuple(plan.finetune_lrs) if plan.finetune_lrs else None, min_crop_area=plan.min_crop_area)
+        return cls(settings={name: FinetuneSettings.for_dataset(name, **overrides) for name in plan.finetune})
+
+    def metric_keys(self, dataset: str) -> list[str]:
+        return [f"finetune/{dataset}/acc"]
+
+    def run(self, target: Target, dataset: str, path: str) -> dict[str, float]:
+        out = run_finetune(target, path, dataset, self.settings[dataset])
+        return {f"finetune/{dataset}/acc": out["test_accuracy"], f"finetune/{dataset}/best_lr": out["best_lr"]}
