@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from pipeline import storage as store
 from pipeline import tracking
+from pipeline.cli import Interrupted
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
 
 
@@ -52,16 +53,42 @@ def resolve_storage(storage: str) -> str:
 
 
 def check_services(storage: str, tracking_uri: str) -> None:
-    """The storage's bucket and the tracking server answer (within seconds, before anything is
-    made or launched): a typo in a bucket, a wrong key or a server that is down is said here."""
+    """The storage can be written (a local folder) or its bucket answers, and the tracking server
+    answers (within seconds, before anything is made or launched): a file in the way, read-only
+    storage, a typo in a bucket, a wrong key or a server that is down is said here."""
     try:
-        store.check_bucket(storage)
+        if store.is_remote(storage):
+            store.check_bucket(storage)
+        else:
+            store.check_writable(storage)
     except OSError as err:
         raise StudyError(f"--storage {storage}: {err}") from None
     try:
         tracking.check_server(tracking_uri)
     except tracking.TrackingError as err:
         raise StudyError(str(err)) from None
+    check_ray_address(os.environ.get("RAY_ADDRESS"))
+
+
+def check_ray_address(address: str | None, wait_s: float = 10.0) -> None:
+    """A cluster named by RAY_ADDRESS (host:port, or ray://host:port) answers on its port within
+    ``wait_s``; unset or "auto"/"local" leaves the choice to Ray."""
+    import socket
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"RAY_ADDRESS={address!r} is not host:port: fix it, or unset it to run on a local Ray")
+    deadline, problem = time.monotonic() + wait_s, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+            return
+        except OSError as err:
+            problem = err.strerror or type(err).__name__
+            time.sleep(1.0)
+    raise StudyError(f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({problem}, for {wait_s:.0f} s): start "
+                     "the cluster (`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a local Ray")
 
 
 def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True) -> str:
@@ -81,13 +108,32 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
         data = target
     try:
         store.check_bucket(data)
-        found = open_dataset(data).name
+        dataset = open_dataset(data)
     except (DataError, OSError) as err:
         raise StudyError(f"--data {data}: not a readable dataset: {err}") from None
-    if found != name:
-        raise StudyError(f"--data {data} holds dataset {found!r}, but the preset pretrains on {name!r} "
+    if dataset.name != name:
+        raise StudyError(f"--data {data} holds dataset {dataset.name!r}, but the preset pretrains on {name!r} "
                          "(the name is part of every run id): give the right folder")
+    check_size(preset, data, dataset.num_rows("train"))
     return data
+
+
+SIZE_TOLERANCE = 0.01  # declared sizes are rounded ("303M"); beyond 1% the plan would misstate compute
+
+
+def check_size(preset: Preset, data: str, rows: int) -> None:
+    """The data's training rows must be the preset's declared images (within the rounding of a
+    count like 303M): the plan, the progress and the report count the preset's."""
+    from pipeline.compute import parse_count
+    if preset.dataset.images is None:
+        return
+    images = preset.dataset.images
+    declared = parse_count(images)
+    if abs(rows / declared - 1) > SIZE_TOLERANCE:
+        said = f"{images} ({declared:,})" if isinstance(images, str) else f"{declared:,}"
+        raise StudyError(f"--data {data} holds {rows:,} training images, but the preset declares {said}, which "
+                         f"its plan and report count: give the full dataset, or a study file whose dataset.images "
+                         f"is {rows}")
 
 
 def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
@@ -244,8 +290,10 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     try:
         results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
     except KeyboardInterrupt:
-        emit("[study] interrupted: run the same command again to resume (finished runs are kept)")
-        raise
+        killed = tracking.mark_killed(uri, study.name, {s.id for s in todo}, study_run)
+        emit(f"[study] interrupted ({killed} run(s) marked KILLED in MLflow): run the same command again to "
+             "resume (finished runs are kept)")
+        raise Interrupted from None
     summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
                "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
                "storage": storage, "results": results}

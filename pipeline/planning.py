@@ -59,12 +59,15 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
          peak_tflops: float = DEFAULT_PEAK_TFLOPS) -> dict[str, Any]:
     p = study.preset(preset)
     full = compute.parse_count(p.dataset.images) if p.dataset.images is not None else None
-    statuses = {}
+    statuses, status_error = {}, None
     if tracking_uri:
         try:
+            tracking.check_server(tracking_uri, wait_s=5.0)  # a dead server is said in seconds
             statuses = {spec_id: run.status for spec_id, run in tracking.spec_runs(tracking_uri, study.name).items()}
-        except Exception as err:  # an unreachable server must not stop a plan
+        except Exception as err:  # the plan still shows the compute; the statuses are unknown
+            status_error = str(err)
             print(f"warning: could not read run status from {tracking_uri}: {err}", file=sys.stderr)
+    unread = "unknown" if status_error or not tracking_uri else tracking.Status.NEW
     runs = []
     for spec in study.expand(preset):
         n = run_numbers(spec, subset_images(spec.subset, full), p.dataset.head_classes)
@@ -73,13 +76,13 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
                      "subset_images": n.subset_images, "images_seen": n.images_seen, "epochs": spec.epochs,
                      "steps": n.steps, "seed": spec.seed, "params": n.params, "forward_gmacs": n.forward_macs / 1e9,
                      "exaflops": n.exaflops, "gpu_hours": gpu_hours,
-                     "status": str(statuses.get(spec.id, tracking.Status.NEW if tracking_uri else "unknown"))})
+                     "status": str(statuses.get(spec.id, unread))})
     known = [r for r in runs if r["exaflops"] is not None]
     totals = {"runs": len(runs), "exaflops": sum(r["exaflops"] for r in known),
               "gpu_hours": sum(r["gpu_hours"] for r in known),
-              **{s: sum(r["status"] == s for r in runs) for s in tracking.STATUSES}}
+              **{s: sum(r["status"] == s for r in runs) for s in (*tracking.STATUSES, "unknown")}}
     return {"study": study.name, "preset": preset, "dataset": p.dataset.name, "mfu": mfu,
-            "gpu_peak_tflops": peak_tflops, "runs": runs, "totals": totals}
+            "gpu_peak_tflops": peak_tflops, "runs": runs, "totals": totals, "status_error": status_error}
 
 
 def format_plan(result: dict[str, Any]) -> str:
@@ -95,6 +98,7 @@ def format_plan(result: dict[str, Any]) -> str:
     return "\n".join([
         f"study {result['study']} / preset {result['preset']} on {result['dataset']}",
         line(head), line(["-" * w for w in widths]), *map(line, rows), "",
-        f"{t['runs']} runs: " + ", ".join(f"{t[s]} {s}" for s in tracking.STATUSES) + "; "
+        f"{t['runs']} runs: " + ", ".join(f"{t[s]} {s}" for s in (*tracking.STATUSES, "unknown") if t[s] or s != "unknown")
+        + "; "
         f"{fmt_n(t['exaflops'], ',.1f')} exaFLOPs = {fmt_n(t['gpu_hours'], ',.0f')} GPU-hours at {result['mfu']:.0%} MFU of "
         f"{result['gpu_peak_tflops']:g} TFLOP/s"])

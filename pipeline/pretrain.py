@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline import compute, tracking
+from pipeline import cli, compute, tracking
 from pipeline import storage as store
 from pipeline.planning import RunNumbers, run_numbers
 from pipeline.spec import Recipe, RunSpec
@@ -55,6 +56,31 @@ def state_file(checkpoint: str | os.PathLike) -> Path:
     """The state file of a pretraining checkpoint given as its folder or as the file itself."""
     path = Path(checkpoint)
     return path / STATE_FILE if path.is_dir() else path
+
+
+class CheckpointError(ValueError):
+    """A file that is not a pretraining checkpoint this pipeline can read."""
+
+
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "schedule", "step", "best", "rng", "spec"})
+
+
+def load_state(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """A pretraining checkpoint's state, read as data: ``weights_only`` admits tensors and plain
+    values only, so a crafted file cannot run code while it is read; anything else is refused."""
+    path = state_file(checkpoint)
+    what = (f"a pretraining checkpoint is a folder holding {STATE_FILE}, written by pipeline.pretrain "
+            "(tensors and plain values only)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a checkpoint this pipeline reads ({reason[:200]}): {what}; files "
+                              "that need code to load are refused") from None
+    missing = sorted(CHECKPOINT_KEYS - (set(state) if isinstance(state, dict) else set()))
+    if missing:
+        raise CheckpointError(f"{path} holds no pretraining state (missing {', '.join(missing)}): {what}")
+    return state
 
 
 # ----------------------------------------------------------------------------- recipe pieces
@@ -99,15 +125,20 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values (what a ``weights_only`` load reads back)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    n = state["numpy"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -182,7 +213,7 @@ class RaySession:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            return torch.load(state_file(folder), map_location=device, weights_only=False)
+            return load_state(folder, map_location=device)
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         import ray.train
@@ -209,7 +240,7 @@ class LocalSession:
 
     def restore(self, device: torch.device) -> dict[str, Any] | None:
         found = self.checkpoints()
-        return torch.load(state_file(found[-1]), map_location=device, weights_only=False) if found else None
+        return load_state(found[-1], map_location=device) if found else None
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         if folder is None:
@@ -640,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default="runs", help="checkpoints, Ray Train folders and the default MLflow DB")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                         help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     try:
         model = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
@@ -651,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.tracking_uri or tracking.default_tracking_uri(args.storage)
     except Exception as err:  # validation errors say which field and why
         parser.error(str(err))
+    try:
+        spec.base_lr()
+    except ValueError:  # the message names the study key; here it is a flag
+        parser.error(f"Table 3 gives no learning rate for {spec.model_name}: give one with --lr")
     summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
                        launch=Launch(workers=args.workers, use_gpu=args.gpu))
     print(json.dumps(summary, indent=2, default=str))
@@ -658,4 +694,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -258,6 +258,8 @@ def load_study(name_or_path: str) -> Study:
         if not path.is_file():
             raise ValueError(f"no study {name_or_path!r}; available: {', '.join(list_studies())} "
                              "(or give the path of a .yaml file)")
+    if not path.is_file():
+        raise ValueError(f"study file {path} does not exist (built-in studies: {', '.join(list_studies())})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -366,6 +366,19 @@ def _call(location, fn, *args, **kwargs):
         raise StorageError(f"{location}: {str(err).strip().splitlines()[0]} ({_hint(str(location), err)})") from err
 
 
+def check_writable(location: str | os.PathLike) -> None:
+    """A local folder that can be made and written (a file in its way, read-only storage, no
+    permission: an OSError that says which), checked before anything is launched."""
+    path = Path(resolve(location))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StorageError(f"cannot write to {path} ({err.strerror or err}): give a folder you can write") from None
+
+
 def check_bucket(location: str | os.PathLike) -> None:
     """Fail fast, before anything is launched, when a remote location's bucket cannot be used:
     unreachable endpoint, refused credentials, missing bucket (never created on the fly)."""

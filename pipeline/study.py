@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from pipeline import tracking
+from pipeline import cli, tracking
 from pipeline import storage as store
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
 from pipeline.spec import list_studies, load_study
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-run", type=int, default=0, help="GPU workers per pretraining run (0: one CPU worker)")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU for GPU-hours")
     parser.add_argument("--gpu-peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.list:
         for name in list_studies():
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.tracking_uri or tracking.existing_default_uri(args.storage)
         result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
         print(json.dumps(result, indent=2) if args.json else format_plan(result))
-        return 0
+        return 1 if result["status_error"] else 0  # the statuses asked for could not be read
     from pipeline import orchestrate
     try:
         storage = orchestrate.resolve_storage(args.storage)
@@ -96,4 +97,4 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if summary["failed"] or "report_error" in summary else 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

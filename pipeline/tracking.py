@@ -309,6 +309,16 @@ def spec_runs(tracking_uri: str, study: str) -> dict[str, RunRecord]:
     return found
 
 
+def mark_killed(tracking_uri: str, study: str, spec_ids: set[str], study_run_id: str | None = None) -> int:
+    """After Ctrl-C: the study's unfinished runs among ``spec_ids`` (and its study run) become
+    KILLED, not RUNNING forever; the next invocation resumes them. Returns how many runs."""
+    killed = [r.run_id for spec_id, r in spec_runs(tracking_uri, study).items()
+              if spec_id in spec_ids and r.status == Status.PARTIAL]
+    for run_id in [*killed, *([study_run_id] if study_run_id else [])]:
+        finish_run(tracking_uri, run_id, "KILLED")
+    return len(killed)
+
+
 def reopen_run(tracking_uri: str, run_id: str) -> None:
     """Mark a run RUNNING again (its transfer stages are about to run)."""
     client(tracking_uri).update_run(run_id, status="RUNNING")

@@ -229,7 +229,7 @@ def test_tracking_server_errors_are_retried_without_duplicates(mlflow_http):
         second = tracking.start_run(uri, study, "spec-b", tags={}, params={"p": 2})
         assert tracking.start_run(uri, study, "spec-b", tags={}, params={"p": 2}) == second
         runs = tracking.spec_runs(mlflow_http, study)
-        assert sorted(runs) == ["spec-a", "spec-b"] and runs["spec-a"].info.run_id == first
+        assert sorted(runs) == ["spec-a", "spec-b"] and runs["spec-a"].run_id == first
         assert len(list(tracking.runs_of_study(mlflow_http, study))) == 2
         calls = [path.split("?")[0].rsplit("/", 2)[-2:] for _, path in proxy.seen]
         assert calls.count(["runs", "create"]) == 3 and calls.count(["runs", "delete"]) == 1  # the extra run went

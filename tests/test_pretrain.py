@@ -15,7 +15,7 @@ import torch
 from pipeline import tracking
 from pipeline.data import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import STATE_FILE, Hooks, KeyTrace, Launch, pretrain
+from pipeline.pretrain import STATE_FILE, Hooks, KeyTrace, Launch, load_state, pretrain
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO
@@ -79,7 +79,7 @@ def assert_learned_and_logged(out: dict, spec: RunSpec, synth, workers: int) -> 
     assert metrics["compute/images_seen"] == steps * BATCH and metrics["throughput/images_per_s"] > 0
     checkpoint = Path(run.data.tags["checkpoint_uri"])
     assert (checkpoint / STATE_FILE).is_file()
-    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    state = load_state(checkpoint)  # as data: weights_only
     assert state["step"] == steps
 
     baseline = constant_baseline(synth)
@@ -110,8 +110,8 @@ def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, tw
     assert not first["done"] and first["step"] == 20
     second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=LOCAL)
     assert second["done"] and second["resumed_from"] == 20 and second["mlflow_run_id"] == first["mlflow_run_id"]
-    a = torch.load(Path(whole["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
-    b = torch.load(Path(second["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
+    a = load_state(whole["checkpoint_uri"])["model"]
+    b = load_state(second["checkpoint_uri"])["model"]
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
@@ -186,8 +186,8 @@ def test_stop_and_resume_equals_uninterrupted_run(ray_cluster, synth, tmp_path):
     assert second["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run, not a new one
 
     assert _last_keys_per_step(tmp_path / "parts-keys") == _last_keys_per_step(tmp_path / "whole-keys")
-    a = torch.load(Path(whole["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
-    b = torch.load(Path(second["checkpoint_uri"]) / STATE_FILE, weights_only=False)["model"]
+    a = load_state(whole["checkpoint_uri"])["model"]
+    b = load_state(second["checkpoint_uri"])["model"]
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 

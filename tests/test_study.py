@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from pipeline import study as study_cli
 from pipeline import tracking
+from pipeline.data.synth import SynthSpec, generate
 from pipeline.spec import list_studies, load_study
 
 PAPER_SCALING = {("R50x1", 7), ("R50x2", 7), ("R101x1", 7), ("R152x1", 7), ("R152x2", 7), ("R152x2", 14),
@@ -42,6 +44,17 @@ def test_paper_plan_json(capsys):
     assert h14["exaflops"] == pytest.approx(4262, rel=0.01)  # paper Table 6
     assert plan["totals"]["runs"] == 18
     assert plan["totals"]["exaflops"] == pytest.approx(sum(r["exaflops"] for r in plan["runs"]))
+
+
+def test_plan_against_a_dead_server_says_so_in_seconds(capsys):
+    """Statuses that cannot be read are 'unknown' (never 'new'), and --plan exits 1 within seconds."""
+    start = time.monotonic()
+    assert study_cli.main(["scaling", "--preset", "smoke", "--plan", "--json", "--tracking-uri", "http://127.0.0.1:9"]) == 1
+    assert time.monotonic() - start < 15
+    out = capsys.readouterr()
+    plan = json.loads(out.out)
+    assert {r["status"] for r in plan["runs"]} == {"unknown"} and plan["totals"]["unknown"] == 2
+    assert "could not read run status from http://127.0.0.1:9" in out.err and "Traceback" not in out.err
 
 
 def test_plan_reads_status_from_mlflow(tmp_path, capsys):
@@ -125,6 +138,10 @@ def test_bad_launch_values_fail_before_anything_launches(tmp_path, capsys, monke
     convert_digits(tmp_path / "digits", progress=False)
     err = launch_errors([*smoke, "--data", str(tmp_path / "digits")], capsys)
     assert "holds dataset 'digits', but the preset pretrains on 'synth-jft-smoke'" in err
+    small = generate(tmp_path / "small" / "synth-jft-smoke", SynthSpec(images=300, classes=5, image_size=16),
+                     executor="inline", progress=False)  # the smoke preset's name, 300 of its 512 images
+    err = launch_errors([*smoke, "--data", small], capsys)
+    assert f"--data {small} holds 300 training images, but the preset declares 512, which its plan" in err
     err = launch_errors(["scaling", "--preset", "paper", "--storage", storage], capsys)
     assert "dataset 'JFT-300M' is not built in: give its location with --data" in err
     # a relative --storage inside a `ray job submit` working dir (Ray's temporary copy) is refused

@@ -8,6 +8,8 @@ import argparse
 import json
 import sys
 
+from pipeline import cli
+
 
 def _synth(args: argparse.Namespace) -> int:
     from pipeline.data.synth import SynthSpec, generate
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="report, don't write the manifest")
     p.set_defaults(fn=_dedup)
 
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     from pipeline.data.format import DataError
     from pipeline.storage import StorageError
@@ -150,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

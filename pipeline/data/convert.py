@@ -318,10 +318,23 @@ def convert_imagefolder(src, out, *, split: str = "train", shards: int | None = 
     return report
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads what the official CIFAR batches hold (dicts, lists, bytes and numpy arrays) and
+    nothing else: a pickle naming any other class or function (code it would run) is refused."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, encoding="bytes").load()
     except (OSError, pickle.UnpicklingError, EOFError) as e:
         raise ConversionError(f"cannot read CIFAR batch: {e}", source=path,
                               hint="re-extract the official python-version tarball") from e

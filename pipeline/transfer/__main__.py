@@ -1,5 +1,6 @@
 import sys
 
+from pipeline import cli
 from pipeline.transfer.cli import main
 
-sys.exit(main())
+sys.exit(cli.run(main))

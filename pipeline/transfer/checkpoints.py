@@ -19,7 +19,7 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
     ``path``: a pretraining checkpoint of this pipeline (the Ray Train checkpoint folder, or its
     ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
     from models import build_model
-    from pipeline.pretrain import STATE_FILE, state_file
+    from pipeline.pretrain import STATE_FILE, load_state, state_file
     path = store.fetch(path, "checkpoints")  # a remote checkpoint: this node's cached copy
     if timm_name:
         from models.timm_import import load_timm
@@ -29,7 +29,7 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
     if not state_file(path).is_file():
         raise FileNotFoundError(f"no pretraining checkpoint at {path}: expected a folder with {STATE_FILE} "
                                 "(the checkpoint_uri tag of the MLflow run) or a timm file with --timm NAME")
-    state = torch.load(state_file(path), map_location="cpu", weights_only=False)
+    state = load_state(path)
     spec = state["spec"]
     weights = state["model"]
     model = build_model(spec["model"], num_classes=weights["head.fc.weight"].shape[0],

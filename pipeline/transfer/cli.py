@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline import tracking
+from pipeline import cli, tracking
 from pipeline import storage as store
 from pipeline.transfer.base import Target
 from pipeline.transfer.checkpoints import load_checkpoint, resolve_dataset
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
     parser.add_argument("--mlflow-run-id", default=None, help="pretraining run to attach results to")
     parser.add_argument("--gpu", action="store_true")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     try:
         shots = [int(s) for s in args.fewshot.split(",") if s.strip()]

@@ -1,0 +1,110 @@
+"""Common mistakes, run as a user runs them (``python -m pipeline.<command>`` in a subprocess):
+each is said in one line that names what and where, with a non-zero exit and no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from micro_models import MICRO
+from pipeline import tracking
+from pipeline.data.synth import SynthSpec, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VIT_SCALING_DEBUG")}, **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=env)
+
+
+def said_lines(stderr: str) -> list[str]:
+    """What the command said, without argparse's usage lines."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> str:
+    return generate(tmp_path_factory.mktemp("data") / "small", SynthSpec(images=64, val_images=16, classes=4,
+                    image_size=16), executor="inline", progress=False)
+
+
+@pytest.fixture(scope="module")
+def truncated(small, tmp_path_factory) -> str:
+    import shutil
+    copy = tmp_path_factory.mktemp("broken") / "small"
+    shutil.copytree(small, copy)
+    shard = sorted(copy.glob("**/*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    return str(copy)
+
+
+def mistakes(tmp_path: Path, small: str, truncated: str) -> dict[str, tuple[list[str], int, str]]:
+    """{case: (command, exit code, what the line says)}"""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    custom = json.dumps(MICRO["vit"])
+    pretrain = ["pipeline.pretrain", "--model", custom, "--steps", "1", "--batch-size", "8", "--image-size", "16"]
+    return {
+        "study file missing": (["pipeline.study", str(tmp_path / "nowhere.yaml"), "--plan"], 2,
+                               f"study file {tmp_path / 'nowhere.yaml'} does not exist (built-in studies: data, scaling)"),
+        "storage under a file": (["pipeline.study", "scaling", "--preset", "smoke", "--storage", str(a_file / "runs")], 2,
+                                 f"--storage {a_file / 'runs'}: cannot write to {a_file / 'runs'} (Not a directory)"),
+        "custom model without --lr": ([*pretrain, "--data", small], 2,
+                                      f"Table 3 gives no learning rate for {MICRO['vit']['name']}: give one with --lr"),
+        "truncated shard": ([*pretrain, "--lr", "1e-3", "--data", truncated, "--storage", str(tmp_path / "runs")], 1,
+                            "DataError: dataset"),
+        "unknown study": (["pipeline.study", "scalling", "--plan"], 2, "no study 'scalling'; available: data, scaling"),
+        "dead Ray address": (["pipeline.study", "scaling", "--preset", "smoke", "--storage", str(tmp_path / "runs")], 2,
+                             "RAY_ADDRESS=127.0.0.1:9: nothing answers at 127.0.0.1:9 (Connection refused"),
+    }
+
+
+CASES = ["study file missing", "storage under a file", "custom model without --lr", "truncated shard", "unknown study",
+         "dead Ray address"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_mistake_is_one_line_and_a_nonzero_exit(case, tmp_path, small, truncated):
+    command, code, message = mistakes(tmp_path, small, truncated)[case]
+    start = time.monotonic()
+    done = run(*command, env={"RAY_ADDRESS": "127.0.0.1:9"} if case == "dead Ray address" else None)
+    lines = said_lines(done.stderr)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert message in lines[0], lines[0]
+    if case == "truncated shard":
+        assert "truncated" in lines[0] and not (tmp_path / "runs" / "mlflow.db").exists()  # refused before MLflow
+    if case == "dead Ray address":  # said within seconds, before any data is made
+        assert time.monotonic() - start < 30 and not (tmp_path / "runs" / "data").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, small, truncated):
+    command, _, _ = mistakes(tmp_path, small, truncated)["truncated shard"]
+    done = run(*command, "--debug")
+    assert done.returncode == 1 and "Traceback" in done.stderr and "DataError" in done.stderr
+
+
+def test_ctrl_c_says_one_line_and_marks_the_study_run_killed(tmp_path):
+    storage = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    study = subprocess.Popen([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage",
+                              str(storage)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + 180, ""
+    while "to run" not in seen and time.monotonic() < deadline:  # the chains are launched
+        seen += study.stdout.readline()
+    assert "to run" in seen, seen
+    study.send_signal(signal.SIGINT)
+    out, err = study.communicate(timeout=120)
+    assert study.returncode == 130, err[-2000:]
+    assert "Traceback" not in err + out and (seen + out).count("[study] interrupted") == 1, (out + err)[-2000:]
+    uri = tracking.default_tracking_uri(storage)
+    study_run = tracking.find_study_run(uri, "scaling", "smoke")
+    assert tracking.client(uri).get_run(study_run).info.status == "KILLED"
