@@ -174,6 +174,7 @@ class ChainContext:
     tracking_uri: str
     gpus: int
     study_run_id: str
+    on_bad_row: str = "raise"
 
 
 def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
@@ -184,24 +185,26 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
     uri, start = ctx.tracking_uri, time.perf_counter()
     if previous is not None and previous.pretrained:
         run_id, checkpoint, resumed = previous.run_id, previous.checkpoint_uri, "finished"
-        tracking.reopen_run(uri, run_id)
     else:
         out = pretrain(spec, ctx.data_path, storage=ctx.storage, tracking_uri=uri,
-                       launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0), finish=False,
+                       launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0, on_bad_row=ctx.on_bad_row),
+                       finish=False,
                        parent_run_id=ctx.study_run_id)
         run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
         if not out["done"]:
             raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
     pretrain_s = time.perf_counter() - start
     target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True)
-    try:
-        metrics = evaluate(target, evaluators_for(ctx.transfer), ctx.downstream, skip_recorded=True)
-    except Exception:
-        tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.FAILED})
-        tracking.finish_run(uri, run_id, "FAILED")
-        raise
-    tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.DONE})
-    tracking.finish_run(uri, run_id)
+    with tracking.lease(uri, run_id):  # one writer: another live study holding it raises RunHeld
+        tracking.reopen_run(uri, run_id)
+        try:
+            metrics = evaluate(target, evaluators_for(ctx.transfer), ctx.downstream, skip_recorded=True)
+        except Exception:
+            tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.FAILED})
+            tracking.finish_run(uri, run_id, "FAILED")
+            raise
+        tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.DONE})
+        tracking.finish_run(uri, run_id)
     return {"id": spec.id, "run_id": run_id, "metrics": metrics, "resumed_from": resumed,
             "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
 
@@ -246,6 +249,7 @@ class StudyOptions:
     gpus_per_run: int = 0
     report: bool = True
     heartbeat_s: float = 60.0
+    on_bad_row: str = "raise"   # pretraining rows that cannot be read: "raise" | "skip" (counted)
 
     def check(self) -> None:
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -286,7 +290,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
          f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
     progress = Progress({r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}, done, emit)
     ctx = ChainContext(data_path=data_path, downstream=downstream, transfer=p.transfer, storage=storage,
-                       tracking_uri=uri, gpus=gpus, study_run_id=study_run)
+                       tracking_uri=uri, gpus=gpus, study_run_id=study_run, on_bad_row=options.on_bad_row)
     try:
         results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
     except KeyboardInterrupt:

@@ -271,6 +271,8 @@ class PretrainPlan:
     base_lr: float
     base_lr_source: str         # 'recipe' | 'table3' | 'choice'
     val_split: str | None
+    subset: dict[str, Any] = dataclasses.field(default_factory=dict)  # the loader's fraction= or count=
+    on_bad_row: str = "raise"   # "skip": rows that cannot be read are dropped and counted (data/skipped_rows)
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
 
@@ -305,6 +307,7 @@ class Launch:
     cpus_per_worker: float = 1.0
     max_failures: int = 3
     in_process: bool = False
+    on_bad_row: str = "raise"   # a row that cannot be decoded or labelled: "raise" (stop at once) | "skip" (count it)
 
 
 class Trainer:
@@ -359,19 +362,20 @@ class Trainer:
                           image_size=self.recipe.image_size, train=True, rank=self.session.rank,
                           world_size=self.session.world, seed=self.plan.spec.seed, epoch=epoch,
                           label_format="multi_hot", min_crop_area=self.recipe.min_crop_area,
-                          **self.plan.spec.subset_selector())
+                          on_bad_row=self.plan.on_bad_row, **self.plan.subset)
         return make_loader(spec, start_step=position)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Gradients of the batch's loss, accumulated over ``accum_steps`` micro-batches (DDP syncs
-        gradients on the last one only). Returns the loss (on the device)."""
-        micro, accum = self.plan.micro_batch, self.plan.accum_steps
+        """Gradients of the batch's mean loss, accumulated over ``accum_steps`` micro-batches, each
+        weighted by its share of the batch (DDP syncs gradients on the last one only). Returns the
+        loss (on the device)."""
+        accum, n = self.plan.accum_steps, len(x)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
-        for i in range(accum):
+        for i, (xs, ys) in enumerate(zip(torch.tensor_split(x, accum), torch.tensor_split(y, accum))):
             last = i == accum - 1 or self.session.world == 1
             no_sync = getattr(self.train_model, "no_sync", None)
             with (no_sync() if not last and no_sync else contextlib.nullcontext()), self.autocast():
-                loss = sigmoid_xent(self.train_model(x[i * micro:(i + 1) * micro]), y[i * micro:(i + 1) * micro]) / accum
+                loss = sigmoid_xent(self.train_model(xs), ys) * (len(xs) / n)
             loss.backward()
             total += loss.detach()
         return total
@@ -442,7 +446,7 @@ class Progress:
         self.plan, self.trainer, self.stop_at = plan, trainer, stop_at
         self.rank, self.world = trainer.session.rank, trainer.session.world
         self.peak = peak_tflops(trainer.device, trainer.precision)
-        self.logger = None
+        self.logger, self.skipped_total = None, 0
         if self.rank == 0 and plan.mlflow_run_id:
             logged = tracking.last_step(plan.tracking_uri, plan.mlflow_run_id, "pretrain/loss")
             self.logger = tracking.MetricLogger(plan.tracking_uri, plan.mlflow_run_id, logged_through=logged)
@@ -453,21 +457,22 @@ class Progress:
     def _new_window(self) -> None:
         device = self.trainer.device
         self.loss, self.grad_norm = (torch.zeros((), dtype=torch.float32, device=device) for _ in range(2))
-        self.steps, self.start = 0, time.perf_counter()
+        self.steps, self.skipped, self.start = 0, 0, time.perf_counter()
 
     def _print(self, text: str) -> None:
         print(f"[pretrain {self.plan.spec.id}] {text}", flush=True)
 
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, batch) -> None:
         self.loss += loss
         self.grad_norm += grad_norm
+        self.skipped += len(batch.bad_rows)
         self.steps += 1
 
     def window(self) -> dict[str, float]:
         """The window's metrics (every rank must call this at the same step), then a new window."""
         step, batch, macs = self.trainer.step, self.plan.spec.recipe.batch_size, self.plan.numbers.forward_macs
         elapsed = time.perf_counter() - self.start
-        loss_sum, norm_sum = _all_reduce_sum([self.loss, self.grad_norm], self.trainer.device)
+        loss_sum, norm_sum, skipped = _all_reduce_sum([self.loss, self.grad_norm, self.skipped], self.trainer.device)
         images_per_s = self.steps * batch / max(elapsed, 1e-9)
         achieved = compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * macs * images_per_s / 1e12
         metrics = {"pretrain/loss": loss_sum / self.world / self.steps,
@@ -479,6 +484,9 @@ class Progress:
                    "pretrain/epoch": step / self.plan.numbers.steps_per_epoch}
         if self.peak:
             metrics["throughput/mfu"] = achieved / (self.peak * self.world)
+        if self.plan.on_bad_row == "skip":
+            self.skipped_total += int(skipped)
+            metrics["data/skipped_rows"] = self.skipped_total
         self._new_window()
         return metrics
 
@@ -493,6 +501,7 @@ class Progress:
             self.flush()
             eta = (self.stop_at - step) * self.plan.spec.recipe.batch_size / max(metrics["throughput/images_per_s"], 1e-9)
             val = f" val_prec1 {metrics['pretrain/val_prec1']:.3f}" if "pretrain/val_prec1" in metrics else ""
+            val += f" skipped rows {metrics['data/skipped_rows']}" if metrics.get("data/skipped_rows") else ""
             self._print(f"step {step}/{self.plan.numbers.steps} loss {metrics['pretrain/loss']:.4f} "
                         f"lr {metrics['pretrain/lr']:.2e} {metrics['throughput/images_per_s']:.1f} img/s{val} eta {eta:.0f}s")
 
@@ -517,7 +526,7 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
         for batch in trainer.batches():
             if hooks.on_batch is not None:
                 hooks.on_batch(session.rank, trainer.step, batch)
-            progress.add(*trainer.train_step(batch))
+            progress.add(*trainer.train_step(batch), batch)
             step, last = trainer.step, trainer.step == stop_at
             metrics = progress.window() if step % recipe.log_every == 0 or last else {}
             if plan.val_split and (step % recipe.val_every == 0 or step == total):
@@ -529,18 +538,21 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
                 break
     progress.flush()
     return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,
-            "resumed_from": trainer.resumed_from, "best": trainer.best}
+            "resumed_from": trainer.resumed_from, "best": trainer.best, "skipped_rows": progress.skipped_total}
 
 
 # ----------------------------------------------------------------------------- the driver
 
-def plan_run(spec: RunSpec, data_path: str, workers: int) -> PretrainPlan:
+def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
     """The run's plan from the spec and the dataset, checked up front (batch split over workers,
     at least one batch per epoch, a learning rate)."""
     from pipeline.data import open_dataset
     recipe = spec.recipe
-    dataset = open_dataset(data_path)
-    rows = dataset.subset(split="train", **spec.subset_selector()).num_rows
+    dataset, workers = open_dataset(data_path), launch.workers
+    subset = spec.subset_selector(dataset.subset(split="train").num_rows)
+    rows = dataset.subset(split="train", **subset).num_rows
+    if launch.on_bad_row not in ("raise", "skip"):
+        raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {launch.on_bad_row!r}")
     if recipe.batch_size % workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {workers} workers")
     per_rank = recipe.batch_size // workers
@@ -554,7 +566,8 @@ def plan_run(spec: RunSpec, data_path: str, workers: int) -> PretrainPlan:
     return PretrainPlan(spec=spec, data_path=store.resolve(data_path),
                         numbers=run_numbers(spec, rows, dataset.num_classes), micro_batch=micro,
                         accum_steps=per_rank // micro, base_lr=base_lr, base_lr_source=lr_source,
-                        val_split="val" if "val" in dataset.splits else None)
+                        val_split="val" if "val" in dataset.splits else None, subset=subset,
+                        on_bad_row=launch.on_bad_row)
 
 
 def run_params(plan: PretrainPlan, workers: int) -> dict[str, Any]:
@@ -566,7 +579,18 @@ def run_params(plan: PretrainPlan, workers: int) -> dict[str, Any]:
             "warmup_steps": r.warmup_steps, "decay": r.decay, "weight_decay": r.weight_decay,
             "grad_clip": r.grad_clip, "image_size": r.image_size, "dropout": r.dropout, "seed": spec.seed,
             "workers": workers, "params": n.params, "forward_gmacs": n.forward_macs / 1e9,
-            "num_classes": n.head_classes}
+            "num_classes": n.head_classes, "on_bad_row": plan.on_bad_row}
+
+
+def data_error_of(err: BaseException) -> Exception | None:
+    """The worker's data error behind a failed Train run, if that is what failed it (Ray Train
+    keeps each worker's own exception in ``worker_failures``, wrapped with its traceback)."""
+    from pipeline.data import DataError
+    for failure in (getattr(err, "worker_failures", None) or {}).values():
+        cause = getattr(failure, "_base_exc", failure)
+        if isinstance(cause, DataError):
+            return cause
+    return None
 
 
 def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -> tuple[dict[str, Any], str | None]:
@@ -578,14 +602,28 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     resources = {"CPU": launch.cpus_per_worker, **({"GPU": 1} if launch.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
-        scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=f"pretrain-{plan.spec.id}", **store.ray_storage(storage),
-                             failure_config=FailureConfig(max_failures=launch.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
+    for attempt in range(launch.max_failures + 1):
+        # Each attempt is one Train run of the same name: it resumes from the last checkpoint.
+        # Failures are retried here rather than inside Ray Train, which cannot tell bad data
+        # (the same rows fail the same way every time) from a lost worker.
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
+            scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(name=f"pretrain-{plan.spec.id}", **store.ray_storage(storage),
+                                 failure_config=FailureConfig(max_failures=0),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        try:
+            result = trainer.fit()
+            break
+        except Exception as err:
+            permanent = data_error_of(err)
+            if permanent is not None:
+                raise permanent from None
+            if attempt == launch.max_failures:
+                raise
+            print(f"[pretrain {plan.spec.id}] attempt {attempt + 1} failed ({cli.one_line(err)[:300]}); resuming from "
+                  f"its last checkpoint ({launch.max_failures - attempt} retries left)", flush=True)
     summary = dict(getattr(result, "return_value", None) or {})
     checkpoint_uri = store.with_scheme_of(storage, result.checkpoint.path) if result.checkpoint else None
     return summary, checkpoint_uri
@@ -623,20 +661,21 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
         raise ValueError("in_process pretraining runs one worker on local storage")
     storage = store.resolve(storage)
     tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
-    plan = start_tracking(plan_run(spec, data_path, launch.workers), storage, tracking_uri, launch, parent_run_id)
+    plan = start_tracking(plan_run(spec, data_path, launch), storage, tracking_uri, launch, parent_run_id)
     run_id, total = plan.mlflow_run_id, plan.numbers.steps
-    try:
-        summary, checkpoint_uri = (fit_in_process(plan, hooks, storage) if launch.in_process
-                                   else fit_on_ray(plan, hooks, storage, launch))
-    except Exception:
-        tracking.set_tags(tracking_uri, run_id, {tracking.PRETRAIN_STATUS_TAG: tracking.Status.FAILED})
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise
-    done = summary.get("step") == total
-    tracking.set_tags(tracking_uri, run_id, {tracking.CHECKPOINT_TAG: checkpoint_uri, tracking.PRETRAIN_STATUS_TAG:
-                                             tracking.Status.DONE if done else tracking.Status.PARTIAL})
-    if done and finish:
-        tracking.finish_run(tracking_uri, run_id)
+    with tracking.lease(tracking_uri, run_id):  # one writer: another live process holding it raises RunHeld
+        try:
+            summary, checkpoint_uri = (fit_in_process(plan, hooks, storage) if launch.in_process
+                                       else fit_on_ray(plan, hooks, storage, launch))
+        except Exception:
+            tracking.set_tags(tracking_uri, run_id, {tracking.PRETRAIN_STATUS_TAG: tracking.Status.FAILED})
+            tracking.finish_run(tracking_uri, run_id, "FAILED")
+            raise
+        done = summary.get("step") == total
+        tracking.set_tags(tracking_uri, run_id, {tracking.CHECKPOINT_TAG: checkpoint_uri, tracking.PRETRAIN_STATUS_TAG:
+                                                 tracking.Status.DONE if done else tracking.Status.PARTIAL})
+        if done and finish:
+            tracking.finish_run(tracking_uri, run_id)
     return {**summary, "mlflow_run_id": run_id, "checkpoint_uri": checkpoint_uri, "tracking_uri": tracking_uri,
             "done": done, "total_steps": total}
 
@@ -666,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         default = f" (default {info.default})" if info.default is not None else ""
         parser.add_argument(flag, dest=field, type=kind, help=f"{info.description or field.replace('_', ' ')}{default}")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--on-bad-row", choices=("raise", "skip"), default=Launch.on_bad_row,
+                        help="a row that cannot be decoded or labelled: stop the run at once (raise), or drop it and "
+                        "count it (skip: data/skipped_rows in MLflow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", default="adhoc", help="MLflow experiment")
     parser.add_argument("--storage", default="runs", help="checkpoints, Ray Train folders and the default MLflow DB")
@@ -688,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # the message names the study key; here it is a flag
         parser.error(f"Table 3 gives no learning rate for {spec.model_name}: give one with --lr")
     summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
-                       launch=Launch(workers=args.workers, use_gpu=args.gpu))
+                       launch=Launch(workers=args.workers, use_gpu=args.gpu, on_bad_row=args.on_bad_row))
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -120,12 +120,14 @@ class RunSpec(Frozen):
             return CHOSEN_BASE_LR[name], "choice"
         raise ValueError(f"Table 3 gives no learning rate for {name}: set recipe.base_lr")
 
-    def subset_selector(self) -> dict[str, Any]:
-        """Keyword arguments for ``pipeline.data`` (fraction= or count=)."""
+    def subset_selector(self, full_rows: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``pipeline.data`` (fraction= or count=). Given the full split's
+        usable rows, a fraction f becomes the round(f x rows) rows of lowest priority: exactly the
+        size the plan counts (a fraction's priority threshold alone gives only about that many)."""
         if self.subset == "full":
             return {"fraction": 1.0}
         if isinstance(self.subset, float):
-            return {"fraction": self.subset}
+            return {"fraction": self.subset} if full_rows is None else {"count": round(self.subset * full_rows)}
         return {"count": parse_count(self.subset)}
 
     def total_steps(self, subset_rows: int) -> int:

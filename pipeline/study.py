@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="runs at once (default: what the cluster holds now)")
     parser.add_argument("--gpus-per-run", type=int, default=0, help="GPU workers per pretraining run (0: one CPU worker)")
+    parser.add_argument("--on-bad-row", choices=("raise", "skip"), default="raise",
+                        help="a pretraining row that cannot be decoded or labelled: fail the run at once (raise), or "
+                        "drop it and count it (skip)")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU for GPU-hours")
     parser.add_argument("--gpu-peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
     cli.add_debug_flag(parser)
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri)
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
-        options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run)
+        options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run,
+                                           on_bad_row=args.on_bad_row)
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         options=options)
     except orchestrate.StudyError as err:

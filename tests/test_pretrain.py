@@ -211,3 +211,23 @@ def test_cli_maps_its_flags_onto_the_recipe(ray_cluster, synth, tmp_path, capsys
         == {"batch_size": "32", "base_lr": "0.002", "base_lr_source": "recipe", "warmup_steps": "2",
             "image_size": "32", "steps": "4"}
     assert params["weight_decay"] == str(Recipe().weight_decay) and params["grad_clip"] == str(Recipe().grad_clip)
+
+
+def test_bad_data_fails_at_once_or_is_skipped_and_counted(ray_cluster, synth, tmp_path):
+    """A row that cannot be labelled fails the run in seconds, not after Ray Train's retries (the
+    same row fails every attempt); with on_bad_row='skip' the run finishes and counts it."""
+    import shutil
+    from test_data_format import rewrite_row
+    from pipeline.data import DataError
+    data = Path(shutil.copytree(synth, tmp_path / "bad"))
+    for shard in (0, 1):  # a row of each shard, so some epoch surely reads one
+        rewrite_row(data, shard, 4, labels=[CLASSES])
+    spec = micro_spec("resnet", steps=40, checkpoint_every=20, val_every=1000, log_every=20)
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"row 4, field labels: labels \[10\] outside"):
+        pretrain(spec, str(data), storage=str(tmp_path / "raise"), launch=Launch(workers=2, max_failures=3))
+    assert time.monotonic() - start < 60  # one attempt (retries took 81-98 s)
+    out = pretrain(spec, str(data), storage=str(tmp_path / "skip"), launch=Launch(workers=2, on_bad_row="skip"))
+    assert out["done"] and out["skipped_rows"] >= 1
+    run = tracking.client(out["tracking_uri"]).get_run(out["mlflow_run_id"])
+    assert run.data.params["on_bad_row"] == "skip" and run.data.metrics["data/skipped_rows"] == out["skipped_rows"]

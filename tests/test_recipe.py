@@ -91,6 +91,7 @@ def test_run_spec_learning_rates_and_lengths():
         RunSpec(model=MICRO_VIT, dataset="d", epochs=1).base_lr()
     spec = RunSpec(model="ViT-B/32", dataset="d", subset=0.1, epochs=2, recipe=Recipe(batch_size=100))
     assert spec.subset_selector() == {"fraction": 0.1} and spec.total_steps(1050) == 21
+    assert spec.subset_selector(1050) == {"count": 105}  # the rows the plan counts, exactly
     assert RunSpec(model="ViT-B/32", dataset="d", subset="9M", steps=5).subset_selector() == {"count": 9_000_000}
 
 

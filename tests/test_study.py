@@ -165,3 +165,19 @@ def test_missing_downstream_set_fails_before_launch(tmp_path, capsys):
                          "--storage", str(tmp_path / "runs")], capsys)
     assert "downstream dataset 'pets' is not in" in err and "convert it there first" in err
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("subset", [0.3, "full", "100"])
+def test_planned_numbers_are_what_pretraining_derives(subset, tmp_path):
+    """For a run given in epochs, the plan (the preset's sizes) and the pretraining (the data
+    itself) derive the same steps, images and exaFLOPs, fraction subsets included."""
+    from pipeline.planning import run_numbers
+    from pipeline.pretrain import Launch, plan_run
+    from pipeline.spec import RunSpec, subset_images
+    study = load_study("data")
+    preset = study.preset("smoke")
+    data = generate(tmp_path / preset.dataset.name, preset.dataset.synth, executor="inline", progress=False)
+    spec = RunSpec(**{**study.expand("smoke")[0].model_dump(), "subset": subset, "steps": None, "epochs": 3})
+    from_plan = run_numbers(spec, subset_images(spec.subset, 512), preset.dataset.head_classes)
+    from_data = plan_run(spec, data, Launch()).numbers
+    assert from_data == from_plan and from_data.steps == -(-3 * from_data.subset_images // 32)

@@ -37,7 +37,12 @@ def _verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"ERROR {report.path}: {problem}")
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-    print(f"{status}: rows {report.rows}, {report.decoded} images decoded")
+    total = sum(report.rows.values())
+    unchecked = [] if args.full else [f"{total - report.decoded:,} images not decoded (a sample of {args.sample} per "
+                                      "shard was; --full decodes every image)"]
+    unchecked += ["shard checksums not checked (--no-checksums)"] if args.no_checksums else []
+    print(f"{status}: rows {report.rows}, {report.decoded:,} images decoded" +
+          (f"; not checked: {'; '.join(unchecked)}" if unchecked else ""))
     return 0 if report.ok else 1
 
 

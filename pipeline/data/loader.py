@@ -256,7 +256,7 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
             shard = subset.shards[si].path
             if spec.on_bad_row != "skip":
                 raise DataError(problem[1], dataset=ds.root, shard=shard, row=row, field=problem[0],
-                                hint="fix or drop the row, or load with on_bad_row='skip'")
+                                hint="fix or drop the row, or pretrain with --on-bad-row skip")
             bad.append(BadRow(shard, row, problem[0], problem[1]))
             continue
         out_images.append(arr)
