@@ -285,23 +285,31 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     limit = options.max_concurrent or default_concurrency(options.gpus_per_run)
     gpus = options.gpus_per_run
-    emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
-         f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
-         f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
     progress = Progress({r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}, done, emit)
     ctx = ChainContext(data_path=data_path, downstream=downstream, transfer=p.transfer, storage=storage,
                        tracking_uri=uri, gpus=gpus, study_run_id=study_run, on_bad_row=options.on_bad_row)
-    try:
+    try:  # from the line that says what will run, Ctrl-C is answered by `stopped`
+        emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
+             f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
+             f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
         results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
     except KeyboardInterrupt:
-        killed = tracking.mark_killed(uri, study.name, {s.id for s in todo}, study_run)
-        emit(f"[study] interrupted ({killed} run(s) marked KILLED in MLflow): run the same command again to "
-             "resume (finished runs are kept)")
+        stopped(uri, study.name, {s.id for s in todo}, study_run, emit)
         raise Interrupted from None
     summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
                "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
                "storage": storage, "results": results}
     return finish_study(study, preset, summary, report=options.report, emit=emit)
+
+
+def stopped(uri: str, study: str, spec_ids: set[str], study_run: str, emit: Callable[[str], None]) -> None:
+    """After Ctrl-C: the runs it stopped marked KILLED (best effort: a second Ctrl-C or an MLflow
+    error skips it), then the one line that says how to resume."""
+    try:
+        killed = f" ({tracking.mark_killed(uri, study, spec_ids, study_run)} run(s) marked KILLED in MLflow)"
+    except (Exception, KeyboardInterrupt):
+        killed = ""
+    emit(f"[study] interrupted{killed}: run the same command again to resume (finished runs are kept)")
 
 
 def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, tracking.RunRecord], limit: int,

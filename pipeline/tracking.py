@@ -396,7 +396,10 @@ def lease(tracking_uri: str, run_id: str, settle_s: float = 0.5):
 
     def renew() -> None:
         while not stop.wait(LEASE_RENEW_S):
-            set_tags(tracking_uri, run_id, {LEASE_HEARTBEAT_TAG: f"{time.time():.0f}"})
+            try:
+                set_tags(tracking_uri, run_id, {LEASE_HEARTBEAT_TAG: f"{time.time():.0f}"})
+            except Exception:  # a server outage: try again at the next beat
+                pass
 
     beater = threading.Thread(target=renew, daemon=True, name=f"lease-{run_id}")
     beater.start()
@@ -405,7 +408,10 @@ def lease(tracking_uri: str, run_id: str, settle_s: float = 0.5):
     finally:
         stop.set()
         beater.join()
-        set_tags(tracking_uri, run_id, {LEASE_HOLDER_TAG: "", LEASE_HEARTBEAT_TAG: "0"})
+        try:
+            set_tags(tracking_uri, run_id, {LEASE_HOLDER_TAG: "", LEASE_HEARTBEAT_TAG: "0"})
+        except Exception:  # the server is away: the lease goes stale on its own, and the block's error matters
+            pass
 
 
 def reopen_run(tracking_uri: str, run_id: str) -> None:

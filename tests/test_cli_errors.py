@@ -104,7 +104,8 @@ def test_ctrl_c_says_one_line_and_marks_the_study_run_killed(tmp_path):
     study.send_signal(signal.SIGINT)
     out, err = study.communicate(timeout=120)
     assert study.returncode == 130, err[-2000:]
-    assert "Traceback" not in err + out and (seen + out).count("[study] interrupted") == 1, (out + err)[-2000:]
+    assert "Traceback" not in err + out and (seen + out).count("[study] interrupted") == 1, \
+        f"stdout after the SIGINT:\n{out[-2000:]}\nstderr:\n{err[-2000:]}"
     uri = tracking.default_tracking_uri(storage)
     study_run = tracking.find_study_run(uri, "scaling", "smoke")
     assert tracking.client(uri).get_run(study_run).info.status == "KILLED"
