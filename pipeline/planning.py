@@ -12,7 +12,6 @@ of them imports the CLI.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +35,6 @@ class RunNumbers:
     params: int
     forward_macs: int          # per image at the pretraining resolution, fvcore (pipeline.compute)
     exaflops: float | None     # pretraining compute, the paper's convention
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def run_numbers(spec: RunSpec, subset_images: int | None, head_classes: int) -> RunNumbers:
