@@ -262,32 +262,41 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
               options: StudyOptions = StudyOptions(), emit: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
     listed there, in the report and on their MLflow runs."""
-    import ray
     from pipeline.planning import plan as study_plan
     emit = emit or (lambda text: print(text, flush=True))
     options.check()
-    p, specs = study.preset(preset), study.expand(preset)
+    p = study.preset(preset)
     storage = resolve_storage(storage)
     uri = tracking_uri or tracking.default_tracking_uri(storage)
     check_services(storage, uri)
-    data_path = prepare_data(p, data, storage)
-    downstream = prepare_downstream(p.transfer, storage)
+    data = prepare_data(p, data, storage) if data is not None else None  # checked before MLflow is touched
     tracking.init_store(uri)
     planned = study_plan(study, preset, tracking_uri=None)  # compute only: the runs are read once below
     study_run = tracking.start_study_run(
         uri, study.name, preset, artifact_root=store.join(storage, "artifacts"),
-        params={"study": study.name, "preset": preset, "runs": len(specs), "dataset": p.dataset.name,
+        params={"study": study.name, "preset": preset, "runs": len(planned["runs"]), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
+    # One driver per study: a second one started while this one lives is refused with its name
+    # (after a kill, the next one takes over at once: a dead holder's lease is taken).
+    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"):
+        ctx = ChainContext(data_path=data or prepare_data(p, None, storage), storage=storage, tracking_uri=uri,
+                           downstream=prepare_downstream(p.transfer, storage), transfer=p.transfer,
+                           gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row)
+        return drive_study(study, preset, ctx, planned, options, emit)
+
+
+def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str, Any], options: StudyOptions,
+                emit: Callable[[str], None]) -> dict[str, Any]:
+    """The study's runs on Ray (those not done yet), then its report."""
+    import ray
+    uri, study_run, gpus, specs = ctx.tracking_uri, ctx.study_run_id, ctx.gpus, study.expand(preset)
     previous = tracking.spec_runs(uri, study.name)
     done = {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
     todo = [s for s in specs if s.id not in done]
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    limit = options.max_concurrent or default_concurrency(options.gpus_per_run)
-    gpus = options.gpus_per_run
+    limit = options.max_concurrent or default_concurrency(gpus)
     progress = Progress({r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}, done, emit)
-    ctx = ChainContext(data_path=data_path, downstream=downstream, transfer=p.transfer, storage=storage,
-                       tracking_uri=uri, gpus=gpus, study_run_id=study_run, on_bad_row=options.on_bad_row)
     try:  # from the line that says what will run, Ctrl-C is answered by `stopped`
         emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
              f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
@@ -298,7 +307,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         raise Interrupted from None
     summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
                "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
-               "storage": storage, "results": results}
+               "storage": ctx.storage, "results": results}
     return finish_study(study, preset, summary, report=options.report, emit=emit)
 
 

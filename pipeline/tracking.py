@@ -101,15 +101,23 @@ def init_store(tracking_uri: str) -> None:
     """Create/migrate the tracking database once, from the driver, before any worker logs.
     A SQLite store is made under a file lock: two first-time migrations at once corrupt it (two
     studies started together on a new storage)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    with _store_lock(tracking_uri):
         client(tracking_uri).search_experiments(max_results=1)
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str):
+    """An exclusive lock on a SQLite store (a file lock next to it, across processes); nothing for
+    a tracking server, whose callers make their writes safe otherwise."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
         return
     import fcntl
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        client(tracking_uri).search_experiments(max_results=1)
+        yield
 
 
 def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = None) -> str:
@@ -176,7 +184,18 @@ def run_status(run) -> Status:
 def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags: Mapping[str, str],
                     run_name: str | None, params: Mapping[str, Any]) -> str:
     """The run matching ``filter_string``, marked RUNNING again; or a new one created with its
-    identifying tags in the same call (a crash can never leave a run without them) and params."""
+    identifying tags in the same call (a crash can never leave a run without them) and params.
+    Two processes asking at once get the same run: a SQLite store is locked meanwhile; with a
+    server, each waits ``CREATE_SETTLE_S`` after creating, then all keep the oldest."""
+    with _store_lock(tracking_uri):
+        return _find_or_create_unlocked(tracking_uri, experiment, filter_string, tags, run_name, params)
+
+
+CREATE_SETTLE_S = 1.0  # longer than a create takes from its start time to its commit
+
+
+def _find_or_create_unlocked(tracking_uri: str, experiment: str, filter_string: str, tags: Mapping[str, str],
+                             run_name: str | None, params: Mapping[str, Any]) -> str:
     c = client(tracking_uri)
     found = c.search_runs([experiment], filter_string=filter_string, max_results=2)
     if len(found) > 1:
@@ -187,8 +206,10 @@ def _find_or_create(tracking_uri: str, experiment: str, filter_string: str, tags
             c.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     c.create_run(experiment, tags=dict(tags), run_name=run_name)
-    # A create retried after a lost answer (a tracking server's response dropped by the network)
-    # can make two runs: keep the first, delete the others.
+    # Another process's create at the same moment, or a create retried after a lost answer (a
+    # server's response dropped by the network), makes two runs: keep the first, delete the others.
+    if is_server(tracking_uri):
+        time.sleep(CREATE_SETTLE_S)
     made = sorted(c.search_runs([experiment], filter_string=filter_string, max_results=10),
                   key=lambda r: (r.info.start_time, r.info.run_id))
     for extra in made[1:]:
@@ -379,7 +400,7 @@ def _claim(tracking_uri: str, run_id: str, me: str, settle_s: float) -> str | No
 
 
 @contextlib.contextmanager
-def lease(tracking_uri: str, run_id: str, settle_s: float = 0.5):
+def lease(tracking_uri: str, run_id: str, settle_s: float = 0.5, what: str | None = None):
     """Hold the run's lease while the block runs (one writer per run): renewed every 30 s by a
     background thread, released at the end. Raises :class:`RunHeld` when another live process
     holds it; a holder that died on this machine, or silent for 2 minutes, is taken over.
@@ -390,8 +411,8 @@ def lease(tracking_uri: str, run_id: str, settle_s: float = 0.5):
         return
     holder = _claim(tracking_uri, run_id, me, settle_s)
     if holder is not None:
-        raise RunHeld(f"run {run_id} is held by {holder} (another study or pretraining of the same run, alive in "
-                      f"the last {LEASE_STALE_S:.0f} s): let it finish, then run the same command again")
+        raise RunHeld(f"{what or f'run {run_id}'} is held by {holder} (another study or pretraining of the same "
+                      f"run, alive in the last {LEASE_STALE_S:.0f} s): let it finish, then run the same command again")
     stop = threading.Event()
 
     def renew() -> None:

@@ -3,12 +3,15 @@ evaluate it; another is refused with the holder's name, and a dead or silent hol
 over. A new SQLite store made by two processes at once is made once."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +91,75 @@ def test_a_new_sqlite_store_made_by_two_processes_at_once(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     assert tracking.client(uri).search_experiments()  # the store opens, migrated once
+
+
+# ----------------------------------------------------------------------------- two studies at once, end to end
+
+ONE_RUN_STUDY = """\
+name: {name}
+presets:
+  p:
+    dataset:
+      name: synth-two-drivers
+      images: 256
+      synth: {{images: 256, val_images: 32, classes: 5, image_size: 16, seed: 0}}
+    recipe: {{batch_size: 32, base_lr: 0.001, warmup_steps: 2, image_size: 16, min_crop_area: 1.0,
+             val_every: 20, checkpoint_every: 10, log_every: 10}}
+    runs:
+      - {{model: {{name: ViT-nano, family: vit, depth: 1, width: 32, heads: 2, mlp_dim: 64, patch_size: 8}}, steps: {steps}}}
+    transfer: {{fewshot: [digits], shots: [1]}}
+"""
+
+
+def start_driver(study_file: Path, storage: Path, log: Path) -> tuple[subprocess.Popen, Path]:
+    """A study driver, its stderr to ``log`` (a file: a full pipe would stall it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VIT_SCALING_DEBUG")}
+    command = [sys.executable, "-m", "pipeline.study", str(study_file), "--preset", "p", "--storage", str(storage)]
+    with open(log, "w") as err:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=storage.parent), log
+
+
+def assert_trained_once(storage: Path, study: str, steps: int) -> None:
+    """One MLflow run per RunSpec (and one study run); its loss logged once per logging step; one
+    sequence of checkpoints, written by one trainer."""
+    uri = tracking.default_tracking_uri(storage)
+    runs = tracking.runs_of_study(uri, study)
+    spec_runs = [r for r in runs if r.data.tags.get(tracking.RUN_SPEC_TAG)]
+    assert len(spec_runs) == 1 and spec_runs[0].info.status == "FINISHED"
+    assert len([r for r in runs if r.data.tags.get(tracking.STUDY_PRESET_TAG)]) == 1
+    loss = tracking.client(uri).get_metric_history(spec_runs[0].info.run_id, "pretrain/loss")
+    assert sorted(m.step for m in loss) == list(range(10, steps + 1, 10))  # log_every 10
+    trainings = list(storage.glob(f"pretrain-*{spec_runs[0].data.tags[tracking.RUN_SPEC_TAG]}*"))
+    assert len(trainings) == 1, trainings
+    # checkpoints every 10 steps, the last 2 kept: one trainer's, reported in order (two trainers
+    # would leave 4 folders, or a sequence that starts again)
+    kept = json.loads((trainings[0] / "checkpoint_manager_snapshot.json").read_text())
+    assert [c["metrics"]["step"] for c in kept["checkpoint_results"]] == [steps - 10, steps]
+    assert kept["checkpoint_report_indices"] == [steps // 10 - 2, steps // 10 - 1]
+    assert len([p for p in trainings[0].glob("checkpoint_*") if p.is_dir()]) == 2
+
+
+@pytest.mark.slow
+def test_two_studies_at_once_on_a_new_and_on_an_existing_storage(tmp_path):
+    """Two drivers of one study at once: both finish, or the later one is refused in one line
+    naming the live one; either way the study is trained once. On a new storage (the SQLite store,
+    the data and the study run are made by whichever comes first) and, at the same time, on one
+    whose MLflow store exists (another study ran there)."""
+    new, existing = tmp_path / "new" / "runs", tmp_path / "existing" / "runs"
+    for storage in (new, existing):
+        storage.parent.mkdir()
+    tracking.init_store(tracking.default_tracking_uri(existing))
+    cases = {"first": (new, 20), "second": (existing, 30)}  # other steps: another run (run ids leave out the study)
+    drivers = {}
+    for name, (storage, steps) in cases.items():
+        study_file = storage.parent / f"{name}.yaml"
+        study_file.write_text(ONE_RUN_STUDY.format(name=name, steps=steps))
+        drivers[name] = [start_driver(study_file, storage, storage.parent / f"driver{i}.err") for i in range(2)]
+    for name, (storage, steps) in cases.items():
+        said = [(d.wait(timeout=600), log.read_text()) for d, log in drivers[name]]
+        assert sorted(code for code, _ in said) in ([0, 0], [0, 1]), [err[-3000:] for _, err in said]
+        for code, err in said:
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert code == 0 or len(lines) == 1 and re.fullmatch(
+                rf"error: RunHeld: study {name}/p is held by {socket.gethostname()}:\d+ .*", lines[0]), err[-3000:]
+        assert_trained_once(storage, name, steps)
