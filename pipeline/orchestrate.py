@@ -91,16 +91,21 @@ def check_ray_address(address: str | None, wait_s: float = 10.0) -> None:
                      "the cluster (`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a local Ray")
 
 
+def synth_target(preset: Preset, storage: str) -> str:
+    """Where the preset's built-in synthetic data lives; an error when it has none."""
+    if preset.dataset.synth is None:
+        raise StudyError(f"the preset's dataset {preset.dataset.name!r} is not built in: give its location with "
+                         "--data (a folder or URI made by `python -m pipeline.data convert ...`)")
+    return store.join(storage, "data", preset.dataset.name)
+
+
 def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True) -> str:
     """The pretraining dataset's location: ``data`` when given (its name must be the preset's),
     or the preset's synthetic data, generated under ``<storage>/data/<name>`` on first use."""
     from pipeline.data import DataError, open_dataset
     name = preset.dataset.name
     if data is None:
-        if preset.dataset.synth is None:
-            raise StudyError(f"the preset's dataset {name!r} is not built in: give its location with --data "
-                             "(a folder or URI made by `python -m pipeline.data convert ...`)")
-        target = store.join(storage, "data", name)
+        target = synth_target(preset, storage)
         if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
             from pipeline.data.synth import generate
             print(f"[study] generating the synthetic dataset {name!r} in {target} (first use)", flush=True)
@@ -269,7 +274,10 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     storage = resolve_storage(storage)
     uri = tracking_uri or tracking.default_tracking_uri(storage)
     check_services(storage, uri)
-    data = prepare_data(p, data, storage) if data is not None else None  # checked before MLflow is touched
+    if data is not None:
+        data = prepare_data(p, data, storage)  # checked before MLflow is touched
+    else:
+        synth_target(p, storage)  # the preset's data is built in (made below), or it says to give --data
     tracking.init_store(uri)
     planned = study_plan(study, preset, tracking_uri=None)  # compute only: the runs are read once below
     study_run = tracking.start_study_run(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -275,6 +276,7 @@ class PretrainPlan:
     on_bad_row: str = "raise"   # "skip": rows that cannot be read are dropped and counted (data/skipped_rows)
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
+    checksum_marks: str | None = None  # where shards whose checksum was checked are marked (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,14 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.step, self.best, self.resumed_from = state["step"], state["best"], state["step"]
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+
+    def check_shards(self) -> None:
+        """Before the first step: the checksums of this rank's share of the training shards (a
+        corrupt shard fails the run now, not hours in); once per storage, see ``check_checksums``."""
+        from pipeline.data.verify import check_checksums
+        if self.plan.checksum_marks is not None:
+            check_checksums(self.plan.data_path, rank=self.session.rank, world_size=self.session.world,
+                            marks=self.plan.checksum_marks)
 
     def batches(self):
         """This rank's training batches from the current step to the end of its epoch."""
@@ -520,6 +530,7 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
 def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Hooks = Hooks()) -> dict[str, Any]:
     """Pretrain from the session's last checkpoint (or from scratch) to the plan's last step."""
     trainer, recipe, total = Trainer(plan, session), plan.spec.recipe, plan.numbers.steps
+    trainer.check_shards()
     stop_at = min(total, hooks.stop_after_steps or total)
     progress = Progress(plan, trainer, stop_at)
     while trainer.step < stop_at:
@@ -648,7 +659,9 @@ def start_tracking(plan: PretrainPlan, storage: str, tracking_uri: str, launch: 
               "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps"},
         params=run_params(plan, launch.workers), artifact_root=store.join(storage, "artifacts"),
         parent_run_id=parent_run_id)
-    return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+    data_key = hashlib.sha1(store.resolve(plan.data_path).encode()).hexdigest()[:16]
+    marks = store.join(storage, "checksums-checked", data_key)
+    return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id, checksum_marks=marks)
 
 
 def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None,

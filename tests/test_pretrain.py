@@ -231,3 +231,29 @@ def test_bad_data_fails_at_once_or_is_skipped_and_counted(ray_cluster, synth, tm
     assert out["done"] and out["skipped_rows"] >= 1
     run = tracking.client(out["tracking_uri"]).get_run(out["mlflow_run_id"])
     assert run.data.params["on_bad_row"] == "skip" and run.data.metrics["data/skipped_rows"] == out["skipped_rows"]
+
+
+def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(synth, tmp_path, two_torch_threads):
+    """Shard checksums are checked before the first step (a corrupt shard fails the run at once,
+    naming it); a shard once checked is marked in the storage and not read again for it."""
+    import shutil
+    from pipeline.data import DataError
+    from pipeline.data.format import Dataset
+    from pipeline.data.verify import check_checksums
+    bad = Path(shutil.copytree(synth, tmp_path / "flipped"))
+    shard = Dataset(bad).shards()[1]
+    data = bytearray((bad / shard.path).read_bytes())
+    data[len(data) // 3] ^= 0xFF  # same size, other bytes: only the checksum can tell
+    (bad / shard.path).write_bytes(bytes(data))
+    spec = micro_spec("vit", steps=4, checkpoint_every=2, val_every=1000, log_every=2)
+    with pytest.raises(DataError, match=rf"shard {shard.path}, field sha256: checksum does not match the manifest"):
+        pretrain(spec, str(bad), storage=str(tmp_path / "runs"), launch=LOCAL)
+    assert not list((tmp_path / "runs").glob(f"pretrain-{spec.id}/checkpoint_*"))  # failed before step 0
+
+    out = pretrain(spec, str(synth), storage=str(tmp_path / "runs"), launch=LOCAL)
+    assert out["done"]
+    bad_marks, marks = sorted((tmp_path / "runs" / "checksums-checked").iterdir(),
+                              key=lambda folder: len(list(folder.iterdir())))
+    assert len(list(bad_marks.iterdir())) == 1  # the good shard before the corrupt one
+    assert len(list(marks.iterdir())) == len(Dataset(synth).shards())  # every shard checked, and marked
+    assert check_checksums(synth, marks=str(marks)) == 0 and check_checksums(synth) == len(Dataset(synth).shards())

@@ -278,7 +278,7 @@ class Dataset:
         (bench/, tests) can be swapped in one place."""
         return storage.open_input(self.shard_path(shard))
 
-    def _checked_size(self, shard: ShardInfo) -> int:
+    def checked_size(self, shard: ShardInfo) -> int:
         """The shard's size, checked against the manifest once per Dataset object (one request
         to an object store); later opens of the shard reuse it."""
         if shard.path in self._sizes:
@@ -314,7 +314,7 @@ class Dataset:
 
     def parquet_file(self, shard: ShardInfo) -> pq.ParquetFile:
         """The shard as a ParquetFile; close it with ``close()`` (the shard's file stays open)."""
-        size = self._checked_size(shard)
+        size = self.checked_size(shard)
         handle = self._shard_file(shard)
         try:
             if shard.path not in self._metadata:

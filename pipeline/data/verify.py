@@ -188,3 +188,28 @@ def _check_exclusions(ds: Dataset) -> list[Problem]:
                                    f"excluded key {e.get('key')!r} but the row holds "
                                    f"{keys[s.path][e['row']]!r} (shard rewritten after dedup?)",))
     return out
+
+
+def check_checksums(path: str | Path, split: str = "train", *, rank: int = 0, world_size: int = 1,
+                    marks: str | None = None) -> int:
+    """The sha256 of this rank's share of ``split``'s shards (every ``world_size``-th from
+    ``rank``) against the manifest, before training reads them. ``marks``: a folder where a shard
+    once checked leaves an empty file named by its checksum, so that it costs one read per
+    storage, not one per run. Raises :class:`DataError` naming the first shard that differs.
+    Returns how many shards were read."""
+    ds = Dataset(path)
+    done = set(storage.listdir(marks)) if marks is not None else set()
+    read = 0
+    for shard in ds.shards(split)[rank::world_size]:
+        mark = f"{Path(shard.path).name}.{shard.sha256}"
+        if mark in done:
+            continue
+        ds.checked_size(shard)  # a truncated shard is said as such
+        if storage.sha256(ds.shard_path(shard)) != shard.sha256:
+            raise DataError("checksum does not match the manifest: the shard changed or is corrupt (`python -m "
+                            f"pipeline.data verify {ds.root}` lists every problem)", dataset=ds.root,
+                            shard=shard.path, field="sha256")
+        read += 1
+        if marks is not None:
+            storage.write_bytes(storage.join(marks, mark), b"")
+    return read
