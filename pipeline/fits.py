@@ -42,6 +42,9 @@ PARAMS = {"saturating": ("a", "b", "c", "d"), "power": ("a", "b")}
 MIN_POINTS = {form: len(names) + 1 for form, names in PARAMS.items()}
 HUBER_SCALE = 0.1    # log units: residuals beyond ~10% relative error count linearly
 MAX_EXPONENT = 3.0
+# A fitted parameter within this fraction of its bounds' span of a bound sits at it (``at_bounds``).
+# In trials, fits that end at a bound land within ~1e-10 of it; fits inside stay 2e-5 or more away (d, the closest).
+AT_BOUND = 1e-6
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,26 @@ def _bounds(x: np.ndarray, e: np.ndarray, form: str) -> tuple[list[float], list[
         lower += [0.0, 0.0]
         upper += [float(e.min()) * (1 - 1e-6), float(x.max())]
     return lower, upper
+
+
+def _from_theta(name: str, value: float, b: float, scale: float) -> float:
+    """A value of parameter ``name`` in the solver's units (log a, normalized d) in data units."""
+    return {"a": lambda: math.exp(value + b * math.log(scale)), "d": lambda: value * scale}.get(name, lambda: value)()
+
+
+def at_bounds(f: Fit, compute, error) -> dict[str, tuple[str, float]]:
+    """The parameters of ``f``, fitted to (compute, error), that sit at a bound of the fit:
+    {name: ("lower" | "upper", the bound in data units)}. Such a parameter is where the solver was
+    stopped, not where the data put it, and its bootstrap interval is cut at the bound."""
+    compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
+    scale = _scale(compute)
+    lower, upper = _bounds(compute / scale, error, f.form)
+    found = {}
+    for i, (name, value) in enumerate(zip(PARAMS[f.form], _to_theta(f, scale))):
+        for side, bound in (("lower", lower[i]), ("upper", upper[i])):
+            if abs(value - bound) <= AT_BOUND * (upper[i] - lower[i]):
+                found[name] = (side, _from_theta(name, bound, f.b, scale))
+    return found
 
 
 def _solve(x, e, form, starts, huber_scale) -> np.ndarray:

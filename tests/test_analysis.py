@@ -314,8 +314,11 @@ def test_problems_of_runs_without_tracking_or_with_unfinished_pretraining():
     assert problem_runs(report, "compute_mismatch") == ["resnet0", "resnet1", "resnet2"]   # 20% off; 1% is not
     assert not report.problems_of("missing_metric")
     assert report.fits.families["vit"].compute.tolist() == [table.loc[0, "exaflops"], table.loc[2, "exaflops"]]
+    [few] = report.problems_of("too_few_points")                        # vit: 2 points with finished pretraining
+    assert (few.family, few.value, few.reference) == ("vit", 2, fits.MIN_POINTS["power"])
     markdown = analysis.to_markdown(report)
-    assert all(f"`{p.run_id}`" in markdown for p in report.problems)
+    assert all(f"`{p.run_id}`" in markdown for p in report.problems if p.run_id is not None)
+    assert "Too few points to fit: ViT has 2 distinct compute value(s)" in sanity_text(markdown)
 
 
 def test_data_study_draws_performance_against_data_size(tmp_path):
@@ -347,7 +350,8 @@ def synthetic_table(rng, models=7):
                          "subset_images": 1000, "epochs": 7, "steps": None, "seed": 0, "params": 1e6 * (i + 1),
                          "exaflops": compute, "status": "done", "pretrain_status": "done",
                          "fewshot/imagenet/5shot": 1 - draw(rng, truth, [compute])[0],
-                         "finetune/imagenet/acc": 1 - 0.7 * draw(rng, truth, [compute])[0]})
+                         "finetune/imagenet/acc": 1 - 0.7 * draw(rng, truth, [compute])[0],
+                         "pretrain/val_prec1": 0.3 + 0.05 * i, "pretrain/val_prec1_baseline": 0.1})
     return pd.DataFrame(rows)
 
 
@@ -374,4 +378,97 @@ def test_report_fits_and_multiplier_on_a_synthetic_study(tmp_path):
     resnet_vit = report.fits.multiplier("resnet", "vit").multiplier
     assert multipliers[("resnet", "vit")]["multiplier"] == pytest.approx(resnet_vit)
     assert result["families"]["vit"]["better"] == report.fits.families["vit"].better
+    assert result["sanity"]["findings"] == [] and result["sanity"]["checks"] == report.checks
     assert "scaling_fits.png" in paths["report.md"].read_text()
+
+
+# ----------------------------------------------------------------------------- sanity checks
+
+def sanity_text(markdown: str) -> str:
+    """The report's "Sanity checks" section."""
+    return markdown.split("## Sanity checks\n", 1)[1].split("\n## ", 1)[0]
+
+
+def sanity_line(markdown: str, run_id: str) -> str:
+    [line] = [line for line in sanity_text(markdown).splitlines() if f"`{run_id}`" in line]
+    return line
+
+
+def sanity_report(table: pd.DataFrame) -> analysis.Report:
+    return analysis.build_report(table, title="sanity", several_subsets=False,
+                                 expected=["fewshot/imagenet/5shot", "finetune/imagenet/acc"],
+                                 options=analysis.ReportOptions(n_boot=20))
+
+
+def test_sanity_section_of_a_clean_study_says_all_checks_passed():
+    table = synthetic_table(np.random.default_rng(8))
+    table["compute/exaflops"] = table["exaflops"] * 1.01
+    report = sanity_report(table)
+    assert report.sanity() == [] and not report.problems
+    assert set(report.checks) == set(analysis.SANITY_CHECKS) and all(report.checks.values())
+    assert report.checks["not_learned"] == report.checks["compute_mismatch"] == len(table)
+    assert report.checks["accuracy_drop"] == len(table) - 3           # each family's cheapest run has none below it
+    section = sanity_text(analysis.to_markdown(report))
+    assert section.lstrip().startswith("All checks passed.")
+    assert "Checks run: val_prec1 vs the majority-class baseline (21 runs);" in section
+    assert "fitted parameters vs the fit's bounds (6 fits)" in section and "Not run" not in section
+
+
+def planted_table() -> pd.DataFrame:
+    """The synthetic study with one result of each kind a reader should not believe."""
+    table = synthetic_table(np.random.default_rng(8)).set_index("id", drop=False)
+    table["compute/exaflops"] = table["exaflops"]
+    table.loc["vit3", "pretrain/val_prec1"] = 0.11                    # baseline 0.1: needs > 0.12
+    table.loc["vit4", "pretrain/val_prec1"] = 0.125                   # clearly above: learned
+    table.loc["vit6", "pretrain/val_prec1_baseline"] = np.nan         # an older run: not checked
+    table.loc["resnet0", "finetune/imagenet/acc"] = table.loc["resnet0", "fewshot/imagenet/5shot"] - 0.05
+    table.loc["hybrid1", "compute/exaflops"] = table.loc["hybrid1", "exaflops"] * 1.2
+    for column in ("fewshot/imagenet/5shot", "finetune/imagenet/acc"):  # 6 points below the cheaper hybrid4
+        table.loc["hybrid5", column] = table.loc["hybrid4", column] - 0.06
+    return table.reset_index(drop=True)
+
+
+def test_sanity_section_names_each_planted_result_with_its_number():
+    table = planted_table()
+    report = sanity_report(table)
+    kinds = {kind: problem_runs(report, kind) for kind in ("not_learned", "no_baseline", "finetune_below_fewshot",
+                                                          "compute_mismatch", "accuracy_drop")}
+    assert kinds == {"not_learned": ["vit3"], "no_baseline": ["vit6"], "finetune_below_fewshot": ["resnet0"],
+                     "compute_mismatch": ["hybrid1"], "accuracy_drop": ["hybrid5"]}
+    [drop] = report.problems_of("accuracy_drop")
+    row = table.set_index("id").loc[["hybrid4", "hybrid5"]]
+    average = row[["fewshot/imagenet/5shot", "finetune/imagenet/acc"]].mean(axis=1)
+    assert (drop.reference_run, drop.metric) == ("hybrid4", "average")
+    assert (drop.value, drop.reference) == pytest.approx((average["hybrid5"], average["hybrid4"]))
+    markdown = analysis.to_markdown(report)
+    assert "All checks passed" not in sanity_text(markdown)
+    assert "`pretrain/val_prec1` 0.110 is not clearly above the majority-class baseline 0.100" in \
+        sanity_line(markdown, "vit3")
+    tuned = table.set_index("id").loc["resnet0", ["finetune/imagenet/acc", "fewshot/imagenet/5shot"]] * 100
+    assert f"`finetune/imagenet/acc` {tuned.iloc[0]:.2f}% is below `fewshot/imagenet/5shot` {tuned.iloc[1]:.2f}%" \
+        in sanity_line(markdown, "resnet0")
+    planned = table.set_index("id").loc["hybrid1", "exaflops"]
+    assert f"logged {planned * 1.2:.4g} exaFLOPs, planned {planned:.4g}" in sanity_line(markdown, "hybrid1")
+    assert markdown.count("`hybrid1`") == 1                            # in the sanity section only
+    line = sanity_line(markdown, "hybrid5")
+    assert f"average of 2 {average['hybrid5'] * 100:.1f}%" in line and "`hybrid4`" in line
+    assert f"({average['hybrid4'] * 100:.1f}%" in line and "6.0 points below" in line
+    assert "Baseline not logged: 1 run(s)" in sanity_text(markdown)
+    findings = json.loads(json.dumps(analysis.to_sanity_json(report)))["findings"]
+    assert {(f["kind"], f.get("run_id")) for f in findings} >= {("not_learned", "vit3"), ("accuracy_drop", "hybrid5")}
+
+
+def test_fit_at_a_bound_is_a_sanity_finding():
+    compute = np.geomspace(0.1, 1e4, 7)
+    flat = fits.fit(compute, np.full(7, 0.3), "power")
+    assert fits.at_bounds(flat, compute, np.full(7, 0.3)) == {"b": ("lower", pytest.approx(1e-3))}
+    assert fits.at_bounds(fits.fit(compute, TRUE.error(compute)), compute, TRUE.error(compute)) == {}
+    table = synthetic_table(np.random.default_rng(8), models=5)
+    table.loc[table["family"] == "vit", ["fewshot/imagenet/5shot", "finetune/imagenet/acc"]] = [0.6, 0.7]
+    report = sanity_report(table)
+    at_bound = {(p.family, p.form, p.parameter, p.bound) for p in report.problems_of("fit_at_bound")}
+    assert {("vit", "power", "b", "lower"), ("vit", "saturating", "b", "lower")} <= at_bound
+    assert {family for family, *_ in at_bound} == {"vit"}
+    assert not report.problems_of("accuracy_drop")                   # flat is not falling
+    section = sanity_text(analysis.to_markdown(report))
+    assert "Fit at a bound: ViT, power law: b (exponent) = 0.001 sits at its lower bound 0.001" in section

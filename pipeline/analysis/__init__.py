@@ -5,9 +5,11 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
   from it: which runs are points, which metrics, their long format, Pareto frontiers.
 - ``figures``: Figure 5 (accuracy against compute), Figure 4 (against data set size) and the
   scaling-law fits, as PNG and SVG.
-- ``report``: the :class:`Report`, what the report says as data (counts, typed problems, runs,
-  figures drawn, fits, verdicts and compute multipliers), built from a table by ``build_report``.
-- ``render``: the Report as report.md (``to_markdown``) and fits.json (``to_fits_json``).
+- ``report``: the :class:`Report`, what the report says as data (counts, typed problems and the
+  sanity checks' findings, runs, figures drawn, fits, verdicts and compute multipliers), built from
+  a table by ``build_report``.
+- ``render``: the Report as report.md (``to_markdown``) and fits.json (``to_fits_json``,
+  ``to_sanity_json``).
 - ``files``: the files in a folder (``write_files``), and ``write_report``, which the
   orchestrator calls: ``analysis.write_report(study, preset, tracking_uri=..., out_dir=...)``.
 
@@ -15,17 +17,17 @@ The names below are this package's interface; the modules' other names are their
 """
 from pipeline.analysis.figures import family_styles, figure_compute, figure_data, figure_fits, save_figure
 from pipeline.analysis.files import write_files, write_report
-from pipeline.analysis.render import to_fits_json, to_markdown
-from pipeline.analysis.report import (LEVEL, FamilyVerdict, FigureEntry, Fits, Multiplier, Problem, ProblemKind,
-                                      Report, ReportOptions, RunRow, Verdict, build_report, scaling_fits,
-                                      study_report)
+from pipeline.analysis.render import to_fits_json, to_markdown, to_sanity_json
+from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, FamilyVerdict, FigureEntry, Fits,
+                                      Multiplier, Problem, ProblemKind, Report, ReportOptions, RunRow, Verdict,
+                                      build_report, scaling_fits, study_report)
 from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_name, family_order,
                                      pareto_frontier, points, pretrained, run_labels, run_table, transfer_metrics,
                                      with_average)
 
-__all__ = ["FEWSHOT_SHOT", "LEVEL", "FamilyVerdict", "FigureEntry", "Fits", "Metric", "Multiplier", "Problem",
-           "ProblemKind", "Report", "ReportOptions", "RunRow", "Verdict", "build_report", "expected_metrics",
-           "family_name", "family_order", "family_styles", "figure_compute", "figure_data", "figure_fits",
-           "pareto_frontier", "points", "pretrained", "run_labels", "run_table", "save_figure", "scaling_fits",
-           "study_report", "to_fits_json", "to_markdown", "transfer_metrics", "with_average", "write_files",
-           "write_report"]
+__all__ = ["FEWSHOT_SHOT", "LEVEL", "SANITY_CHECKS", "SANITY_KINDS", "FamilyVerdict", "FigureEntry", "Fits", "Metric",
+           "Multiplier", "Problem", "ProblemKind", "Report", "ReportOptions", "RunRow", "Verdict", "build_report",
+           "expected_metrics", "family_name", "family_order", "family_styles", "figure_compute", "figure_data",
+           "figure_fits", "pareto_frontier", "points", "pretrained", "run_labels", "run_table", "save_figure",
+           "scaling_fits", "study_report", "to_fits_json", "to_markdown", "to_sanity_json", "transfer_metrics",
+           "with_average", "write_files", "write_report"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.analysis.figures import figure_compute, figure_data, figure_fits, save_figure
-from pipeline.analysis.render import to_fits_json, to_markdown
+from pipeline.analysis.render import to_fits_json, to_markdown, to_sanity_json
 from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, Report, ReportOptions,
                                       study_report)
 from pipeline.spec import Study
@@ -20,7 +20,8 @@ DRAW = {FIGURE_COMPUTE: lambda report: figure_compute(report.points),
 
 def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
     """The report's files in ``out_dir``: runs.csv (the whole run table), the figures it draws,
-    fits.json (where there are points to fit) and report.md. Returns {file name: path}."""
+    fits.json (where there are points to fit; with the sanity checks' findings) and report.md.
+    Returns {file name: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"runs.csv": out_dir / "runs.csv"}
@@ -30,7 +31,8 @@ def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
             paths.update({path.name: path for path in save_figure(DRAW[figure.name](report), out_dir, figure.name)})
     if report.fits is not None:
         paths["fits.json"] = out_dir / "fits.json"
-        paths["fits.json"].write_text(json.dumps(to_fits_json(report.fits), indent=2))
+        summary = {**to_fits_json(report.fits), "sanity": to_sanity_json(report)}
+        paths["fits.json"].write_text(json.dumps(summary, indent=2))
     paths["report.md"] = out_dir / "report.md"
     paths["report.md"].write_text(to_markdown(report))
     return paths

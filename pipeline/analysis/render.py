@@ -1,6 +1,6 @@
 """Renderings of a :class:`~pipeline.analysis.report.Report`: report.md (``to_markdown``) and
-fits.json (``to_fits_json``). All the report's wording lives here; what it says is decided in
-``pipeline.analysis.report``."""
+fits.json (``to_fits_json``, with the sanity checks' findings from ``to_sanity_json``). All the
+report's wording lives here; what it says is decided in ``pipeline.analysis.report``."""
 from __future__ import annotations
 
 import math
@@ -9,12 +9,24 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline import fits as scaling
-from pipeline.analysis.report import (COMPUTE_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, Fits,
-                                      Multiplier, Problem, ProblemKind, Report, Verdict)
+from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
+                                      LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
+                                      Fits, Multiplier, Problem, ProblemKind, Report, Verdict, learned_margin)
 from pipeline.analysis.table import family_name
 
 STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
                 ProblemKind.FAILED: "failed", ProblemKind.UNKNOWN_STATUS: "of unknown status (no tracking URI)"}
+# Each sanity check as the section names it, and what it counts (one, several).
+CHECK_WORDS = {ProblemKind.NOT_LEARNED: ("val_prec1 vs the majority-class baseline", "run", "runs"),
+               ProblemKind.FINETUNE_BELOW_FEWSHOT: ("fine-tuning vs few-shot", "run-dataset", "run-datasets"),
+               ProblemKind.ACCURACY_DROP: ("accuracy vs compute within a family", "run", "runs"),
+               ProblemKind.COMPUTE_MISMATCH: ("logged vs planned compute", "run", "runs"),
+               ProblemKind.FIT_AT_BOUND: ("fitted parameters vs the fit's bounds", "fit", "fits"),
+               ProblemKind.TOO_FEW_POINTS: ("points per family vs what a fit needs", "family", "families")}
+PARAMETER_WORDS = {"a": "a (scale)", "b": "b (exponent)", "c": "c (floor)", "d": "d (offset)"}
+BOUND_MEANING = {("b", "lower"): "error hardly falls with compute", ("b", "upper"): "error falls implausibly fast",
+                 ("c", "lower"): "no floor found", ("c", "upper"): "the floor is the best run's error",
+                 ("d", "lower"): "no offset found", ("d", "upper"): "the offset spans all the measured compute"}
 DATA_FIGURE_NOT_DRAWN = {"one_subset": "this preset has one data subset",
                          "no_subset_sizes": "no few-shot results with a known subset size"}
 
@@ -50,6 +62,7 @@ def to_markdown(report: Report) -> str:
     lines = [f"# {report.title}", "", f"{len(report.runs)} runs: {counts}.", "",
              "Method and limits: `docs/analysis.md` of the vit-scaling repository.", "",
              "## What is missing", "", *missing_section(report.problems), "",
+             "## Sanity checks", "", *sanity_section(report), "",
              "## Runs", "", *runs_section(report), "",
              "## Figures", "", *figures_section(report), "",
              "## Scaling laws", "", *(fits_section(report.fits) if report.fits else ["No fit: no points."])]
@@ -57,8 +70,9 @@ def to_markdown(report: Report) -> str:
 
 
 def missing_section(problems: Iterable[Problem]) -> list[str]:
-    """What the study still lacks: runs not done, metrics not recorded, compute that differs."""
-    problems = list(problems)
+    """What the study still lacks: runs not done, metrics not recorded (the sanity checks' findings
+    are in ``sanity_section``)."""
+    problems = [p for p in problems if p.kind not in SANITY_KINDS]
     lines = []
     for kind, what in STATUS_WORDS.items():
         runs = [p for p in problems if p.kind == kind]
@@ -77,10 +91,84 @@ def missing_section(problems: Iterable[Problem]) -> list[str]:
     if unused:
         lines.append(f"- {len(unused)} run(s) have transfer metrics but unfinished pretraining; left out of "
                      "figures and fits: " + ", ".join(_run_name(p) for p in unused))
-    lines += [f"- {_run_name(p)}: logged compute {p.logged_exaflops:.4g} exaFLOPs differs from the planned "
-              f"{p.planned_exaflops:.4g} by more than {COMPUTE_TOLERANCE * 100:g}% (the plan's value is plotted)"
-              for p in problems if p.kind == ProblemKind.COMPUTE_MISMATCH]
     return lines or ["Nothing: every run finished with every planned metric."]
+
+
+# ----------------------------------------------------------------------------- sanity checks
+
+def _pct(value: float, digits: int = 1) -> str:
+    return f"{value * 100:.{digits}f}%"
+
+
+def _not_learned(p: Problem, report: Report) -> str:
+    return (f"- Did not learn: {_run_name(p)}: `{p.metric}` {p.value:.3f} is not clearly above the majority-class "
+            f"baseline {p.reference:.3f} (needs more than {p.reference + learned_margin(p.reference):.3f}).")
+
+
+def _below_fewshot(p: Problem, report: Report) -> str:
+    return (f"- Fine-tuning below few-shot: {_run_name(p)}: `{p.metric}` {_pct(p.value, 2)} is below "
+            f"`{p.reference_metric}` {_pct(p.reference, 2)}.")
+
+
+def _accuracy_drop(p: Problem, report: Report) -> str:
+    other = next(r for r in report.runs if r.id == p.reference_run)
+    label = next((m.label for m in report.metrics if m.column == p.metric), p.metric)
+    return (f"- Accuracy falls with compute: {_run_name(p)} at {p.planned_exaflops:.3g} exaFLOPs has {label} "
+            f"{_pct(p.value)}, {(p.reference - p.value) * 100:.1f} points below `{other.id}` {other.model} at "
+            f"{other.exaflops:.3g} exaFLOPs ({_pct(p.reference)}; tolerance {DROP_TOLERANCE * 100:g} point).")
+
+
+def _compute_mismatch(p: Problem, report: Report) -> str:
+    return (f"- Compute differs from the plan: {_run_name(p)}: logged {p.logged_exaflops:.4g} exaFLOPs, planned "
+            f"{p.planned_exaflops:.4g}, more than {COMPUTE_TOLERANCE * 100:g}% apart (the plan's value is plotted).")
+
+
+def _fit_at_bound(p: Problem, report: Report) -> str:
+    meaning = BOUND_MEANING.get((p.parameter, p.bound), "")
+    return (f"- Fit at a bound: {family_name(p.family)}, {p.form} law: {PARAMETER_WORDS[p.parameter]} = "
+            f"{p.value:.4g} sits at its {p.bound} bound {p.reference:.4g} ({meaning + ': ' if meaning else ''}the "
+            "bound, not the data, set it, and its interval is cut there).")
+
+
+def _too_few_points(p: Problem, report: Report) -> str:
+    return (f"- Too few points to fit: {family_name(p.family)} has {p.value:g} distinct compute value(s) with "
+            f"`{p.metric}`; a fit needs {p.reference:g} (the power law; the saturating law "
+            f"{scaling.MIN_POINTS['saturating']}).")
+
+
+FINDING_LINES = {ProblemKind.NOT_LEARNED: _not_learned, ProblemKind.FINETUNE_BELOW_FEWSHOT: _below_fewshot,
+                 ProblemKind.ACCURACY_DROP: _accuracy_drop, ProblemKind.COMPUTE_MISMATCH: _compute_mismatch,
+                 ProblemKind.FIT_AT_BOUND: _fit_at_bound, ProblemKind.TOO_FEW_POINTS: _too_few_points}
+
+
+def checks_line(report: Report) -> str:
+    """Which checks ran, on how many items, and which could not run."""
+    ran = []
+    for kind in SANITY_CHECKS:
+        n = report.checks.get(kind, 0)
+        words = CHECK_WORDS[kind]
+        ran += [f"{words[0]} ({n} {words[1] if n == 1 else words[2]})"] if n else []
+    idle = [CHECK_WORDS[k][0] for k in SANITY_CHECKS if not report.checks.get(k)]
+    return ("Checks run: " + ("; ".join(ran) or "none") + "." +
+            (f" Not run, nothing to check yet: {'; '.join(idle)}." if idle else ""))
+
+
+def sanity_section(report: Report) -> list[str]:
+    """A line per result not to believe, or that all checks passed; then which checks ran."""
+    findings = report.sanity()
+    lines = [FINDING_LINES[p.kind](p, report) for p in findings if p.kind in FINDING_LINES]
+    skipped = report.problems_of(ProblemKind.NO_BASELINE)
+    if skipped:
+        lines.append(f"- Baseline not logged: {len(skipped)} run(s) lack `{VAL_BASELINE}` (runs older than that "
+                     "metric), so whether they learned was not checked.")
+    if not lines:
+        lines = ["All checks passed."]
+    elif len(skipped) == len(findings):
+        lines.insert(0, "All checks that ran passed.")
+    return [*lines, "", checks_line(report), "",
+            (f"Thresholds: did not learn = `pretrain/val_prec1` <= baseline + max({LEARNED_MARGIN:g}, "
+             f"{LEARNED_MARGIN_REL:g} x baseline); accuracy drop = more than {DROP_TOLERANCE * 100:g} point below a "
+             f"cheaper run of the family and subset; compute off by more than {COMPUTE_TOLERANCE * 100:g}%.")]
 
 
 def runs_section(report: Report) -> list[str]:
@@ -205,6 +293,12 @@ def _multiplier_json(m: Multiplier) -> dict[str, Any]:
     if m.form_x is None:
         return {"x": m.x, "y": m.y, "multiplier": m.multiplier}
     return {k: getattr(m, k) for k in Multiplier.__dataclass_fields__}
+
+
+def to_sanity_json(report: Report) -> dict[str, Any]:
+    """The sanity checks for fits.json: {check: items examined} and every finding, its set fields."""
+    return _plain({"checks": dict(report.checks),
+                   "findings": [{k: v for k, v in vars(p).items() if v is not None} for p in report.sanity()]})
 
 
 def to_fits_json(fits: Fits) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 A Report holds the run counts by status, the runs table, the problems of the study as typed
 :class:`Problem` records (runs not started, unfinished or failed, planned metrics missing,
-transfer metrics of unfinished pretraining, logged compute that differs from the plan), which
-figures are drawn (and why not), and the scaling-law fits of the headline metric with the compute
-multipliers between families (``scaling_fits``, on ``pipeline.fits``: per family the saturating
-law E(C) = a (C + d)^(-b) + c and the plain power law, bootstrap intervals and a backtest).
+transfer metrics of unfinished pretraining; and the sanity checks' findings, ``SANITY_KINDS``:
+runs that did not learn, fine-tuning below few-shot, accuracy falling with compute, logged compute
+that differs from the plan, fitted parameters at a bound, families with too few points to fit),
+how much each sanity check examined, which figures are drawn (and why not), and the scaling-law
+fits of the headline metric with the compute multipliers between families (``scaling_fits``, on
+``pipeline.fits``: per family the saturating law E(C) = a (C + d)^(-b) + c and the plain power
+law, bootstrap intervals and a backtest).
 
 Nothing here writes text or files: ``pipeline.analysis.render`` renders a Report as report.md and
 fits.json, ``pipeline.analysis.files`` writes them with runs.csv and the figures.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -30,6 +34,16 @@ from pipeline.spec import Study
 # for families of 5-16 runs (bench/bench_fits.py; at 95% they cover about 86% with 7 runs).
 LEVEL = 0.8
 COMPUTE_TOLERANCE = 0.05   # logged compute that differs from the plan by more than this is a problem
+# A run "did not learn" when its pretraining val_prec1 <= baseline + max(LEARNED_MARGIN, LEARNED_MARGIN_REL *
+# baseline), the baseline being the precision@1 of always predicting the most common class: 2 points over
+# it, or 10% of it when that is more (a 50% baseline needs 55%). Below that the checkpoint is barely better
+# than a constant, whatever its transfer numbers say.
+LEARNED_MARGIN, LEARNED_MARGIN_REL = 0.02, 0.1
+# A run whose headline accuracy is more than this (a fraction: 1 accuracy point) below that of a run of the
+# same family and subset with less compute is a finding. Small on purpose: on small downstream sets noise
+# alone can exceed it, and the line gives the gap so the reader can weigh it.
+DROP_TOLERANCE = 0.01
+VAL_PREC1, VAL_BASELINE = "pretrain/val_prec1", "pretrain/val_prec1_baseline"
 FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS = "performance_vs_compute", "performance_vs_data", "scaling_fits"
 
 
@@ -54,6 +68,21 @@ class ProblemKind(enum.StrEnum):
     MISSING_METRIC = "missing_metric"      # a started run lacks a planned metric
     UNUSED_METRICS = "unused_metrics"      # transfer metrics, but pretraining unfinished: not a point
     COMPUTE_MISMATCH = "compute_mismatch"  # logged compute differs from the plan's
+    NOT_LEARNED = "not_learned"            # pretraining val_prec1 not clearly above the majority-class baseline
+    NO_BASELINE = "no_baseline"            # the baseline was not logged (older run): NOT_LEARNED not checked
+    FINETUNE_BELOW_FEWSHOT = "finetune_below_fewshot"  # fine-tuned accuracy below the best few-shot one
+    ACCURACY_DROP = "accuracy_drop"        # headline accuracy below a cheaper run's of the family and subset
+    FIT_AT_BOUND = "fit_at_bound"          # a fitted parameter sits at a bound of the fit (family-level)
+    TOO_FEW_POINTS = "too_few_points"      # a family has too few distinct compute values to fit (family-level)
+
+
+# The sanity section's kinds, in its order: results a reader should not believe (and NO_BASELINE, a
+# check that could not run). The other kinds are what the study lacks.
+SANITY_KINDS = (ProblemKind.NOT_LEARNED, ProblemKind.NO_BASELINE, ProblemKind.FINETUNE_BELOW_FEWSHOT,
+                ProblemKind.ACCURACY_DROP, ProblemKind.COMPUTE_MISMATCH, ProblemKind.FIT_AT_BOUND,
+                ProblemKind.TOO_FEW_POINTS)
+# The sanity checks: each is named by the kind it finds.
+SANITY_CHECKS = tuple(k for k in SANITY_KINDS if k != ProblemKind.NO_BASELINE)
 
 
 STATUS_PROBLEMS = {"new": ProblemKind.NOT_STARTED, "partial": ProblemKind.UNFINISHED,
@@ -62,16 +91,28 @@ STATUS_PROBLEMS = {"new": ProblemKind.NOT_STARTED, "partial": ProblemKind.UNFINI
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing the study lacks or gets wrong, about one run."""
+    """One thing the study lacks or gets wrong, about one run (``run_id`` ... ``status``) or, for
+    FIT_AT_BOUND and TOO_FEW_POINTS, about one family's fit (``run_id`` None)."""
     kind: ProblemKind
-    run_id: str
-    model: str
-    subset: str
-    status: str
+    run_id: str | None = None
+    model: str | None = None
+    subset: str | None = None
+    status: str | None = None
     pretrain_status: str | None = None
-    metric: str | None = None             # MISSING_METRIC: the planned metric that is absent
+    metric: str | None = None             # MISSING_METRIC: the absent metric; NOT_LEARNED, FINETUNE_BELOW_FEWSHOT,
+                                          # ACCURACY_DROP: the metric of ``value``; fits: the headline's column
     logged_exaflops: float | None = None  # COMPUTE_MISMATCH: compute/exaflops as logged ...
     planned_exaflops: float | None = None  # ... and as planned (the one plotted)
+    family: str | None = None
+    value: float | None = None            # the number in question: val_prec1, an accuracy (fraction), a
+                                          # fitted parameter, the family's distinct compute values
+    reference: float | None = None        # what it fails against: the baseline, the best few-shot accuracy,
+                                          # the cheaper run's accuracy, the bound, the points the fit needs
+    reference_metric: str | None = None   # FINETUNE_BELOW_FEWSHOT: the best few-shot metric
+    reference_run: str | None = None      # ACCURACY_DROP: the id of the cheaper, better run
+    form: str | None = None               # FIT_AT_BOUND: the law ("saturating" | "power") ...
+    parameter: str | None = None          # ... and its parameter at the bound ...
+    bound: str | None = None              # ... "lower" | "upper"
 
 
 @dataclass(frozen=True)
@@ -163,7 +204,8 @@ class Report:
     """What the study report says; ``pipeline.analysis.render`` writes it as text."""
     title: str
     counts: dict[str, int]            # runs per status: every tracking status, and "unknown" if any
-    problems: tuple[Problem, ...]     # empty: every run finished with every planned metric
+    problems: tuple[Problem, ...]     # empty: every run finished with every planned metric, and no sanity finding
+    checks: dict[str, int]            # each sanity check (SANITY_CHECKS) -> the items it examined; 0: not run
     metrics: tuple[Metric, ...]       # the plotted metrics, the average last
     runs: tuple[RunRow, ...]          # one per RunSpec, in plan order
     figures: tuple[FigureEntry, ...]
@@ -175,6 +217,10 @@ class Report:
     def problems_of(self, kind: ProblemKind | str) -> list[Problem]:
         """The problems of one kind, in the report's order."""
         return [p for p in self.problems if p.kind == kind]
+
+    def sanity(self) -> list[Problem]:
+        """The sanity checks' findings (``SANITY_KINDS``), in the section's order."""
+        return [p for kind in SANITY_KINDS for p in self.problems_of(kind)]
 
     def figure(self, name: str) -> FigureEntry:
         """The entry of one figure by its file stem (``performance_vs_compute`` ...)."""
@@ -189,7 +235,8 @@ def _text(value) -> str | None:
 
 def _problem(kind: ProblemKind, row, **numbers) -> Problem:
     return Problem(kind, run_id=str(row["id"]), model=str(row["model"]), subset=str(row["subset"]),
-                   status=str(row["status"]), pretrain_status=_text(row["pretrain_status"]), **numbers)
+                   status=str(row["status"]), pretrain_status=_text(row["pretrain_status"]),
+                   family=_text(row.get("family")), **numbers)
 
 
 def _rows(table: pd.DataFrame) -> Iterator:
@@ -198,18 +245,132 @@ def _rows(table: pd.DataFrame) -> Iterator:
 
 def find_problems(table: pd.DataFrame, expected: list[str]) -> list[Problem]:
     """What the study still lacks: runs not done (by status), planned metrics missing from started
-    runs, transfer metrics of runs whose pretraining did not finish, compute that differs."""
+    runs, transfer metrics of runs whose pretraining did not finish."""
     found = [_problem(kind, row) for status, kind in STATUS_PROBLEMS.items()
              for row in _rows(table[table["status"] == status])]
     found += [_problem(ProblemKind.MISSING_METRIC, row, metric=m)
               for row in _rows(table[table["status"] != "new"]) for m in expected if pd.isna(row.get(m))]
     transferred = table[[m for m in expected if m in table]].notna().any(axis=1)
     found += [_problem(ProblemKind.UNUSED_METRICS, row) for row in _rows(table[~pretrained(table) & transferred])]
-    logged = table["compute/exaflops"] if "compute/exaflops" in table else pd.Series(np.nan, index=table.index)
-    off = pretrained(table) & logged.notna() & ((logged / table["exaflops"] - 1).abs() > COMPUTE_TOLERANCE)
-    found += [_problem(ProblemKind.COMPUTE_MISMATCH, row, logged_exaflops=float(row["compute/exaflops"]),
-                       planned_exaflops=float(row["exaflops"])) for row in _rows(table[off])]
     return found
+
+
+# ----------------------------------------------------------------------------- sanity checks
+# Each check returns its findings and how many items (runs, run-datasets, fits, families) it examined.
+
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    return table[name] if name in table else pd.Series(np.nan, index=table.index)
+
+
+def learned_margin(baseline: float) -> float:
+    """How far above the majority-class baseline val_prec1 must be for a run to count as learned."""
+    return max(LEARNED_MARGIN, LEARNED_MARGIN_REL * baseline)
+
+
+def not_learned(table: pd.DataFrame) -> tuple[list[Problem], int]:
+    """Runs with finished pretraining whose val_prec1 is not clearly above the majority-class
+    baseline; a run without the baseline (older runs) is a NO_BASELINE finding instead."""
+    rows = table[pretrained(table) & _column(table, VAL_PREC1).notna()]
+    found, checked = [], 0
+    for row in _rows(rows):
+        baseline = row.get(VAL_BASELINE)
+        if baseline is None or pd.isna(baseline):
+            found.append(_problem(ProblemKind.NO_BASELINE, row, metric=VAL_BASELINE))
+            continue
+        checked += 1
+        if row[VAL_PREC1] <= baseline + learned_margin(baseline):
+            found.append(_problem(ProblemKind.NOT_LEARNED, row, metric=VAL_PREC1, value=float(row[VAL_PREC1]),
+                                  reference=float(baseline)))
+    return found, checked
+
+
+def _fewshot_columns(table: pd.DataFrame) -> dict[str, list[str]]:
+    """{fine-tuning metric: the same dataset's few-shot metrics} for datasets that have both."""
+    out = {}
+    for column in table.columns:
+        m = re.fullmatch(r"finetune/(.+)/acc", column)
+        shots = [c for c in table.columns if m and re.fullmatch(rf"fewshot/{re.escape(m[1])}/\d+shot", c)]
+        if shots:
+            out[column] = shots
+    return out
+
+
+def finetune_below_fewshot(table: pd.DataFrame) -> tuple[list[Problem], int]:
+    """(run, dataset) pairs whose fine-tuned accuracy is below the run's best few-shot accuracy."""
+    found, checked = [], 0
+    pairs = _fewshot_columns(table)
+    for row in _rows(table):
+        for tuned, shots in pairs.items():
+            fewshot = row[shots].astype(float).dropna()
+            if pd.isna(row[tuned]) or fewshot.empty:
+                continue
+            checked += 1
+            if row[tuned] < fewshot.max():
+                found.append(_problem(ProblemKind.FINETUNE_BELOW_FEWSHOT, row, metric=tuned, value=float(row[tuned]),
+                                      reference=float(fewshot.max()), reference_metric=str(fewshot.idxmax())))
+    return found, checked
+
+
+def accuracy_drops(table: pd.DataFrame, column: str) -> tuple[list[Problem], int]:
+    """Runs (finished pretraining, with ``column``) whose ``column`` is more than DROP_TOLERANCE below
+    that of a run of the same family and subset with less planned compute (the best such run)."""
+    rows = table[pretrained(table) & _column(table, column).notna()]
+    found, checked = [], 0
+    for row in _rows(rows):
+        cheaper = rows[(rows["family"] == row["family"]) & (rows["subset"] == row["subset"])
+                       & (rows["exaflops"] < row["exaflops"])]
+        if cheaper.empty:
+            continue
+        checked += 1
+        best = cheaper.loc[cheaper[column].astype(float).idxmax()]
+        if row[column] < best[column] - DROP_TOLERANCE:
+            found.append(_problem(ProblemKind.ACCURACY_DROP, row, metric=column, value=float(row[column]),
+                                  reference=float(best[column]), reference_run=str(best["id"]),
+                                  planned_exaflops=float(row["exaflops"])))
+    return found, checked
+
+
+def compute_mismatches(table: pd.DataFrame) -> tuple[list[Problem], int]:
+    """Runs with finished pretraining whose logged compute differs from the plan by more than
+    COMPUTE_TOLERANCE."""
+    logged = _column(table, "compute/exaflops")
+    checked = pretrained(table) & logged.notna()
+    off = checked & ((logged / table["exaflops"] - 1).abs() > COMPUTE_TOLERANCE)
+    return [_problem(ProblemKind.COMPUTE_MISMATCH, row, logged_exaflops=float(row["compute/exaflops"]),
+                     planned_exaflops=float(row["exaflops"])) for row in _rows(table[off])], int(checked.sum())
+
+
+def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
+    """Fitted parameters at a bound of their fit (``pipeline.fits.at_bounds``), and families with
+    points but too few distinct compute values for any fit; the fits and the families examined."""
+    if fits is None:
+        return [], 0, 0
+    found, column = [], fits.metric.column
+    for family, ff in fits.families.items():
+        if not ff.fits:
+            found.append(Problem(ProblemKind.TOO_FEW_POINTS, family=family, metric=column,
+                                 value=float(scaling.distinct_points(ff.compute)),
+                                 reference=float(scaling.MIN_POINTS["power"])))
+        for form, f in ff.fits.items():
+            found += [Problem(ProblemKind.FIT_AT_BOUND, family=family, metric=column, form=form, parameter=name,
+                              value=f.params[name], bound=side, reference=bound)
+                      for name, (side, bound) in scaling.at_bounds(f, ff.compute, ff.error).items()]
+    return found, sum(len(ff.fits) for ff in fits.families.values()), len(fits.families)
+
+
+def sanity_checks(plotted: pd.DataFrame, metrics: list[Metric],
+                  fits: Fits | None) -> tuple[list[Problem], dict[str, int]]:
+    """Every sanity check on the table (with the average column, if any) and the fits: the findings
+    and {check: items examined}."""
+    learned, n_learned = not_learned(plotted)
+    below, n_below = finetune_below_fewshot(plotted)
+    drops, n_drops = accuracy_drops(plotted, headline(metrics).column) if metrics else ([], 0)
+    compute, n_compute = compute_mismatches(plotted)
+    fitted, n_fits, n_families = fit_problems(fits)
+    checks = {ProblemKind.NOT_LEARNED: n_learned, ProblemKind.FINETUNE_BELOW_FEWSHOT: n_below,
+              ProblemKind.ACCURACY_DROP: n_drops, ProblemKind.COMPUTE_MISMATCH: n_compute,
+              ProblemKind.FIT_AT_BOUND: n_fits, ProblemKind.TOO_FEW_POINTS: n_families}
+    return learned + below + drops + compute + fitted, {str(k): n for k, n in checks.items()}
 
 
 def status_counts(table: pd.DataFrame) -> dict[str, int]:
@@ -290,8 +451,9 @@ def build_report(table: pd.DataFrame, *, title: str, expected: list[str], severa
     data_long = points(plotted, data_metrics).dropna(subset=["subset_images"]) if data_metrics else long[:0]
     fits = None if long.empty else fit_headline(long, headline(metrics), list(table.loc[pretrained(table), "family"]),
                                                 options)
-    return Report(title=title, counts=status_counts(table), problems=tuple(find_problems(table, expected)),
-                  metrics=tuple(metrics), runs=tuple(run_rows(plotted, metrics)),
+    sanity, checks = sanity_checks(plotted, metrics, fits)
+    return Report(title=title, counts=status_counts(table), problems=tuple(find_problems(table, expected) + sanity),
+                  checks=checks, metrics=tuple(metrics), runs=tuple(run_rows(plotted, metrics)),
                   figures=figure_entries(long, data_long, several_subsets, fits), fits=fits,
                   table=table, points=long, data_points=data_long)
 

@@ -32,8 +32,8 @@ AVERAGE = "average"
 PLAN_COLUMNS = ("id", "model", "family", "subset", "subset_images", "epochs", "steps", "seed", "params",
                 "forward_gmacs", "images_seen", "exaflops", "gpu_hours")
 RUN_COLUMNS = ("status", "pretrain_status", "mlflow_run_id", "checkpoint_uri")
-KEPT_METRICS = ("pretrain/val_prec1_best", "pretrain/val_loss_best", "pretrain/loss",
-                "compute/exaflops", "compute/images_seen")
+KEPT_METRICS = ("pretrain/val_prec1", "pretrain/val_prec1_best", "pretrain/val_prec1_baseline",
+                "pretrain/val_loss_best", "pretrain/loss", "compute/exaflops", "compute/images_seen")
 
 
 # ----------------------------------------------------------------------------- the table
