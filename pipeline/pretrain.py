@@ -112,6 +112,16 @@ def sigmoid_xent(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").sum(-1).mean()
 
 
+def softmax_xent(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy against the multi-hot targets spread evenly over their classes,
+    averaged over the batch (for single-label data: the usual cross-entropy)."""
+    spread = targets / targets.sum(-1, keepdim=True).clamp_min(1)
+    return -(spread * F.log_softmax(logits.float(), -1)).sum(-1).mean()
+
+
+LOSSES = {"sigmoid": sigmoid_xent, "softmax": softmax_xent}
+
+
 def precision_at_1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Hits of the top-scoring class among the true labels (multi-label precision@1), summed."""
     top = logits.argmax(-1)
@@ -172,10 +182,14 @@ def _distributed() -> bool:
 
 def _all_reduce_sum(values: list, device) -> list[float]:
     """Sum numbers (Python floats or 0-d tensors) over all ranks; one host sync for all of them."""
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+    return _all_reduce(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])).tolist()
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """A tensor summed over all ranks (itself when not distributed)."""
     if _distributed():
         torch.distributed.all_reduce(t)
-    return t.tolist()
+    return t
 
 
 def _gather(obj):
@@ -385,7 +399,7 @@ class Trainer:
             last = i == accum - 1 or self.session.world == 1
             no_sync = getattr(self.train_model, "no_sync", None)
             with (no_sync() if not last and no_sync else contextlib.nullcontext()), self.autocast():
-                loss = sigmoid_xent(self.train_model(xs), ys) * (len(xs) / n)
+                loss = LOSSES[self.recipe.loss](self.train_model(xs), ys) * (len(xs) / n)
             loss.backward()
             total += loss.detach()
         return total
@@ -414,6 +428,7 @@ class Trainer:
                                         batch_size=self.plan.micro_batch, image_size=self.recipe.image_size,
                                         count=self.recipe.val_images, label_format="multi_hot"))
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(self.plan.numbers.head_classes, dtype=torch.float64, device=self.device)
         n = 0
         self.model.eval()
         with torch.no_grad():
@@ -421,17 +436,21 @@ class Trainer:
                 x, y = batch.images.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
                 with self.autocast():
                     logits = self.model(x)
-                sums[0] += F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum()
+                sums[0] += LOSSES[self.recipe.loss](logits, y) * len(y)
                 sums[1] += precision_at_1(logits, y)
+                counts += y.sum(0)
                 n += len(y)
         self.model.train()
+        most_common = float(_all_reduce(counts).max())
         loss_sum, hits, n = _all_reduce_sum([sums[0], sums[1], n], self.device)
         values = {"pretrain/val_loss": loss_sum / max(n, 1), "pretrain/val_prec1": hits / max(n, 1)}
+        # what always answering the most common class scores: the line a run must rise above
+        baseline = {"pretrain/val_prec1_baseline": most_common / max(n, 1)}
         for key, value in values.items():
             best = self.best.get(f"{key}_best")
             if best is None or (value < best if key.endswith("loss") else value > best):
                 self.best[f"{key}_best"] = value
-        return {**values, **self.best}
+        return {**values, **baseline, **self.best}
 
     def save(self, metrics: dict[str, float]) -> None:
         """A checkpoint (model, optimizer, schedule, step, best values, every rank's RNG state, the

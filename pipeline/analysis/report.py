@@ -43,6 +43,9 @@ LEARNED_MARGIN, LEARNED_MARGIN_REL = 0.02, 0.1
 # same family and subset with less compute is a finding. Small on purpose: on small downstream sets noise
 # alone can exceed it, and the line gives the gap so the reader can weigh it.
 DROP_TOLERANCE = 0.01
+# Parameters whose sitting at a bound is a finding: the exponent (the solver stopped it, the data did
+# not put it there). A floor c or offset d at 0 is a fit that found no floor or offset: a result.
+BOUND_CHECKED = ("b",)
 VAL_PREC1, VAL_BASELINE = "pretrain/val_prec1", "pretrain/val_prec1_baseline"
 FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS = "performance_vs_compute", "performance_vs_data", "scaling_fits"
 
@@ -354,7 +357,8 @@ def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
         for form, f in ff.fits.items():
             found += [Problem(ProblemKind.FIT_AT_BOUND, family=family, metric=column, form=form, parameter=name,
                               value=f.params[name], bound=side, reference=bound)
-                      for name, (side, bound) in scaling.at_bounds(f, ff.compute, ff.error).items()]
+                      for name, (side, bound) in scaling.at_bounds(f, ff.compute, ff.error).items()
+                      if name in BOUND_CHECKED]
     return found, sum(len(ff.fits) for ff in fits.families.values()), len(fits.families)
 
 
