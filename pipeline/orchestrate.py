@@ -31,6 +31,7 @@ from typing import Any, Callable
 from pipeline import storage as store
 from pipeline import tracking
 from pipeline.cli import Interrupted
+from pipeline.raycluster import ensure_ray
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
 
 
@@ -296,13 +297,11 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
 def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str, Any], options: StudyOptions,
                 emit: Callable[[str], None]) -> dict[str, Any]:
     """The study's runs on Ray (those not done yet), then its report."""
-    import ray
     uri, study_run, gpus, specs = ctx.tracking_uri, ctx.study_run_id, ctx.gpus, study.expand(preset)
     previous = tracking.spec_runs(uri, study.name)
     done = {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
     todo = [s for s in specs if s.id not in done]
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    ensure_ray()
     limit = options.max_concurrent or default_concurrency(gpus)
     progress = Progress({r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}, done, emit)
     try:  # from the line that says what will run, Ctrl-C is answered by `stopped`

@@ -46,6 +46,7 @@ from models import build_model
 from pipeline import cli, compute, tracking
 from pipeline import storage as store
 from pipeline.planning import RunNumbers, run_numbers
+from pipeline.raycluster import ensure_ray
 from pipeline.spec import Recipe, RunSpec
 
 # Dense bf16 peak per device (TFLOP/s) for MFU; unknown devices get no MFU.
@@ -626,11 +627,9 @@ def data_error_of(err: BaseException) -> Exception | None:
 def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -> tuple[dict[str, Any], str | None]:
     """Run the loop on Ray Train; the Train run is named after the RunSpec (re-running resumes).
     Returns the loop's summary and the URI of the last checkpoint."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    ensure_ray()
     resources = {"CPU": launch.cpus_per_worker, **({"GPU": 1} if launch.use_gpu else {})}
     for attempt in range(launch.max_failures + 1):
         # Each attempt is one Train run of the same name: it resumes from the last checkpoint.

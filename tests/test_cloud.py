@@ -187,12 +187,12 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
                 "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     with ray_head(num_cpus=0, extra_env=node_env, cwd=folders["head"]) as head:
         env = {**head["env"], "PYTHONPATH": str(ROOT)}
+        submit = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head["dashboard"],
+                  "--working-dir", str(tmp_path / "job"), "--", "python", "-m", "pipeline.study", study_file,
+                  "--preset", "smoke", "--storage", vs, "--tracking-uri", mlflow_http]   # data made in the store
         with ray_worker_node(head, num_cpus=2, cwd=folders["worker-1"]) as first:
-            job = subprocess.Popen(
-                [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head["dashboard"],
-                 "--working-dir", str(tmp_path / "job"), "--", "python", "-m", "pipeline.study", study_file,
-                 "--preset", "smoke", "--storage", vs, "--tracking-uri", mlflow_http],   # data made in the store
-                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            job = subprocess.Popen(submit, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
             deadline = time.monotonic() + 300
             # Two checkpoints in the store: the first is registered with Ray Train by now.
             while len([n for n in storage.listdir(f"{vs}/pretrain-{vit.id}") if n.startswith("checkpoint_")]) < 2:
@@ -202,7 +202,12 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
             stop_node(first["process"], first["dir"], term_grace=0)   # preempted: every process SIGKILLed
         with ray_worker_node(head, num_cpus=2, cwd=folders["worker-2"]):
             output, _ = job.communicate(timeout=600)
-    assert job.returncode == 0, output[-5000:]
+            assert job.returncode == 0, output[-5000:]
+            run_ids = {r.info.run_id for r in tracking.runs_of_study(mlflow_http, "cloud-preempt")}
+            again = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    # submitted again: every run is found finished and skipped, nothing is made twice
+    assert again.returncode == 0 and "2 runs, 2 done, 0 to run" in again.stdout, again.stdout[-3000:]
+    assert {r.info.run_id for r in tracking.runs_of_study(mlflow_http, "cloud-preempt")} == run_ids
     resumed = re.findall(rf"\[pretrain {vit.id}\] resumed from the checkpoint at step (\d+)/500", output)
     assert resumed and int(resumed[0]) > 0, output[-5000:]
     runs = [r for r in tracking.runs_of_study(mlflow_http, "cloud-preempt") if "nested_key" not in r.data.tags

@@ -1,6 +1,7 @@
 """The study front door end to end, as users run it: `python -m pipeline.study scaling --preset
-smoke` on local Ray (killed with SIGKILL mid-study, then run again), and `ray job submit` to a head
-started with `ray start --head`. Real Ray, real SQLite MLflow, real Parquet data made on first use."""
+smoke` on local Ray, killed with SIGKILL mid-study, then run again. Real Ray, real SQLite MLflow,
+real Parquet data made on first use. (`ray job submit` to a `ray start --head` cluster, submitted
+twice, is in tests/test_cloud.py, with a worker node preempted.)"""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from pipeline import tracking
 from pipeline.planning import plan
 from pipeline.spec import load_study
 
-from ray_head import end_processes, ray_head
+from ray_head import end_processes
 
 pytestmark = pytest.mark.slow
 
@@ -104,23 +105,3 @@ def test_sigkill_of_the_driver_mid_study_then_the_same_command_finishes_it(tmp_p
     assert resumed and int(resumed[3]) >= 1, output[-4000:]
     assert re.search(r"\[study\] 2/2 runs done, 0 running, elapsed \S+, ETA 0s", output), output[-4000:]
     assert_study_complete(storage)
-
-
-def test_ray_job_submit_runs_the_study_on_a_ray_start_head_and_a_resubmission_skips_it(tmp_path):
-    storage = tmp_path / "runs"
-    with ray_head(num_cpus=2) as head:
-        def submit() -> subprocess.CompletedProcess:
-            command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head["dashboard"],
-                       "--working-dir", str(ROOT), "--", *study_command(storage)]
-            return subprocess.run(command, capture_output=True, text=True, env=head["env"], timeout=600)
-
-        first = submit()
-        output = first.stdout + first.stderr
-        assert first.returncode == 0 and "succeeded" in output, output[-4000:]
-        run_ids = assert_study_complete(storage)
-
-        second = submit()
-        output = second.stdout + second.stderr
-        assert second.returncode == 0 and "succeeded" in output, output[-4000:]
-        assert "2 runs, 2 done, 0 to run" in output, output[-4000:]
-        assert assert_study_complete(storage) == run_ids  # nothing duplicated, nothing re-run

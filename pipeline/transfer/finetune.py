@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from pipeline import storage as store
 from pipeline import tracking
+from pipeline.raycluster import ensure_ray
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.checkpoints import checkpoint_key, default_device, load_checkpoint
@@ -153,8 +154,7 @@ def run_finetune(target: Target, data_path: str, dataset: str, settings: Finetun
     """The LR grid as Ray Tune trials selected on the dev slice, then the final retrain scored on test.
     A grid of one LR leaves nothing to select: no dev trials, only the final retrain."""
     import ray
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    ensure_ray()
     target = dataclasses.replace(target, checkpoint=store.resolve(target.checkpoint))
     data_path = store.resolve(data_path)
     if len(settings.lrs) == 1:

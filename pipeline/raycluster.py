@@ -1,0 +1,21 @@
+"""Joining Ray: the cluster ``RAY_ADDRESS`` names, or a local one started by this process."""
+from __future__ import annotations
+
+import os
+
+# Seconds between Ray Train's checks of its workers (its default is 2). A local cluster inherits
+# this process's environment, so its Train controllers notice a finished or failed worker group
+# sooner: measured 3-4 s less per pretraining run of a few seconds (bench/RESULTS.md). On a
+# cluster started elsewhere, set RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in its nodes' environment.
+TRAIN_HEALTH_CHECK_S = "0.5"
+
+
+def ensure_ray(log_to_driver: bool = True) -> None:
+    """Connect to ``$RAY_ADDRESS``, or start a local Ray, unless this process is connected."""
+    import ray
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
+    ray.init(address=address, log_to_driver=log_to_driver)
