@@ -12,8 +12,8 @@ lines of earlier runs as a table.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -43,6 +43,8 @@ MODELS = {  # the tiny preset's models
     "Hybrid-micro-M": {"name": "Hybrid-micro-M", "family": "hybrid", "blocks": [1, 1], "width_factor": 0.5,
                        "groups": 16, "depth": 3, "width": 96, "heads": 4, "mlp_dim": 192},
 }
+MODELS["ViT-micro-S/4"] = {**MODELS["ViT-micro-S"], "name": "ViT-micro-S/4", "patch_size": 4}
+MODELS["Hybrid-micro-S/1"] = {**MODELS["Hybrid-micro-S"], "name": "Hybrid-micro-S/1", "patch_size": 1}
 TINY_RECIPE = {"batch_size": 64, "base_lr": 0.001, "warmup_steps": 20, "weight_decay": 0.0001, "image_size": 32,
                "min_crop_area": 1.0, "head_bias_init": -6.9, "checkpoint_every": 1000, "log_every": 100}
 TINY_DATA = {"style": "glyphs", "images": 10000, "val_images": 400, "classes": 1000, "max_objects": 1,
@@ -50,13 +52,34 @@ TINY_DATA = {"style": "glyphs", "images": 10000, "val_images": 400, "classes": 1
 
 # Each grid: (data changes, [run settings]); a run setting is {"model": name, "steps": n, recipe keys...}.
 GRIDS = {
-    # the tiny preset's data, ViT-micro-S: learning rate x loss
-    "vit-lr-loss": ({}, [{"model": "ViT-micro-S", "steps": 400, "base_lr": lr, "loss": loss}
-                         for lr, loss in itertools.product([1e-4, 3e-4, 1e-3], ["sigmoid", "softmax"])]),
+    # the tiny preset's data (1000 classes, Zipf 1), ViT-micro-S: learning rate
+    "vit-lr": ({}, [{"model": "ViT-micro-S", "steps": 400, "base_lr": lr} for lr in [1e-4, 3e-4, 1e-3]]),
     # 100 classes, flatter frequencies (Zipf 0.5): more images per class
     "vit-100cls": ({"classes": 100, "exponent": 0.5},
-                   [{"model": "ViT-micro-S", "steps": 400, "base_lr": lr, "loss": loss, "head_bias_init": -4.6}
-                    for lr, loss in itertools.product([3e-4, 1e-3], ["sigmoid", "softmax"])]),
+                   [{"model": "ViT-micro-S", "steps": 400, "base_lr": lr, "head_bias_init": -4.6} for lr in [3e-4, 1e-3]]),
+    # fewer classes, equally frequent: more images per class (baseline 1/classes)
+    **{f"vit-{n}cls-flat": ({"classes": n, "exponent": 0.0},
+                            [{"model": "ViT-micro-S", "steps": 400, "base_lr": 1e-3,
+                              "head_bias_init": round(-math.log(n), 1)}])
+       for n in (10, 32, 100)},
+    # the tiny preset's nine runs (three per family) on 32 or 64 flat classes, one learning rate for all
+    **{f"tiny-{n}cls": ({"classes": n, "exponent": 0.0},
+                        [{"model": f"{family}-micro-{size}", "steps": steps, "base_lr": 1e-3,
+                          "head_bias_init": round(-math.log(n), 1)}
+                         for family in ("ViT", "BiT", "Hybrid") for size, steps in (("S", 200), ("S", 400), ("M", 400))])
+       for n in (32, 64)},
+    # the larger transformers on 32 flat classes at lower learning rates (as Table 3 gives larger models)
+    "m-lr-32cls": ({"classes": 32, "exponent": 0.0},
+                   [{"model": model, "steps": 400, "base_lr": lr, "head_bias_init": -3.5}
+                    for model in ("ViT-micro-M", "Hybrid-micro-M") for lr in (3e-4, 5e-4)]),
+    "hybrid-m-32cls": ({"classes": 32, "exponent": 0.0},
+                       [{"model": "Hybrid-micro-M", "steps": steps, "base_lr": lr, "head_bias_init": -3.5}
+                        for steps, lr in ((400, 2e-3), (600, 1e-3))]),
+    "hybrid-s-32cls": ({"classes": 32, "exponent": 0.0},
+                       [{"model": "Hybrid-micro-S", "steps": steps, "base_lr": 2e-3, "head_bias_init": -3.5}
+                        for steps in (200, 400)]),
+    # the tiny preset's data, patches of 4 px (64 tokens instead of 16)
+    "vit-patch4": ({}, [{"model": "ViT-micro-S/4", "steps": 400, "base_lr": lr} for lr in [3e-4, 1e-3]]),
 }
 
 

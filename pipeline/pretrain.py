@@ -113,16 +113,6 @@ def sigmoid_xent(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none").sum(-1).mean()
 
 
-def softmax_xent(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy against the multi-hot targets spread evenly over their classes,
-    averaged over the batch (for single-label data: the usual cross-entropy)."""
-    spread = targets / targets.sum(-1, keepdim=True).clamp_min(1)
-    return -(spread * F.log_softmax(logits.float(), -1)).sum(-1).mean()
-
-
-LOSSES = {"sigmoid": sigmoid_xent, "softmax": softmax_xent}
-
-
 def precision_at_1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Hits of the top-scoring class among the true labels (multi-label precision@1), summed."""
     top = logits.argmax(-1)
@@ -400,7 +390,7 @@ class Trainer:
             last = i == accum - 1 or self.session.world == 1
             no_sync = getattr(self.train_model, "no_sync", None)
             with (no_sync() if not last and no_sync else contextlib.nullcontext()), self.autocast():
-                loss = LOSSES[self.recipe.loss](self.train_model(xs), ys) * (len(xs) / n)
+                loss = sigmoid_xent(self.train_model(xs), ys) * (len(xs) / n)
             loss.backward()
             total += loss.detach()
         return total
@@ -437,7 +427,7 @@ class Trainer:
                 x, y = batch.images.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
                 with self.autocast():
                     logits = self.model(x)
-                sums[0] += LOSSES[self.recipe.loss](logits, y) * len(y)
+                sums[0] += F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum()
                 sums[1] += precision_at_1(logits, y)
                 counts += y.sum(0)
                 n += len(y)

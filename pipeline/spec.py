@@ -52,9 +52,6 @@ class Recipe(Frozen):
                                  "(paper/big_vision 0.05; 1.0 = flip only, for tiny images)")
     dropout: float = Field(0.0, ge=0, lt=1)
     head_bias_init: float = Field(0.0, description="initial classifier bias (e.g. -10 for sigmoid on many classes)")
-    loss: Literal["sigmoid", "softmax"] = Field("sigmoid", description=(
-        "sigmoid cross-entropy over classes (the paper's, for JFT's multi-label data) or softmax "
-        "cross-entropy against the labels spread evenly (a named departure, for single-label data)"))
     val_every: int = Field(1000, ge=1, description="steps between validations")
     val_images: int | None = Field(None, ge=1, description="cap on validation images (None: whole split)")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")

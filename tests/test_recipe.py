@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from models import build_model
 from pipeline.planning import run_numbers
 from pipeline.pretrain import (LocalSession, PretrainPlan, Trainer, lr_factor, param_groups, precision_at_1,
-                               sigmoid_xent, softmax_xent)
+                               sigmoid_xent)
 from pipeline.spec import Recipe, RunSpec
 
 MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 1, "width": 32, "heads": 2, "mlp_dim": 64,
@@ -45,17 +45,6 @@ def test_sigmoid_cross_entropy_sums_classes_and_averages_examples():
     assert sigmoid_xent(logits, targets) == pytest.approx(per_entry.sum() / 3)
     # top-1 is a true label in rows 0 (class 0) and 1 (class 1), not in row 2 (class 2)
     assert precision_at_1(logits, targets).item() == 2
-
-
-def test_softmax_cross_entropy_is_the_usual_one_on_single_labels_and_spreads_multi_labels():
-    logits = torch.tensor([[2.0, -1.0, 0.0], [0.2, 0.5, -3.0]])
-    single = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    assert softmax_xent(logits, single) == pytest.approx(F.cross_entropy(logits, torch.tensor([2, 1])).item())
-    double = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    expected = (F.cross_entropy(logits[:1], torch.tensor([0])) + F.cross_entropy(logits[:1], torch.tensor([2]))) / 2
-    assert softmax_xent(logits, double) == pytest.approx(((expected + F.cross_entropy(logits[1:], torch.tensor([1])))
-                                                          / 2).item())
-    assert Recipe().loss == "sigmoid" and Recipe(loss="softmax").loss == "softmax"
 
 
 def micro_trainer(tmp_path, micro_batch: int, accum_steps: int) -> Trainer:
