@@ -26,13 +26,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline import storage as store
 from pipeline import tracking
 from pipeline.cli import Interrupted
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
+
+if TYPE_CHECKING:  # pretraining (torch) is imported where runs train, not by the driver
+    from pipeline.pretrain import Probes
 
 
 class StudyError(ValueError):
@@ -186,7 +189,7 @@ class ChainContext:
 def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
     """Pretrain one RunSpec (or resume it, or skip it when finished), then run its transfer stages,
     then mark its MLflow run FINISHED. Runs as a Ray task."""
-    from pipeline.pretrain import Launch, pretrain
+    from pipeline.pretrain import Hooks, Launch, pretrain
     from pipeline.transfer import Target, evaluate, evaluators_for
     uri, start = ctx.tracking_uri, time.perf_counter()
     if previous is not None and previous.pretrained:
@@ -194,7 +197,7 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
     else:
         out = pretrain(spec, ctx.data_path, storage=ctx.storage, tracking_uri=uri,
                        launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0, on_bad_row=ctx.on_bad_row),
-                       finish=False,
+                       hooks=Hooks(probes=curve_probes(ctx)), finish=False,
                        parent_run_id=ctx.study_run_id)
         run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
         if not out["done"]:
@@ -213,6 +216,13 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
         tracking.finish_run(uri, run_id)
     return {"id": spec.id, "run_id": run_id, "metrics": metrics, "resumed_from": resumed,
             "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
+
+
+def curve_probes(ctx: ChainContext) -> "Probes":
+    """The learning curves' probes: the preset's few-shot sets and shots (``pretrain.Probes``)."""
+    from pipeline.pretrain import Probes
+    return Probes(datasets=tuple((name, ctx.downstream[name]) for name in ctx.transfer.fewshot),
+                  shots=tuple(ctx.transfer.shots))
 
 
 # ----------------------------------------------------------------------------- the study

@@ -285,11 +285,26 @@ class PretrainPlan:
 
 
 @dataclass(frozen=True)
+class Probes:
+    """Few-shot probes during pretraining, for learning curves (as big_vision runs its evaluators
+    every N steps): at every validation step and at the end, rank 0 fits the paper's linear
+    few-shot probes (``pipeline.fewshot``) on the current model's features of each dataset's
+    train split, scores its test split, and logs ``curve/fewshot/<name>/<k>shot`` with
+    ``curve/exaflops`` (the compute spent so far) at that step. Whole splits are read: meant for
+    small downstream sets (digits, Pets, Flowers), not ImageNet."""
+    datasets: tuple[tuple[str, str], ...] = ()   # (name, location)
+    shots: tuple[int, ...] = (1, 5, 10, 25)
+    seeds: int = 1   # one draw of the k examples per point (the final evaluation averages 3)
+
+
+@dataclass(frozen=True)
 class Hooks:
-    """What a caller attaches to the loop from outside (tests, debugging): stop after some steps
-    as if interrupted, and a call ``on_batch(rank, step, batch)`` before each step."""
+    """What a caller attaches to the loop from outside: few-shot probes for learning curves, and
+    for tests and debugging, a stop after some steps as if interrupted and a call
+    ``on_batch(rank, step, batch)`` before each step."""
     stop_after_steps: int | None = None
     on_batch: Callable[[int, int, Any], None] | None = None
+    probes: Probes = Probes()
 
 
 @dataclass(frozen=True)
@@ -443,6 +458,23 @@ class Trainer:
                 self.best[f"{key}_best"] = value
         return {**values, **baseline, **self.best}
 
+    def probe(self, probes: Probes) -> dict[str, float]:
+        """Rank 0: the few-shot accuracies of the current model on ``probes``' datasets, with the
+        compute spent so far (``Probes``); {} on other ranks or without datasets."""
+        if self.session.rank != 0 or not probes.datasets:
+            return {}
+        from pipeline.data import num_classes
+        from pipeline.fewshot import fewshot_accuracy
+        from pipeline.transfer.checkpoints import extract_features
+        size, batch = self.recipe.image_size, self.recipe.batch_size
+        out = {"curve/exaflops": compute.pretrain_exaflops(self.plan.numbers.forward_macs, self.step * batch)}
+        for name, path in probes.datasets:
+            train, test = (extract_features(self.model, path, split, size, device=self.device) for split in ("train", "test"))
+            found = fewshot_accuracy(*train, *test, num_classes(path), shots=probes.shots, seeds=probes.seeds)
+            out.update({f"curve/fewshot/{name}/{k}shot": r["mean"] for (k, _), r in found.items()})
+        self.model.train()
+        return out
+
     def save(self, metrics: dict[str, float]) -> None:
         """A checkpoint (model, optimizer, schedule, step, best values, every rank's RNG state, the
         spec), reported with ``metrics``; every rank takes part, rank 0 writes."""
@@ -550,8 +582,9 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
             progress.add(*trainer.train_step(batch), batch)
             step, last = trainer.step, trainer.step == stop_at
             metrics = progress.window() if step % recipe.log_every == 0 or last else {}
-            if plan.val_split and (step % recipe.val_every == 0 or step == total):
-                metrics.update(trainer.evaluate())
+            if step % recipe.val_every == 0 or step == total:
+                metrics.update(trainer.evaluate() if plan.val_split else {})
+                metrics.update(trainer.probe(hooks.probes))
             progress.emit(metrics)
             if step % recipe.checkpoint_every == 0 or last:
                 trainer.save({"step": step, **metrics})

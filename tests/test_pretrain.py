@@ -257,3 +257,22 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
     assert len(list(bad_marks.iterdir())) == 1  # the good shard before the corrupt one
     assert len(list(marks.iterdir())) == len(Dataset(synth).shards())  # every shard checked, and marked
     assert check_checksums(synth, marks=str(marks)) == 0 and check_checksums(synth) == len(Dataset(synth).shards())
+
+
+def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_path, two_torch_threads):
+    """Learning curves: at each validation step and at the end, the few-shot accuracies of the
+    model being trained, with the compute spent so far, are logged at that step."""
+    from pipeline.data.convert import convert_digits
+    from pipeline.pretrain import Probes
+    convert_digits(tmp_path / "digits", progress=False)
+    digits = tmp_path / "digits"
+    spec = micro_spec("vit", steps=30, checkpoint_every=30, val_every=10, log_every=10)
+    probes = Probes(datasets=(("digits", str(digits)),), shots=(1, 5))
+    out = pretrain(spec, str(synth), storage=str(tmp_path / "runs"), launch=LOCAL, hooks=Hooks(probes=probes))
+    history = {key: tracking.metric_history(out["tracking_uri"], out["mlflow_run_id"], key)
+               for key in ("curve/fewshot/digits/1shot", "curve/fewshot/digits/5shot", "curve/exaflops")}
+    assert {key: [step for step, _ in points] for key, points in history.items()} == \
+        {key: [10, 20, 30] for key in history}
+    final = tracking.recorded_metrics(out["tracking_uri"], out["mlflow_run_id"])["compute/exaflops"]
+    assert [value for _, value in history["curve/exaflops"]] == pytest.approx([final / 3, final * 2 / 3, final])
+    assert all(0.1 < value <= 1 for _, value in history["curve/fewshot/digits/5shot"])  # 10 classes: chance 0.1
