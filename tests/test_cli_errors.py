@@ -64,11 +64,14 @@ def mistakes(tmp_path: Path, small: str, truncated: str) -> dict[str, tuple[list
         "unknown study": (["pipeline.study", "scalling", "--plan"], 2, "no study 'scalling'; available: data, scaling"),
         "dead Ray address": (["pipeline.study", "scaling", "--preset", "smoke", "--storage", str(tmp_path / "runs")], 2,
                              "RAY_ADDRESS=127.0.0.1:9: nothing answers at 127.0.0.1:9 (Connection refused"),
+        "dead tracking server": (["pipeline.study", "scaling", "--preset", "smoke", "--storage", str(tmp_path / "runs"),
+                                  "--tracking-uri", "http://127.0.0.1:9"], 2,
+                                 "the MLflow server http://127.0.0.1:9 does not answer"),
     }
 
 
 CASES = ["study file missing", "storage under a file", "custom model without --lr", "truncated shard", "unknown study",
-         "dead Ray address"]
+         "dead Ray address", "dead tracking server"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -82,8 +85,9 @@ def test_a_mistake_is_one_line_and_a_nonzero_exit(case, tmp_path, small, truncat
     assert message in lines[0], lines[0]
     if case == "truncated shard":
         assert "truncated" in lines[0] and not (tmp_path / "runs" / "mlflow.db").exists()  # refused before MLflow
-    if case == "dead Ray address":  # said within seconds, before any data is made
-        assert time.monotonic() - start < 30 and not (tmp_path / "runs" / "data").exists()
+    if case.startswith("dead"):  # said within 15 s (10 s of waiting for an answer), before anything is made
+        storage = tmp_path / "runs"  # checked writable (made if need be), and nothing put there
+        assert time.monotonic() - start < 15 and (not storage.exists() or not any(storage.iterdir()))
 
 
 def test_debug_shows_the_traceback(tmp_path, small, truncated):

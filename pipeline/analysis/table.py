@@ -2,7 +2,8 @@
 
 - **The table** (``run_table``): one row per RunSpec of the preset, never fewer, in plan order.
   Compute comes from the plan (``pipeline.planning.plan``: fvcore MACs x images seen); status,
-  tags and the latest value of every transfer metric from one MLflow search. Status: ``done``
+  tags and the latest value of every transfer metric (and learning-curve metric, ``curve/...``) from one
+  MLflow search. Status: ``done``
   (MLflow FINISHED: pretrained and transferred), ``partial`` (running or interrupted), ``failed``
   (MLflow FAILED), ``new`` (no run), ``unknown`` (no tracking URI given).
 - **Points** (``pretrained``, ``points``). A run is a point of a figure or fit when its
@@ -34,6 +35,11 @@ PLAN_COLUMNS = ("id", "model", "family", "subset", "subset_images", "epochs", "s
 RUN_COLUMNS = ("status", "pretrain_status", "mlflow_run_id", "checkpoint_uri")
 KEPT_METRICS = ("pretrain/val_prec1", "pretrain/val_prec1_best", "pretrain/val_prec1_baseline",
                 "pretrain/val_loss_best", "pretrain/loss", "compute/exaflops", "compute/images_seen")
+# Learning curves, logged by pretraining at each validation step: ``curve/fewshot/<dataset>/<k>shot`` (the
+# probe's accuracy) and ``curve/exaflops`` (the compute spent so far). The table keeps their latest values,
+# which say which runs have curves; ``pipeline.analysis.curves`` reads the histories.
+CURVE_PREFIX = "curve/"
+CURVE_COMPUTE = "curve/exaflops"
 
 
 # ----------------------------------------------------------------------------- the table
@@ -44,7 +50,8 @@ def expected_metrics(preset: Preset) -> list[str]:
 
 
 def _kept(metric: str) -> bool:
-    return metric.startswith(tuple(f"{name}/" for name in transfer_registry.EVALUATORS)) or metric in KEPT_METRICS
+    prefixes = (*(f"{name}/" for name in transfer_registry.EVALUATORS), CURVE_PREFIX)
+    return metric.startswith(prefixes) or metric in KEPT_METRICS
 
 
 def _run_columns(run: tracking.RunRecord | None) -> dict[str, Any]:
@@ -56,7 +63,7 @@ def _run_columns(run: tracking.RunRecord | None) -> dict[str, Any]:
 
 def run_table(study: Study, preset: str, *, tracking_uri: str | None) -> pd.DataFrame:
     """One row per RunSpec of the preset, in plan order: the plan's columns, the MLflow status and
-    tags, and the latest value of every transfer metric (NaN where missing)."""
+    tags, and the latest value of every transfer and learning-curve metric (NaN where missing)."""
     from pipeline.planning import plan
     planned = plan(study, preset, tracking_uri=None)["runs"]
     runs = tracking.spec_runs(tracking_uri, study.name) if tracking_uri else {}

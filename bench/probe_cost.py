@@ -1,0 +1,59 @@
+"""Cost of the learning curves' few-shot probes (issue 15: at most 5% of pretraining time on the
+tiny preset): tiny-preset runs pretrained in-process with and without ``pretrain.Probes`` on
+digits, in one process, one torch thread, alternating so that drift hits both alike.
+
+    python bench/probe_cost.py                       # ViT-micro-S and BiT-micro-M, 400 steps
+    python bench/probe_cost.py --val-every 100 200
+
+Prints, per model and validation interval: seconds without and with probes, the probes' share.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipeline.data.convert import convert_digits  # noqa: E402
+from pipeline.pretrain import Hooks, Launch, Probes, pretrain  # noqa: E402
+from pipeline.spec import load_study  # noqa: E402
+from pipeline.orchestrate import prepare_data  # noqa: E402
+
+
+def timed(spec, data: str, hooks: Hooks) -> float:
+    with tempfile.TemporaryDirectory() as storage:
+        start = time.perf_counter()
+        pretrain(spec, data, storage=storage, launch=Launch(in_process=True), hooks=hooks)
+        return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["ViT-micro-S", "BiT-micro-M"])
+    p.add_argument("--val-every", type=int, nargs="+", default=[200])
+    p.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "probe-cost")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    study = load_study("scaling")
+    data = prepare_data(study.preset("tiny"), None, str(args.root))
+    digits = args.root / "digits"
+    if not (digits / "manifest.json").exists():
+        convert_digits(digits, progress=False)
+    probes = Probes(datasets=(("digits", str(digits)),), shots=tuple(study.preset("tiny").transfer.shots))
+    specs = {s.model_name: s for s in study.expand("tiny") if s.steps == 400}
+    print("| model | val_every | without probes (s) | with probes (s) | probes' share |\n|---|---|---|---|---|")
+    for name in args.models:
+        for every in args.val_every:
+            spec = specs[name].model_copy(update={"recipe": specs[name].recipe.model_copy(update={"val_every": every})})
+            without, with_ = timed(spec, data, Hooks()), timed(spec, data, Hooks(probes=probes))
+            print(f"| {name} | {every} | {without:.1f} | {with_:.1f} | {(with_ - without) / without:.1%} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
