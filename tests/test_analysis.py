@@ -472,3 +472,133 @@ def test_fit_at_a_bound_is_a_sanity_finding():
     assert not report.problems_of("accuracy_drop")                   # flat is not falling
     section = sanity_text(analysis.to_markdown(report))
     assert "Fit at a bound: ViT, power law: b (exponent) = 0.001 sits at its lower bound 0.001" in section
+
+
+# ----------------------------------------------------------------------------- frontier from learning curves
+
+CURVE_FRACTIONS = (0.1, 0.3, 0.5, 0.75, 1.0)          # checkpoints probed, as shares of each run's compute
+CURVE_FACTORS = {"vit": 1.0, "resnet": 1.5, "hybrid": 1.2}   # compute each family needs, relative to ViT
+
+
+def curve_accuracy(family: str, exaflops: float, fraction: float = 1.0) -> float:
+    """Few-shot accuracy of a family at some compute: a power law in compute, minus up to 3 points for a
+    checkpoint whose run is not over (its learning rate not yet decayed)."""
+    law = 0.95 - 0.6 * (exaflops / 1e-8 / CURVE_FACTORS[family]) ** -0.25
+    return law - 0.03 * (1 - fraction)
+
+
+def log_curve_run(uri, study, spec, exaflops: float, *, curve: bool) -> str:
+    """A finished RunSpec's MLflow run with its end-of-run transfer metrics and, if ``curve``, its learning
+    curves (5-shot and 1-shot probes and the compute so far, at each checkpoint of CURVE_FRACTIONS)."""
+    run_id = tracking.start_run(uri, study, spec.id, tags={}, params={"model": spec.model_name})
+    logger = tracking.MetricLogger(uri, run_id)
+    final = curve_accuracy(spec.family, exaflops)
+    logger.log(0, {"pretrain/val_prec1": 0.5, "pretrain/val_prec1_baseline": 0.1, "compute/exaflops": exaflops,
+                   **{f"fewshot/digits/{k}shot": final - 0.01 * (5 - min(k, 5)) for k in (1, 5, 10, 25)},
+                   "finetune/digits/acc": min(0.99, final + 0.05)})
+    for fraction in CURVE_FRACTIONS if curve else ():
+        accuracy = curve_accuracy(spec.family, fraction * exaflops, fraction)
+        logger.log(round(fraction * spec.steps), {"curve/exaflops": fraction * exaflops,
+                                                  "curve/fewshot/digits/5shot": accuracy,
+                                                  "curve/fewshot/digits/1shot": accuracy - 0.04})
+    logger.flush()
+    tracking.set_tags(uri, run_id, {"pretrain_status": "done", "checkpoint_uri": f"/ckpt/{spec.id}"})
+    tracking.finish_run(uri, run_id)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def curve_store(tmp_path_factory):
+    """The six-run tiny study, every run finished with few-shot and fine-tuning results; every run but
+    Hybrid-micro-S (an older run) also logged learning curves."""
+    uri = tracking.default_tracking_uri(tmp_path_factory.mktemp("curves"))
+    tracking.init_store(uri)
+    study = six_run_tiny_study()
+    planned = analysis.run_table(study, "tiny", tracking_uri=None).set_index("id")["exaflops"]
+    specs = study.expand("tiny")
+    for spec in specs:
+        log_curve_run(uri, "scaling", spec, float(planned[spec.id]), curve=spec.model_name != "Hybrid-micro-S")
+    return {"uri": uri, "study": study, "specs": specs, "planned": planned}
+
+
+def test_mark_frontier_drops_early_checkpoints_and_points_below_the_frontier():
+    points = pd.DataFrame({"id": ["a", "a", "a", "b", "b", "b"], "family": "vit",
+                           "exaflops": [1.0, 5.0, 10.0, 4.0, 20.0, 40.0], "fraction": [0.1, 0.5, 1.0, 0.1, 0.5, 1.0],
+                           "accuracy": [50.0, 55.0, 60.0, 58.0, 59.0, 70.0]})
+    marked = analysis.mark_frontier(points)
+    assert marked["early"].tolist() == [True, False, False, True, False, False]
+    # a's 10% point is the cheapest and b's 10% point beats a's 50%: both early, so neither is used nor hides
+    # a's 50% point; b's 50% point is below a's end at less compute
+    assert marked["used"].tolist() == [False, True, True, False, False, True]
+    assert analysis.mark_frontier(points, early_fraction=0.0)["used"].tolist() == [True, False, True, True, False, True]
+
+
+def test_read_curves_one_call_per_run_and_metric(curve_store, monkeypatch):
+    calls = []
+    history = tracking.metric_history
+    monkeypatch.setattr(tracking, "metric_history", lambda uri, run_id, key: calls.append(key) or history(uri, run_id, key))
+    table = analysis.run_table(curve_store["study"], "tiny", tracking_uri=curve_store["uri"])
+    assert table["curve/exaflops"].notna().sum() == 5                 # the run table says which runs have curves
+    curves = analysis.read_curves(table, curve_store["uri"], ["fewshot/digits/5shot"])
+    assert sorted(calls) == sorted(["curve/exaflops", "curve/fewshot/digits/5shot"] * 5)   # not the 1-shot curve
+    assert list(curves.columns) == ["id", "family", "model", "subset", "step", "exaflops", "metric", "accuracy"]
+    assert len(curves) == 5 * len(CURVE_FRACTIONS) and set(curves["metric"]) == {"fewshot/digits/5shot"}
+    vit_s = curves[curves["model"] == "ViT-micro-S"].sort_values("step")
+    total = curve_store["planned"][vit_s["id"].iloc[0]]
+    assert vit_s["step"].tolist() == [40, 120, 200, 300, 400]
+    assert vit_s["exaflops"].tolist() == pytest.approx([f * total for f in CURVE_FRACTIONS])
+    assert vit_s["accuracy"].iloc[0] == pytest.approx(curve_accuracy("vit", 0.1 * total, 0.1))
+    assert analysis.read_curves(table, None, ["fewshot/digits/5shot"]).empty
+
+
+def test_fits_on_the_frontier_of_the_learning_curves(curve_store, tmp_path):
+    """The scaling laws are fitted on each family's frontier over every (run, checkpoint) point, early
+    checkpoints left out, on the few-shot metric (the headline averages in fine-tuning, which has no curve)."""
+    report = analysis.study_report(curve_store["study"], "tiny", tracking_uri=curve_store["uri"],
+                                   options=analysis.ReportOptions(n_boot=30))
+    basis = report.fits.basis
+    assert basis.source == analysis.FitSource.FRONTIER and basis.fallback is None
+    assert basis.early_fraction == analysis.EARLY_FRACTION == 0.2
+    assert (basis.headline.label, basis.metric.label) == ("average of 2", "digits 5-shot")
+    assert report.fits.metric == basis.metric
+    points = basis.points.set_index(["model", "step"])
+    assert not points.loc[("ViT-micro-S", 40), "used"] and points.loc[("ViT-micro-S", 40), "early"]   # 10%
+    assert points.loc[("ViT-micro-S", 200), "used"]                                                    # 50%
+    assert not points.loc[("ViT-micro-M", 120), "used"]          # 30% of the big run: below the small one's end
+    assert (basis.points.loc[basis.points["source"] == "curve", "fraction"] < 1).all()   # the end point stands for it
+    vit = report.fits.families["vit"]
+    assert len(vit.compute) == 7 > 2 and set(vit.fits) == {"saturating", "power"}      # 7 points from 2 runs
+    assert sum(len(ff.compute) for ff in report.fits.families.values()) > len(report.runs)
+    used = basis.used[basis.used["family"] == "vit"]
+    fitted = np.array(sorted(zip(vit.compute, 1 - vit.error)))
+    assert np.allclose(fitted, np.array(sorted(zip(used["exaflops"], used["accuracy"] / 100))), rtol=1e-9)
+    assert report.figure("scaling_fits").drawn and not report.curves.empty
+    assert set(report.curves["metric"]) == {"digits 5-shot"} and report.curves["id"].nunique() == 5
+    paths = analysis.write_files(report, tmp_path)
+    assert_image(paths["scaling_fits.png"])
+    assert_image(paths["performance_vs_compute.png"])
+    markdown = paths["report.md"].read_text()
+    assert "compute-efficient frontier" in markdown and "below 20% of their run's total compute" in markdown
+    assert "headline metric is **average of 2**" in markdown and "few-shot part, **digits 5-shot**" in markdown
+    assert "1 run(s) logged no learning curve" in markdown
+    assert "| ViT | 7 (2 runs) | saturating |" in markdown
+    assert "- ViT: 7 of 10 points (2 early and 1 below the frontier left out): ViT-micro-S: 30% (step 120)" in markdown
+    result = json.loads(paths["fits.json"].read_text())
+    assert (result["source"], result["early_fraction"], result["metric"]) == ("frontier", 0.2, "fewshot/digits/5shot")
+    assert result["headline"]["metric"] == "average" and result["families"]["vit"]["runs"] == 2
+    assert len(result["families"]["vit"]["points_used"]) == 7
+
+
+def test_fits_fall_back_to_end_of_run_points_without_curves(store):
+    report = analysis.study_report(store["study"], "tiny", tracking_uri=store["uri"],
+                                   options=analysis.ReportOptions(n_boot=20))
+    basis = report.fits.basis
+    assert (basis.source, basis.fallback) == (analysis.FitSource.END_OF_RUN, analysis.Fallback.NO_CURVES)
+    assert basis.metric == basis.headline and basis.metric.column == "average" and report.curves.empty
+    assert basis.points["used"].all() and len(basis.points) == 3     # the three runs with the average
+    markdown = analysis.to_markdown(report)
+    assert "the end-of-run point of every run with finished pretraining, not a frontier" in markdown
+    assert "no run with finished pretraining logged a learning curve" in markdown
+    synthetic = analysis.build_report(synthetic_table(np.random.default_rng(8)), title="old", several_subsets=False,
+                                      expected=[], options=analysis.ReportOptions(n_boot=20))
+    assert synthetic.fits.basis.source == "end_of_run" and len(synthetic.fits.families["vit"].compute) == 7

@@ -3,6 +3,8 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
 
 - ``table``: the run table (one row per RunSpec of the preset, never fewer) and what to plot
   from it: which runs are points, which metrics, their long format, Pareto frontiers.
+- ``curves``: the runs' learning curves (``read_curves``), their (run, checkpoint) points and the
+  compute-efficient frontier the scaling laws are fitted on (``EARLY_FRACTION``).
 - ``figures``: Figure 5 (accuracy against compute), Figure 4 (against data set size) and the
   scaling-law fits, as PNG and SVG.
 - ``report``: the :class:`Report`, what the report says as data (counts, typed problems and the
@@ -15,19 +17,21 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
 
 The names below are this package's interface; the modules' other names are theirs.
 """
+from pipeline.analysis.curves import EARLY_FRACTION, checkpoint_points, mark_frontier, read_curves
 from pipeline.analysis.figures import family_styles, figure_compute, figure_data, figure_fits, save_figure
 from pipeline.analysis.files import write_files, write_report
 from pipeline.analysis.render import to_fits_json, to_markdown, to_sanity_json
-from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, FamilyVerdict, FigureEntry, Fits,
-                                      Multiplier, Problem, ProblemKind, Report, ReportOptions, RunRow, Verdict,
-                                      build_report, scaling_fits, study_report)
+from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, Fallback, FamilyVerdict, FigureEntry,
+                                      FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
+                                      ReportOptions, RunRow, Verdict, build_report, scaling_fits, study_report)
 from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_name, family_order,
                                      pareto_frontier, points, pretrained, run_labels, run_table, transfer_metrics,
                                      with_average)
 
-__all__ = ["FEWSHOT_SHOT", "LEVEL", "SANITY_CHECKS", "SANITY_KINDS", "FamilyVerdict", "FigureEntry", "Fits", "Metric",
-           "Multiplier", "Problem", "ProblemKind", "Report", "ReportOptions", "RunRow", "Verdict", "build_report",
-           "expected_metrics", "family_name", "family_order", "family_styles", "figure_compute", "figure_data",
-           "figure_fits", "pareto_frontier", "points", "pretrained", "run_labels", "run_table", "save_figure",
+__all__ = ["EARLY_FRACTION", "FEWSHOT_SHOT", "LEVEL", "SANITY_CHECKS", "SANITY_KINDS", "Fallback", "FamilyVerdict",
+           "FigureEntry", "FitBasis", "FitSource", "Fits", "Metric", "Multiplier", "Problem", "ProblemKind", "Report",
+           "ReportOptions", "RunRow", "Verdict", "build_report", "checkpoint_points", "expected_metrics", "family_name",
+           "family_order", "family_styles", "figure_compute", "figure_data", "figure_fits", "mark_frontier",
+           "pareto_frontier", "points", "pretrained", "read_curves", "run_labels", "run_table", "save_figure",
            "scaling_fits", "study_report", "to_fits_json", "to_markdown", "to_sanity_json", "transfer_metrics",
            "with_average", "write_files", "write_report"]

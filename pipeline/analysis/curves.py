@@ -141,7 +141,7 @@ def checkpoint_points(table: pd.DataFrame, curves: pd.DataFrame | None, columns:
     final = (points["source"] == "curve") & (points["fraction"] >= 1 - FINAL_TOLERANCE) & points["id"].isin(ends["id"])
     points = points[~final & (points["exaflops"].astype(float) > 0)]
     points = points.assign(accuracy=points["accuracy"].astype(float) * 100, exaflops=points["exaflops"].astype(float))
-    return points.sort_values(["id", "exaflops"]).reset_index(drop=True)[list(POINT_COLUMNS)]
+    return points.sort_values(["total_exaflops", "id", "exaflops"]).reset_index(drop=True)[list(POINT_COLUMNS)]
 
 
 def mark_frontier(points: pd.DataFrame, early_fraction: float = EARLY_FRACTION) -> pd.DataFrame:

@@ -1,9 +1,10 @@
 """The report's figures (seaborn and matplotlib, imported only when a figure is drawn).
 
 - **Figure 5** (``figure_compute``): transfer accuracy against pretraining exaFLOPs, one panel per
-  plotted metric, each family's Pareto frontier.
+  plotted metric, each family's Pareto frontier, each run's learning curve as a thin line.
 - **Figure 4** (``figure_data``): few-shot accuracy against pretraining set size, a line per model.
-- **Fits** (``figure_fits``): each family's error against compute, log-log, with its scaling laws.
+- **Fits** (``figure_fits``): each family's error against compute, log-log, with its scaling laws;
+  the points fitted filled, the candidate points left out (early checkpoints, below the frontier) hollow.
 
 Each family keeps one colour and marker in every figure (``family_styles``); ``save_figure``
 writes a figure as PNG and SVG.
@@ -84,23 +85,36 @@ def _panels(long: pd.DataFrame) -> int:
     return min(3, long["metric"].nunique())
 
 
-def figure_compute(long: pd.DataFrame):
-    """Figure 5: accuracy against pretraining compute, a panel per metric, Pareto frontiers."""
+def _draw_curves(ax, lines: pd.DataFrame) -> None:
+    """Each run's learning curve (``curves.curve_lines`` of one panel): a thin line in its family's colour."""
+    for (family, _), line in lines.groupby(["family", "id"]):
+        line = line.sort_values("exaflops")
+        ax.plot(line["exaflops"], line["accuracy"], color=PALETTE.get(family, OTHER_COLOR), lw=0.8, alpha=0.55,
+                zorder=1)
+
+
+def figure_compute(long: pd.DataFrame, curves: pd.DataFrame | None = None):
+    """Figure 5: accuracy against pretraining compute, a panel per metric, Pareto frontiers of the
+    end-of-run points (markers), and each run's learning curve (``curves``, a thin line) where logged."""
     import seaborn as sns
     _style()
+    curves = curves if curves is not None and not curves.empty else None
     long = long.assign(Family=long["family"].map(family_name))
     hue = _hue(long)
     markers = hue.pop("_markers")
     g = sns.relplot(data=long, x="exaflops", y="accuracy", style="Family", style_order=hue["hue_order"],
                     markers=markers, col="metric", col_wrap=_panels(long), kind="scatter", s=60, height=3.8,
                     aspect=1.25, facet_kws={"sharey": False, "sharex": True}, **hue)
+    every_x = long["exaflops"] if curves is None else pd.concat([long["exaflops"], curves["exaflops"]])
     for metric, ax in g.axes_dict.items():
         panel = long[long["metric"] == metric]
+        if curves is not None:
+            _draw_curves(ax, curves[curves["metric"] == metric])
         for family, group in panel.groupby("Family"):
             front = pareto_frontier(group)
             ax.plot(front["exaflops"], front["accuracy"], color=hue["palette"][family], lw=1.5, alpha=0.8)
         _label_points(ax, panel, "exaflops", "accuracy")
-        _log_x(ax, long["exaflops"])
+        _log_x(ax, every_x)
         ax.margins(x=0.08)   # room for the labels of the last points
         ax.set_title(metric)
     g.set_axis_labels("total pretraining compute [exaFLOPs]", "transfer accuracy [%]")
@@ -126,6 +140,14 @@ def figure_data(long: pd.DataFrame):
     return g.figure
 
 
+def _draw_left_out(ax, left_out: pd.DataFrame, color: str, marker: str) -> None:
+    """A family's candidate points not fitted: hollow; early checkpoints fainter."""
+    for early, group in left_out.groupby("early"):
+        error = (100 - group["accuracy"]).clip(lower=1e-3)
+        ax.scatter(group["exaflops"], error, facecolors="none", edgecolors=color, marker=marker, s=28,
+                   linewidths=0.9, alpha=0.35 if early else 0.8, zorder=2)
+
+
 def _draw_family(ax, ff: scaling.FamilyFit, color: str, marker: str) -> None:
     """One family of the fits figure: its points, the law used in its band, the other form dotted."""
     ax.scatter(ff.compute, ff.error * 100, color=color, marker=marker, s=40, zorder=3)
@@ -141,25 +163,33 @@ def _draw_family(ax, ff: scaling.FamilyFit, color: str, marker: str) -> None:
             ax.plot(grid, other.error(grid) * 100, color=color, lw=1, ls=":")
 
 
-def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str):
+def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str, points: pd.DataFrame | None = None):
     """Per-family scaling laws over the points: error against compute, log-log, the better form
-    solid in its bootstrap band, the other form dotted."""
+    solid in its bootstrap band, the other form dotted. ``points`` (``FitBasis.points``): the
+    candidate points, those not ``used`` drawn hollow."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     _style()
     order, colors, markers = family_styles(family_fits)
     level = next(iter(family_fits.values())).level
+    left_out = points[~points["used"].astype(bool)] if points is not None else pd.DataFrame(columns=["family"])
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     handles = []
     for family in order:
+        _draw_left_out(ax, left_out[left_out["family"] == family], colors[family], markers[family])
         _draw_family(ax, family_fits[family], colors[family], markers[family])
         handles.append(Line2D([], [], color=colors[family], marker=markers[family], label=family_name(family)))
     handles += [Line2D([], [], color="0.3", lw=1.8, label=f"law used, {level * 100:g}% band"),
                 Line2D([], [], color="0.3", lw=1, ls=":", label="other form")]
+    if not left_out.empty:
+        handles.append(Line2D([], [], color="0.3", marker="o", ls="", markerfacecolor="none",
+                              label="not fitted (early or below the frontier)"))
     ax.set(yscale="log", xlabel="total pretraining compute [exaFLOPs]", ylabel="error = 100 - accuracy [%]",
-           title=f"{label}: scaling-law fits")
-    _log_x(ax, np.concatenate([ff.compute for ff in family_fits.values()]))
-    _log_ticks(ax.yaxis, np.concatenate([ff.error for ff in family_fits.values()]) * 100)
+           title=f"{label}: scaling-law fits" + (" (frontier)" if points is not None and not left_out.empty else ""))
+    shown = left_out.reindex(columns=["exaflops", "accuracy"]).astype(float)
+    _log_x(ax, np.concatenate([ff.compute for ff in family_fits.values()] + [shown["exaflops"].to_numpy()]))
+    _log_ticks(ax.yaxis, np.concatenate([ff.error * 100 for ff in family_fits.values()]
+                                        + [100 - shown["accuracy"].to_numpy()]))
     ax.legend(handles=handles, fontsize=8, frameon=True)
     return fig
 

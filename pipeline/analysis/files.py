@@ -13,9 +13,10 @@ from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, 
                                       study_report)
 from pipeline.spec import Study
 
-DRAW = {FIGURE_COMPUTE: lambda report: figure_compute(report.points),
+DRAW = {FIGURE_COMPUTE: lambda report: figure_compute(report.points, report.curves),
         FIGURE_DATA: lambda report: figure_data(report.data_points),
-        FIGURE_FITS: lambda report: figure_fits(report.fits.families, report.fits.metric.label)}
+        FIGURE_FITS: lambda report: figure_fits(report.fits.families, report.fits.metric.label,
+                                                report.fits.basis.points)}
 
 
 def write_files(report: Report, out_dir: Path) -> dict[str, Path]:

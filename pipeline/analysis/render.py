@@ -11,7 +11,8 @@ import numpy as np
 from pipeline import fits as scaling
 from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
                                       LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
-                                      Fits, Multiplier, Problem, ProblemKind, Report, Verdict, learned_margin)
+                                      Fallback, FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
+                                      Verdict, learned_margin)
 from pipeline.analysis.table import family_name
 
 STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
@@ -29,6 +30,10 @@ BOUND_MEANING = {("b", "lower"): "error hardly falls with compute", ("b", "upper
                  ("d", "lower"): "no offset found", ("d", "upper"): "the offset spans all the measured compute"}
 DATA_FIGURE_NOT_DRAWN = {"one_subset": "this preset has one data subset",
                          "no_subset_sizes": "no few-shot results with a known subset size"}
+FALLBACK_WORDS = {Fallback.NO_CURVES: "no run with finished pretraining logged a learning curve of it (`curve/...` "
+                                      "metrics; runs from before them)",
+                  Fallback.NO_FEWSHOT: "no few-shot metric is plotted, and only the few-shot probes have learning "
+                                       "curves"}
 
 
 def _percent(level: float) -> str:
@@ -183,7 +188,8 @@ def figures_section(report: Report) -> list[str]:
     """Figure 5 and Figure 4, drawn or why not (the fits figure goes with the scaling laws)."""
     if not report.figure(FIGURE_COMPUTE).drawn:
         return ["- No figure: no run has both finished pretraining and a transfer metric yet."]
-    lines = ["- Transfer accuracy against pretraining compute, Pareto frontier per family (paper Fig. 5): "
+    curves = ", each run's learning curve as a thin line" if not report.curves.empty else ""
+    lines = [f"- Transfer accuracy against pretraining compute, Pareto frontier per family{curves} (paper Fig. 5): "
              "![performance vs compute](performance_vs_compute.png) (`performance_vs_compute.svg`)"]
     data = report.figure(FIGURE_DATA)
     if data.drawn:
@@ -201,13 +207,21 @@ def _with_interval(value: float, bounds: tuple[float, float] | None) -> str:
     return f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
 
 
+def _points_cell(fits: Fits, family: str, n: int) -> str:
+    """The points column: how many points the fit used (on the frontier: and from how many runs)."""
+    if fits.basis.source != FitSource.FRONTIER:
+        return str(n)
+    used = fits.basis.used
+    return f"{n} ({used.loc[used['family'] == family, 'id'].nunique()} runs)"
+
+
 def fits_table(fits: Fits) -> list[str]:
-    """A row per family and form: parameters with their intervals, backtest, AICc."""
+    """A row per family and form: points used, parameters with their intervals, backtest, AICc."""
     rows = []
     for family, ff in fits.families.items():
         for form, f in ff.fits.items():
             iv, bt = ff.intervals[form], ff.backtests[form]
-            rows.append([family_name(family), str(f.n), form,
+            rows.append([family_name(family), _points_cell(fits, family, f.n), form,
                          *(_with_interval(getattr(f, p), iv.get(p)) if p in iv else "-" for p in ("a", "b", "c", "d")),
                          f"{bt['mae_points']:.2f} ({bt['held_out']} held out)" if bt else "too few points",
                          _fmt(f.aicc, ".1f")])
@@ -245,14 +259,56 @@ def multiplier_line(m: Multiplier) -> str:
             f"{m.form_y} fits{dropped}).")
 
 
+def basis_lines(basis: FitBasis) -> list[str]:
+    """Which points the fits are on: the frontier (the early fraction, the points used, the metric
+    when it is not the headline), or the end-of-run points and why."""
+    if basis.source == FitSource.END_OF_RUN:
+        return [(f"Points: the end-of-run point of every run with finished pretraining, not a frontier over "
+                 f"checkpoints: {FALLBACK_WORDS[basis.fallback]}.")]
+    lines = [(f"Points: each family's compute-efficient frontier (the points no cheaper point of the family beats) "
+              "over every (run, checkpoint) point: the checkpoints of the learning curves (`curve/...`) and each "
+              f"run's end-of-run evaluation, leaving out checkpoints below {basis.early_fraction:.0%} of their run's "
+              f"total compute (the warm-up-dominated start). {len(basis.used)} of {len(basis.points)} points used "
+              "(filled in the figure, the others hollow).")]
+    if basis.metric != basis.headline:
+        lines.append(f"The report's headline metric is **{basis.headline.label}**; fine-tuning has no learning "
+                     f"curve, so the fits use its few-shot part, **{basis.metric.label}**.")
+    without = basis.runs() - basis.runs("curve")
+    if without:
+        lines.append(f"{without} run(s) logged no learning curve: only their end-of-run point is a candidate.")
+    return [" ".join(lines)]
+
+
+def _checkpoint(row) -> str:
+    return "end" if row["source"] == "end" else f"{row['fraction']:.0%} (step {row['step']:.0f})"
+
+
+def frontier_lines(fits: Fits) -> list[str]:
+    """Per family, the frontier points the fits used: each run's checkpoints, as shares of its compute."""
+    basis = fits.basis
+    if basis.source != FitSource.FRONTIER:
+        return []
+    lines = ["Frontier points used (per run: its checkpoints as a share of its total compute; end = the end-of-run "
+             "evaluation):", ""]
+    for family in fits.families:
+        candidates = basis.points[basis.points["family"] == family]
+        used = candidates[candidates["used"]]
+        early = int(candidates["early"].sum())
+        runs = "; ".join(f"{label}: " + ", ".join(_checkpoint(row) for _, row in group.iterrows())
+                         for label, group in used.groupby("label", sort=False))
+        lines.append(f"- {family_name(family)}: {len(used)} of {len(candidates)} points ({early} early and "
+                     f"{len(candidates) - len(used) - early} below the frontier left out): {runs}.")
+    return [*lines, ""]
+
+
 def fits_section(fits: Fits) -> list[str]:
-    """The scaling laws: method, the fits table, verdicts, multipliers, the fits figure."""
+    """The scaling laws: method, the points, the fits table, verdicts, multipliers, the fits figure."""
     lines = [(f"Error E = 1 - accuracy on **{fits.metric.label}** against pretraining compute C (exaFLOPs): "
               "saturating E = a (C + d)^-b + c and power E = a C^-b, Huber loss in log space; "
               f"[{_percent(fits.level)} intervals, residual bootstrap, t-expanded]; backtest = mean absolute error "
               "(accuracy points) "
               "predicting the largest-compute point(s) from a fit without them."), "",
-             *fits_table(fits), *verdict_lines(fits)]
+             *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
         return [*lines, "", "Compute multiplier: not available, no family has a fit.", "",
                 ("No fit figure: no family has enough points at distinct compute "
@@ -280,8 +336,13 @@ def _plain(value):
     return value
 
 
-def _family_json(ff: scaling.FamilyFit) -> dict[str, Any]:
-    return {"points": len(ff.compute), "better": ff.better, "reason": ff.reason,
+def _family_json(ff: scaling.FamilyFit, used) -> dict[str, Any]:
+    points = used[used["family"] == ff.family]
+    return {"points": len(ff.compute), "runs": int(points["id"].nunique()),
+            "points_used": [{"id": row["id"], "step": row["step"], "exaflops": row["exaflops"],
+                             "accuracy": row["accuracy"] / 100, "source": row["source"]}
+                            for _, row in points.iterrows()],
+            "better": ff.better, "reason": ff.reason,
             "fits": {form: {"params": f.params, "intervals": ff.intervals[form], "aicc": f.aicc,
                             "backtest": None if ff.backtests[form] is None else
                             {k: v for k, v in ff.backtests[form].items() if k != "fit"}}
@@ -302,9 +363,13 @@ def to_sanity_json(report: Report) -> dict[str, Any]:
 
 
 def to_fits_json(fits: Fits) -> dict[str, Any]:
-    """fits.json: every family's fits (parameters, intervals, AICc, backtest, verdict) and the
-    compute multipliers, JSON-safe."""
+    """fits.json: which points the fits are on (``source``, ``fallback``, ``early_fraction``, the
+    headline), every family's fits (points used, parameters, intervals, AICc, backtest, verdict) and
+    the compute multipliers, JSON-safe."""
+    basis = fits.basis
     return _plain({"metric": fits.metric.column, "label": fits.metric.label,
-                   "level": fits.level if fits.families else None,
-                   "families": {family: _family_json(ff) for family, ff in fits.families.items()},
+                   "headline": {"metric": basis.headline.column, "label": basis.headline.label},
+                   "source": str(basis.source), "fallback": None if basis.fallback is None else str(basis.fallback),
+                   "early_fraction": basis.early_fraction, "level": fits.level if fits.families else None,
+                   "families": {family: _family_json(ff, basis.used) for family, ff in fits.families.items()},
                    "multipliers": [_multiplier_json(m) for m in fits.multipliers]})

@@ -10,6 +10,11 @@ fits of the headline metric with the compute multipliers between families (``sca
 ``pipeline.fits``: per family the saturating law E(C) = a (C + d)^(-b) + c and the plain power
 law, bootstrap intervals and a backtest).
 
+The fits are made on each family's compute-efficient frontier over every (run, checkpoint) point
+of the learning curves (``pipeline.analysis.curves``), checkpoints below ``EARLY_FRACTION`` of their
+run's compute left out; on the few-shot part of the headline, since fine-tuning has no curve. A
+study without learning curves is fitted on its end-of-run points, as before (``FitBasis``).
+
 Nothing here writes text or files: ``pipeline.analysis.render`` renders a Report as report.md and
 fits.json, ``pipeline.analysis.files`` writes them with runs.csv and the figures.
 """
@@ -26,6 +31,8 @@ import pandas as pd
 
 from pipeline import fits as scaling
 from pipeline import tracking
+from pipeline.analysis.curves import (EARLY_FRACTION, checkpoint_points, curve_lines, fit_metric, mark_frontier,
+                                      read_curves)
 from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_order, points, pretrained,
                                      run_table, transfer_metrics, with_average)
 from pipeline.spec import Study
@@ -179,14 +186,50 @@ class Multiplier:
         return self.multiplier is not None and not math.isnan(self.multiplier)
 
 
+class FitSource(enum.StrEnum):
+    """Which points the fits are made on."""
+    FRONTIER = "frontier"        # each family's compute-efficient frontier over every (run, checkpoint) point
+    END_OF_RUN = "end_of_run"    # every run's end-of-run point (the fallback: no learning curves)
+
+
+class Fallback(enum.StrEnum):
+    """Why the fits are on end-of-run points."""
+    NO_CURVES = "no_curves"      # no run with finished pretraining logged a learning curve of the metric
+    NO_FEWSHOT = "no_fewshot"    # no few-shot metric is plotted, and only few-shot metrics have curves
+
+
+@dataclass(frozen=True)
+class FitBasis:
+    """What the fits are made on: the metric, where its points come from, and every candidate point
+    with ``used`` (a point of the fit), ``early`` (below ``early_fraction`` of its run's compute) and
+    ``source`` ("curve": a checkpoint of the learning curve; "end": the end-of-run evaluation)."""
+    metric: Metric                # the metric fitted: the headline, or its few-shot part (see ``headline``)
+    headline: Metric              # the report's headline metric (the average, or the only metric)
+    source: FitSource
+    points: pd.DataFrame = field(repr=False, compare=False)   # curves.POINT_COLUMNS + early, used; accuracy in %
+    fallback: Fallback | None = None       # why END_OF_RUN
+    early_fraction: float | None = None    # FRONTIER: checkpoints below this fraction of their run's compute dropped
+
+    @property
+    def used(self) -> pd.DataFrame:
+        """The points the fits are made on."""
+        return self.points[self.points["used"]]
+
+    def runs(self, source: str | None = None) -> int:
+        """How many runs have candidate points (of ``source``: "curve" or "end", when given)."""
+        points = self.points if source is None else self.points[self.points["source"] == source]
+        return int(points["id"].nunique())
+
+
 @dataclass(frozen=True)
 class Fits:
-    """The scaling-law fits of the headline metric."""
-    metric: Metric
+    """The scaling-law fits of the headline metric (or of its few-shot part: ``basis``)."""
+    metric: Metric                           # the metric fitted (``basis.metric``)
     level: float
     families: dict[str, scaling.FamilyFit]   # every family with points, in the paper's order
     verdicts: tuple[FamilyVerdict, ...]      # every family with finished pretraining
     multipliers: tuple[Multiplier, ...]      # every pair of families with points, paper order
+    basis: FitBasis                          # which points, and why
 
     @property
     def any_fit(self) -> bool:
@@ -216,6 +259,8 @@ class Report:
     table: pd.DataFrame = field(repr=False, compare=False)        # the run table (runs.csv)
     points: pd.DataFrame = field(repr=False, compare=False)       # Figure 5's points, long format
     data_points: pd.DataFrame = field(repr=False, compare=False)  # Figure 4's
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False, compare=False)  # Figure 5's
+    # learning curves: curves.curve_lines (a line per run and metric; empty without curves)
 
     def problems_of(self, kind: ProblemKind | str) -> list[Problem]:
         """The problems of one kind, in the report's order."""
@@ -425,13 +470,39 @@ def family_verdict(family: str, ff: scaling.FamilyFit | None) -> FamilyVerdict:
     return FamilyVerdict(family, verdict, better=ff.better, reason=ff.reason)
 
 
-def fit_headline(long: pd.DataFrame, metric: Metric, families: list[str], options: ReportOptions) -> Fits:
-    """The fits of ``metric``, verdicts for ``families`` (those with finished pretraining)."""
-    family_fits, multipliers = scaling_fits(long, metric.label, seed=options.seed, n_boot=options.n_boot,
+def end_of_run_basis(long: pd.DataFrame, headline_metric: Metric, fallback: Fallback) -> FitBasis:
+    """Today's fits without learning curves: every run's end-of-run point of the headline, all used."""
+    rows = long[long["metric"] == headline_metric.label]
+    points = rows.assign(step=np.nan, total_exaflops=rows["exaflops"], fraction=1.0, source="end", early=False,
+                         used=True)
+    return FitBasis(headline_metric, headline_metric, FitSource.END_OF_RUN, points, fallback=fallback)
+
+
+def fit_basis(plotted: pd.DataFrame, long: pd.DataFrame, metrics: list[Metric],
+              curves: pd.DataFrame | None) -> FitBasis:
+    """The points to fit: each family's frontier over the (run, checkpoint) points of the headline's
+    few-shot part, or, without learning curves, the end-of-run points of the headline."""
+    head = headline(metrics)
+    chosen = fit_metric(metrics, head)
+    if chosen is None:
+        return end_of_run_basis(long, head, Fallback.NO_FEWSHOT)
+    metric, columns = chosen
+    candidates = checkpoint_points(plotted, curves, columns)
+    if not (candidates["source"] == "curve").any():
+        return end_of_run_basis(long, head, Fallback.NO_CURVES)
+    return FitBasis(metric, head, FitSource.FRONTIER, mark_frontier(candidates, EARLY_FRACTION),
+                    early_fraction=EARLY_FRACTION)
+
+
+def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions) -> Fits:
+    """The fits of ``basis.metric`` on its used points, verdicts for ``families`` (those with
+    finished pretraining)."""
+    used = basis.used.assign(metric=basis.metric.label)
+    family_fits, multipliers = scaling_fits(used, basis.metric.label, seed=options.seed, n_boot=options.n_boot,
                                             level=options.level)
-    return Fits(metric, options.level, family_fits,
+    return Fits(basis.metric, options.level, family_fits,
                 verdicts=tuple(family_verdict(f, family_fits.get(f)) for f in family_order(families)),
-                multipliers=tuple(Multiplier(**m) for m in multipliers))
+                multipliers=tuple(Multiplier(**m) for m in multipliers), basis=basis)
 
 
 def figure_entries(long: pd.DataFrame, data_long: pd.DataFrame, several_subsets: bool,
@@ -446,26 +517,30 @@ def figure_entries(long: pd.DataFrame, data_long: pd.DataFrame, several_subsets:
 
 
 def build_report(table: pd.DataFrame, *, title: str, expected: list[str], several_subsets: bool,
-                 options: ReportOptions = ReportOptions()) -> Report:
+                 options: ReportOptions = ReportOptions(), curves: pd.DataFrame | None = None) -> Report:
     """The Report of a run table (``run_table``'s columns): ``expected`` are the planned transfer
-    metrics of every run, ``several_subsets`` whether the preset has several data subsets (Figure 4)."""
+    metrics of every run, ``several_subsets`` whether the preset has several data subsets (Figure 4),
+    ``curves`` the learning curves (``curves.read_curves``; None: the fits use end-of-run points)."""
     plotted, metrics = with_average(table, transfer_metrics(table, options.shot))
     long = points(plotted, metrics)
     data_metrics = [m for m in metrics if m.kind == "fewshot"]
     data_long = points(plotted, data_metrics).dropna(subset=["subset_images"]) if data_metrics else long[:0]
-    fits = None if long.empty else fit_headline(long, headline(metrics), list(table.loc[pretrained(table), "family"]),
-                                                options)
+    fits = None if long.empty else fit_headline(fit_basis(plotted, long, metrics, curves),
+                                                list(table.loc[pretrained(table), "family"]), options)
     sanity, checks = sanity_checks(plotted, metrics, fits)
     return Report(title=title, counts=status_counts(table), problems=tuple(find_problems(table, expected) + sanity),
                   checks=checks, metrics=tuple(metrics), runs=tuple(run_rows(plotted, metrics)),
                   figures=figure_entries(long, data_long, several_subsets, fits), fits=fits,
-                  table=table, points=long, data_points=data_long)
+                  table=table, points=long, data_points=data_long, curves=curve_lines(plotted, curves, metrics))
 
 
 def study_report(study: Study, preset: str, *, tracking_uri: str | None,
                  options: ReportOptions = ReportOptions()) -> Report:
-    """The Report of a preset of a study, from its plan and its MLflow runs (``run_table``)."""
+    """The Report of a preset of a study, from its plan and its MLflow runs (``run_table``) with
+    their learning curves of the plotted few-shot metrics (``read_curves``)."""
     p = study.preset(preset)
-    return build_report(run_table(study, preset, tracking_uri=tracking_uri),
-                        title=f"Study `{study.name}`, preset `{preset}`: {study.title}",
-                        expected=expected_metrics(p), several_subsets=len(p.subsets) > 1, options=options)
+    table = run_table(study, preset, tracking_uri=tracking_uri)
+    fewshot = [m.column for m in transfer_metrics(table, options.shot) if m.kind == "fewshot"]
+    return build_report(table, title=f"Study `{study.name}`, preset `{preset}`: {study.title}",
+                        expected=expected_metrics(p), several_subsets=len(p.subsets) > 1, options=options,
+                        curves=read_curves(table, tracking_uri, fewshot))
