@@ -288,8 +288,8 @@ class PretrainPlan:
 class Probes:
     """Few-shot probes during pretraining, for learning curves (as big_vision runs its evaluators
     every N steps): at every validation step and at the end, rank 0 fits the paper's linear
-    few-shot probes (``pipeline.fewshot``) on the current model's features of each dataset's
-    train split, scores its test split, and logs ``curve/fewshot/<name>/<k>shot`` with
+    few-shot probes (``pipeline.fewshot``) on the current model's features of the largest shot's
+    examples of each dataset's train split (drawn once per run), scores its test split, and logs ``curve/fewshot/<name>/<k>shot`` with
     ``curve/exaflops`` (the compute spent so far) at that step. Whole splits are read: meant for
     small downstream sets (digits, Pets, Flowers), not ImageNet."""
     datasets: tuple[tuple[str, str], ...] = ()   # (name, location)
@@ -354,6 +354,7 @@ class Trainer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, recipe.warmup_steps, plan.numbers.steps, recipe.decay))
         self.step, self.best, self.resumed_from = 0, {}, None
+        self.probe_sets: dict[str, tuple] = {}  # Probes' datasets, decoded once (probe_data)
         self.restore()
         self.train_model = session.wrap(self.model)
         if recipe.compile:
@@ -463,17 +464,31 @@ class Trainer:
         compute spent so far (``Probes``); {} on other ranks or without datasets."""
         if self.session.rank != 0 or not probes.datasets:
             return {}
-        from pipeline.data import num_classes
         from pipeline.fewshot import fewshot_accuracy
-        from pipeline.transfer.checkpoints import extract_features
-        size, batch = self.recipe.image_size, self.recipe.batch_size
-        out = {"curve/exaflops": compute.pretrain_exaflops(self.plan.numbers.forward_macs, self.step * batch)}
+        from pipeline.transfer.checkpoints import features_of
+        out = {"curve/exaflops": compute.pretrain_exaflops(self.plan.numbers.forward_macs,
+                                                           self.step * self.recipe.batch_size)}
         for name, path in probes.datasets:
-            train, test = (extract_features(self.model, path, split, size, device=self.device) for split in ("train", "test"))
-            found = fewshot_accuracy(*train, *test, num_classes(path), shots=probes.shots, seeds=probes.seeds)
+            (train_x, train_y), (test_x, test_y), classes = self.probe_data(path, max(probes.shots))
+            found = fewshot_accuracy(features_of(self.model, train_x, self.device), train_y,
+                                     features_of(self.model, test_x, self.device), test_y, classes,
+                                     shots=probes.shots, seeds=probes.seeds)
             out.update({f"curve/fewshot/{name}/{k}shot": r["mean"] for (k, _), r in found.items()})
         self.model.train()
         return out
+
+    def probe_data(self, path: str, shots: int) -> tuple[tuple, tuple, int]:
+        """A probe set's train images and labels (``shots`` per class, drawn once: all a probe's
+        draws need), its test images and labels, and its class count; decoded on first use."""
+        from pipeline.data import num_classes
+        from pipeline.fewshot import sample_shots
+        from pipeline.transfer.checkpoints import load_split
+        if path not in self.probe_sets:
+            size, classes = self.recipe.image_size, num_classes(path)
+            images, labels = load_split(path, "train", size)
+            keep = sample_shots(labels, shots, seed=0, num_classes=classes)
+            self.probe_sets[path] = ((images[keep], labels[keep]), load_split(path, "test", size), classes)
+        return self.probe_sets[path]
 
     def save(self, metrics: dict[str, float]) -> None:
         """A checkpoint (model, optimizer, schedule, step, best values, every rank's RNG state, the
