@@ -4,8 +4,12 @@ digits, in one process, one torch thread, alternating so that drift hits both al
 
     python bench/probe_cost.py                       # ViT-micro-S and BiT-micro-M, 400 steps
     python bench/probe_cost.py --val-every 100 200
+    python bench/probe_cost.py --per-probe           # what one probe costs, per tiny model
 
 Prints, per model and validation interval: seconds without and with probes, the probes' share.
+Whole runs vary by about 5 s here, more than the probes cost; ``--per-probe`` times what
+``Trainer.probe`` runs (features of the kept train images and the test split, the linear probes)
+on a freshly built model, best of 3, and the once-per-run decode.
 """
 from __future__ import annotations
 
@@ -32,11 +36,31 @@ def timed(spec, data: str, hooks: Hooks) -> float:
         return time.perf_counter() - start
 
 
+def per_probe(study, digits: Path, shots: tuple[int, ...]) -> None:
+    from models import build_model
+    from pipeline.fewshot import fewshot_accuracy, sample_shots
+    from pipeline.transfer.checkpoints import features_of, load_split
+    cpu, start = torch.device("cpu"), time.perf_counter()
+    (train_x, train_y), (test_x, test_y) = (load_split(str(digits), split, 32) for split in ("train", "test"))
+    keep = sample_shots(train_y, max(shots), seed=0, num_classes=10)
+    train_x, train_y = train_x[keep], train_y[keep]
+    print(f"decode once per run: {time.perf_counter() - start:.2f} s\n| model | steps | one probe (s) |\n|---|---|---|")
+    for spec in study.expand("tiny"):
+        model, times = build_model(spec.model, num_classes=32, image_size=32), []
+        for _ in range(3):
+            start = time.perf_counter()
+            fewshot_accuracy(features_of(model, train_x, cpu), train_y, features_of(model, test_x, cpu), test_y, 10,
+                             shots=shots, seeds=1)
+            times.append(time.perf_counter() - start)
+        print(f"| {spec.model_name} | {spec.steps} | {min(times):.3f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["ViT-micro-S", "BiT-micro-M"])
     p.add_argument("--val-every", type=int, nargs="+", default=[200])
     p.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "probe-cost")
+    p.add_argument("--per-probe", action="store_true", help="time one probe per tiny model instead")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     study = load_study("scaling")
@@ -44,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     digits = args.root / "digits"
     if not (digits / "manifest.json").exists():
         convert_digits(digits, progress=False)
-    probes = Probes(datasets=(("digits", str(digits)),), shots=tuple(study.preset("tiny").transfer.shots))
+    shots = tuple(study.preset("tiny").transfer.shots)
+    if args.per_probe:
+        per_probe(study, digits, shots)
+        return 0
+    probes = Probes(datasets=(("digits", str(digits)),), shots=shots)
     specs = {s.model_name: s for s in study.expand("tiny") if s.steps == 400}
     print("| model | val_every | without probes (s) | with probes (s) | probes' share |\n|---|---|---|---|---|")
     for name in args.models:
