@@ -275,7 +275,8 @@ def basis_lines(basis: FitBasis) -> list[str]:
                      f"curve, so the fits use its few-shot part, **{basis.metric.label}**.")
     without = basis.runs() - basis.runs("curve")
     if without:
-        lines.append(f"{without} run(s) logged no learning curve: only their end-of-run point is a candidate.")
+        lines.append(f"{without} run(s) have no checkpoint before their end (no learning curve logged, or probed only "
+                     "at the end): only their end-of-run point is a candidate.")
     return [" ".join(lines)]
 
 
