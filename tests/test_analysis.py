@@ -580,7 +580,7 @@ def test_fits_on_the_frontier_of_the_learning_curves(curve_store, tmp_path):
     markdown = paths["report.md"].read_text()
     assert "compute-efficient frontier" in markdown and "below 20% of their run's total compute" in markdown
     assert "headline metric is **average of 2**" in markdown and "few-shot part, **digits 5-shot**" in markdown
-    assert "1 run(s) logged no learning curve" in markdown
+    assert "1 run(s) have no checkpoint before their end" in markdown
     assert "| ViT | 7 (2 runs) | saturating |" in markdown
     assert "- ViT: 7 of 10 points (2 early and 1 below the frontier left out): ViT-micro-S: 30% (step 120)" in markdown
     result = json.loads(paths["fits.json"].read_text())
