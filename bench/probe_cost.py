@@ -39,7 +39,7 @@ def timed(spec, data: str, hooks: Hooks) -> float:
 def per_probe(study, digits: Path, shots: tuple[int, ...]) -> None:
     from models import build_model
     from pipeline.fewshot import fewshot_accuracy, sample_shots
-    from pipeline.transfer.checkpoints import features_of, load_split
+    from pipeline.features import features_of, load_split
     cpu, start = torch.device("cpu"), time.perf_counter()
     (train_x, train_y), (test_x, test_y) = (load_split(str(digits), split, 32) for split in ("train", "test"))
     keep = sample_shots(train_y, max(shots), seed=0, num_classes=10)

@@ -465,7 +465,7 @@ class Trainer:
         if self.session.rank != 0 or not probes.datasets:
             return {}
         from pipeline.fewshot import fewshot_accuracy
-        from pipeline.transfer.checkpoints import features_of
+        from pipeline.features import features_of
         out = {"curve/exaflops": compute.pretrain_exaflops(self.plan.numbers.forward_macs,
                                                            self.step * self.recipe.batch_size)}
         for name, path in probes.datasets:
@@ -482,7 +482,7 @@ class Trainer:
         draws need), its test images and labels, and its class count; decoded on first use."""
         from pipeline.data import num_classes
         from pipeline.fewshot import sample_shots
-        from pipeline.transfer.checkpoints import load_split
+        from pipeline.features import load_split
         if path not in self.probe_sets:
             size, classes = self.recipe.image_size, num_classes(path)
             images, labels = load_split(path, "train", size)

@@ -15,8 +15,9 @@ as it exists: ``fewshot/<dataset>/<k>shot`` (mean over seeds, ``..._std`` their 
 run. ``cli``: ``python -m pipeline.transfer CHECKPOINT --dataset NAME|PATH ...``.
 """
 from pipeline.transfer.base import Evaluator, Target
+from pipeline.features import extract_features
 from pipeline.transfer.checkpoints import (builtin_dataset, cached_features, checkpoint_key, dataset_key,
-                                           extract_features, load_checkpoint, resolve_dataset)
+                                           load_checkpoint, resolve_dataset)
 from pipeline.transfer.cli import main
 from pipeline.transfer.fewshot import FewShot, FewshotSettings, fewshot_metrics, run_fewshot
 from pipeline.transfer.finetune import TABLE4, FineTune, FinetuneSettings, finetune_once, run_finetune

@@ -25,7 +25,8 @@ from pipeline import tracking
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
-from pipeline.transfer.checkpoints import checkpoint_key, default_device, load_checkpoint
+from pipeline.features import default_device
+from pipeline.transfer.checkpoints import checkpoint_key, load_checkpoint
 
 # Table 4 of the paper: fine-tuning steps and LR grid; the dev-slice rule of Appendix B.1.1.
 TABLE4 = {
