@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from models import build_model
 from pipeline import cli, compute, tracking
 from pipeline import storage as store
+from pipeline.fewshot import DEFAULT_SHOTS
 from pipeline.planning import RunNumbers, run_numbers
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import Recipe, RunSpec
@@ -289,11 +290,12 @@ class Probes:
     """Few-shot probes during pretraining, for learning curves (as big_vision runs its evaluators
     every N steps): at every validation step and at the end, rank 0 fits the paper's linear
     few-shot probes (``pipeline.fewshot``) on the current model's features of the largest shot's
-    examples of each dataset's train split (drawn once per run), scores its test split, and logs ``curve/fewshot/<name>/<k>shot`` with
-    ``curve/exaflops`` (the compute spent so far) at that step. Whole splits are read: meant for
-    small downstream sets (digits, Pets, Flowers), not ImageNet."""
+    count of examples per class of each dataset's train split (drawn once per run), scores its
+    whole test split, and logs ``curve/fewshot/<name>/<k>shot`` with ``curve/exaflops`` (the compute
+    spent so far) at that step. The images are held in memory: meant for small downstream sets
+    (digits, Pets, Flowers), not ImageNet."""
     datasets: tuple[tuple[str, str], ...] = ()   # (name, location)
-    shots: tuple[int, ...] = (1, 5, 10, 25)
+    shots: tuple[int, ...] = DEFAULT_SHOTS
     seeds: int = 1   # one draw of the k examples per point (the final evaluation averages 3)
 
 
@@ -715,9 +717,13 @@ def start_tracking(plan: PretrainPlan, storage: str, tracking_uri: str, launch: 
               "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps"},
         params=run_params(plan, launch.workers), artifact_root=store.join(storage, "artifacts"),
         parent_run_id=parent_run_id)
-    data_key = hashlib.sha1(store.resolve(plan.data_path).encode()).hexdigest()[:16]
-    marks = store.join(storage, "checksums-checked", data_key)
-    return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id, checksum_marks=marks)
+    return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+
+
+def checksum_marks(storage: str, data_path: str) -> str:
+    """Where the shards of ``data_path`` are marked once their checksums were checked
+    (``Trainer.check_shards``): one folder per dataset location, in the storage."""
+    return store.join(storage, "checksums-checked", hashlib.sha1(store.resolve(data_path).encode()).hexdigest()[:16])
 
 
 def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str | None = None,
@@ -730,7 +736,8 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
         raise ValueError("in_process pretraining runs one worker on local storage")
     storage = store.resolve(storage)
     tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
-    plan = start_tracking(plan_run(spec, data_path, launch), storage, tracking_uri, launch, parent_run_id)
+    plan = dataclasses.replace(plan_run(spec, data_path, launch), checksum_marks=checksum_marks(storage, data_path))
+    plan = start_tracking(plan, storage, tracking_uri, launch, parent_run_id)
     run_id, total = plan.mlflow_run_id, plan.numbers.steps
     with tracking.lease(tracking_uri, run_id):  # one writer: another live process holding it raises RunHeld
         try:

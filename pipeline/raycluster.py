@@ -5,7 +5,8 @@ import os
 
 # Seconds between Ray Train's checks of its workers (its default is 2). A local cluster inherits
 # this process's environment, so its Train controllers notice a finished or failed worker group
-# sooner: measured 3-4 s less per pretraining run of a few seconds (bench/RESULTS.md). On a
+# sooner: timed on this 2-core box, TorchTrainer.fit of a 20-step micro run took 16-19 s instead
+# of 20 s (bench/bench_pretrain.py sets the same for its timings). On a
 # cluster started elsewhere, set RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in its nodes' environment.
 TRAIN_HEALTH_CHECK_S = "0.5"
 
