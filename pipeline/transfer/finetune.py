@@ -178,7 +178,11 @@ def select_lr_on_tune(target: Target, data_path: str, dataset: str, settings: Fi
     tuner = tune.Tuner(
         tune.with_resources(_tune_trial, resources),
         param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
-        tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=target.max_concurrent),
+        # reuse_actors: the grid's trials run one after another in the same process (Ray's default
+        # starts a new one per trial: ~3.5 s each for Python, torch and MLflow on this 2-core machine;
+        # bench/RESULTS.md "Fine-tuning trials"); a failed trial still gets a fresh one
+        tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=target.max_concurrent,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=name, **store.ray_storage(target.storage), verbose=0))  # each trial prints one line itself
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
