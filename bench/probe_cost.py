@@ -50,7 +50,7 @@ def per_probe(study, digits: Path, shots: tuple[int, ...]) -> None:
         for _ in range(3):
             start = time.perf_counter()
             fewshot_accuracy(features_of(model, train_x, cpu), train_y, features_of(model, test_x, cpu), test_y, 10,
-                             shots=shots, seeds=1)
+                             shots=shots, seeds=Probes().seeds)
             times.append(time.perf_counter() - start)
         print(f"| {spec.model_name} | {spec.steps} | {min(times):.3f} |", flush=True)
 
