@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.analysis.figures import figure_compute, figure_data, figure_fits, save_figure
+from pipeline.analysis.figures import figure_compute, figure_data, figure_fits, metric_name, save_figure
 from pipeline.analysis.render import to_fits_json, to_markdown, to_sanity_json
 from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, Report, ReportOptions,
                                       study_report)
@@ -15,7 +15,8 @@ from pipeline.spec import Study
 
 DRAW = {FIGURE_COMPUTE: lambda report: figure_compute(report.points, report.curves),
         FIGURE_DATA: lambda report: figure_data(report.data_points),
-        FIGURE_FITS: lambda report: figure_fits(report.fits.families, report.fits.metric.label,
+        FIGURE_FITS: lambda report: figure_fits(report.fits.families,
+                                                metric_name(report.fits.metric, report.metrics),
                                                 report.fits.basis.points)}
 
 
