@@ -132,8 +132,9 @@ def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(obj
     cwd.mkdir()
     vs = f"{s3}/vs"
     # The data as a user makes it: generated locally, then copied up.
-    made = run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "synth-jft-smoke"), "--images", "512",
-                "--val-images", "64", "--classes", "5", "--image-size", "16", "--seed", "0", "--executor", "inline"],
+    made = run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "synth-jft-smoke"), "--style", "glyphs",
+                "--images", "512", "--val-images", "200", "--classes", "5", "--zipf-exponent", "0", "--max-objects", "1",
+                "--image-size", "16", "--seed", "0", "--executor", "inline"],
                env, cwd, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
     copied = run([sys.executable, "-m", "pipeline.data", "copy", str(tmp_path / "synth-jft-smoke"),
