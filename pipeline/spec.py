@@ -193,6 +193,18 @@ class RunEntry(Frozen):
         return self
 
 
+class CandidateGrid(Frozen):
+    """Runs that could be added to a preset (``python -m pipeline.study --suggest``): entries like
+    ``runs:`` (model + steps or epochs), crossed with ``subsets`` (None: the preset's) and its seeds."""
+    runs: list[RunEntry] = Field(min_length=1)
+    subsets: list[Union[str, float]] | None = None
+
+    @field_validator("subsets")
+    @classmethod
+    def _valid_subsets(cls, values):
+        return None if values is None else [RunSpec._valid_subset(v) for v in values]
+
+
 class Preset(Frozen):
     description: str = ""
     dataset: DatasetRef
@@ -201,11 +213,20 @@ class Preset(Frozen):
     runs: list[RunEntry]
     seeds: list[int] = Field(default_factory=lambda: [0])
     transfer: TransferPlan = TransferPlan()
+    candidates: CandidateGrid | None = Field(None, description="runs --suggest chooses among (none: no advice)")
 
     @field_validator("subsets")
     @classmethod
     def _valid_subsets(cls, values):
         return [RunSpec._valid_subset(v) for v in values]
+
+    def candidate_preset(self) -> "Preset | None":
+        """This preset with its candidate grid as its runs (and subsets), to expand and plan them
+        exactly as runs; None without candidates."""
+        if self.candidates is None:
+            return None
+        return self.model_copy(update={"runs": self.candidates.runs, "candidates": None,
+                                       "subsets": self.candidates.subsets or self.subsets})
 
 
 class Study(Frozen):
@@ -229,6 +250,12 @@ class Study(Frozen):
                     specs.append(RunSpec(study=self.name, model=entry.model, dataset=p.dataset.name, subset=subset,
                                          epochs=entry.epochs, steps=entry.steps, recipe=recipe, seed=seed))
         return specs
+
+    def with_candidates(self, preset: str) -> "Study | None":
+        """This study with preset ``preset``'s runs replaced by its candidate grid (``expand`` and
+        ``planning.plan`` then give the candidates' RunSpecs and costs); None without candidates."""
+        grid = self.preset(preset).candidate_preset()
+        return None if grid is None else self.model_copy(update={"presets": {**self.presets, preset: grid}})
 
 
 def subset_images(subset: Union[str, float], full_images: int | None) -> int | None:
@@ -272,6 +299,8 @@ def load_study(name_or_path: str) -> Study:
         study = Study.model_validate(data)
         for preset in study.presets:
             study.expand(preset)  # model names, subsets and lengths of every run
+            if study.presets[preset].candidates is not None:
+                study.with_candidates(preset).expand(preset)   # and of every candidate
     except ValidationError as err:
         raise ValueError(_format_error(err, str(path))) from None
     return study

@@ -9,6 +9,11 @@ writes the report (``pipeline.analysis``); ``--report`` writes only that.
 image count, epochs, params, pretraining exaFLOPs (``pipeline.compute``), the GPU-hours those
 need at a stated MFU and GPU peak, and each run's status in MLflow (done / partial / failed / new).
 ``--list`` shows the studies and their presets.
+
+``--suggest K`` launches nothing either. From the runs so far (the points the report fits on) and
+the preset's ``candidates:`` grid, it prints the K runs that most narrow the bootstrap interval of
+the compute multiplier (or of each family's predicted accuracy, where no multiplier is available),
+with their exaFLOPs and GPU-hours (``pipeline.analysis.suggest``).
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true", help="print the runs, their compute and status; launch nothing")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--report", action="store_true", help="write the report of the runs so far; launch nothing")
+    parser.add_argument("--suggest", type=int, metavar="K", help="print the K candidate runs that most narrow "
+                        "the compute multiplier's interval; launch nothing")
     parser.add_argument("--data", default=None, help="pretraining dataset folder or URI (default: the preset's "
                         "built-in synthetic data, made on first use)")
     parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"),
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         study.preset(args.preset)
     except ValueError as err:
         parser.error(str(err))
+    if args.suggest is not None:
+        return suggest(parser, args, study)
     if args.plan:
         uri = args.tracking_uri or tracking.existing_default_uri(args.storage)
         result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
@@ -99,6 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 1 if summary["failed"] or "report_error" in summary else 0
+
+def suggest(parser: argparse.ArgumentParser, args: argparse.Namespace, study) -> int:
+    """``--suggest K``: the advice on the runs so far (read from MLflow, like ``--plan``)."""
+    from dataclasses import asdict
+    from pipeline.analysis import suggest as advice
+    if args.suggest < 1:
+        parser.error("--suggest takes the number of runs to suggest, 1 or more")
+    uri = args.tracking_uri or tracking.existing_default_uri(args.storage)
+    try:
+        result = advice.study_advice(study, args.preset, args.suggest, tracking_uri=uri, mfu=args.mfu,
+                                     peak_tflops=args.gpu_peak_tflops)
+    except advice.SuggestError as err:
+        parser.error(str(err))
+    print(json.dumps(asdict(result), indent=2, default=str) if args.json else advice.format_advice(result))
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

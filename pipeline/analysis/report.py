@@ -441,19 +441,25 @@ def headline(metrics: list[Metric]) -> Metric:
     return metrics[-1] if metrics[-1].kind == "average" else metrics[0]
 
 
+def family_points(long: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{family: (exaFLOPs, accuracy as a fraction)} of one metric's points (accuracy in %), the
+    families in the paper's order: what each family's fit is made on."""
+    out = {}
+    for family in family_order(long["family"]):
+        group = long[long["family"] == family]
+        accuracy = (group["accuracy"] / 100).clip(upper=1 - 1e-6)  # a perfect score has no log error
+        out[family] = (group["exaflops"].to_numpy(dtype=float), accuracy.to_numpy(dtype=float))
+    return out
+
+
 def scaling_fits(long: pd.DataFrame, metric_label: str, *, seed: int = 0, n_boot: int = 1000,
                  level: float = LEVEL) -> tuple[dict[str, scaling.FamilyFit], list[dict]]:
     """Fits per family on one metric, and the compute multiplier of every pair of fitted families
     (in the paper's order: how much more compute than ViT the others need)."""
     rng = np.random.default_rng(seed)
-    data = long[long["metric"] == metric_label]
-    order = family_order(data["family"])
-    family_fits = {}
-    for family in order:
-        group = data[data["family"] == family]
-        accuracy = (group["accuracy"] / 100).clip(upper=1 - 1e-6)  # a perfect score has no log error
-        family_fits[family] = scaling.fit_family(family, group["exaflops"], accuracy, rng=rng,
-                                                 n_boot=n_boot, level=level)
+    family_fits = {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=n_boot, level=level)
+                   for family, (compute, accuracy) in family_points(long[long["metric"] == metric_label]).items()}
+    order = list(family_fits)
     multipliers = []
     for i, y in enumerate(order):
         for x in order[i + 1:]:
@@ -516,13 +522,18 @@ def figure_entries(long: pd.DataFrame, data_long: pd.DataFrame, several_subsets:
     return FigureEntry(FIGURE_COMPUTE, True), data, FigureEntry(FIGURE_FITS, fitted, None if fitted else "no_fit")
 
 
+def plotted_points(table: pd.DataFrame, shot: int) -> tuple[pd.DataFrame, list[Metric], pd.DataFrame]:
+    """The table with the average column (if any), the plotted metrics, and Figure 5's points."""
+    plotted, metrics = with_average(table, transfer_metrics(table, shot))
+    return plotted, metrics, points(plotted, metrics)
+
+
 def build_report(table: pd.DataFrame, *, title: str, expected: list[str], several_subsets: bool,
                  options: ReportOptions = ReportOptions(), curves: pd.DataFrame | None = None) -> Report:
     """The Report of a run table (``run_table``'s columns): ``expected`` are the planned transfer
     metrics of every run, ``several_subsets`` whether the preset has several data subsets (Figure 4),
     ``curves`` the learning curves (``curves.read_curves``; None: the fits use end-of-run points)."""
-    plotted, metrics = with_average(table, transfer_metrics(table, options.shot))
-    long = points(plotted, metrics)
+    plotted, metrics, long = plotted_points(table, options.shot)
     data_metrics = [m for m in metrics if m.kind == "fewshot"]
     data_long = points(plotted, data_metrics).dropna(subset=["subset_images"]) if data_metrics else long[:0]
     fits = None if long.empty else fit_headline(fit_basis(plotted, long, metrics, curves),
@@ -539,8 +550,24 @@ def study_report(study: Study, preset: str, *, tracking_uri: str | None,
     """The Report of a preset of a study, from its plan and its MLflow runs (``run_table``) with
     their learning curves of the plotted few-shot metrics (``read_curves``)."""
     p = study.preset(preset)
-    table = run_table(study, preset, tracking_uri=tracking_uri)
-    fewshot = [m.column for m in transfer_metrics(table, options.shot) if m.kind == "fewshot"]
+    table, curves = table_and_curves(study, preset, tracking_uri=tracking_uri, shot=options.shot)
     return build_report(table, title=f"Study `{study.name}`, preset `{preset}`: {study.title}",
                         expected=expected_metrics(p), several_subsets=len(p.subsets) > 1, options=options,
-                        curves=read_curves(table, tracking_uri, fewshot))
+                        curves=curves)
+
+
+def table_and_curves(study: Study, preset: str, *, tracking_uri: str | None,
+                     shot: int = FEWSHOT_SHOT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A preset's run table and the learning curves of its plotted few-shot metrics."""
+    table = run_table(study, preset, tracking_uri=tracking_uri)
+    fewshot = [m.column for m in transfer_metrics(table, shot) if m.kind == "fewshot"]
+    return table, read_curves(table, tracking_uri, fewshot)
+
+
+def study_basis(study: Study, preset: str, *, tracking_uri: str | None,
+                shot: int = FEWSHOT_SHOT) -> FitBasis | None:
+    """The points the preset's report fits its scaling laws on (``FitBasis``), without fitting
+    them; None when no run is a point yet."""
+    table, curves = table_and_curves(study, preset, tracking_uri=tracking_uri, shot=shot)
+    plotted, metrics, long = plotted_points(table, shot)
+    return None if long.empty else fit_basis(plotted, long, metrics, curves)
