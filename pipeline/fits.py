@@ -29,8 +29,11 @@ Everything random takes a ``numpy.random.Generator``: the same seed gives the sa
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,6 +165,19 @@ def _to_theta(f: Fit, scale: float) -> np.ndarray:
     return np.array([math.log(f.a) - f.b * math.log(scale), f.b, f.c, f.d / scale][:len(PARAMS[f.form])])
 
 
+def log_error_jacobian(f: Fit, compute, scale: float) -> np.ndarray:
+    """d log E / d theta of ``f`` at ``compute``, theta being the solver's parameters for compute
+    divided by ``scale`` (log a, b[, c, d]): one row per compute value."""
+    return _curve(_to_theta(f, scale), np.asarray(compute, dtype=float) / scale, f.form)[1]
+
+
+def shifted(f: Fit, step: np.ndarray, scale: float) -> Fit:
+    """``f`` with its solver parameters (for compute divided by ``scale``) moved by ``step``."""
+    theta = _to_theta(f, scale) + step
+    values = {name: _from_theta(name, float(v), float(theta[1]), scale) for name, v in zip(PARAMS[f.form], theta)}
+    return Fit(f.form, n=f.n, rss=f.rss, **values)
+
+
 def fit(compute, error, form: str = "saturating", *, huber_scale: float = HUBER_SCALE,
         warm_start: Fit | None = None) -> Fit:
     """Fit one form to (compute, error) points; errors must lie in (0, 1]. With ``warm_start``
@@ -217,9 +233,9 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
     fits, n = [], len(compute)
     if method == "residual":
         fitted, residuals = point.error(compute), modified_residuals(compute, error, point)
-        while len(fits) < n_boot:
-            replicate = fitted * np.exp(rng.choice(residuals, size=n))
-            fits.append(fit(compute, np.minimum(replicate, 1.0), form, huber_scale=huber_scale, warm_start=point))
+        replicates = [np.minimum(fitted * np.exp(rng.choice(residuals, size=n)), 1.0) for _ in range(n_boot)]
+        refit = functools.partial(fit, compute, form=form, huber_scale=huber_scale, warm_start=point)
+        fits = _map(refit, replicates, REFIT_SECONDS[form])
     elif method == "pairs":
         while len(fits) < n_boot:
             idx = rng.integers(0, n, size=n)
@@ -228,6 +244,34 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
     else:
         raise ValueError(f"unknown bootstrap method {method!r}: 'residual' or 'pairs'")
     return fits
+
+
+# Seconds per bootstrap refit on one core of the dev machine (bench/RESULTS.md, "Report time"): the
+# saturating form's 4 bounded parameters take ~10x the power law's iterations.
+REFIT_SECONDS = {"power": 0.0015, "saturating": 0.016}
+PARALLEL_FROM_S = 4.0   # refits expected to take longer than this run on every core (a pool costs ~1 s to start)
+_pool = None
+
+
+def _map(work, items: list, seconds_each: float) -> list:
+    """``[work(item) for item in items]``, in order; on a process pool over this machine's cores when
+    that is expected to take more than ``PARALLEL_FROM_S`` (the pool is started once per process)."""
+    global _pool
+    from concurrent.futures.process import BrokenProcessPool
+    cores = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8)
+    main = getattr(sys.modules.get("__main__"), "__file__", None)   # spawned workers import it again
+    if cores < 2 or _pool is False or len(items) * seconds_each < PARALLEL_FROM_S or (main and not os.path.exists(main)):
+        return [work(item) for item in items]
+    try:
+        if _pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            # spawn: the caller may be a Ray driver, whose threads a fork would copy mid-work
+            _pool = ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("spawn"))
+        return list(_pool.map(work, items, chunksize=max(1, len(items) // (4 * cores))))
+    except BrokenProcessPool:   # workers that cannot start (e.g. a __main__ read from stdin): one process
+        _pool = False
+        return [work(item) for item in items]
 
 
 def percentile_level(level: float, df: int | None) -> float:
