@@ -3,8 +3,9 @@ compute at random? Measured on synthetic studies drawn from known laws.
 
 Each draw: two families, ViT-like with error E(C) = 0.6 C^-0.2 (``--law power``; or
 0.5 (C + 1)^-0.35 + 0.1 with ``--law saturating``) and ResNet-like needing exactly 3x its compute
-(E(C / 3)), ViT measured at 4 computes (1-30), ResNet at 4 (3-90), with 3% log-normal noise; a
-candidate grid of 7 more computes per family (0.1x to 300x the family's base compute, 1 and 3).
+(E(C / 3)), both measured at the same 4 computes (1, 3, 10, 30, as a study runs the same grid for
+every family), with 3% log-normal noise; so their curves share only part of their error range. A
+candidate grid of 7 more computes per family (0.1 to 300), the same for both.
 ``pipeline.analysis.suggest.suggest`` picks K candidates from the measured points alone. Their
 outcomes are then drawn from the *true* laws (with the same noise), the families refitted as the
 report does (``fit_family``, ``--boot`` replicates), and the 80% interval of the multiplier
@@ -32,9 +33,9 @@ from pipeline.analysis.suggest import Candidate, SuggestSettings, suggest  # noq
 
 LAWS = {"power": fits.Fit("power", a=0.6, b=0.2), "saturating": fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)}
 FACTOR = 3.0
-MEASURED = {"vit": np.array([1.0, 3.0, 10.0, 30.0]), "resnet": np.array([1.0, 3.0, 10.0, 30.0])}   # x the base
+MEASURED = {"vit": np.array([1.0, 3.0, 10.0, 30.0]), "resnet": np.array([1.0, 3.0, 10.0, 30.0])}
 GRID = np.array([0.1, 0.3, 2.0, 6.0, 20.0, 100.0, 300.0])
-BASE = {"vit": 1.0, "resnet": FACTOR}
+BASE = {"vit": 1.0, "resnet": 1.0}   # the families' compute units
 NOISE = 0.03
 
 
@@ -118,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--draws", type=int, default=50)
     parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--sims", type=int, default=SuggestSettings.sims)
-    parser.add_argument("--suggest-boot", type=int, default=SuggestSettings.n_boot)
+    parser.add_argument("--suggest-boot", type=int, default=50,
+                        help="bootstrap replicates of the advice's own fits (its 'now' intervals only)")
     parser.add_argument("--boot", type=int, default=200, help="bootstrap replicates of the evaluation refits")
     parser.add_argument("--law", choices=sorted(LAWS), default="power")
     args = parser.parse_args(argv)
-    settings = SuggestSettings(sims=args.sims, n_boot=args.suggest_boot)
+    settings = SuggestSettings(n_boot=args.suggest_boot)
     start, rows = time.perf_counter(), []
     for seed in range(args.draws):
         rows.append(compare(draw_study(seed, args.law), seed, args.k, settings, args.boot))
@@ -132,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         for c in r["picked"]:
             picks[c] = picks.get(c, 0) + 1
-    print(f"{args.draws} draws, K={args.k}, {args.law} laws, suggest: {args.sims} sims x "
-          f"{args.suggest_boot} replicates; evaluation "
+    print(f"{args.draws} draws, K={args.k}, {args.law} laws; evaluation "
           f"{args.boot} replicates; {(time.perf_counter() - start) / args.draws:.1f} s per draw")
     print("| draws | K | median width now | after advice | after random, same compute | advice narrower in | "
           "mean log(random / advice) +- se | random's compute / advice's | random runs |")

@@ -311,8 +311,8 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     previous = tracking.spec_runs(uri, study.name)
     done = {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
     exaflops = {r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}
-    # the most compute first: the study does not end with its longest run alone on the cluster
-    # (the tiny study on 2 cores: 64 s sooner than in plan order)
+    # the most compute first (longest-processing-time order): the study does not end with its
+    # longest run alone on the cluster while the rest of it idles
     todo = sorted((s for s in specs if s.id not in done), key=lambda s: -exaflops.get(s.id, 0.0))
     ensure_ray()
     limit = options.max_concurrent or default_concurrency(gpus)

@@ -9,17 +9,23 @@ target is each fitted family's **predicted error at its largest candidate comput
 
 How (``suggest``), on the points the report fits on (``report.study_basis``):
 
-1. Fit every family as the report does (``pipeline.fits.fit_family``, ``n_boot`` replicates).
-2. The *width* of an interval is hi / lo; the objective is the geometric mean of the targets' widths
-   (the mean of their log widths).
-3. For each candidate, ``sims`` times: draw its outcome from its family's current fit (a bootstrap
-   replicate's error at the candidate's compute, times exp of a modified log residual drawn from the
-   fit's), add that point, refit the family in the form it is used in (warm-started, ``n_boot``
-   replicates) and measure the widths. The candidate's score is the objective averaged over the
-   simulations; every candidate sees the same random numbers (common random numbers), so their
-   scores differ by where they are, not by luck.
-4. Greedy: take the best, keep its ``sims`` simulated worlds (each with its simulated point), and
-   score the rest again in those worlds, K times.
+1. Fit every family as the report does (``pipeline.fits.fit_family``): the "now" intervals are the
+   report's bootstrap intervals.
+2. Each family's curve (the form the report uses) gets the Gauss-Newton covariance of its
+   parameters, noise^2 (J^T J)^-1, J being d log E / d parameters at its points and the noise of a
+   point pooled over the families (one evaluation measures them all; floor ``MIN_NOISE``).
+3. A target's interval is its delta-method interval: its log is the target's log +- t sqrt(g^T Cov
+   g), g its gradient (central differences), t the quantile on the residual degrees of freedom (the
+   bootstrap intervals are expanded the same way). The *width* is hi / lo; the objective is the
+   geometric mean of the targets' widths.
+4. A candidate is scored by simulating its run: its outcome is the family's curve at its compute
+   (the expected outcome, so the refitted curve stays put), which adds its row to J, a residual
+   degree of freedom and, outside the measured range, compute range (a multiplier is taken over
+   the errors both curves reach). The widths are then computed again. Linearized widths have no
+   Monte Carlo noise, so candidates are told apart by where they are, which refits with bootstrap
+   replicates at each simulated outcome could not do (their widths varied more between
+   replicates than between candidates: bench/RESULTS.md).
+5. Greedy: take the candidate with the smallest objective (ties: the cheaper), add it, K times.
 
 A candidate equal to a run of the preset (same run id) is skipped; one whose family has no fit
 yet cannot be scored and is listed as such. A simulated run adds one point, at its total compute:
@@ -39,6 +45,10 @@ from pipeline.analysis.report import LEVEL, family_points, study_basis
 from pipeline.analysis.table import family_name
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, plan
 from pipeline.spec import Study
+
+
+MIN_NOISE = 0.005   # log error: a floor for the pooled noise (a few points can fit a curve almost exactly)
+STEP = 1e-5         # central-difference step in the solver's parameters (log a, b, c, d of normalized compute)
 
 
 class SuggestError(ValueError):
@@ -76,9 +86,9 @@ class Target:
 
 @dataclass(frozen=True)
 class SuggestSettings:
-    """Simulated outcomes per candidate, bootstrap replicates per refit, interval level, seed."""
-    sims: int = 8
-    n_boot: int = 100
+    """The fits of the runs so far as the report makes them (bootstrap replicates, seed) and the
+    interval level narrowed."""
+    n_boot: int = 1000
     level: float = LEVEL
     seed: int = 0
 
@@ -103,129 +113,175 @@ class Advice:
     unscored: tuple[tuple[Candidate, str], ...] = ()   # candidates that could not be scored, and why
     skipped: int = 0                              # candidates equal to a run of the preset
     about: dict = field(default_factory=dict)     # study, preset, metric, source, mfu, gpu_peak_tflops
+    noise: float = math.nan                       # the pooled noise of a point (log error) the widths assume
 
 
-# ----------------------------------------------------------------------------- the simulation
+# ----------------------------------------------------------------------------- linearized intervals
 
-World = dict[str, scaling.FamilyFit]   # one simulated state of every family's fit
+@dataclass(frozen=True)
+class FamilyState:
+    """One family's fit as the advice sees it: the curve used (``FamilyFit.best``), the compute of its
+    points, and the information J^T J of its log errors about the curve's parameters (``scale``: the
+    compute unit those parameters are in). A simulated run adds its row to J and its compute."""
+    family: str
+    curve: scaling.Fit
+    compute: np.ndarray
+    info: np.ndarray
+    scale: float
 
+    @classmethod
+    def of(cls, ff: scaling.FamilyFit) -> "FamilyState":
+        curve = ff.best()[0]
+        scale = float(np.exp(np.mean(np.log(ff.compute))))
+        jac = scaling.log_error_jacobian(curve, ff.compute, scale)
+        return cls(ff.family, curve, ff.compute, jac.T @ jac, scale)
 
-def fit_families(points: dict[str, tuple[np.ndarray, np.ndarray]], settings: SuggestSettings) -> World:
-    """Every family's fit as the report makes it (``fit_family``), at ``settings.n_boot`` replicates."""
-    rng = np.random.default_rng(settings.seed)
-    return {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=settings.n_boot,
-                                       level=settings.level) for family, (compute, accuracy) in points.items()}
+    @property
+    def df(self) -> int:
+        return len(self.compute) - len(scaling.PARAMS[self.curve.form])
 
+    @property
+    def compute_range(self) -> tuple[float, float]:
+        return float(self.compute.min()), float(self.compute.max())
 
-def simulate(ff: scaling.FamilyFit, compute: float, rng: np.random.Generator) -> float:
-    """A plausible error of a new run at ``compute``: a bootstrap replicate of the family's curve
-    there, times exp of one of the fit's modified log residuals."""
-    point, boot = ff.best()
-    replicate = boot[rng.integers(len(boot))]
-    residual = rng.choice(scaling.modified_residuals(ff.compute, ff.error, point))
-    return float(np.clip(replicate.error(compute) * math.exp(residual), 1e-6, 1.0))
+    def with_run(self, compute: float) -> "FamilyState":
+        """This family after a run at ``compute`` whose outcome is the curve's own prediction there
+        (the expected outcome: refitting leaves the curve where it is and adds the run's information)."""
+        row = scaling.log_error_jacobian(self.curve, [compute], self.scale)
+        return replace(self, compute=np.append(self.compute, compute), info=self.info + row.T @ row)
 
-
-def refit(ff: scaling.FamilyFit, compute: float, error: float, rng: np.random.Generator,
-          n_boot: int) -> scaling.FamilyFit:
-    """``ff`` with one more point, refitted in the form it is used in, warm-started from its fit."""
-    point, _ = ff.best()
-    c, e = np.append(ff.compute, compute), np.append(ff.error, error)
-    new = scaling.fit(c, e, point.form, warm_start=point)
-    boot = scaling.bootstrap(c, e, point.form, rng=rng, n_boot=n_boot, point=new)
-    return scaling.FamilyFit(ff.family, c, e, ff.level, fits={point.form: new}, boot={point.form: boot},
-                             better=point.form)
-
-
-def interval_of(world: World, target: Target) -> tuple[float, float, float]:
-    """(estimate, lo, hi) of a target in a world; NaN where it is not available there."""
-    if target.kind == "multiplier":
-        m = scaling.compute_multiplier(world[target.x], world[target.y])
-        return (m["multiplier"], *m["interval"]) if m else (math.nan, math.nan, math.nan)
-    ff = world[target.x]
-    lo, hi = ff.band([target.compute])
-    return float(ff.best()[0].error(target.compute)), float(lo[0]), float(hi[0])
+    def covariance(self, noise: float) -> np.ndarray:
+        """Covariance of the curve's parameters: noise^2 (J^T J)^+ (Gauss-Newton)."""
+        return noise ** 2 * np.linalg.pinv(self.info)
 
 
-def log_width(world: World, target: Target) -> float:
-    _, lo, hi = interval_of(world, target)
-    return math.log(hi / lo) if lo > 0 and math.isfinite(hi / lo) else math.nan
+World = dict[str, FamilyState]
 
 
-def choose_targets(world: World, candidates: list[Candidate]) -> list[Target]:
+def pooled_noise(family_fits: dict[str, scaling.FamilyFit]) -> float:
+    """The noise of a point in log error, pooled over the fitted families (every family is measured
+    by the same evaluation): sqrt(sum of squared log residuals / residual degrees of freedom)."""
+    used = [ff.best()[0] for ff in family_fits.values() if ff.best() is not None]
+    df = sum(scaling.residual_df(f) for f in used)
+    if df <= 0:
+        return math.nan
+    return max(math.sqrt(sum(f.rss for f in used) / df), MIN_NOISE)
+
+
+def _gradient(value, state: FamilyState) -> np.ndarray:
+    """d value(curve) / d parameters, by central differences."""
+    p = len(scaling.PARAMS[state.curve.form])
+    grad = np.zeros(p)
+    for i in range(p):
+        step = np.zeros(p)
+        step[i] = STEP
+        up, down = (value(scaling.shifted(state.curve, s, state.scale)) for s in (step, -step))
+        grad[i] = (up - down) / (2 * STEP)
+    return grad
+
+
+def _errors(x: FamilyState, y: FamilyState) -> np.ndarray | None:
+    """The errors both curves reach within their measured compute (``fits.common_errors``)."""
+    (lx, hx), (ly, hy) = (scaling.reached_errors(s.curve, s.compute_range) for s in (x, y))
+    lo, hi = max(lx, ly), min(hx, hy)
+    return np.geomspace(lo, hi, 50) if lo < hi else None
+
+
+def log_interval(world: World, target: Target, noise: float, level: float) -> tuple[float, float]:
+    """(log of the target's estimate, log width hi / lo of its ``level`` interval) in ``world``, by
+    the delta method with a t quantile on the residual degrees of freedom; NaN where the target is
+    not available (a multiplier of curves that share no error range)."""
+    from scipy.stats import t
+    if target.kind == "prediction":
+        state = world[target.x]
+        grads = [(state, scaling.log_error_jacobian(state.curve, [target.compute], state.scale)[0])]
+        estimate, df = math.log(float(state.curve.error(target.compute))), state.df
+    else:
+        x, y = world[target.x], world[target.y]
+        errors = _errors(x, y)
+        if errors is None:
+            return math.nan, math.nan
+        estimate = math.log(scaling.multiplier(x.curve, y.curve, errors))
+        grads = [(x, _gradient(lambda f: math.log(scaling.multiplier(f, y.curve, errors)), x)),
+                 (y, _gradient(lambda f: math.log(scaling.multiplier(x.curve, f, errors)), y))]
+        df = x.df + y.df
+    variance = sum(float(g @ s.covariance(noise) @ g) for s, g in grads)
+    if not (df > 0 and math.isfinite(variance)):
+        return estimate, math.nan
+    return estimate, 2 * float(t.ppf((1 + level) / 2, df)) * math.sqrt(variance)
+
+
+def choose_targets(family_fits: dict[str, scaling.FamilyFit], world: World, candidates: list[Candidate]) -> list[Target]:
     """Every available multiplier between fitted families (paper order); without one, each fitted
     family's predicted error at its largest candidate compute (its largest measured one if none)."""
-    fitted = [f for f, ff in world.items() if ff.best() is not None]
+    fitted = list(world)
     pairs = [Target("multiplier", x, y) for i, y in enumerate(fitted) for x in fitted[i + 1:]]
-    pairs = [t for t in pairs if not math.isnan(log_width(world, t))]
+    pairs = [p for p in pairs if scaling.compute_multiplier(family_fits[p.x], family_fits[p.y]) is not None]
     if pairs:
         return pairs
     return [Target("prediction", f, compute=max([c.exaflops for c in candidates if c.family == f],
                                                 default=float(world[f].compute.max()))) for f in fitted]
 
 
-def added(world: World, s: int, candidate: Candidate, settings: SuggestSettings) -> scaling.FamilyFit:
-    """``candidate``'s family in world ``s`` refitted with a simulated outcome of it. The random numbers
-    depend on the world and the family's point count only: every candidate of a family sees the same
-    ones (common random numbers)."""
-    ff = world[candidate.family]
-    rng = np.random.default_rng([settings.seed, s, len(ff.compute)])
-    return refit(ff, candidate.exaflops, simulate(ff, candidate.exaflops, rng), rng, settings.n_boot)
+def objective(world: World, targets: list[Target], noise: float, level: float, base: np.ndarray) -> np.ndarray:
+    """The targets' log widths in ``world`` (a target unavailable there counts at ``base``, its width now)."""
+    widths = np.array([log_interval(world, t, noise, level)[1] for t in targets])
+    return np.where(np.isnan(widths), base, widths)
 
 
-def try_candidate(worlds: list[World], candidate: Candidate, targets: list[Target], settings: SuggestSettings,
-                  cache: dict) -> tuple[np.ndarray, list[World]]:
-    """The targets' log widths (sims x targets) after adding ``candidate`` in every world, and the
-    worlds with it. A refit is reused while its family is unchanged in that world (``cache``)."""
-    after = []
-    for s, world in enumerate(worlds):
-        before, refitted = cache.get((s, candidate.id), (None, None))
-        if before is not world[candidate.family]:
-            refitted = added(world, s, candidate, settings)
-            cache[(s, candidate.id)] = (world[candidate.family], refitted)
-        after.append({**world, candidate.family: refitted})
-    return np.array([[log_width(w, t) for t in targets] for w in after]), after
-
-
-def best_candidate(worlds: list[World], candidates: list[Candidate], targets: list[Target], base: np.ndarray,
-                   settings: SuggestSettings, cache: dict) -> tuple[Candidate, np.ndarray, list[World]]:
-    """The candidate with the smallest expected objective, its expected log widths per target, and
-    its worlds. A target unavailable in a simulated world counts at its width now (no gain)."""
-    best = None
-    for candidate in candidates:
-        widths, after = try_candidate(worlds, candidate, targets, settings, cache)
-        per_target = np.where(np.isnan(widths), base, widths).mean(axis=0)
-        if best is None or per_target.mean() < best[1].mean():
-            best = (candidate, per_target, after)
-    return best
-
-
-def too_few_message(world: World) -> str:
-    have = ", ".join(f"{f} {scaling.distinct_points(ff.compute)}" for f, ff in world.items())
+def too_few_message(family_fits: dict[str, scaling.FamilyFit]) -> str:
+    have = ", ".join(f"{f} {scaling.distinct_points(ff.compute)}" for f, ff in family_fits.items())
     return (f"too few runs to fit: a family needs points at {scaling.MIN_POINTS['power']} distinct compute values "
             f"(the power law) before runs can be suggested; distinct compute values now: {have}")
+
+
+def fit_families(points: dict[str, tuple[np.ndarray, np.ndarray]], settings: SuggestSettings
+                 ) -> dict[str, scaling.FamilyFit]:
+    """Every family's fit as the report makes it (``fit_family``; one generator in family order)."""
+    rng = np.random.default_rng(settings.seed)
+    return {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=settings.n_boot,
+                                       level=settings.level) for family, (compute, accuracy) in points.items()}
+
+
+def bootstrap_interval(family_fits: dict[str, scaling.FamilyFit], target: Target) -> tuple[float, float, float]:
+    """(estimate, lo, hi) of a target as the report states it (its bootstrap interval)."""
+    if target.kind == "multiplier":
+        m = scaling.compute_multiplier(family_fits[target.x], family_fits[target.y])
+        return (m["multiplier"], *m["interval"]) if m else (math.nan, math.nan, math.nan)
+    ff = family_fits[target.x]
+    lo, hi = ff.band([target.compute])
+    return float(ff.best()[0].error(target.compute)), float(lo[0]), float(hi[0])
 
 
 def suggest(points: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list[Candidate], k: int,
             settings: SuggestSettings = SuggestSettings()) -> Advice:
     """The K candidates (greedily) that most narrow the targets' intervals, from each family's
     points {family: (exaFLOPs, accuracy as a fraction)}. SuggestError when no family can be fitted."""
-    world = fit_families(points, settings)
-    if not any(ff.best() for ff in world.values()):
-        raise SuggestError(too_few_message(world))
-    scorable = [c for c in candidates if c.exaflops and c.family in world and world[c.family].best()]
+    family_fits = fit_families(points, settings)
+    fitted = {f: ff for f, ff in family_fits.items() if ff.best() is not None}
+    if not fitted:
+        raise SuggestError(too_few_message(family_fits))
+    noise = pooled_noise(fitted)
+    if math.isnan(noise):
+        raise SuggestError("too few runs to estimate the noise of a point: the fitted families have no residual "
+                           "degree of freedom (a family needs more points than its curve has parameters)")
+    world = {f: FamilyState.of(ff) for f, ff in fitted.items()}
+    scorable = [c for c in candidates if c.exaflops and c.family in world]
     unscored = tuple((c, "its compute is unknown" if not c.exaflops else f"family {c.family} has no fit yet")
                      for c in candidates if c not in scorable)
-    targets = choose_targets(world, scorable)
-    base = np.array([log_width(world, t) for t in targets])
-    worlds, picks, cache = [world] * settings.sims, [], {}
+    targets = choose_targets(fitted, world, scorable)
+    base = np.array([log_interval(world, t, noise, settings.level)[1] for t in targets])
+    picks = []
     for _ in range(min(k, len(scorable))):
-        candidate, widths, worlds = best_candidate(worlds, scorable, targets, base, settings, cache)
-        scorable.remove(candidate)
-        picks.append(Pick(candidate, float(np.exp(widths.mean())),
-                          {t.label: float(np.exp(w)) for t, w in zip(targets, widths)}))
-    return Advice(tuple(targets), {t.label: interval_of(world, t) for t in targets}, float(np.exp(base.mean())),
-                  {t.label: float(np.exp(w)) for t, w in zip(targets, base)}, tuple(picks), settings, unscored)
+        scored = [(objective({**world, c.family: world[c.family].with_run(c.exaflops)}, targets, noise,
+                             settings.level, base), c) for c in scorable]
+        widths, best = min(scored, key=lambda wc: (wc[0].mean(), wc[1].exaflops))   # ties: the cheaper run
+        world = {**world, best.family: world[best.family].with_run(best.exaflops)}
+        scorable.remove(best)
+        picks.append(Pick(best, float(np.exp(widths.mean())), {t.label: float(np.exp(w)) for t, w in zip(targets, widths)}))
+    return Advice(tuple(targets), {t.label: bootstrap_interval(fitted, t) for t in targets}, float(np.exp(base.mean())),
+                  {t.label: float(np.exp(w)) for t, w in zip(targets, base)}, tuple(picks), settings, unscored,
+                  noise=noise)
 
 
 # ----------------------------------------------------------------------------- a study's advice
@@ -281,11 +337,12 @@ def format_advice(advice: Advice) -> str:
     a, s = advice.about, advice.settings
     lines = [f"Next-run advice for study {a.get('study')} / preset {a.get('preset')} (fits on {a.get('metric')}, "
              f"{a.get('source')} points)",
-             f"Target: the {s.level:.0%} bootstrap interval(s) below; width = hi / lo, the geometric mean over them "
-             "is minimized.", "Now:"]
+             f"Target: the {s.level:.0%} interval(s) below; width = hi / lo of the linearized interval, the geometric "
+             f"mean over them is minimized; noise of a point {advice.noise:.3g} in log error, pooled over the families.",
+             "Now (the report's bootstrap interval; linearized width):"]
     lines += [_now_line(t, advice.now[t.label], advice.widths[t.label]) for t in advice.targets]
-    lines += [f"Suggested runs (greedy; the width expected after each with those above it, mean of {s.sims} simulated "
-              f"outcomes refitted with {s.n_boot} bootstrap replicates; seed {s.seed}):",
+    lines += ["Suggested runs (greedy; the width expected after each with those above it, each run simulated at its "
+              "family's fitted curve):",
               "  #  id            model  family  subset  length  exaFLOPs  GPU-h  width after"]
     for i, p in enumerate(advice.picks, 1):
         c = p.candidate
