@@ -161,13 +161,17 @@ def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
 
 
 def default_concurrency(gpus_per_run: int) -> int:
-    """Runs that fit the cluster as it is now (at least 1): one CPU worker each, or
-    ``gpus_per_run`` GPUs each. On an autoscaling cluster give --max-concurrent."""
+    """Runs that fit the cluster as it is now (at least 1): ``gpus_per_run`` GPUs each, or one CPU
+    worker each plus one run ahead. The run ahead starts its Train controller, MLflow run and
+    processes (which hold no CPU) while the others compute, and Ray holds its worker, Tune trials
+    and probes until a CPU is free: the tiny study on 2 cores took 9 min 22 s with 3 runs at once,
+    10 min 18 s and 11 min 24 s with 2 (bench/RESULTS.md). On an autoscaling cluster give
+    --max-concurrent."""
     import ray
     resources = ray.cluster_resources()
     if gpus_per_run:
         return max(1, int(resources.get("GPU", 0) // gpus_per_run))
-    return max(1, int(resources.get("CPU", 1)))
+    return max(1, int(resources.get("CPU", 1))) + 1
 
 
 # ----------------------------------------------------------------------------- one run: pretrain -> transfer
