@@ -38,12 +38,10 @@ def timed(spec, data: str, hooks: Hooks) -> float:
 
 def per_probe(study, digits: Path, shots: tuple[int, ...]) -> None:
     from models import build_model
-    from pipeline.fewshot import fewshot_accuracy, sample_shots
-    from pipeline.features import features_of, load_split
+    from pipeline.fewshot import fewshot_accuracy
+    from pipeline.features import features_of, probe_sets
     cpu, start = torch.device("cpu"), time.perf_counter()
-    (train_x, train_y), (test_x, test_y) = (load_split(str(digits), split, 32) for split in ("train", "test"))
-    keep = sample_shots(train_y, max(shots), seed=0, num_classes=10)
-    train_x, train_y = train_x[keep], train_y[keep]
+    (train_x, train_y), (test_x, test_y), _ = probe_sets(str(digits), 32, max(shots))   # what Trainer.probe_data does
     print(f"decode once per run: {time.perf_counter() - start:.2f} s\n| model | steps | one probe (s) |\n|---|---|---|")
     for spec in study.expand("tiny"):
         model, times = build_model(spec.model, num_classes=32, image_size=32), []

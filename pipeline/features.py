@@ -25,13 +25,35 @@ def extract_features(model: torch.nn.Module, data_path: str, split: str, image_s
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def load_split(data_path: str, split: str, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Every image of a split (resize + center crop) in one tensor, with integer labels: for small
-    sets probed many times (``pretrain.Probes``), decoded once."""
+def load_split(data_path: str, split: str, image_size: int, fraction: float | None = None
+               ) -> tuple[torch.Tensor, np.ndarray]:
+    """Every image of a split (or of its nested random ``fraction``; resize + center crop) in one
+    tensor, with integer labels: for small sets probed many times (``pretrain.Probes``), decoded once."""
     from pipeline.data import LoaderSpec, make_loader
     batches = list(make_loader(LoaderSpec(data_path, split=split, train=False, batch_size=256, image_size=image_size,
-                                          label_format="index")))
+                                          label_format="index", fraction=fraction)))
     return torch.cat([b.images for b in batches]), np.concatenate([b.labels.numpy() for b in batches])
+
+
+# The learning curves' probes draw their examples from this nested random part of a set's train split
+# (the same rows for every run) when it holds the largest shot count of every class: on digits it
+# halves the decoding each run pays once (0.63 s -> bench/RESULTS.md), the probes' largest share of
+# a short run's time.
+PROBE_POOL_FRACTION = 0.3
+
+
+def probe_sets(data_path: str, image_size: int, shots: int) -> tuple[tuple, tuple, int]:
+    """What a run's few-shot probes of one set need, decoded once: ``shots`` train images per class
+    (drawn once, seed 0, from the nested ``PROBE_POOL_FRACTION`` of the train split when that has
+    enough of every class, else from all of it), the whole test split, and the class count."""
+    from pipeline.data import num_classes
+    from pipeline.fewshot import sample_shots
+    classes = num_classes(data_path)
+    images, labels = load_split(data_path, "train", image_size, fraction=PROBE_POOL_FRACTION)
+    if np.bincount(labels, minlength=classes).min() < shots:
+        images, labels = load_split(data_path, "train", image_size)
+    keep = sample_shots(labels, shots, seed=0, num_classes=classes)
+    return (images[keep], labels[keep]), load_split(data_path, "test", image_size), classes
 
 
 def features_of(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:

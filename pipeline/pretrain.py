@@ -482,14 +482,9 @@ class Trainer:
     def probe_data(self, path: str, shots: int) -> tuple[tuple, tuple, int]:
         """A probe set's train images and labels (``shots`` per class, drawn once: all a probe's
         draws need), its test images and labels, and its class count; decoded on first use."""
-        from pipeline.data import num_classes
-        from pipeline.fewshot import sample_shots
-        from pipeline.features import load_split
+        from pipeline.features import probe_sets
         if path not in self.probe_sets:
-            size, classes = self.recipe.image_size, num_classes(path)
-            images, labels = load_split(path, "train", size)
-            keep = sample_shots(labels, shots, seed=0, num_classes=classes)
-            self.probe_sets[path] = ((images[keep], labels[keep]), load_split(path, "test", size), classes)
+            self.probe_sets[path] = probe_sets(path, self.recipe.image_size, shots)
         return self.probe_sets[path]
 
     def save(self, metrics: dict[str, float]) -> None:
