@@ -11,9 +11,10 @@ need at a stated MFU and GPU peak, and each run's status in MLflow (done / parti
 ``--list`` shows the studies and their presets.
 
 ``--suggest K`` launches nothing either. From the runs so far (the points the report fits on) and
-the preset's ``candidates:`` grid, it prints the K runs that most narrow the bootstrap interval of
-the compute multiplier (or of each family's predicted accuracy, where no multiplier is available),
-with their exaFLOPs and GPU-hours (``pipeline.analysis.suggest``).
+the preset's ``candidates:`` grid, it prints the K runs that most narrow the interval of the
+compute multiplier (or of each family's predicted accuracy, where no multiplier is available), as
+the delta method predicts it after each run, with their exaFLOPs and GPU-hours
+(``pipeline.analysis.suggest``).
 """
 from __future__ import annotations
 
