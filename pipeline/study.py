@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                         help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
     parser.add_argument("--max-concurrent", type=int, default=None,
-                        help="runs at once (default: what the cluster holds now: its GPUs / --gpus-per-run, or its "
-                        "CPUs + 1 for CPU runs, the extra one starting while the others compute)")
+                        help="runs at once (default: the cluster's GPUs / --gpus-per-run, or its CPUs + 1 for CPU runs)")
     parser.add_argument("--gpus-per-run", type=int, default=0, help="GPU workers per pretraining run (0: one CPU worker)")
     parser.add_argument("--on-bad-row", choices=("raise", "skip"), default="raise",
                         help="a pretraining row that cannot be decoded or labelled: fail the run at once (raise), or "
