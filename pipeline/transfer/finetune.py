@@ -178,9 +178,9 @@ def select_lr_on_tune(target: Target, data_path: str, dataset: str, settings: Fi
     tuner = tune.Tuner(
         tune.with_resources(_tune_trial, resources),
         param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
-        # reuse_actors: the grid's trials run one after another in the same process (Ray's default
-        # starts a new one per trial: ~3.5 s each for Python, torch and MLflow on this 2-core machine;
-        # bench/RESULTS.md "Fine-tuning trials"); a failed trial still gets a fresh one
+        # reuse_actors: the grid's trials run one after another in the same process (Ray 2.60's default
+        # starts one per trial: 3 trials that import torch and MLflow and return took 15.5 s so, 4.5 s
+        # in one process, on the 2-core dev machine); a failed trial still gets a fresh one
         tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=target.max_concurrent,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=name, **store.ray_storage(target.storage), verbose=0))  # each trial prints one line itself
