@@ -246,8 +246,9 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
     return fits
 
 
-# Seconds per bootstrap refit on one core of the dev machine (bench/RESULTS.md, "Report time"): the
-# saturating form's 4 bounded parameters take ~10x the power law's iterations.
+# Seconds per bootstrap refit on one core of the dev machine (measured for issue 15; bench/RESULTS.md,
+# "The tiny study end to end"): the saturating form's 4 bounded parameters take ~10x the power law's
+# iterations.
 REFIT_SECONDS = {"power": 0.0015, "saturating": 0.016}
 PARALLEL_FROM_S = 4.0   # refits expected to take longer than this run on every core (a pool costs ~1 s to start)
 _pool = None
@@ -426,8 +427,13 @@ def reached_errors(f: Fit, compute_range: tuple[float, float]) -> tuple[float, f
 
 def common_errors(x: FamilyFit, y: FamilyFit, points: int = 50) -> np.ndarray | None:
     """Errors both families' fitted curves reach within their measured compute (log-spaced)."""
-    fx, fy = x.best()[0], y.best()[0]
-    (lx, hx), (ly, hy) = reached_errors(fx, x.compute_range), reached_errors(fy, y.compute_range)
+    return shared_errors(x.best()[0], x.compute_range, y.best()[0], y.compute_range, points)
+
+
+def shared_errors(fx: Fit, range_x: tuple[float, float], fy: Fit, range_y: tuple[float, float],
+                  points: int = 50) -> np.ndarray | None:
+    """Errors both curves reach within their compute ranges (log-spaced); None if they share none."""
+    (lx, hx), (ly, hy) = reached_errors(fx, range_x), reached_errors(fy, range_y)
     lo, hi = max(lx, ly), min(hx, hy)
     if not lo < hi:
         return None

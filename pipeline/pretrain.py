@@ -291,8 +291,7 @@ class Probes:
     every N steps): at every validation step and at the end, rank 0 fits the paper's linear
     few-shot probes (``pipeline.fewshot``) on the current model's features of the largest shot's
     count of examples per class of each dataset's train split (drawn once per run:
-    ``features.probe_sets``), scores its
-    whole test split, and logs ``curve/fewshot/<name>/<k>shot`` with ``curve/exaflops`` (the compute
+    ``features.probe_sets``), scores its whole test split, and logs ``curve/fewshot/<name>/<k>shot`` with ``curve/exaflops`` (the compute
     spent so far) at that step. The images are held in memory: meant for small downstream sets
     (digits, Pets, Flowers), not ImageNet."""
     datasets: tuple[tuple[str, str], ...] = ()   # (name, location)

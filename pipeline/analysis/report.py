@@ -452,13 +452,20 @@ def family_points(long: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]
     return out
 
 
+def fit_families(points: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int = 0, n_boot: int = 1000,
+                 level: float = LEVEL) -> dict[str, scaling.FamilyFit]:
+    """Every family's fit (``fit_family``) from ``family_points``, one generator in family order."""
+    rng = np.random.default_rng(seed)
+    return {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=n_boot, level=level)
+            for family, (compute, accuracy) in points.items()}
+
+
 def scaling_fits(long: pd.DataFrame, metric_label: str, *, seed: int = 0, n_boot: int = 1000,
                  level: float = LEVEL) -> tuple[dict[str, scaling.FamilyFit], list[dict]]:
     """Fits per family on one metric, and the compute multiplier of every pair of fitted families
     (in the paper's order: how much more compute than ViT the others need)."""
-    rng = np.random.default_rng(seed)
-    family_fits = {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=n_boot, level=level)
-                   for family, (compute, accuracy) in family_points(long[long["metric"] == metric_label]).items()}
+    family_fits = fit_families(family_points(long[long["metric"] == metric_label]), seed=seed, n_boot=n_boot,
+                               level=level)
     order = list(family_fits)
     multipliers = []
     for i, y in enumerate(order):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline import fits as scaling
-from pipeline.analysis.report import LEVEL, family_points, study_basis
+from pipeline.analysis.report import LEVEL, family_points, fit_families, study_basis
 from pipeline.analysis.table import family_name
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, plan
 from pipeline.spec import Study
@@ -180,13 +180,6 @@ def _gradient(value, state: FamilyState) -> np.ndarray:
     return grad
 
 
-def _errors(x: FamilyState, y: FamilyState) -> np.ndarray | None:
-    """The errors both curves reach within their measured compute (``fits.common_errors``)."""
-    (lx, hx), (ly, hy) = (scaling.reached_errors(s.curve, s.compute_range) for s in (x, y))
-    lo, hi = max(lx, ly), min(hx, hy)
-    return np.geomspace(lo, hi, 50) if lo < hi else None
-
-
 def log_interval(world: World, target: Target, noise: float, level: float) -> tuple[float, float]:
     """(log of the target's estimate, log width hi / lo of its ``level`` interval) in ``world``, by
     the delta method with a t quantile on the residual degrees of freedom; NaN where the target is
@@ -198,7 +191,7 @@ def log_interval(world: World, target: Target, noise: float, level: float) -> tu
         estimate, df = math.log(float(state.curve.error(target.compute))), state.df
     else:
         x, y = world[target.x], world[target.y]
-        errors = _errors(x, y)
+        errors = scaling.shared_errors(x.curve, x.compute_range, y.curve, y.compute_range)
         if errors is None:
             return math.nan, math.nan
         estimate = math.log(scaling.multiplier(x.curve, y.curve, errors))
@@ -235,14 +228,6 @@ def too_few_message(family_fits: dict[str, scaling.FamilyFit]) -> str:
             f"(the power law) before runs can be suggested; distinct compute values now: {have}")
 
 
-def fit_families(points: dict[str, tuple[np.ndarray, np.ndarray]], settings: SuggestSettings
-                 ) -> dict[str, scaling.FamilyFit]:
-    """Every family's fit as the report makes it (``fit_family``; one generator in family order)."""
-    rng = np.random.default_rng(settings.seed)
-    return {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=settings.n_boot,
-                                       level=settings.level) for family, (compute, accuracy) in points.items()}
-
-
 def bootstrap_interval(family_fits: dict[str, scaling.FamilyFit], target: Target) -> tuple[float, float, float]:
     """(estimate, lo, hi) of a target as the report states it (its bootstrap interval)."""
     if target.kind == "multiplier":
@@ -257,7 +242,7 @@ def suggest(points: dict[str, tuple[np.ndarray, np.ndarray]], candidates: list[C
             settings: SuggestSettings = SuggestSettings()) -> Advice:
     """The K candidates (greedily) that most narrow the targets' intervals, from each family's
     points {family: (exaFLOPs, accuracy as a fraction)}. SuggestError when no family can be fitted."""
-    family_fits = fit_families(points, settings)
+    family_fits = fit_families(points, seed=settings.seed, n_boot=settings.n_boot, level=settings.level)
     fitted = {f: ff for f, ff in family_fits.items() if ff.best() is not None}
     if not fitted:
         raise SuggestError(too_few_message(family_fits))
