@@ -23,15 +23,15 @@ The data of presets with a ``synth`` dataset (``tiny``, ``smoke``) is generated 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from pipeline import console, tracking
 from pipeline import storage as store
-from pipeline import tracking
 from pipeline.cli import Interrupted
-from pipeline.raycluster import ensure_ray
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
 
 if TYPE_CHECKING:  # pretraining (torch) is imported where runs train, not by the driver
@@ -103,7 +103,8 @@ def synth_target(preset: Preset, storage: str) -> str:
     return store.join(storage, "data", preset.dataset.name)
 
 
-def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True) -> str:
+def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True,
+                 emit: Callable[[str], None] = print) -> str:
     """The pretraining dataset's location: ``data`` when given (its name must be the preset's),
     or the preset's synthetic data, generated under ``<storage>/data/<name>`` on first use."""
     from pipeline.data import DataError, open_dataset
@@ -112,7 +113,7 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
         target = synth_target(preset, storage)
         if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
             from pipeline.data.synth import generate
-            print(f"[study] generating the synthetic dataset {name!r} in {target} (first use)", flush=True)
+            emit(f"[study] generating the synthetic dataset {name!r} in {target} (first use)")
             generate(target, preset.dataset.synth, progress=progress)
         data = target
     try:
@@ -145,7 +146,7 @@ def check_size(preset: Preset, data: str, rows: int) -> None:
                          f"is {rows}")
 
 
-def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
+def prepare_downstream(plan: TransferPlan, storage: str, progress: bool = True) -> dict[str, str]:
     """{name: location} of every downstream set of the plan: ``<storage>/data/<name>`` (a folder
     or a URI) or a built-in one (digits), made there on first use."""
     from pipeline.transfer import builtin_dataset, datasets_of, evaluators_for
@@ -153,7 +154,8 @@ def prepare_downstream(plan: TransferPlan, storage: str) -> dict[str, str]:
     paths = {}
     for name in datasets_of(evaluators_for(plan)):
         candidate = store.join(root, name)
-        paths[name] = candidate if store.is_file(store.join(candidate, "manifest.json")) else builtin_dataset(name, root)
+        paths[name] = candidate if store.is_file(store.join(candidate, "manifest.json")) else \
+            builtin_dataset(name, root, progress)
         if paths[name] is None:
             raise StudyError(f"downstream dataset {name!r} is not in {root}: convert it there first "
                              f"(`python -m pipeline.data convert --help`; the folder must be {candidate})")
@@ -188,6 +190,7 @@ class ChainContext:
     gpus: int
     study_run_id: str
     on_bad_row: str = "raise"
+    system_metrics: bool = True
 
 
 def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
@@ -200,14 +203,16 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
         run_id, checkpoint, resumed = previous.run_id, previous.checkpoint_uri, "finished"
     else:
         out = pretrain(spec, ctx.data_path, storage=ctx.storage, tracking_uri=uri,
-                       launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0, on_bad_row=ctx.on_bad_row),
+                       launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0, on_bad_row=ctx.on_bad_row,
+                                     system_metrics=ctx.system_metrics),
                        hooks=Hooks(probes=curve_probes(ctx)), finish=False,
                        parent_run_id=ctx.study_run_id)
         run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
         if not out["done"]:
             raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
     pretrain_s = time.perf_counter() - start
-    target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True)
+    target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True,
+                    label=spec.label)
     with tracking.lease(uri, run_id):  # one writer: another live study holding it raises RunHeld
         tracking.reopen_run(uri, run_id)
         try:
@@ -236,29 +241,61 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class Progress:
-    """Runs done/total and an ETA from the work finished so far in this session. A run's share of
-    the work is taken as half a fixed cost per run and half its compute (exaFLOPs): tiny runs are
-    mostly start-up time, paper-scale runs mostly compute."""
+def run_cost(seconds: dict[str, float], exaflops: dict[str, float]) -> Callable[[float], float] | None:
+    """A run's seconds as a function of its exaFLOPs, from the runs finished so far: a fixed cost
+    plus a cost per exaFLOP, fitted by non-negative least squares once two runs of different
+    compute have finished (tiny runs are mostly start-up time, paper-scale runs mostly compute);
+    with one compute size only, half of each. None before any run has finished."""
+    import numpy as np
+    from scipy.optimize import nnls
+    if not seconds:
+        return None
+    x = np.array([exaflops[k] for k in seconds])
+    y = np.array(list(seconds.values()))
+    if np.ptp(x) > 0:
+        (fixed, per_exaflop), _ = nnls(np.stack([np.ones_like(x), x], axis=1), y)
+    else:
+        fixed = y.mean() / 2 if x[0] > 0 else y.mean()
+        per_exaflop = y.mean() / 2 / x[0] if x[0] > 0 else 0.0
+    return lambda e: fixed + per_exaflop * e
 
-    def __init__(self, exaflops: dict[str, float], done: set[str], emit: Callable[[str], None]):
-        total = sum(exaflops.values()) or 1.0
-        self.weights = {k: 0.5 / len(exaflops) + 0.5 * e / total for k, e in exaflops.items()}
-        self.emit, self.start = emit, time.perf_counter()
-        self.done, self.failed, self.done_now = set(done), set(), 0.0
+
+class Progress:
+    """Runs done/total and an ETA. The ETA is the predicted seconds of the runs left (:func:`run_cost`
+    fitted on this session's finished runs, less what running ones have already spent), shared by
+    ``limit`` runs at once, and never less than the longest of them."""
+
+    def __init__(self, specs: list[RunSpec], exaflops: dict[str, float], done: set[str], board, limit: int):
+        self.exaflops, self.board, self.limit = exaflops, board, limit
+        self.total, self.start = len(specs), time.perf_counter()
+        self.done, self.failed = set(done), set()
+        self.left = {s.id for s in specs} - self.done
+        self.seconds: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+
+    def eta(self) -> float | None:
+        cost = run_cost(self.seconds, self.exaflops)
+        if cost is None or not self.left:
+            return None if self.left else 0.0
+        now = time.perf_counter()
+        remaining = [max(cost(self.exaflops[k]) - (now - self.started.get(k, now)), 0.0) for k in self.left]
+        return max(sum(remaining) / self.limit, max(remaining))
 
     def line(self, running: int, note: str = "") -> None:
-        elapsed = time.perf_counter() - self.start
-        left = sum(w for k, w in self.weights.items() if k not in self.done | self.failed)
-        eta = f"ETA {_clock(left * elapsed / self.done_now)}" if self.done_now > 0 and left else \
-            ("ETA -" if left else "ETA 0s")
+        eta = self.eta()
         failed = f", {len(self.failed)} failed" if self.failed else ""
-        self.emit(f"[study] {len(self.done)}/{len(self.weights)} runs done{failed}, {running} running, "
-                  f"elapsed {_clock(elapsed)}, {eta}{note}")
+        self.board.line(f"[study] {len(self.done)}/{self.total} runs done{failed}, {running} running, elapsed "
+                        f"{_clock(time.perf_counter() - self.start)}, ETA {'-' if eta is None else _clock(eta)}{note}")
 
-    def finished(self, run: str, ok: bool) -> None:
-        (self.done if ok else self.failed).add(run)
-        self.done_now += self.weights[run] if ok else 0.0
+    def launched(self, spec: RunSpec) -> None:
+        self.started[spec.id] = time.perf_counter()
+
+    def finished(self, spec: RunSpec, ok: bool, seconds: float | None = None) -> None:
+        (self.done if ok else self.failed).add(spec.id)
+        self.left.discard(spec.id)
+        if ok and seconds is not None:
+            self.seconds[spec.id] = seconds
+        self.board.run_ended(spec.label)
 
 
 @dataclass(frozen=True)
@@ -270,6 +307,9 @@ class StudyOptions:
     report: bool = True
     heartbeat_s: float = 60.0
     on_bad_row: str = "raise"   # pretraining rows that cannot be read: "raise" | "skip" (counted)
+    quiet: bool = False         # the study's own lines only (no steps, no transfer results)
+    bars: bool | None = None    # a progress bar per run (None: when stdout is a terminal)
+    system_metrics: bool = True  # CPU, memory (and GPU) of pretraining workers in MLflow
 
     def check(self) -> None:
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -279,11 +319,11 @@ class StudyOptions:
 
 
 def run_study(study: Study, preset: str, *, storage: str, data: str | None = None, tracking_uri: str | None = None,
-              options: StudyOptions = StudyOptions(), emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+              options: StudyOptions = StudyOptions()) -> dict[str, Any]:
     """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
-    listed there, in the report and on their MLflow runs."""
+    listed there, in the report and on their MLflow runs. The console shows the study's lines and
+    what its runs say (``pipeline.console``)."""
     from pipeline.planning import plan as study_plan
-    emit = emit or (lambda text: print(text, flush=True))
     options.check()
     p = study.preset(preset)
     storage = resolve_storage(storage)
@@ -301,15 +341,29 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                 "planned_exaflops": planned["totals"]["exaflops"]})
     # One driver per study: a second one started while this one lives is refused with its name
     # (after a kill, the next one takes over at once: a dead holder's lease is taken).
-    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"):
-        ctx = ChainContext(data_path=data or prepare_data(p, None, storage), storage=storage, tracking_uri=uri,
-                           downstream=prepare_downstream(p.transfer, storage), transfer=p.transfer,
-                           gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row)
-        return drive_study(study, preset, ctx, planned, options, emit)
+    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"), \
+            console.Board(quiet=options.quiet, bars=options.bars) as board:
+        board.line(f"[study] {ray_where()}")
+        bars = sys.stderr.isatty() and not options.quiet  # data made on first use: a bar in a terminal only
+        ctx = ChainContext(data_path=data or prepare_data(p, None, storage, bars, emit=board.line), storage=storage,
+                           tracking_uri=uri, downstream=prepare_downstream(p.transfer, storage, bars), transfer=p.transfer,
+                           gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
+                           system_metrics=options.system_metrics)
+        return drive_study(study, preset, ctx, planned, options, board)
+
+
+def ray_where() -> str:
+    """Which Ray the study runs on, and where what its workers print goes."""
+    import ray
+    address = os.environ.get("RAY_ADDRESS")
+    where = f"the Ray cluster at {address}" if address and address not in ("auto", "local") else "Ray"
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    return (f"on {where} ({nodes} node(s), {int(ray.cluster_resources().get('CPU', 0))} CPUs); the workers' own "
+            "output and Ray's notes are in Ray's logs (/tmp/ray/session_latest/logs on each node)")
 
 
 def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str, Any], options: StudyOptions,
-                emit: Callable[[str], None]) -> dict[str, Any]:
+                board: console.Board) -> dict[str, Any]:
     """The study's runs on Ray (those not done yet), then its report."""
     uri, study_run, gpus, specs = ctx.tracking_uri, ctx.study_run_id, ctx.gpus, study.expand(preset)
     previous = tracking.spec_runs(uri, study.name)
@@ -318,21 +372,20 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     # the most compute first (longest-processing-time order): the study does not end with its
     # longest run alone on the cluster while the rest of it idles
     todo = sorted((s for s in specs if s.id not in done), key=lambda s: -exaflops.get(s.id, 0.0))
-    ensure_ray()
     limit = options.max_concurrent or default_concurrency(gpus)
-    progress = Progress(exaflops, done, emit)
+    progress = Progress(specs, exaflops, done, board, limit)
     try:  # from the line that says what will run, Ctrl-C is answered by `stopped`
-        emit(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
-             f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
-             f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
+        board.line(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
+                   f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
+                   f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
         results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
     except KeyboardInterrupt:
-        stopped(uri, study.name, {s.id for s in todo}, study_run, emit)
+        stopped(uri, study.name, {s.id for s in todo}, study_run, board.line)
         raise Interrupted from None
     summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
                "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
                "storage": ctx.storage, "results": results}
-    return finish_study(study, preset, summary, report=options.report, emit=emit)
+    return finish_study(study, preset, summary, report=options.report, emit=board.line)
 
 
 def stopped(uri: str, study: str, spec_ids: set[str], study_run: str, emit: Callable[[str], None]) -> None:
@@ -363,6 +416,7 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
         while queue and len(pending) < limit:
             spec = queue.pop(0)
             pending[chain.remote(spec, ctx, previous.get(spec.id))] = spec
+            progress.launched(spec)
 
     launch()
     while pending:
@@ -373,12 +427,12 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
             spec = pending.pop(ref)
             try:
                 results[spec.id] = ray.get(ref)
-                progress.finished(spec.id, True)
-                note = f" ({spec.model_name} finished in {_clock(results[spec.id]['seconds'])})"
+                progress.finished(spec, True, results[spec.id]["seconds"])
+                note = f" ({spec.label} finished in {_clock(results[spec.id]['seconds'])})"
             except Exception as err:  # one failed run does not stop the study
                 failures[spec.id] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
-                progress.finished(spec.id, False)
-                note = f" ({spec.model_name} {spec.id} FAILED: {failures[spec.id]})"
+                progress.finished(spec, False)
+                note = f" ({spec.label} [{spec.id}] FAILED: {failures[spec.id]})"
             launch()
             progress.line(len(pending), note)
     return results, failures

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline import cli, compute, tracking
+from pipeline import cli, compute, console, tracking
 from pipeline import storage as store
 from pipeline.fewshot import DEFAULT_SHOTS
 from pipeline.planning import RunNumbers, run_numbers
@@ -283,6 +283,7 @@ class PretrainPlan:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     checksum_marks: str | None = None  # where shards whose checksum was checked are marked (None: not checked)
+    system_metrics: bool = True  # rank 0 logs MLflow's system metrics (tracking.system_metrics)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ class Launch:
     max_failures: int = 3
     in_process: bool = False
     on_bad_row: str = "raise"   # a row that cannot be decoded or labelled: "raise" (stop at once) | "skip" (count it)
+    system_metrics: bool = True  # rank 0 logs its machine's CPU, memory (GPU) use to MLflow every 10 s
 
 
 class Trainer:
@@ -523,8 +525,8 @@ class Progress:
         self.loss, self.grad_norm = (torch.zeros((), dtype=torch.float32, device=device) for _ in range(2))
         self.steps, self.skipped, self.start = 0, 0, time.perf_counter()
 
-    def _print(self, text: str) -> None:
-        print(f"[pretrain {self.plan.spec.id}] {text}", flush=True)
+    def _print(self, text: str, **progress: int) -> None:
+        console.say(self.plan.spec.label, text, **progress)
 
     def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, batch) -> None:
         self.loss += loss
@@ -545,6 +547,7 @@ class Progress:
                    "throughput/images_per_s": images_per_s, "throughput/tflops": achieved,
                    "compute/images_seen": step * batch,
                    "compute/exaflops": compute.pretrain_exaflops(macs, step * batch),
+                   "compute/gflops": compute.pretrain_exaflops(macs, step * batch) * GFLOPS_PER_EXAFLOP,
                    "pretrain/epoch": step / self.plan.numbers.steps_per_epoch}
         if self.peak:
             metrics["throughput/mfu"] = achieved / (self.peak * self.world)
@@ -567,7 +570,8 @@ class Progress:
             val = f" val_prec1 {metrics['pretrain/val_prec1']:.3f}" if "pretrain/val_prec1" in metrics else ""
             val += f" skipped rows {metrics['data/skipped_rows']}" if metrics.get("data/skipped_rows") else ""
             self._print(f"step {step}/{self.plan.numbers.steps} loss {metrics['pretrain/loss']:.4f} "
-                        f"lr {metrics['pretrain/lr']:.2e} {metrics['throughput/images_per_s']:.1f} img/s{val} eta {eta:.0f}s")
+                        f"lr {metrics['pretrain/lr']:.2e} {metrics['throughput/images_per_s']:.1f} img/s{val} eta {eta:.0f}s",
+                        step=step, total=self.plan.numbers.steps)
 
     def flush(self) -> None:
         if self.logger is not None:
@@ -587,6 +591,18 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
     trainer.check_shards()
     stop_at = min(total, hooks.stop_after_steps or total)
     progress = Progress(plan, trainer, stop_at)
+    monitored = plan.system_metrics and session.rank == 0 and plan.mlflow_run_id is not None
+    with tracking.system_metrics(plan.tracking_uri, plan.mlflow_run_id, enabled=monitored):
+        train_steps(plan, trainer, session, hooks, progress, stop_at)
+    progress.flush()
+    return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,
+            "resumed_from": trainer.resumed_from, "best": trainer.best, "skipped_rows": progress.skipped_total}
+
+
+def train_steps(plan: PretrainPlan, trainer: Trainer, session: RaySession | LocalSession, hooks: Hooks,
+                progress: Progress, stop_at: int) -> None:
+    """The loop itself: steps, and at their intervals logs, validation, probes and checkpoints."""
+    recipe, total = plan.spec.recipe, plan.numbers.steps
     while trainer.step < stop_at:
         for batch in trainer.batches():
             if hooks.on_batch is not None:
@@ -602,9 +618,6 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
                 trainer.save({"step": step, **metrics})
             if last:
                 break
-    progress.flush()
-    return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,
-            "resumed_from": trainer.resumed_from, "best": trainer.best, "skipped_rows": progress.skipped_total}
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -633,14 +646,21 @@ def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
                         numbers=run_numbers(spec, rows, dataset.num_classes), micro_batch=micro,
                         accum_steps=per_rank // micro, base_lr=base_lr, base_lr_source=lr_source,
                         val_split="val" if "val" in dataset.splits else None, subset=subset,
-                        on_bad_row=launch.on_bad_row)
+                        on_bad_row=launch.on_bad_row, system_metrics=launch.system_metrics)
+
+
+GFLOPS_PER_EXAFLOP = 1e9  # compute/gflops: micro runs read 443.5, not 4.435e-07 cut off in MLflow's table
 
 
 def run_params(plan: PretrainPlan, workers: int) -> dict[str, Any]:
-    """Flat params, named identically across runs (MLflow compare view and scatter plots)."""
+    """Flat params, named identically across runs (MLflow compare view and scatter plots). Epochs
+    and steps are both numbers whichever the study file gave; compute is in GFLOPs and exaFLOPs."""
     spec, r, n = plan.spec, plan.spec.recipe, plan.numbers
+    exaflops = n.exaflops
     return {"run_spec_id": spec.id, "model": spec.model_name, "family": spec.family, "dataset": spec.dataset,
-            "subset": spec.subset, "subset_images": n.subset_images, "epochs": spec.epochs, "steps": n.steps,
+            "subset": spec.subset, "subset_images": n.subset_images, "length": spec.length,
+            "epochs": f"{n.images_seen / n.subset_images:.4g}", "steps": n.steps,
+            "exaflops": f"{exaflops:.4g}", "gflops": f"{exaflops * GFLOPS_PER_EXAFLOP:.4g}",
             "batch_size": r.batch_size, "base_lr": plan.base_lr, "base_lr_source": plan.base_lr_source,
             "warmup_steps": r.warmup_steps, "decay": r.decay, "weight_decay": r.weight_decay,
             "grad_clip": r.grad_clip, "image_size": r.image_size, "dropout": r.dropout, "seed": spec.seed,
@@ -686,8 +706,8 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
                 raise permanent from None
             if attempt == launch.max_failures:
                 raise
-            print(f"[pretrain {plan.spec.id}] attempt {attempt + 1} failed ({cli.one_line(err)[:300]}); resuming from "
-                  f"its last checkpoint ({launch.max_failures - attempt} retries left)", flush=True)
+            console.say(plan.spec.label, f"pretraining attempt {attempt + 1} failed ({cli.one_line(err)[:300]}); "
+                        f"resuming from its last checkpoint ({launch.max_failures - attempt} retries left)")
     summary = dict(getattr(result, "return_value", None) or {})
     checkpoint_uri = store.with_scheme_of(storage, result.checkpoint.path) if result.checkpoint else None
     return summary, checkpoint_uri
@@ -707,12 +727,28 @@ def start_tracking(plan: PretrainPlan, storage: str, tracking_uri: str, launch: 
     spec = plan.spec
     tracking.init_store(tracking_uri)
     run_id = tracking.start_run(
-        tracking_uri, spec.study, spec.id, run_name=f"{spec.model_name} {spec.subset} {spec.id}",
-        tags={"family": spec.family, "model": spec.model_name, "subset": spec.subset,
-              "epochs": spec.epochs if spec.epochs is not None else f"{spec.steps} steps"},
+        tracking_uri, spec.study, spec.id, run_name=spec.label,
+        tags={"family": spec.family, "model": spec.model_name, "subset": spec.subset, "length": spec.length,
+              **tracking.source_tags()},
         params=run_params(plan, launch.workers), artifact_root=store.join(storage, "artifacts"),
         parent_run_id=parent_run_id)
+    record_inputs(plan, tracking_uri, run_id)
     return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+
+
+def record_inputs(plan: PretrainPlan, tracking_uri: str, run_id: str) -> None:
+    """What the run is made of, on its MLflow run: the resolved RunSpec and plan numbers
+    (run_spec.json) and the pretraining data as a dataset input (manifest digest, subset)."""
+    from pipeline.data import open_dataset
+    spec, n = plan.spec, plan.numbers
+    tracking.log_json(tracking_uri, run_id, {"id": spec.id, "spec": spec.model_dump(mode="json"),
+                                             "numbers": dataclasses.asdict(n), "base_lr": plan.base_lr,
+                                             "base_lr_source": plan.base_lr_source, "subset": plan.subset},
+                      "run_spec.json")
+    dataset = open_dataset(plan.data_path)
+    tracking.log_datasets(tracking_uri, run_id, [tracking.DatasetRecord(
+        dataset.name, plan.data_path, dataset.digest, "pretrain",
+        {"split": "train", "subset": spec.subset, "subset_images": n.subset_images})])
 
 
 def checksum_marks(storage: str, data_path: str) -> str:
@@ -752,14 +788,15 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
 
 
 # CLI flag -> (Recipe field, type); the defaults and help are the Recipe's own, said once there.
+# Flags are the fields' names (--base-lr is params.base_lr in MLflow); --lr is kept as an alias.
 RECIPE_FLAGS = {"--batch-size": ("batch_size", int), "--micro-batch-size": ("micro_batch_size", int),
-                "--lr": ("base_lr", float), "--warmup-steps": ("warmup_steps", int),
+                "--base-lr": ("base_lr", float), "--warmup-steps": ("warmup_steps", int),
                 "--weight-decay": ("weight_decay", float), "--image-size": ("image_size", int),
                 "--min-crop-area": ("min_crop_area", float), "--val-every": ("val_every", int),
                 "--checkpoint-every": ("checkpoint_every", int), "--log-every": ("log_every", int)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.pretrain",
                                      description="Pretrain one model on one dataset subset with Ray Train; "
                                                  "metrics go to MLflow. Re-running the same command resumes.")
@@ -767,25 +804,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="dataset folder (python -m pipeline.data synth ... makes one)")
     parser.add_argument("--subset", default="full", help="'full', a count (30M, 9000) or a fraction (0.1)")
     length = parser.add_mutually_exclusive_group(required=True)
-    length.add_argument("--epochs", type=float)
-    length.add_argument("--steps", type=int)
-    parser.add_argument("--workers", type=int, default=1)
+    length.add_argument("--epochs", type=float, help="passes over the subset (the paper's unit)")
+    length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers; the batch is split over them")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     for flag, (field, kind) in RECIPE_FLAGS.items():
         info = Recipe.model_fields[field]
         default = f" (default {info.default})" if info.default is not None else ""
-        parser.add_argument(flag, dest=field, type=kind, help=f"{info.description or field.replace('_', ' ')}{default}")
-    parser.add_argument("--compile", action="store_true")
+        aliases = ("--lr",) if field == "base_lr" else ()
+        parser.add_argument(flag, *aliases, dest=field, type=kind,
+                            help=f"{info.description or field.replace('_', ' ')}{default}")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (on GPUs)")
     parser.add_argument("--on-bad-row", choices=("raise", "skip"), default=Launch.on_bad_row,
                         help="a row that cannot be decoded or labelled: stop the run at once (raise), or drop it and "
                         "count it (skip: data/skipped_rows in MLflow)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--study", default="adhoc", help="MLflow experiment")
-    parser.add_argument("--storage", default="runs", help="checkpoints, Ray Train folders and the default MLflow DB")
+    parser.add_argument("--seed", type=int, default=0, help="weights' initialisation (the data order has the dataset's)")
+    parser.add_argument("--study", default="adhoc", help="MLflow experiment (default adhoc)")
+    parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"),
+                        help="checkpoints, Ray Train folders and the default MLflow DB (default $VIT_SCALING_STORAGE "
+                        "or ./runs)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                         help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line per logging window")
+    parser.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                        help="do not log the workers' CPU, memory and GPU use to MLflow (every 10 s)")
     cli.add_debug_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    console.quiet_libraries()
     try:
         model = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
         given = {field: getattr(args, field) for field, _ in RECIPE_FLAGS.values() if getattr(args, field) is not None}
@@ -799,9 +849,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec.base_lr()
     except ValueError:  # the message names the study key; here it is a flag
-        parser.error(f"Table 3 gives no learning rate for {spec.model_name}: give one with --lr")
-    summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
-                       launch=Launch(workers=args.workers, use_gpu=args.gpu, on_bad_row=args.on_bad_row))
+        parser.error(f"Table 3 gives no learning rate for {spec.model_name}: give one with --base-lr")
+    with console.Board(quiet=args.quiet):
+        summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
+                           launch=Launch(workers=args.workers, use_gpu=args.gpu, on_bad_row=args.on_bad_row,
+                                         system_metrics=args.system_metrics))
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

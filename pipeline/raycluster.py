@@ -12,11 +12,15 @@ TRAIN_HEALTH_CHECK_S = "0.5"
 
 
 def ensure_ray(log_to_driver: bool = True) -> None:
-    """Connect to ``$RAY_ADDRESS``, or start a local Ray, unless this process is connected."""
+    """Connect to ``$RAY_ADDRESS``, or start a local Ray, unless this process is connected.
+    ``log_to_driver=False`` (a command showing its own console, ``pipeline.console``): the workers'
+    output and Ray's start-up notes stay in Ray's logs; Ray's errors still show."""
+    import logging
     import ray
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
-    ray.init(address=address, log_to_driver=log_to_driver)
+    ray.init(address=address, log_to_driver=log_to_driver,
+             logging_level=logging.INFO if log_to_driver else logging.ERROR)

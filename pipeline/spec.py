@@ -103,6 +103,16 @@ class RunSpec(Frozen):
         return model_spec(self.model).family
 
     @property
+    def length(self) -> str:
+        """How long it pretrains, as the study file says it: "7 epochs" or "400 steps"."""
+        return f"{self.epochs:g} epochs" if self.epochs is not None else f"{self.steps} steps"
+
+    @property
+    def label(self) -> str:
+        """The run's name for people (MLflow run name, console lines): model / subset / length."""
+        return f"{self.model_name} / {self.subset} / {self.length}"
+
+    @property
     def id(self) -> str:
         payload = self.model_dump(mode="json", exclude={"study"})
         payload["model"] = model_spec(self.model).to_dict() if isinstance(self.model, dict) else self.model

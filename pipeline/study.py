@@ -1,20 +1,18 @@
-"""The study front door: ``python -m pipeline.study NAME [--preset P] [--plan] [--json] [--report]
-[--data URI] [--storage URI] [--tracking-uri URI] [--max-concurrent N] [--gpus-per-run G]``.
+"""Run a scaling study, or show its plan, report or the next runs to make.
 
-Without ``--plan`` it runs the study on Ray (``pipeline.orchestrate``): every run pretrains, then
-transfers; re-running the same command skips finished runs and resumes the others. The last stage
-writes the report (``pipeline.analysis``); ``--report`` writes only that.
+Without --plan it runs the study on Ray: every run pretrains, then transfers (few-shot probes,
+fine-tuning); the same command again skips finished runs and resumes the others. The last stage
+writes the report; --report writes only that. The console shows one line per event, each named by
+its run (a progress bar per run in a terminal); Ray's own output stays in Ray's logs.
 
-``--plan`` launches nothing. It prints every run of the study: id, model, family, subset and its
-image count, epochs, params, pretraining exaFLOPs (``pipeline.compute``), the GPU-hours those
-need at a stated MFU and GPU peak, and each run's status in MLflow (done / partial / failed / new).
-``--list`` shows the studies and their presets.
+--plan launches nothing. It prints every run of the study: id, model, family, subset and its image
+count, epochs, params, pretraining exaFLOPs, the GPU-hours those need at a stated MFU and GPU peak,
+and each run's status in MLflow (done / partial / failed / new). --list shows the studies and their
+presets.
 
-``--suggest K`` launches nothing either. From the runs so far (the points the report fits on) and
-the preset's ``candidates:`` grid, it prints the K runs that most narrow the interval of the
-compute multiplier (or of each family's predicted accuracy, where no multiplier is available), as
-the delta method predicts it after each run, with their exaFLOPs and GPU-hours
-(``pipeline.analysis.suggest``).
+--suggest K launches nothing either. From the runs so far and the preset's candidates grid, it
+prints the K runs that most narrow the interval of the compute multiplier (or of each family's
+predicted accuracy, where no multiplier is available), with their exaFLOPs and GPU-hours.
 """
 from __future__ import annotations
 
@@ -23,20 +21,20 @@ import json
 import os
 import sys
 
-from pipeline import cli, tracking
+from pipeline import cli, console, tracking
 from pipeline import storage as store
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
 from pipeline.spec import list_studies, load_study
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="study name (see --list) or a study .yaml file")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default="tiny", help="which of the study's presets (see --list; default tiny)")
     parser.add_argument("--list", action="store_true", help="list studies and presets")
     parser.add_argument("--plan", action="store_true", help="print the runs, their compute and status; launch nothing")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print --plan, --suggest or the run's summary as JSON")
     parser.add_argument("--report", action="store_true", help="write the report of the runs so far; launch nothing")
     parser.add_argument("--suggest", type=int, metavar="K", help="print the K candidate runs that most narrow "
                         "the compute multiplier's interval; launch nothing")
@@ -54,9 +52,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="a pretraining row that cannot be decoded or labelled: fail the run at once (raise), or "
                         "drop it and count it (skip)")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU for GPU-hours")
-    parser.add_argument("--gpu-peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
+    parser.add_argument("--gpu-peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
+                        help=f"GPU peak for GPU-hours (default {DEFAULT_PEAK_TFLOPS:g}, an H100's dense bf16)")
+    parser.add_argument("--quiet", action="store_true", help="show the study's own lines only (runs started, "
+                        "finished, failed; the report), not every step and transfer result")
+    parser.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                        help="do not log the pretraining workers' CPU, memory and GPU use to MLflow (every 10 s)")
     cli.add_debug_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    console.quiet_libraries()
     if args.list:
         for name in list_studies():
             study = load_study(name)
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
         options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run,
-                                           on_bad_row=args.on_bad_row)
+                                           on_bad_row=args.on_bad_row, quiet=args.quiet,
+                                           system_metrics=args.system_metrics)
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         options=options)
     except orchestrate.StudyError as err:

@@ -229,13 +229,23 @@ def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[
                            f"tags.{RUN_SPEC_TAG} = '{run_spec_id}'", all_tags, run_name, params)
 
 
-def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Mapping[str, Any]) -> str:
+PARENT_SPEC_TAG = "parent_run_spec_id"  # a nested run's parent's RunSpec (run_spec_id marks RunSpec runs only)
+INHERITED_TAGS = ("model", "family", "subset", "length")
+
+
+def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Mapping[str, Any],
+                     run_name: str | None = None) -> str:
     """A child run of ``parent_run_id`` (shown nested in the MLflow UI), found again by ``key`` so
-    that an evaluation that is re-run or resumed never makes a second one."""
-    experiment = client(tracking_uri).get_run(parent_run_id).info.experiment_id
-    return _find_or_create(tracking_uri, experiment,
+    that an evaluation that is re-run or resumed never makes a second one. It carries its
+    parent's model, family, subset and length tags and RunSpec id (``parent_run_spec_id``), so that
+    a filter on a model shows its trials too, while its params and metrics have names of their own."""
+    parent = client(tracking_uri).get_run(parent_run_id)
+    tags = {"mlflow.parentRunId": parent_run_id, NESTED_KEY_TAG: key,
+            **{k: parent.data.tags[k] for k in INHERITED_TAGS if k in parent.data.tags},
+            **({PARENT_SPEC_TAG: parent.data.tags[RUN_SPEC_TAG]} if RUN_SPEC_TAG in parent.data.tags else {})}
+    return _find_or_create(tracking_uri, parent.info.experiment_id,
                            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.{NESTED_KEY_TAG} = '{key}'",
-                           {"mlflow.parentRunId": parent_run_id, NESTED_KEY_TAG: key}, key, params)
+                           tags, run_name or key, params)
 
 
 def start_study_run(tracking_uri: str, study: str, preset: str, *, params: Mapping[str, Any],
@@ -449,3 +459,81 @@ def log_files(tracking_uri: str, run_id: str, paths: Iterable[str | os.PathLike]
     """Files as artifacts of a run, under ``artifact_path``."""
     for path in paths:
         client(tracking_uri).log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_json(tracking_uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    """A mapping as a JSON artifact of a run (written again on a resumed run: the same content)."""
+    client(tracking_uri).log_dict(run_id, dict(data), artifact_file)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset a run used, as MLflow's dataset inputs show it: ``context`` says what for
+    (pretrain, fewshot, finetune, ...); ``profile`` what part (split, subset, rows)."""
+    name: str
+    location: str
+    digest: str
+    context: str
+    profile: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, dataset, context: str, **profile: Any) -> "DatasetRecord":
+        """From an opened ``pipeline.data`` dataset (its name, location and manifest digest)."""
+        return cls(dataset.name, dataset.root, dataset.digest, context, profile)
+
+
+def log_datasets(tracking_uri: str, run_id: str, datasets: Iterable[DatasetRecord]) -> None:
+    """The datasets as the run's inputs (the run page's Datasets section). MLflow keeps one entry
+    per (name, digest, context), so logging again on a resumed run adds nothing."""
+    import json
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="vit-scaling",
+                                   source=json.dumps({"uri": d.location}), profile=json.dumps(dict(d.profile))),
+                           tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
+    client(tracking_uri).log_inputs(run_id, datasets=inputs)
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """Where the code came from, as MLflow's source tags (shown on every run page): the git commit
+    of this checkout and whether it had uncommitted changes (``git_dirty``), when it is a git
+    checkout (a ``ray job submit`` working dir copy is not: then only the package version)."""
+    import subprocess
+    from importlib import metadata
+    tags = {"mlflow.source.type": "JOB", "mlflow.source.name": "pipeline",
+            "code_version": metadata.version("vit-scaling")}
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    try:
+        tags["mlflow.source.git.commit"] = git("rev-parse", "HEAD")
+        tags["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, enabled: bool = True, interval_s: float = 10.0):
+    """MLflow's system metrics of this machine (``system/cpu_utilization_percentage``, memory,
+    disk, network; GPU utilisation and memory where NVML sees a GPU) on the run every
+    ``interval_s`` while the block runs, continuing the steps a resumed run logged."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True,
+                                   tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+        last = monitor.aggregate_metrics()  # the samples since the last publish (MLflow drops them)
+        if last:
+            monitor.publish_metrics(last)
+            monitor.mlflow_logger.flush()

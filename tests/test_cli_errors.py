@@ -57,8 +57,8 @@ def mistakes(tmp_path: Path, small: str, truncated: str) -> dict[str, tuple[list
                                f"study file {tmp_path / 'nowhere.yaml'} does not exist (built-in studies: data, scaling)"),
         "storage under a file": (["pipeline.study", "scaling", "--preset", "smoke", "--storage", str(a_file / "runs")], 2,
                                  f"--storage {a_file / 'runs'}: cannot write to {a_file / 'runs'} (Not a directory)"),
-        "custom model without --lr": ([*pretrain, "--data", small], 2,
-                                      f"Table 3 gives no learning rate for {MICRO['vit']['name']}: give one with --lr"),
+        "custom model without --base-lr": ([*pretrain, "--data", small], 2,
+                                      f"Table 3 gives no learning rate for {MICRO['vit']['name']}: give one with --base-lr"),
         "truncated shard": ([*pretrain, "--lr", "1e-3", "--data", truncated, "--storage", str(tmp_path / "runs")], 1,
                             "DataError: dataset"),
         "unknown study": (["pipeline.study", "scalling", "--plan"], 2, "no study 'scalling'; available: data, scaling"),
@@ -70,7 +70,7 @@ def mistakes(tmp_path: Path, small: str, truncated: str) -> dict[str, tuple[list
     }
 
 
-CASES = ["study file missing", "storage under a file", "custom model without --lr", "truncated shard", "unknown study",
+CASES = ["study file missing", "storage under a file", "custom model without --base-lr", "truncated shard", "unknown study",
          "dead Ray address", "dead tracking server"]
 
 

@@ -197,7 +197,7 @@ def test_cli_maps_its_flags_onto_the_recipe(ray_cluster, synth, tmp_path, capsys
     Recipe's own defaults (Table 3's), which the CLI does not restate."""
     from pipeline.pretrain import main
     argv = ["--model", json.dumps(MICRO["vit"]), "--data", str(synth), "--steps", "4", "--workers", "2",
-            "--batch-size", "32", "--micro-batch-size", "8", "--lr", "0.002", "--warmup-steps", "2",
+            "--batch-size", "32", "--micro-batch-size", "8", "--base-lr", "0.002", "--warmup-steps", "2",
             "--image-size", "32", "--min-crop-area", "1.0", "--checkpoint-every", "2", "--val-every", "4",
             "--log-every", "2", "--storage", str(tmp_path)]
     assert main(argv) == 0

@@ -81,13 +81,16 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pret
     children = tracking.client(uri).search_runs(
         [tracking.client(uri).get_run(run_id).info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
-    dev = {float(r.data.params["lr"]): r.data.metrics for r in children if r.data.params["phase"] == "dev"}
-    final = [r for r in children if r.data.params["phase"] == "final"]
-    assert sorted(dev) == [0.01, 0.1, 0.3] and all(set(m) == {"dev_accuracy"} for m in dev.values())
-    assert len(final) == 1 and set(final[0].data.metrics) == {"test_accuracy"}
-    best = max(sorted(dev), key=lambda lr: dev[lr]["dev_accuracy"])
-    assert metrics["finetune/digits/best_lr"] == best == float(final[0].data.params["lr"])
-    assert final[0].data.metrics["test_accuracy"] == metrics["finetune/digits/acc"]
+    # Their params and metrics have names of their own (a filter on the parent's never mixes them).
+    dev = {float(r.data.params["finetune/lr"]): r.data.metrics for r in children
+           if r.data.params["finetune/phase"] == "dev"}
+    final = [r for r in children if r.data.params["finetune/phase"] == "final"]
+    assert sorted(dev) == [0.01, 0.1, 0.3] and all(set(m) == {"finetune/digits/dev_acc"} for m in dev.values())
+    assert len(final) == 1 and set(final[0].data.metrics) == {"finetune/digits/test_acc"}
+    assert not {"lr", "steps", "dataset", "batch_size"} & {p for r in children for p in r.data.params}
+    best = max(sorted(dev), key=lambda lr: dev[lr]["finetune/digits/dev_acc"])
+    assert metrics["finetune/digits/best_lr"] == best == float(final[0].data.params["finetune/lr"])
+    assert final[0].data.metrics["finetune/digits/test_acc"] == metrics["finetune/digits/acc"]
 
     # Re-running attaches to the same nested runs instead of making new ones (nested runs are
     # keyed by dataset, phase and LR, so a short re-run is enough to check it).

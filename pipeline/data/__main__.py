@@ -1,6 +1,6 @@
-"""Command line: ``python -m pipeline.data {synth,convert,digits,copy,verify,dedup} ...``.
+"""Make, convert, check, copy and deduplicate datasets: python -m pipeline.data COMMAND ...
 
-Every OUT and dataset path may be a folder or a URI (``s3://bucket/data/name``; endpoint and
+Every OUT and dataset path may be a folder or a URI (s3://bucket/data/name; endpoint and
 credentials from the standard AWS variables)."""
 from __future__ import annotations
 
@@ -76,37 +76,79 @@ def _dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+EXECUTOR_HELP = "where the work runs: auto (Ray when it is up, else processes), ray, processes, inline"
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_synth(sub)
+    add_convert(sub)
+
+    p = sub.add_parser("digits", help="scikit-learn's handwritten digits with a fixed train/test split")
+    p.add_argument("out", help="dataset folder or URI to write")
+    p.set_defaults(fn=_digits)
+
+    p = sub.add_parser("verify", help="check schema, row counts, checksums, labels, decodability")
+    p.add_argument("path", help="dataset folder or URI")
+    p.add_argument("--sample", type=int, default=16, help="images decoded per shard (default 16)")
+    p.add_argument("--full", action="store_true", help="decode every image")
+    p.add_argument("--no-checksums", action="store_true", help="skip the shards' SHA-256 checks")
+    p.set_defaults(fn=_verify)
+
+    p = sub.add_parser("copy", help="copy a dataset to another folder or URI (shards, then the manifest)")
+    p.add_argument("src", help="dataset folder or URI to copy")
+    p.add_argument("out", help="e.g. s3://BUCKET/vit-scaling/data/NAME (endpoint and keys: the AWS_* variables)")
+    p.set_defaults(fn=_copy)
+
+    p = sub.add_parser("dedup", help="exclude near-duplicates of downstream test images")
+    p.add_argument("pretrain", help="the pretraining dataset (its manifest records what is excluded)")
+    p.add_argument("--against", nargs="+", required=True,
+                   help="downstream datasets (their test split; DATASET:SPLIT for another split)")
+    p.add_argument("--max-distance", type=int, default=None,
+                   help="perceptual-hash Hamming distance for candidates (default 14 of 64)")
+    p.add_argument("--min-correlation", type=float, default=0.95,
+                   help="thumbnail correlation that confirms a candidate as a copy")
+    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto", help=EXECUTOR_HELP)
+    p.add_argument("--dry-run", action="store_true", help="report, don't write the manifest")
+    p.set_defaults(fn=_dedup)
+    cli.add_debug_flag(parser)
+    return parser
+
+
+def add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic JFT-like dataset (or downstream task)")
-    p.add_argument("out")
+    p.add_argument("out", help="dataset folder or URI to write")
     p.add_argument("--images", type=int, required=True, help="images (train split for tasks)")
-    p.add_argument("--classes", type=int, required=True)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--classes", type=int, required=True, help="classes (pretrain: multi-label over them)")
+    p.add_argument("--image-size", type=int, default=32, help="pixels per side (default 32)")
     p.add_argument("--shards", type=int, default=None, help="shards per split (default: 2000 images each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", choices=("pretrain", "novel", "count"), default="pretrain")
+    p.add_argument("--seed", type=int, default=0, help="images, labels and subset priorities (default 0)")
+    p.add_argument("--task", choices=("pretrain", "novel", "count"), default="pretrain",
+                   help="pretrain: multi-label, JFT-like; novel: one object of classes unseen in pretraining; count: "
+                        "the number of objects is the label")
     p.add_argument("--test-images", type=int, default=None, help="test split size for tasks")
     p.add_argument("--val-images", type=int, default=None,
                    help="held-out validation split (pretraining early stopping)")
-    p.add_argument("--label-noise", type=float, default=0.0)
+    p.add_argument("--label-noise", type=float, default=0.0, help="share of labels replaced at random (default 0)")
     p.add_argument("--zipf-exponent", type=float, default=1.0, help="long tail of class frequencies")
     p.add_argument("--class-offset", type=int, default=100,
                    help="novel: first class of the task in the synthetic class space")
-    p.add_argument("--max-objects", type=int, default=3)
+    p.add_argument("--max-objects", type=int, default=3, help="objects per image, at most (default 3)")
     p.add_argument("--style", choices=("shapes", "glyphs"), default="shapes",
                    help="shapes: coloured filled shapes (576 classes); glyphs: grey stroke figures "
                         "(10000 classes), whose features transfer to handwriting-like images")
-    p.add_argument("--encoding", choices=("png", "jpeg"), default=None)
-    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto")
+    p.add_argument("--encoding", choices=("png", "jpeg"), default=None, help="image encoding (default: png up to 64 px, else jpeg)")
+    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto", help=EXECUTOR_HELP)
     p.set_defaults(fn=_synth)
 
+
+def add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles or WebDataset tars")
-    p.add_argument("format", choices=("imagefolder", "cifar", "webdataset"))
-    p.add_argument("src")
-    p.add_argument("out")
+    p.add_argument("format", choices=("imagefolder", "cifar", "webdataset"), help="the source's layout")
+    p.add_argument("src", help="source folder (or tar files' folder)")
+    p.add_argument("out", help="dataset folder or URI to write")
     p.add_argument("--split", default=None,
                    help="split name to write (imagefolder/webdataset: default train; cifar: default all)")
     p.add_argument("--shards", type=int, default=None,
@@ -118,35 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip undecodable/unlabelled samples (counted and reported) instead of failing")
     p.set_defaults(fn=_convert)
 
-    p = sub.add_parser("digits", help="scikit-learn's handwritten digits with a fixed train/test split")
-    p.add_argument("out")
-    p.set_defaults(fn=_digits)
 
-    p = sub.add_parser("verify", help="check schema, row counts, checksums, labels, decodability")
-    p.add_argument("path")
-    p.add_argument("--sample", type=int, default=16, help="images decoded per shard")
-    p.add_argument("--full", action="store_true", help="decode every image")
-    p.add_argument("--no-checksums", action="store_true")
-    p.set_defaults(fn=_verify)
-
-    p = sub.add_parser("copy", help="copy a dataset to another folder or URI (shards, then the manifest)")
-    p.add_argument("src")
-    p.add_argument("out", help="e.g. s3://BUCKET/vit-scaling/data/NAME (endpoint and keys: the AWS_* variables)")
-    p.set_defaults(fn=_copy)
-
-    p = sub.add_parser("dedup", help="exclude near-duplicates of downstream test images")
-    p.add_argument("pretrain")
-    p.add_argument("--against", nargs="+", required=True,
-                   help="downstream datasets (their test split; DATASET:SPLIT for another split)")
-    p.add_argument("--max-distance", type=int, default=None,
-                   help="perceptual-hash Hamming distance for candidates (default 14 of 64)")
-    p.add_argument("--min-correlation", type=float, default=0.95,
-                   help="thumbnail correlation that confirms a candidate as a copy")
-    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto")
-    p.add_argument("--dry-run", action="store_true", help="report, don't write the manifest")
-    p.set_defaults(fn=_dedup)
-
-    cli.add_debug_flag(parser)
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     from pipeline.data.format import DataError
     from pipeline.storage import StorageError

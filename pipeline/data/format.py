@@ -243,6 +243,14 @@ class Dataset:
         return str(self.manifest.get("name") or storage.name(self.root))
 
     @property
+    def digest(self) -> str:
+        """The manifest's content hash (16 hex digits of SHA-256 over its canonical JSON): the same
+        dataset anywhere (a copy in an object store) has the same digest; any change of a shard
+        (its checksum is in the manifest), class or split changes it."""
+        canonical = json.dumps(self.manifest, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
     def num_classes(self) -> int:
         return int(self.manifest["num_classes"])
 

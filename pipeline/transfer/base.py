@@ -22,6 +22,12 @@ class Target:
     use_gpu: bool = False
     on_ray: bool = False                # few-shot probes as Ray tasks holding a CPU (or GPU), like trials
     max_concurrent: int | None = None   # fine-tuning trials at once (None: what fits)
+    label: str = ""                     # the run's name on the console (RunSpec.label); "" : the checkpoint's
+
+    @property
+    def name(self) -> str:
+        """What console lines about this target are named by."""
+        return self.label or f"checkpoint {self.checkpoint}"
 
     @property
     def recorded(self) -> bool:

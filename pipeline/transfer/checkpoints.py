@@ -68,7 +68,7 @@ def cached_features(model, checkpoint: str, data_path: str, split: str, image_si
     return x, y
 
 
-def builtin_dataset(name: str, data_root: str) -> str | None:
+def builtin_dataset(name: str, data_root: str, progress: bool = True) -> str | None:
     """The location of a built-in downstream set (``digits``), made under ``data_root`` (a folder
     or a URI) on first use; None for other names."""
     if name != "digits":
@@ -76,7 +76,7 @@ def builtin_dataset(name: str, data_root: str) -> str | None:
     target = store.join(data_root, "digits")
     if not store.is_file(store.join(target, "manifest.json")):  # written last: complete
         from pipeline.data.convert import convert_digits
-        convert_digits(target)
+        convert_digits(target, progress=progress)
     return target
 
 

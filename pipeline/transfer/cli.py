@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline import cli, tracking
+from pipeline import cli, console, tracking
 from pipeline import storage as store
 from pipeline.transfer.base import Target
 from pipeline.transfer.checkpoints import load_checkpoint, resolve_dataset
@@ -14,7 +14,7 @@ from pipeline.transfer.finetune import FineTune, FinetuneSettings
 from pipeline.transfer.registry import evaluate
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.transfer",
                                      description="Few-shot linear probes and fine-tuning of a pretrained checkpoint.")
     parser.add_argument("checkpoint", help="pretraining checkpoint folder (MLflow tag checkpoint_uri) or timm file")
@@ -23,22 +23,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fewshot", default=",".join(map(str, probe.shots)), help="shots, comma-separated ('' to skip)")
     parser.add_argument("--seeds", type=int, default=probe.seeds, help="random draws of the shots per class")
     parser.add_argument("--l2", default=",".join(map(str, probe.l2_regs)), help="L2 strengths, comma-separated")
-    parser.add_argument("--finetune", action="store_true")
-    parser.add_argument("--lrs", default=None, help="fine-tuning LR grid (default: Table 4's for the dataset)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--finetune", action="store_true", help="fine-tune (Table 4's recipe), the LR chosen on a dev "
+                        "slice with Ray Tune, then retrained and scored on test")
+    parser.add_argument("--lrs", default=None, help="fine-tuning LR grid, comma-separated (default: Table 4's for "
+                        "the dataset)")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: Table 4's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="fine-tuning batch (default 512)")
     parser.add_argument("--resolution", type=int, default=None, help="fine-tuning resolution (default: pretraining's)")
-    parser.add_argument("--dev-fraction", type=float, default=None)
+    parser.add_argument("--dev-fraction", type=float, default=None,
+                        help="share of the training split held out to choose the LR (default: by dataset size)")
     parser.add_argument("--min-crop-area", type=float, default=None,
                         help="inception crop's smallest area (default 0.05; 1.0 = flip only, for tiny images)")
     parser.add_argument("--timm", default=None, metavar="NAME", help="the checkpoint is a timm state dict of this model")
-    parser.add_argument("--storage", default="runs")
+    parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"),
+                        help="Ray Tune folders, feature caches, downstream data made on first use and the default "
+                        "MLflow DB (default $VIT_SCALING_STORAGE or ./runs)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                         help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
     parser.add_argument("--mlflow-run-id", default=None, help="pretraining run to attach results to")
-    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per probe and fine-tuning trial")
     cli.add_debug_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    console.quiet_libraries()
     try:
         shots = [int(s) for s in args.fewshot.split(",") if s.strip()]
         l2s = [float(s) for s in args.l2.split(",") if s.strip()]
@@ -57,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                   if args.finetune else None]
     target = Target(args.checkpoint, args.storage, tracking_uri=uri, run_id=args.mlflow_run_id,
                     timm_name=args.timm, use_gpu=args.gpu)
-    metrics = evaluate(target, [e for e in evaluators if e is not None], dict(datasets))
+    with console.Board():
+        metrics = evaluate(target, [e for e in evaluators if e is not None], dict(datasets))
     rows = list(metrics.items())
     width = max(len(k) for k, _ in rows) if rows else 10
     print(f"{'metric'.ljust(width)}  value")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import storage as store
-from pipeline import tracking
+from pipeline import console, tracking
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
@@ -122,7 +122,7 @@ def finetune_recorded(target: Target, data_path: str, dataset: str, lr: float, s
     """``finetune_once``, recorded (when the target has a run) as the nested MLflow run of its
     phase: one per LR on the dev slice, one for the final retrain scored on test."""
     dev = evaluate_on == "dev"
-    metric = "dev_accuracy" if dev else "test_accuracy"
+    metric = f"finetune/{dataset}/{'dev_acc' if dev else 'test_acc'}"
     run = None
     if target.recorded:
         key = f"finetune/{dataset}/dev/lr={lr}" if dev else f"finetune/{dataset}/final"
@@ -130,17 +130,31 @@ def finetune_recorded(target: Target, data_path: str, dataset: str, lr: float, s
         if recorded is not None:  # finished before an interruption: not trained again
             return {"accuracy": recorded, "examples": None, "seconds": 0.0, "reused": True,
                     "resolution": settings.resolution}
-        params = {"phase": "dev" if dev else "final", "dataset": dataset, "lr": lr,
-                  **{k: v for k, v in asdict(settings).items() if k != "lrs"}}
-        run = tracking.start_nested_run(target.tracking_uri, target.run_id, key=key, params=params)
+        run = start_trial_run(target, data_path, dataset, lr, settings, key, dev)
     out = finetune_once(target.checkpoint, data_path, lr, settings, evaluate_on=evaluate_on,
                         timm_name=target.timm_name)
     if run:
         tracking.MetricLogger(target.tracking_uri, run).log_now(settings.steps, {metric: out["accuracy"]})
         tracking.finish_run(target.tracking_uri, run)
-    print(f"[finetune {dataset}] lr {lr:g}: {evaluate_on} accuracy {out['accuracy']:.4f} "
-          f"({settings.steps} steps, {out['seconds']:.0f}s)", flush=True)
+    console.say(target.name, f"finetune {dataset} lr {lr:g}: {evaluate_on} accuracy {out['accuracy']:.4f} "
+                             f"({settings.steps} steps, {out['seconds']:.0f}s)")
     return out
+
+
+def start_trial_run(target: Target, data_path: str, dataset: str, lr: float, settings: FinetuneSettings, key: str,
+                    dev: bool) -> str:
+    """The nested MLflow run of one fine-tuning (a dev trial or the final retrain): named after its
+    model, params under ``finetune/``, the downstream dataset as its input."""
+    from pipeline.data import open_dataset
+    phase = "dev" if dev else "final"
+    params = {"finetune/phase": phase, "finetune/dataset": dataset, "finetune/lr": lr,
+              **{f"finetune/{k}": v for k, v in asdict(settings).items() if k != "lrs"}}
+    run = tracking.start_nested_run(target.tracking_uri, target.run_id, key=key, params=params,
+                                    run_name=f"{target.name} / finetune {dataset} / {phase} lr {lr:g}")
+    tracking.log_datasets(target.tracking_uri, run, [tracking.DatasetRecord.of(
+        open_dataset(data_path), "finetune", split="train", held_out=f"dev {settings.dev_fraction:g}" if dev else "none",
+        scored_on="dev" if dev else "test")])
+    return run
 
 
 def _tune_trial(config: dict) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from pipeline import tracking
+from pipeline import console, tracking
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.fewshot import FewShot
@@ -35,6 +35,14 @@ def expected_metrics(plan: TransferPlan) -> list[str]:
     return [key for e in evaluators_for(plan) for name in e.datasets for key in e.metric_keys(name)]
 
 
+def record_input(target: Target, protocol: str, path: str) -> None:
+    """A downstream dataset as an input of the target's run, its context the protocol's name."""
+    from pipeline.data import open_dataset
+    dataset = open_dataset(path)
+    tracking.log_datasets(target.tracking_uri, target.run_id, [tracking.DatasetRecord.of(
+        dataset, protocol, splits=",".join(dataset.splits))])
+
+
 def evaluate(target: Target, evaluators: Sequence[Evaluator], paths: Mapping[str, str], *,
              skip_recorded: bool = False) -> dict[str, float]:
     """Each evaluator on each of its datasets (``paths``: {name: location}); each result is logged
@@ -49,8 +57,12 @@ def evaluate(target: Target, evaluators: Sequence[Evaluator], paths: Mapping[str
                 prefix = f"{evaluator.name}/{name}/"
                 metrics.update({k: v for k, v in recorded.items() if k.startswith(prefix)})
                 continue
+            if target.recorded:
+                record_input(target, evaluator.name, paths[name])
             new = evaluator.run(target, name, paths[name])
             metrics.update(new)
+            console.say(target.name, ", ".join(f"{key} {value:.4g}" for key, value in new.items()
+                                               if not key.endswith("_std")))
             if target.recorded and new:
                 tracking.MetricLogger(target.tracking_uri, target.run_id).log_now(0, new)
     return metrics
