@@ -163,7 +163,8 @@ def model_counts(model: str | Mapping[str, Any] | ModelSpec, image_size: int = 2
     if key in cache:
         return cache[key]
     if progress:
-        print(f"counting forward MACs of {spec.name} at {image_size}px with fvcore ...", file=sys.stderr, flush=True)
+        print(f"[compute] counting forward MACs of {spec.name} at {image_size}px with fvcore (once: cached in "
+              f"{path.parent})", file=sys.stderr, flush=True)
     counts = _count_uncached(spec, image_size, num_classes)
     if use_cache:
         try:

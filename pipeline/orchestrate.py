@@ -318,6 +318,9 @@ class StudyOptions:
             raise StudyError(f"--gpus-per-run must be 0 (CPU) or more, got {self.gpus_per_run}")
 
 
+RUN_COLUMNS = ("model", "subset", "length", "steps", "epochs", "gflops")  # the runs table's view in MLflow
+
+
 def run_study(study: Study, preset: str, *, storage: str, data: str | None = None, tracking_uri: str | None = None,
               options: StudyOptions = StudyOptions()) -> dict[str, Any]:
     """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
@@ -339,17 +342,22 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         uri, study.name, preset, artifact_root=store.join(storage, "artifacts"),
         params={"study": study.name, "preset": preset, "runs": len(planned["runs"]), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
+    from pipeline.transfer import expected_metrics
+    view = tracking.set_runs_view(uri, study.name, preset, params=RUN_COLUMNS, order_by="compute/gflops",
+                                  metrics=["compute/gflops", "pretrain/val_prec1_best", *expected_metrics(p.transfer)])
     # One driver per study: a second one started while this one lives is refused with its name
     # (after a kill, the next one takes over at once: a dead holder's lease is taken).
-    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"), \
-            console.Board(quiet=options.quiet, bars=options.bars) as board:
-        board.line(f"[study] {ray_where()}")
-        bars = sys.stderr.isatty() and not options.quiet  # data made on first use: a bar in a terminal only
-        ctx = ChainContext(data_path=data or prepare_data(p, None, storage, bars, emit=board.line), storage=storage,
-                           tracking_uri=uri, downstream=prepare_downstream(p.transfer, storage, bars), transfer=p.transfer,
-                           gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
-                           system_metrics=options.system_metrics)
-        return drive_study(study, preset, ctx, planned, options, board)
+    bars = sys.stderr.isatty() and not options.quiet  # data made on first use: a bar in a terminal only
+    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"):
+        downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
+        with console.Board(quiet=options.quiet, bars=options.bars) as board:
+            board.line(f"[study] {ray_where()}")
+            board.line(f"[study] MLflow {uri}; in its UI, the runs with the columns that matter: {view}")
+            ctx = ChainContext(data_path=data or prepare_data(p, None, storage, bars, emit=board.line),
+                               storage=storage, tracking_uri=uri, downstream=downstream, transfer=p.transfer,
+                               gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
+                               system_metrics=options.system_metrics)
+            return drive_study(study, preset, ctx, planned, options, board)
 
 
 def ray_where() -> str:

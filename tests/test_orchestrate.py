@@ -1,7 +1,8 @@
 """The study front door end to end, as users run it: `python -m pipeline.study scaling --preset
 smoke` on local Ray, killed with SIGKILL mid-study, then run again. Real Ray, real SQLite MLflow,
 real Parquet data made on first use. (`ray job submit` to a `ray start --head` cluster, submitted
-twice, is in tests/test_cloud.py, with a worker node preempted.)"""
+twice, is in tests/test_cloud.py, with a worker node preempted.) The same two invocations' console
+output and the MLflow store they leave are then checked as a researcher reads them."""
 from __future__ import annotations
 
 import os
@@ -42,7 +43,7 @@ def spec_runs(storage: Path) -> dict[str, list]:
     found: dict[str, list] = {}
     for run in tracking.runs_of_study(tracking.default_tracking_uri(storage), "scaling"):
         spec_id = run.data.tags.get(tracking.RUN_SPEC_TAG)
-        if spec_id:
+        if spec_id and tracking.NESTED_KEY_TAG not in run.data.tags:
             found.setdefault(spec_id, []).append(run)
     return found
 
@@ -71,7 +72,12 @@ def assert_study_complete(storage: Path) -> dict[str, str]:
     return {spec_id: found[0].info.run_id for spec_id, found in runs.items()}
 
 
-def test_sigkill_of_the_driver_mid_study_then_the_same_command_finishes_it(tmp_path):
+@pytest.fixture(scope="module")
+def killed_then_finished(tmp_path_factory) -> dict:
+    """The smoke study killed mid-pretraining (SIGKILL), then the same command again: {storage,
+    first: its console until the kill, again: the second run's CompletedProcess, interrupted:
+    the runs as the kill left them}."""
+    tmp_path = tmp_path_factory.mktemp("study")
     storage = tmp_path / "runs"
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
@@ -94,14 +100,74 @@ def test_sigkill_of_the_driver_mid_study_then_the_same_command_finishes_it(tmp_p
     end_processes(driver.pid, str(tmp_path), term_grace=0)
 
     interrupted = spec_runs(storage)
-    assert interrupted and all(len(r) == 1 for r in interrupted.values())
-    assert any(r[0].info.status != "FINISHED" for r in interrupted.values())
-
     again = subprocess.run(study_command(storage), capture_output=True, text=True, cwd=tmp_path, env=local_env(),
                            timeout=600)
+    return {"storage": storage, "first": log_path.read_text(), "again": again, "interrupted": interrupted}
+
+
+def test_sigkill_of_the_driver_mid_study_then_the_same_command_finishes_it(killed_then_finished):
+    storage, interrupted, again = (killed_then_finished[k] for k in ("storage", "interrupted", "again"))
+    assert interrupted and all(len(r) == 1 for r in interrupted.values())
+    assert any(r[0].info.status != "FINISHED" for r in interrupted.values())
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-4000:]
     resumed = re.search(r"(\d+) done, (\d+) to run \((\d+) to resume\)", output)
     assert resumed and int(resumed[3]) >= 1, output[-4000:]
-    assert re.search(r"\[study\] 2/2 runs done, 0 running, elapsed \S+, ETA 0s", output), output[-4000:]
+    assert re.search(r"\[study\] 2/2 runs done, 0 running, elapsed \S+, ETA 0m00s", output), output[-4000:]
     assert_study_complete(storage)
+
+
+RAY_INTERNALS = ("(raylet)", "PreemptionWatcher", "core_worker", "TrainController", "RayTrainWorker", "pid=",
+                 "Ray deduplicates logs", " INFO ", "WARNING")
+
+
+def test_console_says_each_line_once_named_by_its_run_without_ray_internals(killed_then_finished):
+    labels = {s.label for s in SMOKE}
+    for output in (killed_then_finished["first"], killed_then_finished["again"].stdout):
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert lines and len(lines) == len(set(lines)), "a line printed twice:\n" + output
+        assert not [line for line in lines if any(noise in line for noise in RAY_INTERNALS)], output
+        named = [re.match(r"\[(.+?)\] ", line) for line in lines]
+        assert all(m and (m[1] in ("study", "compute") or m[1] in labels) for m in named), output
+    again = killed_then_finished["again"]
+    transfer = [line for line in again.stdout.splitlines() if "finetune" in line or "fewshot" in line]
+    assert {line.split("]")[0][1:] for line in transfer} == labels, again.stdout   # both runs' results, named
+    assert again.stderr == ""   # MLflow's and Ray's notes stay off the console
+    assert re.search(r"^\[.+?\] step \d+/40 ", killed_then_finished["first"], re.M)   # progress before the kill
+
+
+def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
+    from pipeline.data import open_dataset
+    storage = killed_then_finished["storage"]
+    uri = tracking.default_tracking_uri(storage)
+    runs = tracking.runs_of_study(uri, "scaling")
+    pretraining = {r.data.tags[tracking.RUN_SPEC_TAG]: r for r in runs
+                   if tracking.RUN_SPEC_TAG in r.data.tags and tracking.NESTED_KEY_TAG not in r.data.tags}
+    data, digits = open_dataset(storage / "data" / "synth-jft-smoke"), open_dataset(storage / "data" / "digits")
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for spec in SMOKE:
+        run = pretraining[spec.id]
+        assert run.info.run_name == spec.label == f"{spec.model_name} / full / 40 steps"
+        assert run.data.params["steps"] == "40" and float(run.data.params["epochs"]) == 40 * 32 / 512
+        assert float(run.data.params["gflops"]) == pytest.approx(PLANNED[spec.id]["exaflops"] * 1e9, rel=1e-3)
+        assert run.data.metrics["compute/gflops"] == pytest.approx(run.data.metrics["compute/exaflops"] * 1e9)
+        inputs = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+        assert inputs == {(data.name, data.digest), ("digits", digits.digest)}
+        if commit:  # a git checkout (CI's clean clone is one)
+            assert run.data.tags["mlflow.source.git.commit"] == commit and run.data.tags["git_dirty"] in ("True", "False")
+        artifacts = {a.path for a in tracking.client(uri).list_artifacts(run.info.run_id)}
+        assert "run_spec.json" in artifacts
+    trials = [r for r in runs if tracking.NESTED_KEY_TAG in r.data.tags]
+    assert len(trials) == len(SMOKE)   # the smoke grid has one LR: only the final retrain per run
+    for trial in trials:
+        parent = pretraining[trial.data.tags[tracking.PARENT_SPEC_TAG]]
+        assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {k: trial.data.tags[k] for k in ("model", "family")} == \
+            {k: parent.data.tags[k] for k in ("model", "family")}
+        assert trial.info.run_name.startswith(parent.info.run_name + " / finetune digits")
+        assert all(key.startswith("finetune/") for key in trial.data.params)
+        assert set(trial.data.metrics) == {"finetune/digits/test_acc"}
+    study_run = tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke"))
+    assert study_run.data.tags.get("mlflow.note.content")   # the result in a paragraph, on the run's page
+    report = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "report")}
+    assert {"report/report.html", "report/performance_vs_compute.png"} <= report
