@@ -113,6 +113,11 @@ class Board:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+        try:
+            import ray
+            ray.kill(self.inbox)  # a worker still holding it prints its lines itself from now on
+        except Exception:
+            pass
         sys.stdout.close_filter()
         sys.stdout = self.stdout
 

@@ -209,7 +209,7 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
     # submitted again: every run is found finished and skipped, nothing is made twice
     assert again.returncode == 0 and "2 runs, 2 done, 0 to run" in again.stdout, again.stdout[-3000:]
     assert {r.info.run_id for r in tracking.runs_of_study(mlflow_http, "cloud-preempt")} == run_ids
-    resumed = re.findall(rf"\[pretrain {vit.id}\] resumed from the checkpoint at step (\d+)/500", output)
+    resumed = re.findall(rf"\[{re.escape(vit.label)}\] resumed from the checkpoint at step (\d+)/500", output)
     assert resumed and int(resumed[0]) > 0, output[-5000:]
     runs = [r for r in tracking.runs_of_study(mlflow_http, "cloud-preempt") if "nested_key" not in r.data.tags
             and tracking.RUN_SPEC_TAG in r.data.tags]
