@@ -343,6 +343,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         params={"study": study.name, "preset": preset, "runs": len(planned["runs"]), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
     from pipeline.transfer import expected_metrics
+    record_study(study, preset, uri, study_run)
     view = tracking.set_runs_view(uri, study.name, preset, params=RUN_COLUMNS, order_by="compute/gflops",
                                   metrics=["compute/gflops", "pretrain/val_prec1_best", *expected_metrics(p.transfer)])
     # One driver per study: a second one started while this one lives is refused with its name
@@ -358,6 +359,16 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                                gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
                                system_metrics=options.system_metrics)
             return drive_study(study, preset, ctx, planned, options, board)
+
+
+def record_study(study: Study, preset: str, uri: str, study_run: str) -> None:
+    """What the study ran, on its study run: the study file as it was (``study/<file>``) and the
+    preset's runs as resolved RunSpecs with their ids (``study/runs.json``)."""
+    if study.file is not None:
+        tracking.log_files(uri, study_run, [study.file], "study")
+    tracking.log_json(uri, study_run, {"study": study.name, "preset": preset,
+                                       "runs": [{"id": s.id, "label": s.label, **s.model_dump(mode="json")}
+                                                for s in study.expand(preset)]}, "study/runs.json")
 
 
 def ray_where() -> str:

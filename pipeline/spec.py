@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from models import model_spec
 from pipeline.compute import parse_count
@@ -243,6 +243,11 @@ class Study(Frozen):
     name: str
     title: str = ""
     presets: dict[str, Preset]
+    _file: Path | None = PrivateAttr(None)   # the file it was loaded from (load_study)
+
+    @property
+    def file(self) -> Path | None:
+        return self._file
 
     def preset(self, name: str) -> Preset:
         if name not in self.presets:
@@ -313,6 +318,7 @@ def load_study(name_or_path: str) -> Study:
                 study.with_candidates(preset).expand(preset)   # and of every candidate
     except ValidationError as err:
         raise ValueError(_format_error(err, str(path))) from None
+    study._file = path
     return study
 
 

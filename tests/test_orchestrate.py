@@ -169,5 +169,7 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
         assert set(trial.data.metrics) == {"finetune/digits/test_acc"}
     study_run = tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke"))
     assert study_run.data.tags.get("mlflow.note.content")   # the result in a paragraph, on the run's page
+    studied = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "study")}
+    assert studied == {"study/scaling.yaml", "study/runs.json"}   # the study file as it was, the runs resolved
     report = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "report")}
     assert {"report/report.html", "report/performance_vs_compute.png"} <= report
