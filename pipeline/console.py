@@ -161,11 +161,11 @@ class Board:
     def _bar(self, event: Event) -> None:
         from tqdm import tqdm
         bar = self.bars.get(event.run)
-        if bar is None:
-            bar = self.bars[event.run] = tqdm(total=event.total, desc=event.run, unit="step", leave=False,
-                                              position=len(self.bars), dynamic_ncols=True)
-        bar.n = event.step
-        bar.set_postfix_str(event.text, refresh=True)
+        if bar is None:  # from the run's first step seen (a resumed run starts past 0)
+            bar = self.bars[event.run] = tqdm(total=event.total, initial=event.step, desc=event.run, unit="step",
+                                              leave=False, position=len(self.bars), dynamic_ncols=True)
+        bar.update(event.step - bar.n)
+        bar.set_postfix_str(event.text.split(" ", 2)[-1] if event.text.startswith("step ") else event.text)
 
     def _write(self, text: str) -> None:
         if self.bars:
