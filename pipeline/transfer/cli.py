@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from pipeline import cli, console, tracking
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                   if args.finetune else None]
     target = Target(args.checkpoint, args.storage, tracking_uri=uri, run_id=args.mlflow_run_id,
                     timm_name=args.timm, use_gpu=args.gpu)
-    with console.Board():
+    with console.Board() if args.finetune else contextlib.nullcontext():  # fine-tuning trials run on Ray
         metrics = evaluate(target, [e for e in evaluators if e is not None], dict(datasets))
     rows = list(metrics.items())
     width = max(len(k) for k, _ in rows) if rows else 10
