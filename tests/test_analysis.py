@@ -269,8 +269,8 @@ def test_report_files_of_a_partial_study(store, tmp_path):
     specs, uri = store["specs"], store["uri"]
     paths = analysis.write_report(store["study"], "tiny", tracking_uri=uri, out_dir=tmp_path,
                                   study_run_id=store["study_run"], options=analysis.ReportOptions(n_boot=50))
-    assert set(paths) == {"report.md", "runs.csv", "performance_vs_compute.png", "performance_vs_compute.svg",
-                          "fits.json"}
+    assert set(paths) == {"report.md", "report.html", "runs.csv", "performance_vs_compute.png",
+                          "performance_vs_compute.svg", "performance_vs_compute_preview.png", "fits.json"}
     assert_image(paths["performance_vs_compute.png"])
     assert paths["performance_vs_compute.svg"].read_text().lstrip().startswith("<?xml")
     assert len(pd.read_csv(paths["runs.csv"])) == len(specs)
@@ -297,7 +297,7 @@ def test_report_with_one_finished_run_and_with_none(store, tmp_path):
     assert not none.metrics and {f.reason for f in none.figures} == {"no_points"}
     assert problem_runs(none, "not_started") == [r.id for r in none.runs]
     paths = analysis.write_files(none, tmp_path / "none")
-    assert set(paths) == {"report.md", "runs.csv"}
+    assert set(paths) == {"report.md", "report.html", "runs.csv"}
     assert all(r.id in paths["report.md"].read_text() for r in none.runs)
 
 

@@ -31,6 +31,7 @@ PALETTE = {"vit": "#0173b2", "resnet": "#de8f05", "hybrid": "#029e73"}   # seabo
 MARKERS = {"vit": "o", "resnet": "s", "hybrid": "^"}
 OTHER_COLOR, OTHER_MARKER = "#949494", "D"
 MIN_PNG_DPI = 150
+PREVIEW_WIDTH = 1000   # pixels: fits MLflow's run description on a laptop screen
 
 
 def _style():
@@ -444,3 +445,13 @@ def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
     fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def save_preview(png: Path, name: str, width: int = PREVIEW_WIDTH) -> Path:
+    """A copy of ``png`` at most ``width`` pixels wide, as ``<name>.png`` beside it."""
+    from PIL import Image
+    path = png.with_name(f"{name}.png")
+    with Image.open(png) as image:
+        image.thumbnail((width, image.height), Image.LANCZOS)
+        image.save(path, optimize=True)
+    return path

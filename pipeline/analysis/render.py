@@ -1,18 +1,23 @@
-"""Renderings of a :class:`~pipeline.analysis.report.Report`: report.md (``to_markdown``) and
-fits.json (``to_fits_json``, with the sanity checks' findings from ``to_sanity_json``). All the
-report's wording lives here; what it says is decided in ``pipeline.analysis.report``."""
+"""Renderings of a :class:`~pipeline.analysis.report.Report`: report.md (``to_markdown``), the same
+as one self-contained report.html (``to_html``), fits.json (``to_fits_json``, with the sanity
+checks' findings from ``to_sanity_json``) and the MLflow descriptions of the study run
+(``to_description``) and of its experiment (``experiment_description``). All the report's wording
+lives here; what it says is decided in ``pipeline.analysis.report``."""
 from __future__ import annotations
 
+import base64
+import html
 import math
-from typing import Any, Iterable
+import re
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from pipeline import fits as scaling
 from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
                                       LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
-                                      Fallback, FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
-                                      Verdict, learned_margin)
+                                      Fallback, FamilyVerdict, FitBasis, Fits, FitSource, Multiplier, Problem,
+                                      ProblemKind, Report, Verdict, learned_margin)
 from pipeline.analysis.table import family_name
 
 STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
@@ -24,7 +29,8 @@ CHECK_WORDS = {ProblemKind.NOT_LEARNED: ("val_prec1 vs the majority-class baseli
                ProblemKind.COMPUTE_MISMATCH: ("logged vs planned compute", "run", "runs"),
                ProblemKind.FIT_AT_BOUND: ("fitted parameters vs the fit's bounds", "fit", "fits"),
                ProblemKind.TOO_FEW_POINTS: ("points per family vs what a fit needs", "family", "families")}
-PARAMETER_WORDS = {"a": "a (scale)", "b": "b (exponent)", "c": "c (floor)", "d": "d (offset)"}
+PARAMETER_NAMES = {"a": "scale", "b": "exponent", "c": "floor", "d": "offset"}   # of the laws' parameters
+PARAMETER_WORDS = {p: f"{p} ({name})" for p, name in PARAMETER_NAMES.items()}
 BOUND_MEANING = {("b", "lower"): "error hardly falls with compute", ("b", "upper"): "error falls implausibly fast",
                  ("c", "lower"): "no floor found", ("c", "upper"): "the floor is the best run's error",
                  ("d", "lower"): "no offset found", ("d", "upper"): "the offset spans all the measured compute"}
@@ -105,38 +111,49 @@ def _pct(value: float, digits: int = 1) -> str:
     return f"{value * 100:.{digits}f}%"
 
 
+# Each finding as its line (and the study run's description) names it.
+FINDING_NAMES = {ProblemKind.NOT_LEARNED: "Did not learn", ProblemKind.FINETUNE_BELOW_FEWSHOT: "Fine-tuning below few-shot",
+                 ProblemKind.ACCURACY_DROP: "Accuracy falls with compute",
+                 ProblemKind.COMPUTE_MISMATCH: "Compute differs from the plan", ProblemKind.FIT_AT_BOUND: "Fit at a bound",
+                 ProblemKind.TOO_FEW_POINTS: "Too few points to fit"}
+
+
+def _named(p: Problem) -> str:
+    return f"- {FINDING_NAMES[p.kind]}: "
+
+
 def _not_learned(p: Problem, report: Report) -> str:
-    return (f"- Did not learn: {_run_name(p)}: `{p.metric}` {p.value:.3f} is not clearly above the majority-class "
+    return (f"{_named(p)}{_run_name(p)}: `{p.metric}` {p.value:.3f} is not clearly above the majority-class "
             f"baseline {p.reference:.3f} (needs more than {p.reference + learned_margin(p.reference):.3f}).")
 
 
 def _below_fewshot(p: Problem, report: Report) -> str:
-    return (f"- Fine-tuning below few-shot: {_run_name(p)}: `{p.metric}` {_pct(p.value, 2)} is below "
+    return (f"{_named(p)}{_run_name(p)}: `{p.metric}` {_pct(p.value, 2)} is below "
             f"`{p.reference_metric}` {_pct(p.reference, 2)}.")
 
 
 def _accuracy_drop(p: Problem, report: Report) -> str:
     other = next(r for r in report.runs if r.id == p.reference_run)
     label = next((m.label for m in report.metrics if m.column == p.metric), p.metric)
-    return (f"- Accuracy falls with compute: {_run_name(p)} at {p.planned_exaflops:.3g} exaFLOPs has {label} "
+    return (f"{_named(p)}{_run_name(p)} at {p.planned_exaflops:.3g} exaFLOPs has {label} "
             f"{_pct(p.value)}, {(p.reference - p.value) * 100:.1f} points below `{other.id}` {other.model} at "
             f"{other.exaflops:.3g} exaFLOPs ({_pct(p.reference)}; tolerance {DROP_TOLERANCE * 100:g} point).")
 
 
 def _compute_mismatch(p: Problem, report: Report) -> str:
-    return (f"- Compute differs from the plan: {_run_name(p)}: logged {p.logged_exaflops:.4g} exaFLOPs, planned "
+    return (f"{_named(p)}{_run_name(p)}: logged {p.logged_exaflops:.4g} exaFLOPs, planned "
             f"{p.planned_exaflops:.4g}, more than {COMPUTE_TOLERANCE * 100:g}% apart (the plan's value is plotted).")
 
 
 def _fit_at_bound(p: Problem, report: Report) -> str:
     meaning = BOUND_MEANING.get((p.parameter, p.bound), "")
-    return (f"- Fit at a bound: {family_name(p.family)}, {p.form} law: {PARAMETER_WORDS[p.parameter]} = "
+    return (f"{_named(p)}{family_name(p.family)}, {p.form} law: {PARAMETER_WORDS[p.parameter]} = "
             f"{p.value:.4g} sits at its {p.bound} bound {p.reference:.4g} ({meaning + ': ' if meaning else ''}the "
             "bound, not the data, set it, and its interval is cut there).")
 
 
 def _too_few_points(p: Problem, report: Report) -> str:
-    return (f"- Too few points to fit: {family_name(p.family)} has {p.value:g} distinct compute value(s) with "
+    return (f"{_named(p)}{family_name(p.family)} has {p.value:g} distinct compute value(s) with "
             f"`{p.metric}`; a fit needs {p.reference:g} (the power law; the saturating law "
             f"{scaling.MIN_POINTS['saturating']}).")
 
@@ -177,9 +194,13 @@ def sanity_section(report: Report) -> list[str]:
 
 
 def runs_section(report: Report) -> list[str]:
-    """The runs table: a row per run, its plotted accuracies in percent."""
-    head = ["model", "family", "subset", "params", "exaFLOPs", "status", *(m.label for m in report.metrics)]
-    rows = [[r.model, r.family, r.subset, f"{r.params / 1e6:.3g}M", _fmt(r.exaflops, ".4g"), r.status,
+    """The runs table: a row per run, its length (epochs where a run gives them, and steps), its
+    plotted accuracies in percent."""
+    by_epochs = any(r.epochs is not None for r in report.runs)
+    head = ["model", "family", "subset", *(["epochs"] if by_epochs else []), "steps", "params", "exaFLOPs", "status",
+            *(m.label for m in report.metrics)]
+    rows = [[r.model, r.family, r.subset, *([_fmt(r.epochs, "g")] if by_epochs else []), _fmt(r.steps, ".0f"),
+             f"{r.params / 1e6:.3g}M", _fmt(r.exaflops, ".4g"), r.status,
              *(_fmt(r.accuracy[m.column] * 100, ".1f") for m in report.metrics)] for r in report.runs]
     return _md_table(head, rows) + ["", "Accuracies in percent. All columns, with ids and MLflow run ids: `runs.csv`."]
 
@@ -374,3 +395,104 @@ def to_fits_json(fits: Fits) -> dict[str, Any]:
                    "early_fraction": basis.early_fraction, "level": fits.level if fits.families else None,
                    "families": {family: _family_json(ff, basis.used) for family, ff in fits.families.items()},
                    "multipliers": [_multiplier_json(m) for m in fits.multipliers]})
+
+
+# ----------------------------------------------------------------------------- report.html
+
+HTML_STYLE = ("body{font-family:sans-serif;line-height:1.45;margin:1.5em;max-width:110em}h1{font-size:1.5em}"
+              "h2{font-size:1.25em;margin-top:1.5em}"
+              "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:2px 8px}"
+              "th{background:#f2f2f2}code{background:#f4f4f4;padding:0 2px}img{max-width:100%;display:block}")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def to_html(report: Report, images: Mapping[str, bytes]) -> str:
+    """report.html: report.md as one self-contained page, every figure it shows inlined from
+    ``images`` ({PNG file name: its bytes}): MLflow's artifact viewer shows an HTML artifact in a
+    sandboxed frame that cannot load the run's other files."""
+    import markdown
+    # report.md indents nested list items by 2 spaces (CommonMark); Python-Markdown's default needs 4
+    body = markdown.markdown(to_markdown(report), extensions=["tables"], tab_length=2)
+    body = re.sub(r'src="([^"]+)"', lambda m: f'src="{_data_uri(images[m[1]])}"' if m[1] in images else m[0], body)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(report.title.replace("`", ""))}'
+            f"</title><style>{HTML_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- MLflow descriptions
+
+def _learned_summary(report: Report) -> str:
+    """How many runs learned (the did-not-learn check), or why that was not checked."""
+    checked = report.checks.get(ProblemKind.NOT_LEARNED, 0)
+    unchecked = len(report.problems_of(ProblemKind.NO_BASELINE))
+    said = (f"{checked - len(report.problems_of(ProblemKind.NOT_LEARNED))} of {checked} runs checked learned "
+            "(pretraining `val_prec1` clearly above the majority-class baseline)" if checked else
+            "Whether runs learned: not checked (no run with finished pretraining has its majority-class baseline)")
+    return said + (f"; {unchecked} run(s) without a logged baseline not checked." if unchecked and checked else ".")
+
+
+def _family_summary(fits: Fits, v: FamilyVerdict) -> str:
+    """A family's law used with its exponent (and floor) and their intervals, or why none."""
+    name = family_name(v.family)
+    if v.verdict in (Verdict.NO_POINTS, Verdict.NO_FIT):
+        return f"{name}: no fit ({v.reason or f'no run with finished pretraining has {fits.metric.label}'})"
+    ff = fits.families[v.family]
+    fit, _ = ff.best()
+    said = ", ".join(f"{PARAMETER_NAMES[p]} {_with_interval(fit.params[p], ff.intervals[fit.form].get(p))}"
+                     for p in ("b", "c") if p in fit.params)
+    return f"{name}: {fit.form} law, {said}"
+
+
+def _fits_summary(fits: Fits | None) -> str:
+    """The families' laws and the compute multipliers, each with its interval, or why not."""
+    if fits is None:
+        return "No fit: no run is a point yet."
+    laws = "; ".join(_family_summary(fits, v) for v in fits.verdicts)
+    said = f"Fits of error on **{fits.metric.label}** against compute ({_percent(fits.level)} intervals): {laws}."
+    if not fits.multipliers:
+        return f"{said} Compute multiplier: not available, only one family has points."
+    if not fits.any_fit:
+        return f"{said} Compute multiplier: not available, no family has a fit."
+    return f"{said} Compute multiplier: " + " ".join(multiplier_line(m).removeprefix("- ") for m in fits.multipliers)
+
+
+def _finding_subject(p: Problem) -> str:
+    if p.run_id is not None:
+        return f"{p.model} `{p.run_id}`"
+    return family_name(p.family) + (f" {p.form} law" if p.form else "")
+
+
+def _findings_summary(report: Report) -> str:
+    """The sanity checks' findings by name, with what each is about."""
+    found: dict[str, list[str]] = {}
+    for p in report.sanity():
+        if p.kind in FINDING_NAMES:
+            found.setdefault(FINDING_NAMES[p.kind], []).append(_finding_subject(p))
+    if not found:
+        return "Sanity checks: all that ran passed."
+    return "Sanity findings: " + "; ".join(f"{name.lower()} ({', '.join(subjects)})" for name, subjects in found.items()) + "."
+
+
+def to_description(report: Report, figure_url: str | None = None) -> str:
+    """The study run's description (MLflow shows it as Markdown): one paragraph with the runs, how
+    many learned, the fits and multipliers with their intervals and the sanity findings; then
+    Figure 5 from ``figure_url`` when given."""
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
+    text = " ".join([f"**{report.title}.** {len(report.runs)} runs: {counts}.", _learned_summary(report),
+                     _fits_summary(report.fits), _findings_summary(report),
+                     "The whole report with its figures: artifact `report/report.html`."])
+    if figure_url is None:
+        return text
+    return f"{text}\n\n![Transfer accuracy against pretraining compute (paper Fig. 5)]({figure_url})"
+
+
+def experiment_description(study: str, title: str) -> str:
+    """The study's experiment description: what it is, and which columns of its runs to read."""
+    return (f"Study `{study}`: {title}. One run per planned pretraining run (model x data subset x length): compare "
+            "them on `params.model`, `params.steps` (and `params.epochs`), `metrics.compute/exaflops` (pretraining "
+            "compute) and the transfer accuracies `metrics.fewshot/<dataset>/<k>shot` and "
+            f"`metrics.finetune/<dataset>/acc`. The run `study {study} / <preset>` holds each preset's report: its "
+            "description, the fitted laws (`fit/...`), the compute multipliers (`multiplier/...`) and "
+            "`report/report.html`.")

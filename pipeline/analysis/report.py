@@ -55,6 +55,8 @@ DROP_TOLERANCE = 0.01
 BOUND_CHECKED = ("b",)
 VAL_PREC1, VAL_BASELINE = "pretrain/val_prec1", "pretrain/val_prec1_baseline"
 FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS = "performance_vs_compute", "performance_vs_data", "scaling_fits"
+# Figure 5, small enough to show in the MLflow description of the study run (MLflow sizes no image)
+FIGURE_PREVIEW = "performance_vs_compute_preview"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class RunRow:
     exaflops: float
     status: str
     accuracy: dict[str, float]   # {plotted metric's column: accuracy in [0, 1], NaN where missing}
+    steps: float | None = None   # optimizer steps (None: unknown, a fraction of a data set of unstated size)
+    epochs: float | None = None  # where the RunSpec gives its length in epochs
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,10 @@ class Report:
 
 def _text(value) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _number(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _problem(kind: ProblemKind, row, **numbers) -> Problem:
@@ -433,7 +441,8 @@ def run_rows(table: pd.DataFrame, metrics: list[Metric]) -> list[RunRow]:
     """The runs table: each run with its plotted accuracies (``table`` has their columns)."""
     return [RunRow(id=str(row["id"]), model=str(row["model"]), family=str(row["family"]), subset=str(row["subset"]),
                    params=float(row["params"]), exaflops=float(row["exaflops"]), status=str(row["status"]),
-                   accuracy={m.column: float(row[m.column]) for m in metrics}) for row in _rows(table)]
+                   accuracy={m.column: float(row[m.column]) for m in metrics}, steps=_number(row["steps"]),
+                   epochs=_number(row["epochs"])) for row in _rows(table)]
 
 
 def headline(metrics: list[Metric]) -> Metric:

@@ -28,6 +28,7 @@ from pipeline.spec import Preset, Study
 
 FAMILIES = ("vit", "resnet", "hybrid")
 FAMILY_NAMES = {"vit": "ViT", "resnet": "ResNet (BiT)", "hybrid": "Hybrid (R50+ViT)"}
+FAMILY_KEYS = {"vit": "ViT", "resnet": "BiT", "hybrid": "Hybrid"}   # in MLflow metric names
 FEWSHOT_SHOT = 5            # Figure 4 of the paper: linear 5-shot accuracy
 AVERAGE = "average"
 PLAN_COLUMNS = ("id", "model", "family", "subset", "subset_images", "epochs", "steps", "seed", "params",
@@ -162,6 +163,12 @@ def pareto_frontier(group: pd.DataFrame, x: str = "exaflops", y: str = "accuracy
 def family_name(family: str) -> str:
     """The family's name in figures and the report: ``resnet`` -> ``ResNet (BiT)``."""
     return FAMILY_NAMES.get(family, family)
+
+
+def family_key(family: str) -> str:
+    """The family's name in MLflow metric names (ASCII letters, digits, ``_-.`` and space):
+    ``resnet`` -> ``BiT``; another family's own name, any other character as ``_``."""
+    return FAMILY_KEYS.get(family) or re.sub(r"[^\w\-. ]", "_", family, flags=re.ASCII)
 
 
 def family_order(families: Iterable[str]) -> list[str]:

@@ -1,0 +1,106 @@
+"""The report as MLflow data of the study-level run (``log_study_run``), so that the MLflow UI
+answers the study's question without opening a file:
+
+- metrics (step 0; a re-written report logs them again, and MLflow shows the latest):
+  ``fit/level``; per family with points, ``fit/<family>/points`` and, where it has a fit, the
+  parameters of the law used, ``fit/<family>/{exponent,scale}`` and for the saturating law
+  ``fit/<family>/{floor,offset}``, each with ``_lo`` and ``_hi`` (its interval); per pair of
+  families whose multiplier is available, ``multiplier/<x>_vs_<y>`` with ``_lo`` and ``_hi``. A
+  metric of an earlier report that this one has no value for is set to NaN (``outdated``);
+- tags (they may change from one report to the next, which MLflow params may not): ``fit/metric``
+  (the metric fitted), ``fit/<family>/law`` (``saturating``, ``power`` or ``none``) and the run's
+  description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview);
+- the experiment's description, where it has none (``render.experiment_description``).
+
+``<family>`` is ``table.family_key``: ViT, BiT, Hybrid.
+"""
+from __future__ import annotations
+
+import math
+
+from pipeline import fits as scaling
+from pipeline import tracking
+from pipeline.analysis.render import PARAMETER_NAMES, experiment_description, to_description
+from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
+from pipeline.analysis.table import family_key
+from pipeline.spec import Study
+
+NOTE_TAG = "mlflow.note.content"   # what MLflow's UI shows as a run's or an experiment's description
+STUDY_RUN_PREFIXES = ("fit/", "multiplier/")
+
+
+def _with_interval(name: str, value: float, interval: tuple[float, float] | None) -> dict[str, float]:
+    return {name: value, **({f"{name}_lo": interval[0], f"{name}_hi": interval[1]} if interval else {})}
+
+
+def family_metrics(ff: scaling.FamilyFit) -> dict[str, float]:
+    """``fit/<family>/...``: the points fitted, and every parameter of the law used with its interval."""
+    prefix = f"fit/{family_key(ff.family)}"
+    metrics = {f"{prefix}/points": float(len(ff.compute))}
+    if ff.best() is None:
+        return metrics
+    fit, _ = ff.best()
+    for p, value in fit.params.items():
+        metrics.update(_with_interval(f"{prefix}/{PARAMETER_NAMES[p]}", value, ff.intervals[fit.form].get(p)))
+    return metrics
+
+
+def multiplier_metrics(m: Multiplier) -> dict[str, float]:
+    """``multiplier/<x>_vs_<y>`` and its interval; nothing where not available."""
+    if not m.available:
+        return {}
+    return _with_interval(f"multiplier/{family_key(m.x)}_vs_{family_key(m.y)}", m.multiplier, m.interval)
+
+
+def study_run_metrics(fits: Fits | None) -> dict[str, float]:
+    """Every family's fit and every compute multiplier available, as metrics (none without points)."""
+    if fits is None:
+        return {}
+    metrics = {"fit/level": fits.level}
+    for ff in fits.families.values():
+        metrics.update(family_metrics(ff))
+    for m in fits.multipliers:
+        metrics.update(multiplier_metrics(m))
+    return metrics
+
+
+def outdated(recorded: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """NaN for the ``fit/`` and ``multiplier/`` metrics the run has from an earlier report and this one
+    has no value for (MLflow cannot delete a metric; its latest value is what the UI shows)."""
+    return {k: math.nan for k in recorded if k.startswith(STUDY_RUN_PREFIXES) and k not in metrics}
+
+
+def study_run_tags(report: Report, figure_url: str | None) -> dict[str, str]:
+    """The run's description, the metric fitted and each family's law used."""
+    tags = {NOTE_TAG: to_description(report, figure_url)}
+    if report.fits is not None:
+        tags["fit/metric"] = report.fits.metric.column
+        tags.update({f"fit/{family_key(ff.family)}/law": ff.best()[0].form if ff.best() else "none"
+                     for ff in report.fits.families.values()})
+    return tags
+
+
+def preview_url(report: Report, run_id: str) -> str | None:
+    """Figure 5's preview as the MLflow UI fetches an artifact: a URL relative to the server's root,
+    where the UI is served (None when Figure 5 is not drawn)."""
+    if not report.figure(FIGURE_COMPUTE).drawn:
+        return None
+    return f"get-artifact?path=report/{FIGURE_PREVIEW}.png&run_uuid={run_id}"
+
+
+def describe_experiment(tracking_uri: str, run_id: str, study: Study) -> None:
+    """The study's experiment description, unless it has one (a user's own is kept)."""
+    c = tracking.client(tracking_uri)
+    experiment = c.get_experiment(c.get_run(run_id).info.experiment_id)
+    if NOTE_TAG not in experiment.tags:
+        c.set_experiment_tag(experiment.experiment_id, NOTE_TAG, experiment_description(study.name, study.title))
+
+
+def log_study_run(report: Report, study: Study, tracking_uri: str, run_id: str) -> None:
+    """The report's answer on the study run (metrics and tags above) and the experiment's description;
+    the report's files are logged under ``report/`` first (``files.write_report``)."""
+    metrics = study_run_metrics(report.fits)
+    stale = outdated(tracking.recorded_metrics(tracking_uri, run_id), metrics)
+    tracking.MetricLogger(tracking_uri, run_id).log_now(0, {**metrics, **stale})
+    tracking.set_tags(tracking_uri, run_id, study_run_tags(report, preview_url(report, run_id)))
+    describe_experiment(tracking_uri, run_id, study)
