@@ -146,8 +146,9 @@ def shots(tracking_uri: str, study: str, preset: str) -> list[Shot]:
     experiment = c.get_experiment_by_name(study).experiment_id
     study_run = tracking.find_study_run(tracking_uri, study, preset)
     pretrain = c.get_run(next(r.run_id for r in tracking.spec_runs(tracking_uri, study).values() if r.pretrained))
-    columns = [("Parameters", "model"), ("Parameters", "steps"), ("Metrics", "compute/exaflops"),
-               *(("Metrics", m) for m in sorted(pretrain.data.metrics) if TRANSFER_COLUMNS.fullmatch(m))]
+    columns = [*(("Parameters", p) for p in ("model", "steps") if p in pretrain.data.params),
+               *(("Metrics", m) for m in sorted(pretrain.data.metrics) if m == "compute/exaflops"
+                 or TRANSFER_COLUMNS.fullmatch(m))]
     flat = (f"runs?searchFilter={quote(PRETRAINING_RUNS)}&orderByKey="
             f"{quote('metrics.`compute/exaflops`')}&orderByAsc=true")   # a sort key other than time: not nested
     base = f"#/experiments/{experiment}"

@@ -10,8 +10,12 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
 - ``report``: the :class:`Report`, what the report says as data (counts, typed problems and the
   sanity checks' findings, runs, figures drawn, fits, verdicts and compute multipliers), built from
   a table by ``build_report``.
-- ``render``: the Report as report.md (``to_markdown``) and fits.json (``to_fits_json``,
-  ``to_sanity_json``).
+- ``render``: the Report as report.md (``to_markdown``), report.html (``to_html``), fits.json
+  (``to_fits_json``, ``to_sanity_json``) and the MLflow descriptions of the study run
+  (``to_description``) and its experiment (``experiment_description``).
+- ``study_run``: the Report as MLflow data of the study-level run (``log_study_run``: the fits and
+  multipliers as metrics, ``study_run_metrics``; the law and the metric fitted as tags; the
+  description).
 - ``files``: the files in a folder (``write_files``), and ``write_report``, which the
   orchestrator calls: ``analysis.write_report(study, preset, tracking_uri=..., out_dir=...)``.
 
@@ -20,18 +24,21 @@ The names below are this package's interface; the modules' other names are their
 from pipeline.analysis.curves import EARLY_FRACTION, checkpoint_points, mark_frontier, read_curves
 from pipeline.analysis.figures import family_styles, figure_compute, figure_data, figure_fits, save_figure
 from pipeline.analysis.files import write_files, write_report
-from pipeline.analysis.render import to_fits_json, to_markdown, to_sanity_json
+from pipeline.analysis.render import (experiment_description, to_description, to_fits_json, to_html, to_markdown,
+                                      to_sanity_json)
 from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, Fallback, FamilyVerdict, FigureEntry,
                                       FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
                                       ReportOptions, RunRow, Verdict, build_report, scaling_fits, study_report)
-from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_name, family_order,
+from pipeline.analysis.study_run import log_study_run, study_run_metrics
+from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_key, family_name, family_order,
                                      pareto_frontier, points, pretrained, run_labels, run_table, transfer_metrics,
                                      with_average)
 
 __all__ = ["EARLY_FRACTION", "FEWSHOT_SHOT", "LEVEL", "SANITY_CHECKS", "SANITY_KINDS", "Fallback", "FamilyVerdict",
            "FigureEntry", "FitBasis", "FitSource", "Fits", "Metric", "Multiplier", "Problem", "ProblemKind", "Report",
-           "ReportOptions", "RunRow", "Verdict", "build_report", "checkpoint_points", "expected_metrics", "family_name",
-           "family_order", "family_styles", "figure_compute", "figure_data", "figure_fits", "mark_frontier",
-           "pareto_frontier", "points", "pretrained", "read_curves", "run_labels", "run_table", "save_figure",
-           "scaling_fits", "study_report", "to_fits_json", "to_markdown", "to_sanity_json", "transfer_metrics",
-           "with_average", "write_files", "write_report"]
+           "ReportOptions", "RunRow", "Verdict", "build_report", "checkpoint_points", "expected_metrics",
+           "experiment_description", "family_key", "family_name", "family_order", "family_styles", "figure_compute",
+           "figure_data", "figure_fits", "log_study_run", "mark_frontier", "pareto_frontier", "points", "pretrained",
+           "read_curves", "run_labels", "run_table", "save_figure", "scaling_fits", "study_report",
+           "study_run_metrics", "to_description", "to_fits_json", "to_html", "to_markdown", "to_sanity_json",
+           "transfer_metrics", "with_average", "write_files", "write_report"]
