@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline import analysis, tracking
-from pipeline.analysis.study_run import NOTE_TAG, describe_experiment
+from pipeline.analysis.study_run import NOTE_TAG
 from test_analysis import curve_store, store, synthetic_table  # noqa: F401 (fixtures)
 
 OPTIONS = analysis.ReportOptions(n_boot=30)
@@ -63,7 +63,7 @@ def test_study_run_has_every_multiplier_as_metrics(logged):
     assert {"multiplier/BiT_vs_ViT", "multiplier/Hybrid_vs_ViT", "multiplier/Hybrid_vs_BiT"} <= set(metrics)
 
 
-def test_study_run_and_experiment_descriptions(logged):
+def test_study_run_description_and_the_experiments(logged):
     run, report = logged["run"], logged["report"]
     note = run.data.tags[NOTE_TAG]
     summary, figure = note.split("\n\n")
@@ -74,12 +74,10 @@ def test_study_run_and_experiment_descriptions(logged):
     assert f"ViT: {vit.best()[0].form} law, exponent {vit.best()[0].b:.3g} [" in summary
     assert "report/report.html" in summary
     assert figure.endswith(f"(get-artifact?path=report/performance_vs_compute_preview.png&run_uuid={run.info.run_id})")
-    client = tracking.client(logged["uri"])
-    experiment = client.get_experiment(run.info.experiment_id)
-    assert "`params.model`" in experiment.tags[NOTE_TAG] and "`metrics.compute/exaflops`" in experiment.tags[NOTE_TAG]
-    client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, "the user's own")
-    describe_experiment(logged["uri"], run.info.run_id, logged["study"])
-    assert client.get_experiment(experiment.experiment_id).tags[NOTE_TAG] == "the user's own"   # kept
+    experiment = analysis.experiment_description(logged["study"].name, logged["study"].title)
+    assert experiment.startswith(f"Study `scaling`: {logged['study'].title}.") and "\n" not in experiment
+    assert "`params.model`, `params.steps`" in experiment and "`metrics.compute/exaflops`" in experiment
+    assert "`metrics.fewshot/<dataset>/<k>shot`" in experiment and "`study scaling / <preset>`" in experiment
 
 
 def test_description_names_sanity_findings_and_what_is_not_available(store):  # noqa: F811

@@ -65,5 +65,5 @@ def write_report(study: Study, preset: str, *, tracking_uri: str | None, out_dir
     paths = write_files(report, out_dir)
     if study_run_id is not None:
         tracking.log_files(tracking_uri, study_run_id, paths.values(), "report")
-        log_study_run(report, study, tracking_uri, study_run_id)
+        log_study_run(report, tracking_uri, study_run_id)
     return paths

@@ -9,8 +9,11 @@ answers the study's question without opening a file:
   metric of an earlier report that this one has no value for is set to NaN (``outdated``);
 - tags (they may change from one report to the next, which MLflow params may not): ``fit/metric``
   (the metric fitted), ``fit/<family>/law`` (``saturating``, ``power`` or ``none``) and the run's
-  description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview);
-- the experiment's description, where it has none (``render.experiment_description``).
+  description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview).
+
+Not yet: the experiment's description (``render.experiment_description``). Setting an experiment
+tag takes MLflow's experiment API, which only ``pipeline/tracking.py`` may call, and it has no
+helper for it yet.
 
 ``<family>`` is ``table.family_key``: ViT, BiT, Hybrid.
 """
@@ -20,10 +23,9 @@ import math
 
 from pipeline import fits as scaling
 from pipeline import tracking
-from pipeline.analysis.render import PARAMETER_NAMES, experiment_description, to_description
+from pipeline.analysis.render import PARAMETER_NAMES, to_description
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
 from pipeline.analysis.table import family_key
-from pipeline.spec import Study
 
 NOTE_TAG = "mlflow.note.content"   # what MLflow's UI shows as a run's or an experiment's description
 STUDY_RUN_PREFIXES = ("fit/", "multiplier/")
@@ -88,19 +90,10 @@ def preview_url(report: Report, run_id: str) -> str | None:
     return f"get-artifact?path=report/{FIGURE_PREVIEW}.png&run_uuid={run_id}"
 
 
-def describe_experiment(tracking_uri: str, run_id: str, study: Study) -> None:
-    """The study's experiment description, unless it has one (a user's own is kept)."""
-    c = tracking.client(tracking_uri)
-    experiment = c.get_experiment(c.get_run(run_id).info.experiment_id)
-    if NOTE_TAG not in experiment.tags:
-        c.set_experiment_tag(experiment.experiment_id, NOTE_TAG, experiment_description(study.name, study.title))
-
-
-def log_study_run(report: Report, study: Study, tracking_uri: str, run_id: str) -> None:
-    """The report's answer on the study run (metrics and tags above) and the experiment's description;
-    the report's files are logged under ``report/`` first (``files.write_report``)."""
+def log_study_run(report: Report, tracking_uri: str, run_id: str) -> None:
+    """The report's answer on the study run (metrics and tags above); the report's files are logged
+    under ``report/`` first (``files.write_report``)."""
     metrics = study_run_metrics(report.fits)
     stale = outdated(tracking.recorded_metrics(tracking_uri, run_id), metrics)
     tracking.MetricLogger(tracking_uri, run_id).log_now(0, {**metrics, **stale})
     tracking.set_tags(tracking_uri, run_id, study_run_tags(report, preview_url(report, run_id)))
-    describe_experiment(tracking_uri, run_id, study)
