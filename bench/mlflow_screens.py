@@ -4,7 +4,7 @@ Starts ``mlflow server`` on the study's tracking store (a SQLite URI; the runs' 
 from their own local artifact locations, so run it on the machine that holds them), waits for
 ``/health``, and saves four PNGs into the output folder (with the server's log):
 
-- ``1_runs_table.png``: the experiment's description and its pretraining runs (those with a
+- ``1_runs_table.png``: the experiment's description (if any) and its pretraining runs (those with a
   ``model`` param), flat, by compute, with the columns ``model``, ``steps``, ``compute/exaflops``
   and the 5-shot and fine-tuning accuracies;
 - ``2_pretraining_run.png``: the page of one pretraining run;
@@ -46,6 +46,7 @@ VIEWPORT = {"width": 1800, "height": 1100}
 TIMEOUT_MS = 90_000
 TRANSFER_COLUMNS = re.compile(r"(fewshot/.+/5shot|finetune/.+/acc)")
 PRETRAINING_RUNS = "params.model != ''"   # the runs table's filter: runs with a model
+EXPAND_DESCRIPTION = "mlflow.experiment.metadata_editor.expand_button"
 HIDDEN_ATTRIBUTES = ("Dataset", "Source", "Models")   # shown by default, empty for these runs
 # A row of the column selector that names the group below it: "Attributes", "Metrics (22)" ...
 FIND_COLUMN = """([group, name]) => {
@@ -118,14 +119,17 @@ def toggle_column(page, group: str, name: str) -> None:
 
 
 def runs_table(columns: list[tuple[str, str]]) -> Callable:
-    """Shows ``columns`` ((group, name)) instead of the empty attributes; expands the description."""
+    """Shows ``columns`` ((group, name)) instead of the empty attributes; expands the experiment's
+    description, if it has one."""
     def prepare(page) -> None:
         page.get_by_text("Model training", exact=True).click()   # the classic runs view
         page.get_by_role("button", name="Columns").click()
         for group, name in [*(("Attributes", a) for a in HIDDEN_ATTRIBUTES), *columns]:
             toggle_column(page, group, name)
         page.keyboard.press("Escape")
-        page.get_by_test_id("experiment-metadata-editor-edit-button").locator("xpath=following::button[1]").click()
+        expand = page.locator(f"[data-component-id='{EXPAND_DESCRIPTION}']")   # there when it has one
+        if expand.count():
+            expand.first.click()
     return prepare
 
 
