@@ -54,13 +54,20 @@ class Inbox:
         return events
 
 
-@functools.cache
 def _inbox():
-    """This job's Inbox, or None (no Board open, or not on Ray); looked up once per process."""
+    """This job's Inbox, or None (no Board open, or Ray not up: a handle kept from an earlier
+    session would start a new Ray if called)."""
+    import ray
+    return _looked_up() if ray.is_initialized() else None
+
+
+@functools.cache
+def _looked_up():
+    """This job's Inbox, looked up once per process (a Board clears it when it opens and closes)."""
+    import ray
     try:
-        import ray
-        return ray.get_actor(_inbox_name()) if ray.is_initialized() else None
-    except (ValueError, ImportError):
+        return ray.get_actor(_inbox_name())
+    except ValueError:
         return None
 
 
@@ -97,7 +104,7 @@ class Board:
         from pipeline.raycluster import ensure_ray
         ensure_ray(log_to_driver=False)
         self.inbox = ray.remote(num_cpus=0)(Inbox).options(name=_inbox_name(), get_if_exists=True).remote()
-        _inbox.cache_clear()
+        _looked_up.cache_clear()
         self.thread = threading.Thread(target=self._drain_loop, daemon=True, name="console")
         self.thread.start()
         self.stdout, sys.stdout = sys.stdout, NoiseFilter(sys.stdout)
@@ -118,6 +125,7 @@ class Board:
             ray.kill(self.inbox)  # a worker still holding it prints its lines itself from now on
         except Exception:
             pass
+        _looked_up.cache_clear()
         sys.stdout.close_filter()
         sys.stdout = self.stdout
 

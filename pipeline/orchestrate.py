@@ -342,14 +342,11 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         uri, study.name, preset, artifact_root=store.join(storage, "artifacts"),
         params={"study": study.name, "preset": preset, "runs": len(planned["runs"]), "dataset": p.dataset.name,
                 "planned_exaflops": planned["totals"]["exaflops"]})
-    from pipeline.transfer import expected_metrics
-    record_study(study, preset, uri, study_run)
-    view = tracking.set_runs_view(uri, study.name, preset, params=RUN_COLUMNS, order_by="compute/gflops",
-                                  metrics=["compute/gflops", "pretrain/val_prec1_best", *expected_metrics(p.transfer)])
     # One driver per study: a second one started while this one lives is refused with its name
     # (after a kill, the next one takes over at once: a dead holder's lease is taken).
     bars = sys.stderr.isatty() and not options.quiet  # data made on first use: a bar in a terminal only
     with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"):
+        view = record_study(study, preset, uri, study_run)
         downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
         with console.Board(quiet=options.quiet, bars=options.bars) as board:
             board.line(f"[study] {ray_where()}")
@@ -361,14 +358,24 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
             return drive_study(study, preset, ctx, planned, options, board)
 
 
-def record_study(study: Study, preset: str, uri: str, study_run: str) -> None:
-    """What the study ran, on its study run: the study file as it was (``study/<file>``) and the
-    preset's runs as resolved RunSpecs with their ids (``study/runs.json``)."""
+def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
+    """What the study runs, in MLflow: on its study run, the study file as it was (``study/<file>``)
+    and the preset's runs as resolved RunSpecs with their ids (``study/runs.json``); on its
+    experiment, the runs-table view with the columns that matter and a description that links it.
+    Returns the view's address in MLflow's UI."""
+    from pipeline.analysis.render import experiment_description
+    from pipeline.transfer import expected_metrics
     if study.file is not None:
         tracking.log_files(uri, study_run, [study.file], "study")
     tracking.log_json(uri, study_run, {"study": study.name, "preset": preset,
                                        "runs": [{"id": s.id, "label": s.label, **s.model_dump(mode="json")}
                                                 for s in study.expand(preset)]}, "study/runs.json")
+    metrics = ["compute/gflops", "pretrain/val_prec1_best", *expected_metrics(study.preset(preset).transfer)]
+    view = tracking.set_runs_view(uri, study.name, preset, params=RUN_COLUMNS, metrics=metrics,
+                                  order_by="compute/gflops")
+    tracking.describe_experiment(uri, study.name, experiment_description(study.name, study.title) +
+                                 f" These columns, sorted by compute: [the {preset} preset's view]({view}).")
+    return view
 
 
 def ray_where() -> str:

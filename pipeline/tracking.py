@@ -466,6 +466,17 @@ def log_json(tracking_uri: str, run_id: str, data: Mapping[str, Any], artifact_f
     client(tracking_uri).log_dict(run_id, dict(data), artifact_file)
 
 
+NOTE_TAG = "mlflow.note.content"   # what MLflow's UI shows as a run's or an experiment's description
+
+
+def describe_experiment(tracking_uri: str, study: str, text: str) -> None:
+    """The study's experiment description (shown above its runs table), unless it has one: a
+    user's own is kept."""
+    experiment = client(tracking_uri).get_experiment(experiment_id(tracking_uri, study))
+    if NOTE_TAG not in experiment.tags:
+        client(tracking_uri).set_experiment_tag(experiment.experiment_id, NOTE_TAG, text)
+
+
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.15+: a runs-table view, opened by ?viewStateShareKey=KEY
 
 

@@ -5,6 +5,7 @@ twice, is in tests/test_cloud.py, with a worker node preempted.) The same two in
 output and the MLflow store they leave are then checked as a researcher reads them."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -168,7 +169,12 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
         assert all(key.startswith("finetune/") for key in trial.data.params)
         assert set(trial.data.metrics) == {"finetune/digits/test_acc"}
     study_run = tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke"))
-    assert study_run.data.tags.get("mlflow.note.content")   # the result in a paragraph, on the run's page
+    assert study_run.data.tags.get(tracking.NOTE_TAG)   # the result in a paragraph, on the run's page
+    experiment = tracking.client(uri).get_experiment(study_run.info.experiment_id)
+    view = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + "smoke"])   # the runs table's columns that matter
+    assert {"params.`model`", "params.`steps`", "metrics.`compute/gflops`", "metrics.`fewshot/digits/5shot`"} \
+        <= set(view["selectedColumns"])
+    assert "viewStateShareKey=smoke" in experiment.tags[tracking.NOTE_TAG]
     studied = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "study")}
     assert studied == {"study/scaling.yaml", "study/runs.json"}   # the study file as it was, the runs resolved
     report = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "report")}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline import analysis, tracking
-from pipeline.analysis.study_run import NOTE_TAG
+from pipeline.tracking import NOTE_TAG
 from test_analysis import curve_store, store, synthetic_table  # noqa: F401 (fixtures)
 
 OPTIONS = analysis.ReportOptions(n_boot=30)

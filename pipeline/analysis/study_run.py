@@ -11,9 +11,8 @@ answers the study's question without opening a file:
   (the metric fitted), ``fit/<family>/law`` (``saturating``, ``power`` or ``none``) and the run's
   description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview).
 
-Not yet: the experiment's description (``render.experiment_description``). Setting an experiment
-tag takes MLflow's experiment API, which only ``pipeline/tracking.py`` may call, and it has no
-helper for it yet.
+The experiment's description (``render.experiment_description``) is set when a study starts
+(``orchestrate.run_study``, with the link to its runs-table view).
 
 ``<family>`` is ``table.family_key``: ViT, BiT, Hybrid.
 """
@@ -27,7 +26,6 @@ from pipeline.analysis.render import PARAMETER_NAMES, to_description
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
 from pipeline.analysis.table import family_key
 
-NOTE_TAG = "mlflow.note.content"   # what MLflow's UI shows as a run's or an experiment's description
 STUDY_RUN_PREFIXES = ("fit/", "multiplier/")
 
 
@@ -74,7 +72,7 @@ def outdated(recorded: dict[str, float], metrics: dict[str, float]) -> dict[str,
 
 def study_run_tags(report: Report, figure_url: str | None) -> dict[str, str]:
     """The run's description, the metric fitted and each family's law used."""
-    tags = {NOTE_TAG: to_description(report, figure_url)}
+    tags = {tracking.NOTE_TAG: to_description(report, figure_url)}
     if report.fits is not None:
         tags["fit/metric"] = report.fits.metric.column
         tags.update({f"fit/{family_key(ff.family)}/law": ff.best()[0].form if ff.best() else "none"
