@@ -4,7 +4,8 @@ Starts ``mlflow server`` on the study's tracking store (a SQLite URI; the runs' 
 from their own local artifact locations, so run it on the machine that holds them), waits for
 ``/health``, and saves four PNGs into the output folder (with the server's log):
 
-- ``1_runs_table.png``: the experiment's description (if any) and its pretraining runs (those with a
+- ``1_runs_table.png``: the experiment's description (if any) and its pretraining runs in the study's own
+  view of the table (``tracking.set_runs_view``) where it has one; else (those with a
   ``model`` param), flat, by compute, with the columns ``model``, ``steps``, ``compute/exaflops``
   and the 5-shot and fine-tuning accuracies;
 - ``2_pretraining_run.png``: the page of one pretraining run;
@@ -127,10 +128,23 @@ def runs_table(columns: list[tuple[str, str]]) -> Callable:
         for group, name in [*(("Attributes", a) for a in HIDDEN_ATTRIBUTES), *columns]:
             toggle_column(page, group, name)
         page.keyboard.press("Escape")
-        expand = page.locator(f"[data-component-id='{EXPAND_DESCRIPTION}']")   # there when it has one
-        if expand.count():
-            expand.first.click()
+        expand_description(page)
     return prepare
+
+
+def shared_view(page) -> None:
+    """The study's own view of the runs table (MLflow opens it in its GenAI layout: staying there
+    keeps the view), its banner closed, the experiment's description expanded."""
+    banner = page.get_by_text("You're viewing a shared view")
+    banner.wait_for(timeout=TIMEOUT_MS)
+    expand_description(page)
+
+
+def expand_description(page) -> None:
+    """Expands the experiment's description, if it has one."""
+    expand = page.locator(f"[data-component-id='{EXPAND_DESCRIPTION}']")
+    if expand.count():
+        expand.first.click()
 
 
 def show_more(page) -> None:
@@ -156,7 +170,11 @@ def shots(tracking_uri: str, study: str, preset: str) -> list[Shot]:
     flat = (f"runs?searchFilter={quote(PRETRAINING_RUNS)}&orderByKey="
             f"{quote('metrics.`compute/exaflops`')}&orderByAsc=true")   # a sort key other than time: not nested
     base = f"#/experiments/{experiment}"
-    return [Shot("1_runs_table.png", f"{base}/{flat}", pretrain.info.run_name, runs_table(columns)),
+    table = Shot("1_runs_table.png", f"{base}/{flat}", pretrain.info.run_name, runs_table(columns))
+    if tracking.SHARED_VIEW_TAG + preset in c.get_experiment(experiment).tags:   # the study's own view
+        table = Shot("1_runs_table.png", f"{base}/runs?viewStateShareKey={preset}", pretrain.info.run_name,
+                     shared_view)
+    return [table,
             Shot("2_pretraining_run.png", f"{base}/runs/{pretrain.info.run_id}", "Parameters"),
             Shot("3_study_run.png", f"{base}/runs/{study_run}", "Description", show_more),
             Shot("4_report_html.png", f"{base}/runs/{study_run}/artifacts/report/report.html", "report.html",

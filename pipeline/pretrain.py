@@ -729,11 +729,20 @@ def start_tracking(plan: PretrainPlan, storage: str, tracking_uri: str, launch: 
     run_id = tracking.start_run(
         tracking_uri, spec.study, spec.id, run_name=spec.label,
         tags={"family": spec.family, "model": spec.model_name, "subset": spec.subset, "length": spec.length,
-              **tracking.source_tags()},
+              tracking.NOTE_TAG: run_description(plan), **tracking.source_tags()},
         params=run_params(plan, launch.workers), artifact_root=store.join(storage, "artifacts"),
         parent_run_id=parent_run_id)
     record_inputs(plan, tracking_uri, run_id)
     return dataclasses.replace(plan, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+
+
+def run_description(plan: PretrainPlan) -> str:
+    """The run's description on its MLflow page: what is trained on what, for how long, at what cost."""
+    spec, n, r = plan.spec, plan.numbers, plan.spec.recipe
+    return (f"{spec.model_name} ({n.params:,} params) pretrained on `{spec.dataset}` ({spec.subset}: "
+            f"{n.subset_images:,} images) for {n.steps:,} steps ({n.images_seen / n.subset_images:.3g} epochs) at batch "
+            f"{r.batch_size}, base LR {plan.base_lr:g} ({plan.base_lr_source}): {n.exaflops:.3g} exaFLOPs. Study "
+            f"`{spec.study}`, RunSpec `{spec.id}` (resolved in `run_spec.json`).")
 
 
 def record_inputs(plan: PretrainPlan, tracking_uri: str, run_id: str) -> None:

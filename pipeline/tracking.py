@@ -483,11 +483,12 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.15+: a runs-table view, 
 def set_runs_view(tracking_uri: str, study: str, key: str, *, params: Iterable[str], metrics: Iterable[str],
                   order_by: str) -> str:
     """A shared view of the study's runs table, stored on its experiment as MLflow's UI stores the
-    views it shares: these params and metrics as columns, sorted by the metric ``order_by``. The UI
-    opens it at ``#/experiments/<id>/runs?viewStateShareKey=<key>``, which is returned."""
+    views it shares: the pretraining runs (those with a ``model`` param: not the fine-tuning trials
+    nor the study run), these params and metrics as columns, sorted by the metric ``order_by``. The
+    UI opens it at ``#/experiments/<id>/runs?viewStateShareKey=<key>``, which is returned."""
     import json
     experiment = experiment_id(tracking_uri, study)
-    state = {"searchFilter": "", "orderByKey": f"metrics.`{order_by}`", "orderByAsc": True,
+    state = {"searchFilter": "params.model != ''", "orderByKey": f"metrics.`{order_by}`", "orderByAsc": True,
              "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in metrics]}
     client(tracking_uri).set_experiment_tag(experiment, SHARED_VIEW_TAG + key, json.dumps(state))
     return f"#/experiments/{experiment}/runs?viewStateShareKey={key}"

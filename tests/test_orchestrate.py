@@ -149,6 +149,7 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
     for spec in SMOKE:
         run = pretraining[spec.id]
         assert run.info.run_name == spec.label == f"{spec.model_name} / full / 40 steps"
+        assert run.data.tags[tracking.NOTE_TAG].startswith(f"{spec.model_name} (")   # its description
         assert run.data.params["steps"] == "40" and float(run.data.params["epochs"]) == 40 * 32 / 512
         assert float(run.data.params["gflops"]) == pytest.approx(PLANNED[spec.id]["exaflops"] * 1e9, rel=1e-3)
         assert run.data.metrics["compute/gflops"] == pytest.approx(run.data.metrics["compute/exaflops"] * 1e9)
