@@ -171,6 +171,12 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
         assert set(trial.data.metrics) == {"finetune/digits/test_acc"}
     study_run = tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke"))
     assert study_run.data.tags.get(tracking.NOTE_TAG)   # the result in a paragraph, on the run's page
+    from pipeline.analysis import family_key
+    fitted = json.loads((storage / "reports" / "scaling-smoke" / "fits.json").read_text())["families"]
+    for family in fitted:   # every family the report fits on (smoke's have too few points: no law)
+        key = family_key(family)
+        assert study_run.data.metrics[f"fit/{key}/points"] == fitted[family]["points"]
+        assert study_run.data.tags[f"fit/{key}/law"] in ("saturating", "power", "none")
     experiment = tracking.client(uri).get_experiment(study_run.info.experiment_id)
     view = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + "smoke"])   # the runs table's columns that matter
     assert {"params.`model`", "params.`steps`", "metrics.`compute/gflops`", "metrics.`fewshot/digits/5shot`"} \
