@@ -538,6 +538,8 @@ def source_tags() -> dict[str, str]:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
     try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:  # an installed copy inside another repo
+            return tags
         tags["mlflow.source.git.commit"] = git("rev-parse", "HEAD")
         tags["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
     except (OSError, subprocess.SubprocessError):
