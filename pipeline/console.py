@@ -101,9 +101,13 @@ class Board:
 
     def __enter__(self) -> "Board":
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         from pipeline.raycluster import ensure_ray
         ensure_ray(log_to_driver=False)
-        self.inbox = ray.remote(num_cpus=0)(Inbox).options(name=_inbox_name(), get_if_exists=True).remote()
+        # on the driver's node: a worker node that is lost (preempted) must not take the console with it
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.inbox = ray.remote(num_cpus=0)(Inbox).options(name=_inbox_name(), get_if_exists=True,
+                                                           scheduling_strategy=here).remote()
         _looked_up.cache_clear()
         self.thread = threading.Thread(target=self._drain_loop, daemon=True, name="console")
         self.thread.start()
