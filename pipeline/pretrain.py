@@ -628,8 +628,11 @@ def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
     from pipeline.data import open_dataset
     recipe = spec.recipe
     dataset, workers = open_dataset(data_path), launch.workers
-    subset = spec.subset_selector(dataset.subset(split="train").num_rows)
-    rows = dataset.subset(split="train", **subset).num_rows
+    # Sizes from the manifest alone; one listing of the folder finds a missing or truncated shard
+    # before anything starts (not a footer read per shard: 100k requests at 300M images).
+    dataset.check_listed_sizes("train")
+    subset = spec.subset_selector(dataset.usable_rows("train"))
+    rows = dataset.subset_rows("train", **subset)
     if launch.on_bad_row not in ("raise", "skip"):
         raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {launch.on_bad_row!r}")
     if recipe.batch_size % workers:

@@ -36,8 +36,12 @@ def num_classes(path) -> int:
 
 def subset_size(path, fraction: float | None = None, count: int | None = None,
                 split: str = "train") -> int:
-    """Rows in a subset after de-duplication exclusions (reads no image bytes)."""
-    return Dataset(path).subset(fraction=fraction, count=count, split=split).num_rows
+    """Rows in a subset after de-duplication exclusions: from the manifest alone for the full
+    split and ``count=`` subsets; a fraction below 1 reads the shards' footers (no image bytes)."""
+    ds = Dataset(path)
+    if count is None and fraction is not None and float(fraction) != 1.0:
+        return ds.subset(fraction=fraction, split=split).num_rows
+    return ds.subset_rows(split, fraction=fraction, count=count)
 
 
 def make_loader(spec: LoaderSpec, *, start_step: int = 0,

@@ -200,7 +200,7 @@ class Dataset:
         self._sizes: dict[str, int] = {}
         self._handles: dict[str, pa.NativeFile] = {}
         self._lock = threading.Lock()
-        self._excluded: dict[tuple[str, str], np.ndarray] = {}
+        self._excluded: dict[str, dict[str, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # open files stay in their process
         return {**self.__dict__, "_handles": {}, "_lock": None}
@@ -226,7 +226,9 @@ class Dataset:
                             dataset=self.root, field="num_classes")
         for split, entry in m["splits"].items():
             for i, shard in enumerate(entry.get("shards", [])):
-                self._resolve(shard.get("path", ""), f"splits.{split}.shards[{i}].path")
+                rel = shard.get("path", "")
+                if not _plain_name(rel):  # the common case, checked without building paths
+                    self._resolve(rel, f"splits.{split}.shards[{i}].path")
 
     def _resolve(self, rel: str, fieldname: str) -> str:
         """Shard paths must stay inside the dataset folder (a manifest is not allowed to point at
@@ -267,15 +269,48 @@ class Dataset:
         return list(self.manifest["splits"])
 
     def shards(self, split: str = "train") -> list[ShardInfo]:
+        return [ShardInfo(split, i, s["path"], int(s["num_rows"]), int(s.get("bytes", -1)),
+                          s.get("sha256", ""))
+                for i, s in enumerate(self._shard_entries(split))]
+
+    def _shard_entries(self, split: str) -> list[dict[str, Any]]:
         if split not in self.manifest["splits"]:
             raise DataError(f"no split {split!r}; this dataset has {self.splits}",
                             dataset=self.root, field="splits")
-        return [ShardInfo(split, i, s["path"], int(s["num_rows"]), int(s.get("bytes", -1)),
-                          s.get("sha256", ""))
-                for i, s in enumerate(self.manifest["splits"][split]["shards"])]
+        return self.manifest["splits"][split]["shards"]
 
     def num_rows(self, split: str = "train") -> int:
-        return sum(s.num_rows for s in self.shards(split))
+        """Rows of the split, exclusions included (manifest only)."""
+        return sum(int(s["num_rows"]) for s in self._shard_entries(split))
+
+    def usable_rows(self, split: str = "train") -> int:
+        """Rows of the split minus de-duplication exclusions, from the manifest alone (no shard
+        is opened): the full subset's size and the most a ``count=`` subset can take."""
+        index = self._exclusions(split)
+        return sum(_usable(int(s["num_rows"]), index.get(s["path"], _NONE))
+                   for s in self._shard_entries(split))
+
+    def subset_rows(self, split: str = "train", *, fraction: float | None = None,
+                    count: int | None = None) -> int:
+        """Rows of ``subset(fraction=, count=, split=)`` from the manifest alone (no shard is
+        opened), for the subsets whose size the manifest says: the full split (fraction None or
+        1.0) and ``count=`` subsets (the count, checked against the usable rows, as ``subset``
+        checks it). A fraction below 1 is a priority threshold whose row count only the shards
+        know: build the subset (``RunSpec.subset_selector`` turns fractions into counts)."""
+        if fraction is not None and count is not None:
+            raise ValueError("give a subset fraction or a count, not both")
+        if count is None:
+            if fraction is not None and float(fraction) != 1.0:
+                raise ValueError(f"the size of a fraction-{fraction} subset is not in the manifest: "
+                                 "build the subset, or ask for a count")
+            return self.usable_rows(split)
+        if int(count) <= 0:
+            raise ValueError(f"subset count must be positive, got {count}")
+        usable = self.usable_rows(split)
+        if int(count) > usable:
+            raise DataError(f"asked for {count} rows, the split has only {usable} usable rows",
+                            dataset=self.root, field=f"splits.{split}")
+        return int(count)
 
     def shard_path(self, shard: ShardInfo) -> str:
         return self._resolve(shard.path, "path")
@@ -295,16 +330,34 @@ class Dataset:
             found = storage.info(self.shard_path(shard))
         except OSError as e:
             raise DataError(f"shard cannot be reached: {e}", dataset=self.root, shard=shard.path) from e
-        if found.type != storage.FileType.File:
-            raise DataError("shard file is missing", dataset=self.root, shard=shard.path,
-                            hint="re-create or re-download the dataset")
-        if shard.bytes >= 0 and found.size != shard.bytes:
-            raise DataError(f"file is {found.size} bytes, the manifest says {shard.bytes} "
-                            f"({'truncated' if found.size < shard.bytes else 'changed'})",
-                            dataset=self.root, shard=shard.path,
-                            hint="re-create the shard; `python -m pipeline.data verify` checks all shards")
+        self._check_size(shard, found.type == storage.FileType.File, found.size)
         self._sizes[shard.path] = found.size
         return found.size
+
+    def _check_size(self, shard: ShardInfo, is_file: bool, size: int) -> None:
+        if not is_file:
+            raise DataError("shard file is missing", dataset=self.root, shard=shard.path,
+                            hint="re-create or re-download the dataset")
+        if shard.bytes >= 0 and size != shard.bytes:
+            raise DataError(f"file is {size} bytes, the manifest says {shard.bytes} "
+                            f"({'truncated' if size < shard.bytes else 'changed'})",
+                            dataset=self.root, shard=shard.path,
+                            hint="re-create the shard; `python -m pipeline.data verify` checks all shards")
+
+    def check_listed_sizes(self, split: str = "train") -> None:
+        """Every shard of the split is there with the manifest's size, from one listing of the
+        dataset's folder (an object store lists 1000 objects a request: 100 requests for 100k
+        shards, where checking each shard is a request each). Raises :class:`DataError` naming
+        the first missing, truncated or changed shard. Reads no shard."""
+        try:
+            listed = {posixpath.relpath(f.path, storage.filesystem(self.root)[1]): f.size
+                      for f in storage.files_under(self.root)}
+        except OSError as e:
+            raise DataError(f"the dataset's folder cannot be listed: {e}", dataset=self.root) from e
+        for shard in self.shards(split):
+            rel = posixpath.normpath(shard.path)
+            self._check_size(shard, rel in listed, listed.get(rel, -1))
+            self._sizes[shard.path] = listed[rel]
 
     def _shard_file(self, shard: ShardInfo) -> pa.NativeFile:
         """One open file per shard, shared by readers (ranged reads are thread-safe), for the
@@ -342,18 +395,39 @@ class Dataset:
 
     def excluded_rows(self, split: str, shard: ShardInfo) -> np.ndarray:
         """Sorted row indices of the shard that de-duplication excluded."""
-        cache_key = (split, shard.path)
-        if cache_key not in self._excluded:
-            rows = [int(e["row"]) for e in self.manifest.get("exclusions", {}).get(split, [])
-                    if e["shard"] == shard.path]
-            self._excluded[cache_key] = np.unique(np.asarray(rows, dtype=np.int64))
-        return self._excluded[cache_key]
+        return self._exclusions(split).get(shard.path, _NONE)
+
+    def _exclusions(self, split: str) -> dict[str, np.ndarray]:
+        """{shard path: its sorted excluded rows} of a split, indexed in one pass over the
+        manifest's exclusions (not one pass a shard: 100k shards x 10k exclusions)."""
+        if split not in self._excluded:
+            rows: dict[str, list[int]] = {}
+            for e in self.manifest.get("exclusions", {}).get(split, []):
+                rows.setdefault(e["shard"], []).append(int(e["row"]))
+            self._excluded[split] = {path: np.unique(np.asarray(r, dtype=np.int64))
+                                     for path, r in rows.items()}
+        return self._excluded[split]
 
     def subset(self, fraction: float | None = None, count: int | None = None,
                split: str = "train", on_unreadable: str = "raise",
                exclude_fraction: float | None = None) -> "Subset":
         return Subset.build(self, split=split, fraction=fraction, count=count,
                             on_unreadable=on_unreadable, exclude_fraction=exclude_fraction)
+
+
+_NONE = np.zeros(0, dtype=np.int64)  # a shard without exclusions
+_NONE.flags.writeable = False
+
+
+def _usable(num_rows: int, excluded: np.ndarray) -> int:
+    """Rows of a shard that are not excluded (exclusions past its end do not count)."""
+    return num_rows - int(np.searchsorted(excluded, num_rows))
+
+
+def _plain_name(rel: Any) -> bool:
+    """A shard path that is one plain file name (what the writers make): inside the folder."""
+    return (isinstance(rel, str) and rel not in ("", ".", "..") and "/" not in rel and "\\" not in rel
+            and ":" not in rel)
 
 
 def read_footer(f: pa.NativeFile, size: int) -> pq.FileMetaData:
@@ -523,7 +597,7 @@ def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], 
     if count <= 0:
         raise ValueError(f"subset count must be positive, got {count}")
     excluded = [dataset.excluded_rows(split, s) for s in shards]
-    usable_total = sum(s.num_rows - len(e) for s, e in zip(shards, excluded))
+    usable_total = sum(_usable(s.num_rows, e) for s, e in zip(shards, excluded))
     if count > usable_total:
         raise DataError(f"asked for {count} rows, the split has only {usable_total} usable rows",
                         dataset=dataset.root, field=f"splits.{split}")
