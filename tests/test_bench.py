@@ -1,9 +1,11 @@
-"""The GPU check's CPU dry mode (bench/gpu_check.sh --dry), so that the script run on lent GPU
-machines cannot rot between them: micro models, eager steps, the loader, the table."""
+"""Bench scripts at toy sizes, so that they cannot rot between the runs that measure: the GPU
+check's CPU dry mode (bench/gpu_check.sh --dry; micro models, eager steps, the loader, the table)
+and the real-photo loader bench (bench/bench_photos.py)."""
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,25 @@ def test_gpu_check_dry_mode_measures_every_model_and_the_loader(tmp_path):
                                                                           (0, "float32"), (2, "float32")}
     assert all(r["images"] == 64 for r in loader)
     assert "| model | mode | batch | img/s |" in done.stdout
+
+
+def test_bench_photos_smoke_run_measures_every_row(tmp_path):
+    """bench/bench_photos.py (issue 17) at toy sizes: photos made, converted (original and a stored
+    resolution), every decode and loader row measured."""
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, "bench/bench_photos.py", "--images", "40", "--decode-images", "16",
+                           "--repeats", "1", "--stored", "48", "--batch-size", "8", "--workers", "1",
+                           "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"original", "stored 48"}
+    assert results["original"]["images"] == results["stored 48"]["images"] == 40
+    labels = [label for label, _ in results["original"]["rows"]]
+    assert labels[:4] == ["PIL baseline (torchvision way), float32",
+                          "ours decode_rgb + train_transform (full decode), uint8",
+                          "ours decode_train, uint8", "ours decode_train, float32"]
+    assert sum("make_loader" in label for label in labels) == 4
+    assert all(rate > 0 for r in results.values() for _, rate in r["rows"])
+    assert results["stored 48"]["crops"]["short_side_mean"] <= 48
+    assert "| stored | measurement | images/s |" in done.stdout

@@ -255,3 +255,56 @@ def test_webdataset_bad_samples_are_named_or_skipped(tmp_path):
                      ConvertOptions(num_classes=5, skip_bad=True), progress=False)
     assert (result["rows"], result["skipped"]) == (1, 2)
     assert_usable(tmp_path / "out3", {"train": 1})
+
+
+def test_max_short_side_stores_large_images_resized_and_records_it(tmp_path):
+    """--max-short-side N: every stored image's shorter side is at most N (large ones exactly N,
+    JPEGs stay JPEG, others PNG), small ones are stored byte for byte, labels and counts as
+    without it, and the manifest records N (null for a split stored as it was)."""
+    from sklearn.datasets import load_sample_image
+    photo = load_sample_image("flower.jpg")                    # 427 x 640, a real photograph
+    src = tmp_path / "tree"
+    files = {"a/wide.jpg": encode(photo[:200, :300], "JPEG"), "a/tall.png": encode(photo[:300, :90, 0], "PNG"),
+             "b/small.jpg": encode(photo[:50, :40], "JPEG"), "b/edge.jpg": encode(photo[:64, :100], "JPEG")}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    plain = convert("imagefolder", src, tmp_path / "plain", executor="inline", progress=False)
+    small = convert("imagefolder", src, tmp_path / "small", ConvertOptions(max_short_side=64, shards=2),
+                    executor="inline", progress=False)
+    assert (small["rows"], small["rows_per_class"]) == (plain["rows"], plain["rows_per_class"]) == (4, {0: 2, 1: 2})
+    rows, before = stored(tmp_path / "small"), stored(tmp_path / "plain")
+    assert {k: labels for k, (_, labels) in rows.items()} == {k: labels for k, (_, labels) in before.items()}
+    sizes = {k: Image.open(io.BytesIO(image)).size for k, (image, _) in rows.items()}
+    formats = {k: Image.open(io.BytesIO(image)).format for k, (image, _) in rows.items()}
+    assert sizes == {"train/a/wide.jpg": (96, 64), "train/a/tall.png": (64, 213),
+                     "train/b/small.jpg": (40, 50), "train/b/edge.jpg": (100, 64)}
+    assert formats["train/a/wide.jpg"] == "JPEG" and formats["train/a/tall.png"] == "PNG"
+    assert rows["train/b/small.jpg"][0] == files["b/small.jpg"]       # already small: as it was
+    assert rows["train/b/edge.jpg"][0] == files["b/edge.jpg"]
+    assert Dataset(tmp_path / "small").manifest["image"]["max_short_side"] == 64
+    assert Dataset(tmp_path / "plain").manifest["image"]["max_short_side"] is None
+    assert_usable(tmp_path / "small", {"train": 4})
+    convert("imagefolder", src, tmp_path / "small", ConvertOptions(split="test"), executor="inline", progress=False)
+    manifest = Dataset(tmp_path / "small").manifest
+    assert manifest["image"]["max_short_side"] is None          # the test split is not bounded
+    assert manifest["source"]["splits"]["train"]["max_short_side"] == 64
+    write_cifar(tmp_path / "c10", "cifar10", np.random.default_rng(0))
+    convert("cifar", tmp_path / "c10", tmp_path / "c16", ConvertOptions(max_short_side=16), executor="inline",
+            progress=False)
+    ds = Dataset(tmp_path / "c16")
+    assert ds.manifest["image"]["max_short_side"] == 16 and (ds.manifest["image"]["width"], ds.num_rows("test")) == (16, 4)
+    from pipeline.data.__main__ import build_parser
+    args = build_parser().parse_args(["convert", "cifar", "src", "out", "--max-short-side", "256"])
+    assert args.max_short_side == 256
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["convert", "cifar", "src", "out", "--max-short-side", "0"])
+
+
+def test_synth_max_short_side_stores_the_rendered_images_smaller(tmp_path):
+    from pipeline.data.synth import SynthSpec, generate
+    path = generate(tmp_path / "s", SynthSpec(images=6, classes=3, image_size=48, max_short_side=32,
+                                              encoding="png"), executor="inline", progress=False)
+    ds = Dataset(path)
+    assert ds.manifest["image"] == {"encoding": "png", "height": 32, "width": 32, "channels": 3, "max_short_side": 32}
+    assert {Image.open(io.BytesIO(image)).size for image, _ in stored(path).values()} == {(32, 32)}

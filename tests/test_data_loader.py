@@ -186,3 +186,49 @@ def test_corrupt_row_group_is_named_or_its_rows_skipped(synth, tmp_path):
     assert len(seen) == 300 - group_rows and len(loader.skipped) == group_rows
     assert {(b.shard, b.field) for b in loader.skipped} == {(shard.path, "row_group")}
     assert [b.row for b in loader.skipped] == list(range(first_row, first_row + group_rows))
+
+
+def _photo(size: tuple[int, int], fmt: str = "JPEG") -> bytes:
+    """A real photograph (scikit-learn's china.jpg) resized to ``size`` and encoded as ``fmt``."""
+    import io
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    buf = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).resize(size, Image.LANCZOS).save(buf, format=fmt, quality=90)
+    return buf.getvalue()
+
+
+def test_train_decode_reduces_large_jpegs_with_the_same_crop_and_flip():
+    import numpy as np
+    from pipeline.data.images import decode_rgb, decode_train, draft_scale, inception_crop_box, train_transform
+    big = _photo((1600, 1068))
+    drafted, diffs = 0, []
+    for seed in range(16):
+        fast = decode_train(big, 224, np.random.default_rng(seed))
+        full = train_transform(decode_rgb(big), 224, np.random.default_rng(seed))
+        assert fast.shape == full.shape == (224, 224, 3) and fast.dtype == np.uint8
+        box = inception_crop_box(1600, 1068, np.random.default_rng(seed))
+        drafted += draft_scale(box, 224) > 1
+        diffs.append(np.abs(fast.astype(np.int16) - full).mean())
+        if draft_scale(box, 224) == 1:
+            assert np.array_equal(fast, full)                   # crops under 448 px: decoded in full
+    assert 4 <= drafted < 16                                   # both paths taken
+    assert max(diffs) < 4 and np.mean(diffs) < 2.5             # grey levels of 255: the same box, the same flip
+    mirrored = np.abs(decode_train(big, 224, np.random.default_rng(0))[:, ::-1].astype(np.int16) -
+                      train_transform(decode_rgb(big), 224, np.random.default_rng(0))).mean()
+    assert mirrored > 5 * max(diffs)                           # (a wrong flip would show)
+    for small in (_photo((400, 300)), _photo((900, 600), "PNG")):   # small JPEGs, PNGs: the full path
+        for seed in range(4):
+            assert np.array_equal(decode_train(small, 224, np.random.default_rng(seed)),
+                                  train_transform(decode_rgb(small), 224, np.random.default_rng(seed)))
+
+
+def test_crop_resize_matches_pil_resize_inside_the_box():
+    import numpy as np
+    from PIL import Image
+    from pipeline.data.images import crop_resize, decode_rgb
+    img = decode_rgb(_photo((500, 375)))
+    for box in ((10, 20, 110, 100), (0, 0, 500, 375), (100, 50, 324, 274), (37, 11, 460, 350)):
+        ours = crop_resize(img, box, 224).astype(np.int16)
+        pil = np.asarray(img.crop(box).resize((224, 224), Image.BILINEAR))
+        assert np.abs(ours - pil).max() <= 1, box                 # bilinear, antialiased as PIL's

@@ -18,7 +18,7 @@ def _synth(args: argparse.Namespace) -> int:
                      test_images=args.test_images, val_images=args.val_images,
                      label_noise=args.label_noise, exponent=args.zipf_exponent,
                      class_offset=args.class_offset, max_objects=args.max_objects,
-                     style=args.style, encoding=args.encoding)
+                     style=args.style, encoding=args.encoding, max_short_side=args.max_short_side)
     return _summary(generate(args.out, spec, executor=args.executor))
 
 
@@ -49,7 +49,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from pipeline.data.convert import ConvertOptions, convert
     options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
-                             skip_bad=args.skip_bad, seed=args.seed)
+                             skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side)
     result = convert(args.format, args.src, args.out, options)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
@@ -140,6 +140,9 @@ def add_synth(sub) -> None:
                    help="shapes: coloured filled shapes (576 classes); glyphs: grey stroke figures "
                         "(10000 classes), whose features transfer to handwriting-like images")
     p.add_argument("--encoding", choices=("png", "jpeg"), default=None, help="image encoding (default: png up to 64 px, else jpeg)")
+    p.add_argument("--max-short-side", type=_positive_int, default=None, metavar="N",
+                   help="store images rendered larger than N px (--image-size) resized to N (Lanczos); "
+                        "default: at --image-size")
     p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto", help=EXECUTOR_HELP)
     p.set_defaults(fn=_synth)
 
@@ -158,7 +161,18 @@ def add_convert(sub) -> None:
                    help="webdataset: class count (default: largest label + 1)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip undecodable/unlabelled samples (counted and reported) instead of failing")
+    p.add_argument("--max-short-side", type=_positive_int, default=None, metavar="N",
+                   help="store images whose shorter side is above N px resized to N (Lanczos; JPEG "
+                        "sources re-encoded at quality 90), e.g. 256 or 320 for 224-px training: "
+                        "faster decoding (bench/RESULTS.md, issue 17); default: as they are")
     p.set_defaults(fn=_convert)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,10 @@
 Each source is cut into chunks that become shards, converted in parallel (Ray tasks when Ray is
 up, local processes otherwise). Every image is decoded once to validate it; JPEG/PNG files that
 are already RGB are stored byte for byte, anything else (grayscale, palette, alpha, other formats)
-becomes an RGB PNG. A split is added to OUT (a new or an existing dataset with the same classes). OUT may be a folder
+becomes an RGB PNG. ``max_short_side=N`` (``--max-short-side N``) stores images whose shorter side
+is above N resized (Lanczos) so that it is N, re-encoded as JPEG quality 90 when the source was a
+JPEG (else PNG); smaller images are stored as they are. The manifest's ``image.max_short_side``
+records N (null: stored at the source's resolution), each split's in ``source.splits``. A split is added to OUT (a new or an existing dataset with the same classes). OUT may be a folder
 or a URI (``s3://bucket/data/name``): shards are written there directly, the manifest last.
 """
 from __future__ import annotations
@@ -55,15 +58,37 @@ class ShardResult:
     max_label: int = -1
 
 
-def normalize_image(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
-    """(bytes to store, "jpeg"|"png", (width, height)). Raises UndecodableImage."""
+STORED_JPEG_QUALITY = 90   # what resized JPEG sources are re-encoded with (max_short_side)
+
+
+def normalize_image(data: bytes, max_short_side: int | None = None) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes to store, "jpeg"|"png", (width, height)). Raises UndecodableImage.
+
+    With ``max_short_side``, an image whose shorter side is longer is resized (Lanczos) to have
+    exactly that shorter side: JPEG sources are re-encoded as JPEG (quality 90), others as PNG."""
     img = decode_rgb(data)  # full decode: validates the file
     original = Image.open(io.BytesIO(data))
+    if max_short_side is not None and min(img.size) > max_short_side:
+        img = img.resize(shorter_side_size(img.size, max_short_side), Image.LANCZOS)
+        buf = io.BytesIO()
+        if original.format == "JPEG":
+            img.save(buf, format="JPEG", quality=STORED_JPEG_QUALITY)
+            return buf.getvalue(), "jpeg", img.size
+        img.save(buf, format="PNG", compress_level=6)
+        return buf.getvalue(), "png", img.size
     if original.format in ("JPEG", "PNG") and original.mode == "RGB":
         return data, original.format.lower(), img.size
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue(), "png", img.size
+
+
+def shorter_side_size(size: tuple[int, int], short: int) -> tuple[int, int]:
+    """(width, height) scaled so that the shorter side is ``short`` (the aspect ratio kept)."""
+    w, h = size
+    if w <= h:
+        return short, max(short, round(h * short / w))
+    return max(short, round(w * short / h)), short
 
 
 def _finish_shard(out: str, name: str, rows: list[Row], subset_seed: int,
@@ -74,9 +99,9 @@ def _finish_shard(out: str, name: str, rows: list[Row], subset_seed: int,
 
 
 def _add_row(rows: list[Row], result: ShardResult, key: str, data: bytes,
-             labels: list[int], where: str, skip_bad: bool) -> None:
+             labels: list[int], where: str, skip_bad: bool, max_short_side: int | None) -> None:
     try:
-        stored, encoding, size = normalize_image(data)
+        stored, encoding, size = normalize_image(data, max_short_side)
     except UndecodableImage as e:
         if not skip_bad:
             raise ConversionError(str(e), source=where, field="image",
@@ -94,25 +119,26 @@ def _add_row(rows: list[Row], result: ShardResult, key: str, data: bytes,
 # Jobs (one shard each; module-level so processes and Ray can run them)
 
 def _imagefolder_job(out: str, name: str, items: list[tuple[str, str, int]], split: str,
-                     subset_seed: int, skip_bad: bool) -> ShardResult:
+                     subset_seed: int, skip_bad: bool, max_short_side: int | None) -> ShardResult:
     result, rows = ShardResult(None), []
     for path, rel, label in items:
-        _add_row(rows, result, f"{split}/{rel}", Path(path).read_bytes(), [label], path, skip_bad)
+        _add_row(rows, result, f"{split}/{rel}", Path(path).read_bytes(), [label], path, skip_bad,
+                 max_short_side)
     return _finish_shard(out, name, rows, subset_seed, result)
 
 
 def _array_job(out: str, name: str, keys: list[str], images: np.ndarray, labels: list[int],
-               subset_seed: int) -> ShardResult:
+               subset_seed: int, max_short_side: int | None = None) -> ShardResult:
     result, rows = ShardResult(None), []
     for key, pixels, label in zip(keys, images, labels):
         buf = io.BytesIO()
         Image.fromarray(pixels).convert("RGB").save(buf, format="PNG", compress_level=6)
-        _add_row(rows, result, key, buf.getvalue(), [int(label)], key, skip_bad=False)
+        _add_row(rows, result, key, buf.getvalue(), [int(label)], key, False, max_short_side)
     return _finish_shard(out, name, rows, subset_seed, result)
 
 
 def _webdataset_job(out: str, name: str, tar_path: str, split: str, subset_seed: int,
-                    skip_bad: bool, num_classes: int | None) -> ShardResult:
+                    skip_bad: bool, num_classes: int | None, max_short_side: int | None) -> ShardResult:
     result, rows = ShardResult(None), []
     tar_name = Path(tar_path).name
     try:
@@ -136,7 +162,8 @@ def _webdataset_job(out: str, name: str, tar_path: str, split: str, subset_seed:
                                       hint="fix the sample, or pass --skip-bad") from e
             result.skipped.append((where, str(e)))
             continue
-        _add_row(rows, result, f"{tar_name}/{key}", files[image_ext], labels, where, skip_bad)
+        _add_row(rows, result, f"{tar_name}/{key}", files[image_ext], labels, where, skip_bad,
+                 max_short_side)
     return _finish_shard(out, name, rows, subset_seed, result)
 
 
@@ -245,7 +272,8 @@ def _record_split(out: str, manifest: dict, split: str, results: list[ShardResul
     manifest["image"] = {"encoding": encodings.pop() if len(encodings) == 1 else "mixed",
                          "encodings": sorted(set().union(*(r.encodings for r in done)) |
                                              set(manifest["image"].get("encodings", []))),
-                         "width": w, "height": h, "channels": 3}
+                         "width": w, "height": h, "channels": 3,
+                         "max_short_side": _max_short_side(manifest)}
     if write:
         write_manifest(out, manifest)
     skipped = [s for r in results for s in r.skipped]
@@ -256,38 +284,51 @@ def _record_split(out: str, manifest: dict, split: str, results: list[ShardResul
             "rows_per_class": {int(c): n for c, n in sorted(counts.items())}}
 
 
+def _max_short_side(manifest: dict) -> int | None:
+    """The bound on every split's shorter image side (the splits' own in ``source.splits``);
+    None when any split was stored at its source's resolution."""
+    bounds = [s.get("max_short_side") for s in manifest["source"].get("splits", {}).values()]
+    return None if not bounds or None in bounds else max(bounds)
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """What ``convert`` writes besides the source's images: the split's name (imagefolder and
     webdataset: "train"; cifar: every split), the shard count (imagefolder), the class count
     (webdataset: largest label + 1), whether bad samples are skipped and counted rather than
-    fatal (imagefolder, webdataset), and the seed of the subset priorities."""
+    fatal (imagefolder, webdataset), the seed of the subset priorities, and the stored
+    resolution: images whose shorter side is above ``max_short_side`` are resized to it (None:
+    stored as they are; e.g. 256 or 320 for 224-px training, see bench/RESULTS.md issue 17)."""
     split: str | None = None
     shards: int | None = None
     num_classes: int | None = None
     skip_bad: bool = False
     seed: int = 0
+    max_short_side: int | None = None
+
+    def __post_init__(self):
+        if self.max_short_side is not None and self.max_short_side < 1:
+            raise ValueError(f"max_short_side must be a positive number of pixels, got {self.max_short_side}")
 
 
 def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike,
             options: ConvertOptions = ConvertOptions(), *, executor: str = "auto",
             progress: bool = True) -> dict[str, Any]:
     """Convert ``src`` in format ``fmt`` into the dataset at ``out``; returns row counts."""
-    split, seed = options.split, options.seed
     if fmt == "imagefolder":
-        return convert_imagefolder(src, out, split=split or "train", shards=options.shards,
-                                   skip_bad=options.skip_bad, seed=seed, executor=executor, progress=progress)
+        return convert_imagefolder(src, out, options, executor=executor, progress=progress)
     if fmt == "cifar":
-        return convert_cifar(src, out, split=split, seed=seed, executor=executor, progress=progress)
+        return convert_cifar(src, out, split=options.split, seed=options.seed, executor=executor,
+                             progress=progress, max_short_side=options.max_short_side)
     if fmt == "webdataset":
-        return convert_webdataset(src, out, split=split or "train", num_classes=options.num_classes,
-                                  skip_bad=options.skip_bad, seed=seed, executor=executor, progress=progress)
+        return convert_webdataset(src, out, options, executor=executor, progress=progress)
     raise ValueError(f"format must be imagefolder, cifar or webdataset, got {fmt!r}")
 
 
-def convert_imagefolder(src, out, *, split: str = "train", shards: int | None = None,
-                        skip_bad: bool = False, seed: int = 0, executor: str = "auto",
-                        progress: bool = True) -> dict[str, Any]:
+def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
+                        executor: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """``SRC/<class>/<images>`` -> split ``options.split`` (default train) of ``out``."""
+    split, seed, shards = options.split or "train", options.seed, options.shards
     src, out = Path(src), storage.resolve(out)
     if not src.is_dir():
         raise ConversionError("not a folder", source=src, hint="expected SRC/<class>/<images>")
@@ -307,9 +348,11 @@ def convert_imagefolder(src, out, *, split: str = "train", shards: int | None = 
         raise ConversionError("has no image files in its class subfolders", source=src)
     manifest = _open_output(out, split, num_classes=len(classes), multi_label=False,
                             class_names=classes, subset_seed=seed,
-                            source={"converter": "imagefolder", "src": str(src.resolve())})
+                            source={"converter": "imagefolder", "src": str(src.resolve()),
+                                    "max_short_side": options.max_short_side})
     per = math.ceil(len(items) / shards) if shards else ROWS_PER_SHARD
-    jobs = [(out, f".{split}-{i:05d}.parquet", items[a:b], split, seed, skip_bad)
+    jobs = [(out, f".{split}-{i:05d}.parquet", items[a:b], split, seed, options.skip_bad,
+             options.max_short_side)
             for i, (a, b) in enumerate(_chunks(len(items), per))]
     results = _run_split_jobs(out, split, _imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
                        desc=f"imagefolder {split}", unit="img", executor=executor, progress=progress)
@@ -341,7 +384,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor: str = "auto",
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, max_short_side: int | None = None) -> dict[str, Any]:
     src, out = Path(src), storage.resolve(out)
     if (src / "data_batch_1").exists():
         variant, meta_file, label_key, names_key = "cifar10", "batches.meta", b"labels", b"label_names"
@@ -380,9 +423,9 @@ def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor
         manifest = _open_output(out, name, num_classes=num_classes, manifest=manifest,
                                 multi_label=False, class_names=class_names, subset_seed=seed,
                                 source={"converter": "cifar", "variant": variant,
-                                        "src": str(src.resolve())})
-        jobs = [(out, f".{name}-{i:05d}.parquet",
-                 [f"{variant}-{name}-{j:05d}" for j in range(a, b)], pixels[a:b], labels[a:b], seed)
+                                        "src": str(src.resolve()), "max_short_side": max_short_side})
+        jobs = [(out, f".{name}-{i:05d}.parquet", [f"{variant}-{name}-{j:05d}" for j in range(a, b)],
+                 pixels[a:b], labels[a:b], seed, max_short_side)
                 for i, (a, b) in enumerate(_chunks(len(labels), 10000))]
         results = _run_split_jobs(out, name, _array_job, jobs, weights=[len(j[3]) for j in jobs],
                            desc=f"{variant} {name}", unit="img", executor=executor, progress=progress)
@@ -405,14 +448,15 @@ def _tar_files(src: Path) -> list[Path]:
     return tars
 
 
-def convert_webdataset(src, out, *, split: str = "train", num_classes: int | None = None,
-                       skip_bad: bool = False, seed: int = 0, executor: str = "auto",
-                       progress: bool = True) -> dict[str, Any]:
+def convert_webdataset(src, out, options: ConvertOptions = ConvertOptions(), *,
+                       executor: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """WebDataset tar shards -> split ``options.split`` (default train) of ``out``."""
+    split, seed, num_classes = options.split or "train", options.seed, options.num_classes
     src, out = Path(src), storage.resolve(out)
     tars = _tar_files(src)
     storage.makedirs(out)
-    jobs = [(out, f".{split}-{i:05d}.parquet", str(t), split, seed, skip_bad, num_classes)
-            for i, t in enumerate(tars)]
+    jobs = [(out, f".{split}-{i:05d}.parquet", str(t), split, seed, options.skip_bad, num_classes,
+             options.max_short_side) for i, t in enumerate(tars)]
     results = _run_split_jobs(out, split, _webdataset_job, jobs, weights=[t.stat().st_size for t in tars],
                        desc=f"webdataset {split}", unit="B", executor=executor, progress=progress)
     if num_classes is None:
@@ -420,7 +464,8 @@ def convert_webdataset(src, out, *, split: str = "train", num_classes: int | Non
     multi_label = _any_multi_label(out, results)
     manifest = _open_output(out, split, num_classes=num_classes,
                             multi_label=multi_label, class_names=None, subset_seed=seed,
-                            source={"converter": "webdataset", "src": [str(t.resolve()) for t in tars]})
+                            source={"converter": "webdataset", "src": [str(t.resolve()) for t in tars],
+                                    "max_short_side": options.max_short_side})
     manifest["multi_label"] = manifest.get("multi_label", False) or multi_label
     return _record_split(out, manifest, split, results)
 

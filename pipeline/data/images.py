@@ -2,6 +2,9 @@
 
 Train: inception-style random crop (area 5%-100% of the image, aspect 3/4-4/3; the paper's
 pretraining augmentation as in the authors' big_vision ``inception_crop``) + horizontal flip.
+:func:`decode_train` does it from the encoded bytes: the crop box is drawn on the header's size,
+a large JPEG decodes reduced in the DCT domain when the box stays at least the output size, and
+the box is resized with torch's uint8 kernel (bilinear, antialiased like PIL's, 2-4x faster).
 Eval: resize the shorter side to ``image_size / crop_fraction``, then a central crop.
 Pixels are scaled to [-1, 1] as in the authors' code (``value_range(-1, 1)``).
 """
@@ -26,21 +29,23 @@ class UndecodableImage(ValueError):
     pass
 
 
-def decode_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode encoded bytes to an RGB image (grayscale, palette, alpha all become RGB).
-
-    ``draft_size`` lets JPEG decode at a reduced scale (a large speed-up for big photos) as long as
-    both sides stay at least that large.
-    """
+def open_image(data: bytes) -> Image.Image:
+    """The image's header (size, format, mode), its pixels not yet decoded: ``load()`` decodes
+    them. Raises :class:`UndecodableImage`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if draft_size and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
+            return Image.open(io.BytesIO(data))
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         raise UndecodableImage(f"cannot decode image ({len(data)} bytes): {type(e).__name__}: {e}") from e
+
+
+def _load_rgb(img: Image.Image, nbytes: int) -> Image.Image:
+    """Decode an opened image to RGB (grayscale, palette, alpha all become RGB)."""
+    try:
+        img.load()
+    except Exception as e:
+        raise UndecodableImage(f"cannot decode image ({nbytes} bytes): {type(e).__name__}: {e}") from e
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             # Composite transparency on white rather than on arbitrary hidden colours.
@@ -51,6 +56,18 @@ def decode_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
         else:
             img = img.convert("RGB")
     return img
+
+
+def decode_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode encoded bytes to an RGB image (grayscale, palette, alpha all become RGB).
+
+    ``draft_size`` lets JPEG decode at a reduced scale (a large speed-up for big photos) as long as
+    both sides stay at least that large.
+    """
+    img = open_image(data)
+    if draft_size and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    return _load_rgb(img, len(data))
 
 
 def inception_crop_box(width: int, height: int, rng: np.random.Generator,
@@ -82,9 +99,65 @@ def inception_crop_box(width: int, height: int, rng: np.random.Generator,
 
 def train_transform(img: Image.Image, image_size: int, rng: np.random.Generator,
                     min_crop_area: float = 0.05) -> np.ndarray:
+    """Inception crop + flip of a decoded image (:func:`decode_train` does the same from bytes,
+    faster for large JPEGs)."""
     box = inception_crop_box(img.width, img.height, rng, area_range=(min_crop_area, 1.0))
-    out = img.resize((image_size, image_size), Image.BILINEAR, box=box)
-    arr = np.asarray(out)
+    return _crop_resize_flip(img, box, image_size, rng)
+
+
+def crop_resize(img: Image.Image, box: tuple[int, int, int, int], image_size: int) -> np.ndarray:
+    """The pixels of ``box`` (integer edges) resized to ``image_size`` x ``image_size``, HWC uint8:
+    bilinear, antialiased when shrinking, as PIL's ``resize(box=...)`` (within 1 grey level inside
+    the box; at its edges PIL's filter also reads pixels outside it), but 2-4x faster: torch's
+    vectorised uint8 kernel (bench/RESULTS.md, issue 17)."""
+    import torch
+    region = torch.from_numpy(np.array(img.crop(box)))       # a writable copy of the box only
+    out = torch.nn.functional.interpolate(region.permute(2, 0, 1).unsqueeze(0), size=(image_size, image_size),
+                                          mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0).numpy()
+
+
+def _crop_resize_flip(img: Image.Image, box, image_size: int, rng: np.random.Generator) -> np.ndarray:
+    arr = crop_resize(img, box, image_size)
+    if rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    return arr
+
+
+DRAFT_SCALES = (8, 4, 2)   # the reductions libjpeg decodes to in the DCT domain
+
+
+def draft_scale(box: tuple[float, float, float, float], image_size: int) -> int:
+    """The largest JPEG reduction (1/8, 1/4, 1/2; else 1) that leaves the crop ``box`` at least
+    ``image_size`` pixels on both sides: the crop is then still downscaled (never upscaled) to
+    ``image_size``, so no detail the output could show is lost."""
+    side = min(box[2] - box[0], box[3] - box[1])
+    return next((s for s in DRAFT_SCALES if side >= s * image_size), 1)
+
+
+def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
+                 min_crop_area: float = 0.05) -> np.ndarray:
+    """Decode + inception crop + flip, as ``train_transform(decode_rgb(data), ...)`` does, with
+    the same random draws (the same box and flip), but faster for large JPEGs: the crop box is
+    chosen on the header's size, then the JPEG is decoded at the largest DCT-domain reduction
+    that keeps the box at least ``image_size`` on both sides (:func:`draft_scale`), and the box
+    is mapped into the reduced image. Other formats and smaller crops decode in full."""
+    img = open_image(data)
+    width, height = img.size
+    box = inception_crop_box(width, height, rng, area_range=(min_crop_area, 1.0))
+    scale = draft_scale(box, image_size) if img.format == "JPEG" else 1
+    drafted = img.draft("RGB", (width // scale, height // scale)) if scale > 1 else None
+    img = _load_rgb(img, len(data))
+    if drafted is None:
+        arr = crop_resize(img, box, image_size)
+    else:
+        # drafted[1] is the whole image's extent in reduced pixels (size / scale): the reduced
+        # pixel i covers the original's [i * scale, (i + 1) * scale), so the box maps to box /
+        # scale, a fractional box PIL resamples exactly (rounding it to whole pixels, as the
+        # torch kernel needs, would shift the crop by up to half a reduced pixel).
+        fx, fy = drafted[1][2] / width, drafted[1][3] / height
+        reduced = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+        arr = np.asarray(img.resize((image_size, image_size), Image.BILINEAR, box=reduced))
     if rng.random() < 0.5:
         arr = arr[:, ::-1]
     return arr

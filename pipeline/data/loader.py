@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.data.format import DataError, Dataset, Subset, iter_blocks
-from pipeline.data.images import (UndecodableImage, decode_rgb, eval_transform, normalize_images,
-                                  to_nchw_uint8, train_transform)
+from pipeline.data.images import (UndecodableImage, decode_rgb, decode_train, eval_transform,
+                                  normalize_images, to_nchw_uint8)
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,7 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
     shard_ids = rows.column("_shard").to_pylist()
     out_images, out_labels, out_keys, bad = [], [], [], []
     k = ds.num_classes
+    # Eval decodes JPEGs reduced to the resize's size; train reduces each to its crop box's.
     draft = None if spec.train else int(spec.image_size / spec.crop_fraction)
     for key, data, labs, row, err, si in zip(keys, images, labels, shard_rows, errors, shard_ids):
         problem = None
@@ -247,9 +248,9 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
             problem = ("labels", f"labels {labs} outside [0, {k})" if labs else "row has no label")
         else:
             try:
-                img = decode_rgb(data, draft_size=draft)
-                arr = (train_transform(img, spec.image_size, rng, spec.min_crop_area) if spec.train
-                       else eval_transform(img, spec.image_size, spec.crop_fraction))
+                arr = (decode_train(data, spec.image_size, rng, spec.min_crop_area) if spec.train
+                       else eval_transform(decode_rgb(data, draft_size=draft), spec.image_size,
+                                           spec.crop_fraction))
             except UndecodableImage as e:
                 problem = ("image", str(e))
         if problem is not None:

@@ -345,6 +345,8 @@ class SynthSpec(BaseModel):
     max_objects: int = 3
     style: Style = "shapes"
     encoding: Literal["png", "jpeg"] | None = Field(None, description="None: png up to 64 px, else jpeg")
+    max_short_side: int | None = Field(None, ge=1, description="store images rendered larger than this "
+                                       "resized to it (Lanczos); None: at image_size")
 
     @model_validator(mode="after")
     def _fits_class_space(self):
@@ -361,8 +363,13 @@ class SynthSpec(BaseModel):
         """The spec as generated: the encoding chosen, and a pretraining set's ``class_offset``
         (where novel classes would start) past its own classes."""
         offset = max(self.class_offset, self.classes) if self.task == "pretrain" else self.class_offset
-        encoding = self.encoding or ("png" if self.image_size <= 64 else "jpeg")
+        encoding = self.encoding or ("png" if self.stored_size <= 64 else "jpeg")
         return self.model_copy(update={"class_offset": offset, "encoding": encoding})
+
+    @property
+    def stored_size(self) -> int:
+        """Pixels per side of the stored images: ``image_size``, at most ``max_short_side``."""
+        return min(self.image_size, self.max_short_side or self.image_size)
 
     def split_sizes(self) -> dict[str, int]:
         """Rows per split: "train", a task's "test", and "val" when asked for."""
@@ -408,6 +415,8 @@ def _make_shard(out: str, name: str, spec: SynthSpec, split: str, first: int,
     rows = []
     for i in range(first, stop):
         img, labels = make_example(spec, split, i)
+        if spec.stored_size != spec.image_size:
+            img = img.resize((spec.stored_size, spec.stored_size), Image.LANCZOS)
         rows.append(Row(f"{prefix}{spec.task}{spec.seed}-{split}-{i:09d}", encode_image(img, spec.encoding),
                         labels))
     return write_shard(storage.join(out, name), rows, spec.seed)
@@ -428,7 +437,8 @@ def _source(spec: SynthSpec) -> dict[str, Any]:
             "test_images": spec.split_sizes().get("test"), "encoding": spec.encoding,
             "seed": spec.seed, "num_classes": spec.classes, "image_size": spec.image_size,
             "exponent": spec.exponent, "label_noise": spec.label_noise,
-            "class_offset": spec.class_offset, "max_objects": spec.max_objects, "style": spec.style}
+            "class_offset": spec.class_offset, "max_objects": spec.max_objects, "style": spec.style,
+            **({"max_short_side": spec.max_short_side} if spec.max_short_side is not None else {})}
 
 
 def generate(out: str | Path, spec: SynthSpec, *, executor: str = "auto", progress: bool = True) -> str:
@@ -456,8 +466,9 @@ def generate(out: str | Path, spec: SynthSpec, *, executor: str = "auto", progre
                        unit="img", executor=executor, progress=progress)
     manifest = new_manifest(
         name=storage.name(out), num_classes=spec.classes, multi_label=(spec.task == "pretrain"),
-        image={"encoding": spec.encoding, "height": spec.image_size, "width": spec.image_size,
-               "channels": 3},
+        image={"encoding": spec.encoding, "height": spec.stored_size, "width": spec.stored_size,
+               "channels": 3,   # max_short_side only when set (absent: stored as rendered)
+               **({"max_short_side": spec.max_short_side} if spec.max_short_side is not None else {})},
         subset_seed=spec.seed, class_names=_class_names(spec), source=_source(spec))
     for split in spec.split_sizes():
         split_entries = [e for e, w in zip(entries, where) if w == split]

@@ -1,0 +1,335 @@
+"""Loader throughput on real photographs (issue 17): an ImageNet-like set made from the photos that
+scikit-learn (and scikit-image, when installed: ``pip install -e ".[bench]"``) ship, converted with
+``pipeline.data convert``, read by a plain PIL baseline (the torchvision way) and by ours.
+
+    python bench/bench_photos.py                         # 2000 photos, about 8 minutes on 2 cores
+    python bench/bench_photos.py --images 40 --decode-images 20 --repeats 1 --stored 64   # smoke
+
+Photos: random crops of the source photos (aspect 3/4-4/3, long side 400-500 px) resized with
+Lanczos, sharpened and given sensor-like noise (as a camera's output is), saved as JPEG quality 90;
+class = source photo. Stored-resolution variants are the same set converted with
+``--max-short-side N``. Per-core rows run in this process on one thread and are the best of
+``--repeats`` runs (the box may be shared); worker rows use ``--workers`` decode processes.
+Prints the photo bytes and a Markdown table; ``--json`` also writes the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data import LoaderSpec, make_loader  # noqa: E402
+from pipeline.data.format import Dataset  # noqa: E402
+from pipeline.data.images import (decode_rgb, decode_train, inception_crop_box,  # noqa: E402
+                                  normalize_images, to_nchw_uint8, train_transform)
+
+# Bundled photographs that need no download. scikit-image's gray ones (camera, textures) are
+# stored as RGB JPEGs, as most gray photos in web crawls are.
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
+                  "immunohistochemistry", "retina", "camera", "grass", "gravel", "brick")
+LONG_SIDE = (400, 500)        # px, uniform
+MAX_ASPECT = 4 / 3            # long / short, log-uniform from 1
+LANDSCAPE = 0.75              # share of landscape photos
+CROP_AREA = (0.6, 1.0)        # of the largest source box with the photo's aspect
+SHARPEN = (100, 250)          # unsharp mask percent (radius 1.5), uniform
+NOISE = (2.0, 6.0)            # sensor-like noise, sigma in grey levels per channel, uniform
+QUALITY = 90
+
+
+def source_photos() -> dict[str, Image.Image]:
+    from sklearn.datasets import load_sample_images
+    bunch = load_sample_images()
+    photos = {Path(f).stem: Image.fromarray(a) for f, a in zip(bunch.filenames, bunch.images)}
+    try:
+        import skimage.data
+    except ImportError:
+        print("scikit-image not installed: 2 source photos only (pip install -e '.[bench]')", file=sys.stderr)
+        return photos
+    for name in SKIMAGE_PHOTOS:
+        pixels = getattr(skimage.data, name)()
+        photos[name] = Image.fromarray(pixels[0] if name == "stereo_motorcycle" else pixels).convert("RGB")
+    return photos
+
+
+def make_photo(src: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One ImageNet-like photo: a random crop of ``src`` at a random size and aspect."""
+    long = rng.uniform(*LONG_SIDE)
+    short = long / math.exp(rng.uniform(0, math.log(MAX_ASPECT)))
+    w, h = (long, short) if rng.random() < LANDSCAPE else (short, long)
+    w, h = int(round(w)), int(round(h))
+    sw, sh = src.size
+    bw, bh = (sw, sw * h / w) if sw * h / w <= sh else (sh * w / h, sh)
+    f = math.sqrt(rng.uniform(*CROP_AREA))
+    cw, ch = bw * f, bh * f
+    x, y = rng.uniform(0, sw - cw), rng.uniform(0, sh - ch)
+    img = src.resize((w, h), Image.LANCZOS, box=(x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    img = img.filter(ImageFilter.UnsharpMask(1.5, int(rng.uniform(*SHARPEN)), 1))
+    noisy = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(*NOISE), (h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
+
+
+def write_photo_folder(folder: Path, n: int, seed: int) -> list[int]:
+    """``folder/<source>/<i>.jpg``, sources in turn; returns the files' sizes in bytes."""
+    photos = source_photos()
+    names = sorted(photos)
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for i in range(n):
+        name = names[i % len(names)]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        make_photo(photos[name], rng).save(buf, format="JPEG", quality=QUALITY)
+        (folder / name / f"{i:06d}.jpg").write_bytes(buf.getvalue())
+        sizes.append(len(buf.getvalue()))
+    return sizes
+
+
+def byte_stats(sizes: list[int]) -> dict[str, float]:
+    kb = np.asarray(sizes, np.float64) / 1e3
+    return {"mean_kB": kb.mean(), "median_kB": float(np.median(kb)), "p10_kB": float(np.percentile(kb, 10)),
+            "p90_kB": float(np.percentile(kb, 90))}
+
+
+def convert_cli(folder: Path, out: Path, max_short_side: int | None) -> None:
+    """The set converted as a user converts one: ``python -m pipeline.data convert imagefolder``."""
+    import subprocess
+    cmd = [sys.executable, "-m", "pipeline.data", "convert", "imagefolder", str(folder), str(out), "--shards", "4"]
+    if max_short_side:
+        cmd += ["--max-short-side", str(max_short_side)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def stored_images(path: Path) -> list[bytes]:
+    ds = Dataset(path)
+    out = []
+    for shard in ds.shards():
+        out += pq.read_table(ds.shard_path(shard), columns=["image"]).column("image").to_pylist()
+    return out
+
+
+def crop_resolution(images: list[bytes], image_size: int, seed: int = 0) -> dict[str, float]:
+    """What the inception crops (area 5-100%) of these stored images hold: the crop's shorter side
+    in stored pixels (median; at 5% area), and the share of crops narrower than the output, i.e.
+    upsampled to ``image_size`` (less detail than the output can show), as drawn in training."""
+    rng = np.random.default_rng(seed)
+    sides, small = [], []
+    for data in images:
+        w, h = Image.open(io.BytesIO(data)).size
+        box = inception_crop_box(w, h, rng)
+        sides.append(min(box[2] - box[0], box[3] - box[1]))
+        small.append(math.sqrt(0.05 * w * h))          # a 5%-area square crop's side
+    sides = np.asarray(sides)
+    return {"short_side_mean": float(np.mean([min(Image.open(io.BytesIO(d)).size) for d in images])),
+            "crop_side_median": float(np.median(sides)), "crop_side_5pct_mean": float(np.mean(small)),
+            "upsampled_share": float(np.mean(sides < image_size)),
+            "drafted_share": float(np.mean(sides >= 2 * image_size))}
+
+
+# --------------------------------------------------------------------------------------------
+# What is timed: a plain PIL baseline, written the torchvision way, and ours
+
+def baseline_image(data: bytes, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size, scale=(0.05, 1)) + RandomHorizontalFlip + ToTensor +
+    Normalize(0.5, 0.5) on a PIL image, per image (the same crop-box rule as ours)."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    box = inception_crop_box(img.width, img.height, rng)
+    img = img.resize((size, size), Image.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    tensor = torch.from_numpy(np.array(img, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    return tensor.float().div_(255).sub_(0.5).div_(0.5)
+
+
+def old_ours_image(data: bytes, size: int, rng: np.random.Generator, reducing_gap: float | None = None) -> np.ndarray:
+    """Ours before issue 17: full decode, PIL's resize(box=...) (optionally with reducing_gap)."""
+    img = decode_rgb(data)
+    box = inception_crop_box(img.width, img.height, rng)
+    arr = np.asarray(img.resize((size, size), Image.BILINEAR, box=box, reducing_gap=reducing_gap))
+    return arr[:, ::-1] if rng.random() < 0.5 else arr
+
+
+def simplejpeg_image(data: bytes, size: int, rng: np.random.Generator) -> np.ndarray:
+    """simplejpeg (libjpeg-turbo's TurboJPEG API, straight into numpy) + our torch resize."""
+    import simplejpeg
+    pixels = simplejpeg.decode_jpeg(data)
+    h, w = pixels.shape[:2]
+    x0, y0, x1, y1 = inception_crop_box(w, h, rng)
+    region = torch.from_numpy(np.ascontiguousarray(pixels[y0:y1, x0:x1])).permute(2, 0, 1).unsqueeze(0)
+    out = torch.nn.functional.interpolate(region, size=(size, size), mode="bilinear", antialias=True)[0]
+    arr = out.permute(1, 2, 0).numpy()
+    return arr[:, ::-1] if rng.random() < 0.5 else arr
+
+
+BATCH = 64   # images per batch (--batch-size)
+
+
+def batches_rate(images: list[bytes], per_image: Callable, collate: Callable, size: int, repeats: int) -> float:
+    """Images/s of ``per_image`` over ``images`` in batches of BATCH, each batch collated: the best
+    of ``repeats`` runs, in this process (one thread)."""
+    best = 0.0
+    for _ in range(repeats):
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for i in range(0, len(images), BATCH):
+            collate([per_image(data, size, rng) for data in images[i:i + BATCH]])
+        best = max(best, len(images) / (time.perf_counter() - start))
+    return best
+
+
+def decode_rows(images: list[bytes], size: int, repeats: int, ablations: bool) -> list[tuple[str, float]]:
+    ours_uint8 = lambda arrs: to_nchw_uint8(arrs)  # noqa: E731
+    ours_float = lambda arrs: normalize_images(to_nchw_uint8(arrs))  # noqa: E731
+    full = lambda data, s, rng: train_transform(decode_rgb(data), s, rng)  # noqa: E731
+    rows = [("PIL baseline (torchvision way), float32", batches_rate(images, baseline_image, torch.stack, size, repeats)),
+            ("ours decode_rgb + train_transform (full decode), uint8", batches_rate(images, full, ours_uint8, size, repeats)),
+            ("ours decode_train, uint8", batches_rate(images, decode_train, ours_uint8, size, repeats)),
+            ("ours decode_train, float32", batches_rate(images, decode_train, ours_float, size, repeats))]
+    if ablations:
+        rows.append(("before issue 17: full decode + PIL resize(box), uint8",
+                     batches_rate(images, old_ours_image, ours_uint8, size, repeats)))
+        for gap in (1.0, 2.0):
+            fn = lambda data, s, rng, gap=gap: old_ours_image(data, s, rng, gap)  # noqa: E731
+            rows.append((f"  same, PIL resize reducing_gap={gap:g}, uint8", batches_rate(images, fn, ours_uint8, size, repeats)))
+        try:
+            import simplejpeg  # noqa: F401  (bench only, not a dependency)
+            rows.append(("simplejpeg decode + our torch resize, uint8 (bench only)",
+                         batches_rate(images, simplejpeg_image, ours_uint8, size, repeats)))
+        except ImportError:
+            pass
+    return rows
+
+
+def loader_rate(path: Path, size: int, workers: int, image_dtype: str, repeats: int) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loader = make_loader(LoaderSpec(path, batch_size=BATCH, image_size=size, train=True,
+                                        image_dtype=image_dtype), num_workers=workers)
+        n = sum(len(batch.keys) for batch in loader)
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def bytes_slope(images: list[bytes], size: int, repeats: int) -> tuple[float, float]:
+    """decode_train's time per image against the file's size, fitted t = a + b * kB over these
+    photos (each image's best of ``repeats``): (a in ms, b in ms per kB), to carry the rate to
+    another mean file size."""
+    times = np.full(len(images), np.inf)
+    for _ in range(repeats):
+        rng = np.random.default_rng(0)
+        for i, data in enumerate(images):
+            start = time.perf_counter()
+            decode_train(data, size, rng)
+            times[i] = min(times[i], time.perf_counter() - start)
+    kb = np.asarray([len(d) for d in images]) / 1e3
+    b, a = np.polyfit(kb, times * 1e3, 1)
+    return float(a), float(b)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=2000, help="photos to make (default 2000)")
+    p.add_argument("--decode-images", type=int, default=1000,
+                   help="of them, how many the per-core decode rows time (default 1000; loaders read all)")
+    p.add_argument("--image-size", type=int, default=224, help="output side of the train crop (default 224)")
+    p.add_argument("--stored", default="256,320",
+                   help="comma-separated --max-short-side values to convert and time next to the originals "
+                        "(default 256,320; '' for none)")
+    p.add_argument("--batch-size", type=int, default=BATCH, help=f"images per batch (default {BATCH})")
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes of the worker rows (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per row, the best kept (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the photos' crops, sizes and noise (default 0)")
+    p.add_argument("--workdir", default=None,
+                   help="folder for the photos and datasets, reused when they are there (default: a new temp folder)")
+    p.add_argument("--json", default=None, help="also write every number to this JSON file")
+    return p.parse_args(argv)
+
+
+def prepare(work: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """The photo folder (made once) and its datasets: original and each stored resolution."""
+    folder = work / "photos"
+    if not folder.is_dir():
+        write_photo_folder(folder, args.images, args.seed)
+    variants = {"original": None, **{f"stored {n}": int(n) for n in args.stored.split(",") if n.strip()}}
+    paths = {}
+    for name, side in variants.items():
+        paths[name] = work / ("original" if side is None else f"short{side}")
+        if not (paths[name] / "manifest.json").exists():
+            convert_cli(folder, paths[name], side)
+    return paths
+
+
+def measure(paths: dict[str, Path], args: argparse.Namespace) -> dict[str, dict]:
+    out = {}
+    for name, path in paths.items():
+        images = stored_images(path)
+        part = images[:args.decode_images]
+        rows = decode_rows(part, args.image_size, args.repeats, ablations=(name == "original"))
+        for workers in (0, args.workers):
+            for dtype in ("uint8", "float32"):
+                label = f"make_loader, {workers} worker{'s' if workers != 1 else ''}, {dtype}"
+                rows.append((label, loader_rate(path, args.image_size, workers, dtype, args.repeats)))
+        out[name] = {"images": len(images), "bytes": byte_stats([len(d) for d in images]), "rows": rows,
+                     "crops": crop_resolution(images, args.image_size),
+                     "slope_ms": bytes_slope(part, args.image_size, args.repeats) if name == "original" else None}
+    return out
+
+
+def report(results: dict[str, dict], args: argparse.Namespace, load: tuple[float, ...]) -> None:
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}, torch {torch.__version__}, Pillow {Image.__version__}; load "
+          f"average before/after: {load[0]:.1f} / {os.getloadavg()[0]:.1f}; {args.image_size}-px output, "
+          f"batches of {BATCH}, best of {args.repeats}\n")
+    print("| stored | images | mean kB | median kB | p10 kB | p90 kB | mean short side | crop side median "
+          "| 5%-area crop side | crops upsampled | crops drafted |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        b, c = r["bytes"], r["crops"]
+        print(f"| {name} | {r['images']} | {b['mean_kB']:.1f} | {b['median_kB']:.1f} | {b['p10_kB']:.1f} "
+              f"| {b['p90_kB']:.1f} | {c['short_side_mean']:.0f} | {c['crop_side_median']:.0f} "
+              f"| {c['crop_side_5pct_mean']:.0f} | {c['upsampled_share']:.0%} | {c['drafted_share']:.0%} |")
+    base = {name: r["rows"][0][1] for name, r in results.items()}
+    print("\n| stored | measurement | images/s | x baseline (original) |\n|---|---|---|---|")
+    for name, r in results.items():
+        for label, rate in r["rows"]:
+            print(f"| {name} | {label} | {rate:,.0f} | {rate / base['original']:.2f} |")
+    a, b = results["original"]["slope_ms"]
+    print(f"\ndecode_train per image on the originals: {a:.3f} ms + {b:.4f} ms per kB "
+          f"(at 110 kB: {1e3 / (a + 110 * b):,.0f} images/s)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    global BATCH
+    args = parse_args(argv)
+    BATCH = args.batch_size
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-photos-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = measure(prepare(work, args), args)
+    report(results, args, load)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "load_before": load[:3],
+                                               "load_after": os.getloadavg()[:3], "results": results},
+                                              indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
