@@ -8,7 +8,9 @@ size the preset says.
 :func:`plan` lists every run of a study with those numbers, the GPU-hours they need at a stated MFU
 and GPU peak, and its status in MLflow. Used by ``python -m pipeline.study --plan``, the
 orchestrator (progress weights) and the report (planned compute); it sits below all three, so none
-of them imports the CLI.
+of them imports the CLI. Given the data (``--plan --data``), the plan takes the full set's rows and
+the head's classes from its manifest, as pretraining does, and reads no shard: a 300M-image
+dataset of 100k shards plans as fast as the preset's declared size.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import compute, tracking
-from pipeline.spec import RunSpec, Study, subset_images
+from pipeline.spec import Preset, RunSpec, Study, subset_images
 
 DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
@@ -51,10 +53,26 @@ def run_numbers(spec: RunSpec, subset_images: int | None, head_classes: int) -> 
         exaflops=compute.pretrain_exaflops(counts["forward_macs"], images_seen) if images_seen else None)
 
 
+def data_sizes(p: Preset, data: str | None) -> tuple[int | None, int, str | None]:
+    """(full set's rows, head classes, data location) that a plan counts: the preset's, or with
+    ``data`` the dataset's own from its manifest alone (what pretraining derives and logs)."""
+    if data is None:
+        full = compute.parse_count(p.dataset.images) if p.dataset.images is not None else None
+        return full, p.dataset.head_classes, None
+    from pipeline.data import open_dataset
+    dataset = open_dataset(data)
+    if dataset.name != p.dataset.name:
+        raise ValueError(f"--data {data} holds dataset {dataset.name!r}, but the preset pretrains on "
+                         f"{p.dataset.name!r} (the name is part of every run id): give the right folder")
+    return dataset.usable_rows("train"), dataset.num_classes, dataset.root
+
+
 def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DEFAULT_MFU,
-         peak_tflops: float = DEFAULT_PEAK_TFLOPS) -> dict[str, Any]:
+         peak_tflops: float = DEFAULT_PEAK_TFLOPS, data: str | None = None) -> dict[str, Any]:
+    """Every run of the preset with its numbers and status. ``data``: a dataset (folder or URI)
+    whose manifest gives the full set's rows and the head's classes, instead of the preset's."""
     p = study.preset(preset)
-    full = compute.parse_count(p.dataset.images) if p.dataset.images is not None else None
+    full, head_classes, location = data_sizes(p, data)
     statuses, status_error = {}, None
     if tracking_uri:
         try:
@@ -66,18 +84,19 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
     unread = "unknown" if status_error or not tracking_uri else tracking.Status.NEW
     runs = []
     for spec in study.expand(preset):
-        n = run_numbers(spec, subset_images(spec.subset, full), p.dataset.head_classes)
+        spec_id = spec.id  # a hash of the spec, made anew at each use
+        n = run_numbers(spec, subset_images(spec.subset, full), head_classes)
         gpu_hours = n.exaflops * 1e18 / (mfu * peak_tflops * 1e12) / 3600 if n.exaflops is not None else None
-        runs.append({"id": spec.id, "model": spec.model_name, "family": spec.family, "subset": spec.subset,
+        runs.append({"id": spec_id, "model": spec.model_name, "family": spec.family, "subset": spec.subset,
                      "subset_images": n.subset_images, "images_seen": n.images_seen, "epochs": spec.epochs,
                      "steps": n.steps, "seed": spec.seed, "params": n.params, "forward_gmacs": n.forward_macs / 1e9,
                      "exaflops": n.exaflops, "gpu_hours": gpu_hours,
-                     "status": str(statuses.get(spec.id, unread))})
+                     "status": str(statuses.get(spec_id, unread))})
     known = [r for r in runs if r["exaflops"] is not None]
     totals = {"runs": len(runs), "exaflops": sum(r["exaflops"] for r in known),
               "gpu_hours": sum(r["gpu_hours"] for r in known),
               **{s: sum(r["status"] == s for r in runs) for s in (*tracking.STATUSES, "unknown")}}
-    return {"study": study.name, "preset": preset, "dataset": p.dataset.name, "mfu": mfu,
+    return {"study": study.name, "preset": preset, "dataset": p.dataset.name, "data": location, "mfu": mfu,
             "gpu_peak_tflops": peak_tflops, "runs": runs, "totals": totals, "status_error": status_error}
 
 
@@ -92,7 +111,8 @@ def format_plan(result: dict[str, Any]) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
     t = result["totals"]
     return "\n".join([
-        f"study {result['study']} / preset {result['preset']} on {result['dataset']}",
+        f"study {result['study']} / preset {result['preset']} on {result['dataset']}"
+        + (f" ({result['data']}: its manifest's sizes)" if result.get("data") else ""),
         line(head), line(["-" * w for w in widths]), *map(line, rows), "",
         f"{t['runs']} runs: " + ", ".join(f"{t[s]} {s}" for s in (*tracking.STATUSES, "unknown") if t[s] or s != "unknown")
         + "; "

@@ -7,8 +7,9 @@ its run (a progress bar per run in a terminal); Ray's own output stays in Ray's 
 
 --plan launches nothing. It prints every run of the study: id, model, family, subset and its image
 count, epochs, params, pretraining exaFLOPs, the GPU-hours those need at a stated MFU and GPU peak,
-and each run's status in MLflow (done / partial / failed / new). --list shows the studies and their
-presets.
+and each run's status in MLflow (done / partial / failed / new). With --data it counts that
+dataset's rows and classes (from its manifest alone, as pretraining does) rather than the preset's.
+--list shows the studies and their presets.
 
 --suggest K launches nothing either. From the runs so far and the preset's candidates grid, it
 prints the K runs that most narrow the interval of the compute multiplier (or of each family's
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suggest", type=int, metavar="K", help="print the K candidate runs that most narrow "
                         "the compute multiplier's interval; launch nothing")
     parser.add_argument("--data", default=None, help="pretraining dataset folder or URI (default: the preset's "
-                        "built-in synthetic data, made on first use)")
+                        "built-in synthetic data, made on first use); with --plan, the plan counts its rows and classes")
     parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"),
                         help="checkpoints, data made on first use, reports, the default MLflow store "
                         "(default $VIT_SCALING_STORAGE or ./runs)")
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         return suggest(parser, args, study)
     if args.plan:
         uri = args.tracking_uri or tracking.existing_default_uri(args.storage)
-        result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops)
+        from pipeline.data import DataError
+        try:
+            result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops,
+                          data=args.data)
+        except (DataError, ValueError, OSError) as err:
+            if args.data is None:
+                raise
+            parser.error(str(err) if str(err).startswith("--data") else f"--data {args.data}: {err}")
         print(json.dumps(result, indent=2) if args.json else format_plan(result))
         return 1 if result["status_error"] else 0  # the statuses asked for could not be read
     from pipeline import orchestrate

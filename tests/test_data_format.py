@@ -278,6 +278,13 @@ def test_truncated_shard_is_named(synth, tmp_path):
     assert report.rows == {"train": 400 - shard.num_rows}   # the other shards are still checked
     with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes, the manifest says \d+ \(truncated\)"):
         Dataset(bad).subset(1.0).keys()
+    # the driver's check before a run: one listing of the folder, no shard opened
+    with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes, the manifest says \d+ \(truncated\)"):
+        Dataset(bad).check_listed_sizes("train")
+    (bad / shard.path).unlink()
+    with pytest.raises(DataError, match=rf"shard {shard.path}: shard file is missing"):
+        Dataset(bad).check_listed_sizes("train")
+    Dataset(synth).check_listed_sizes("train")
 
 
 def test_flipped_bytes_fail_the_checksum(synth, tmp_path):
@@ -346,3 +353,60 @@ def test_exclude_fraction_is_the_exact_complement_of_a_dev_slice(tmp_path):
     assert sorted(seen) == sorted(rest)
     with pytest.raises(ValueError, match="exclude_fraction"):
         ds.subset(fraction=0.1, exclude_fraction=0.2)
+
+
+# -- metadata at scale (issue 17): what a count subset reads ------------------------------------
+
+class _OpenCountingDataset(Dataset):
+    def __init__(self, path):
+        super().__init__(path)
+        self.opened: dict[str, int] = {}
+        self.groups_read: list[tuple[str, int]] = []
+
+    def parquet_file(self, shard):
+        self.opened[shard.path] = self.opened.get(shard.path, 0) + 1
+        pf = super().parquet_file(shard)
+        read, seen = pf.read_row_group, self.groups_read
+
+        def counted(group, *args, **kwargs):
+            seen.append((shard.path, group))
+            return read(group, *args, **kwargs)
+        pf.read_row_group = counted
+        return pf
+
+
+def test_a_count_subset_opens_each_shard_once_and_reads_its_boundary_group_once(large_shards, monkeypatch):
+    """The threshold search and the subset's prefixes share one footer read and one read of the
+    boundary row group a shard (before: up to four reads of it), shards read META_THREADS at a time;
+    the rows are the same whatever the number of threads."""
+    from pipeline.data import format as fmt
+    ds = _OpenCountingDataset(large_shards)
+    subset = ds.subset(count=60)
+    assert subset.num_rows == 60 and ds.opened == {s.path: 1 for s in ds.shards()}
+    assert len(set(ds.groups_read)) == len(ds.groups_read) > 0   # no row group read twice
+    monkeypatch.setattr(fmt, "META_THREADS", 1)
+    one = Dataset(large_shards).subset(count=60)
+    assert (one.threshold, one.prefix_rows, one.blocks) == (subset.threshold, subset.prefix_rows, subset.blocks)
+
+
+def test_each_shard_keeps_order_and_raises_the_first_error_in_order():
+    from pipeline.data.format import each_shard
+    assert each_shard(lambda i: i * i, range(10_000)) == [i * i for i in range(10_000)]
+
+    def fails(i):
+        if i in (5000, 9000):
+            raise ValueError(f"item {i}")
+        return i
+    with pytest.raises(ValueError, match="item 5000"):
+        each_shard(fails, range(10_000))
+
+
+def test_sizes_from_the_manifest_match_the_built_subsets(synth, tmp_path):
+    data = copy_dataset(synth, tmp_path / "ex")
+    manifest = json.loads((data / "manifest.json").read_text())
+    first = manifest["splits"]["train"]["shards"][0]["path"]
+    manifest["exclusions"] = {"train": [{"shard": first, "row": r, "key": "k"} for r in (0, 3, 3, 40)]}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    ds = Dataset(data)
+    assert ds.usable_rows("train") == ds.subset_rows("train") == ds.subset().num_rows == 397
+    assert ds.subset_rows("train", count=123) == ds.subset(count=123).num_rows == 123

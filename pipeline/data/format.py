@@ -286,9 +286,12 @@ class Dataset:
     def usable_rows(self, split: str = "train") -> int:
         """Rows of the split minus de-duplication exclusions, from the manifest alone (no shard
         is opened): the full subset's size and the most a ``count=`` subset can take."""
-        index = self._exclusions(split)
-        return sum(_usable(int(s["num_rows"]), index.get(s["path"], _NONE))
-                   for s in self._shard_entries(split))
+        entries, index = self._shard_entries(split), self._exclusions(split)
+        rows = sum(int(s["num_rows"]) for s in entries)
+        if index:  # only the shards with exclusions cost more than a sum
+            rows -= sum(int(s["num_rows"]) - _usable(int(s["num_rows"]), index[s["path"]])
+                        for s in entries if s["path"] in index)
+        return rows
 
     def subset_rows(self, split: str = "train", *, fraction: float | None = None,
                     count: int | None = None) -> int:
@@ -488,9 +491,9 @@ class Subset:
         below it): the complement of a held-out dev slice, e.g. fine-tuning's 10% minival."""
         if fraction is not None and count is not None:
             raise ValueError("give a subset fraction or a count, not both")
-        shards = dataset.shards(split)
+        shards, bracket = dataset.shards(split), None
         if count is not None:
-            threshold = _threshold_for_count(dataset, split, shards, int(count))
+            threshold, bracket = _threshold_for_count(dataset, split, shards, int(count))
         else:
             threshold = 1.0 if fraction is None else float(fraction)
             if not 0.0 < threshold <= 1.0:
@@ -499,19 +502,25 @@ class Subset:
         if not 0.0 <= low < threshold:
             raise ValueError(f"exclude_fraction must be in [0, {threshold}) (below the subset's own "
                              f"threshold), got {exclude_fraction}")
-        prefix_rows, blocks, unreadable = [], [], []
-        for si, shard in enumerate(shards):
+
+        def part(si: int) -> tuple[int, list[Block], str | None]:
+            shard = shards[si]
             try:
-                prefix = _prefix_rows(dataset, shard, threshold)
+                prefix = (bracket.prefix(si, threshold) if bracket is not None
+                          else _prefix_rows(dataset, shard, threshold))
                 start = _prefix_rows(dataset, shard, low) if low > 0 else 0
-                shard_blocks = list(_blocks(dataset, split, si, shard, prefix, start))
+                return prefix, list(_blocks(dataset, split, si, shard, prefix, start)), None
             except DataError as e:
                 if on_unreadable != "skip":
                     raise
-                prefix, shard_blocks = 0, []
-                unreadable.append((shard.path, e.problem))
+                return 0, [], e.problem
+
+        prefix_rows, blocks, unreadable = [], [], []
+        for si, (prefix, shard_blocks, problem) in enumerate(each_shard(part, range(len(shards)))):
             prefix_rows.append(prefix)
             blocks.extend(shard_blocks)
+            if problem is not None:
+                unreadable.append((shards[si].path, problem))
         subset = cls(dataset, split, threshold, shards, prefix_rows, blocks,
                      sum(b.num_rows for b in blocks), unreadable)
         if count is not None and subset.num_rows != count:
@@ -531,19 +540,78 @@ class Subset:
         return out
 
 
-def _row_group_bounds(meta: pq.FileMetaData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row group: first row, number of rows, and max priority (from statistics)."""
-    col = meta.schema.to_arrow_schema().get_field_index("priority")
-    starts, sizes, maxes = [], [], []
-    row = 0
+META_THREADS = 16  # shards whose footers and boundary row groups are read at once: a store's
+                   # request costs its latency (tens of ms) whatever its size, so one at a time is slow
+
+
+def each_shard(fn, items: Sequence[Any], threads: int | None = None) -> list[Any]:
+    """``[fn(item) for item in items]``, computed ``threads`` (default META_THREADS) at a time, in
+    chunks (not 100k futures at once); the first error in item order is raised, as a loop would."""
+    items, threads = list(items), META_THREADS if threads is None else threads
+    if threads <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+    out: list[Any] = []
+    with ThreadPoolExecutor(threads, thread_name_prefix="shard-meta") as pool:
+        for first in range(0, len(items), 4096):
+            out.extend(pool.map(fn, items[first:first + 4096]))
+    return out
+
+
+def _priority_column(meta: pq.FileMetaData) -> int:
+    return meta.schema.to_arrow_schema().get_field_index("priority")
+
+
+def _first_group_reaching(meta: pq.FileMetaData, threshold: float) -> tuple[int, int] | None:
+    """(index, first row) of the first row group whose max priority (from statistics; unknown
+    counts as reaching) is >= threshold, or None. Scanned from the start: a small subset's
+    boundary is among a shard's first groups, so most of a 100-group footer is never decoded."""
+    col, row = _priority_column(meta), 0
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
         stats = rg.column(col).statistics
-        starts.append(row)
-        sizes.append(rg.num_rows)
-        maxes.append(stats.max if stats is not None and stats.has_min_max else math.inf)
+        if stats is None or not stats.has_min_max or stats.max >= threshold:
+            return g, row
         row += rg.num_rows
-    return np.asarray(starts), np.asarray(sizes), np.asarray(maxes, dtype=np.float64)
+    return None
+
+
+def _group_of_row(meta: pq.FileMetaData, row: int) -> tuple[int, int]:
+    """(index, first row) of the row group holding ``row``."""
+    start = 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if row < start + n:
+            return g, start
+        start += n
+    raise IndexError(f"row {row} is past the shard's {start} rows")
+
+
+class _Priorities:
+    """A shard's priority column, read one row group at a time, each at most once."""
+
+    def __init__(self, pf: pq.ParquetFile):
+        self.pf, self.meta, self.groups = pf, pf.metadata, {}
+
+    def group(self, g: int) -> np.ndarray:
+        if g not in self.groups:
+            self.groups[g] = self.pf.read_row_group(g, columns=["priority"]).column("priority").to_numpy()
+        return self.groups[g]
+
+    def prefix(self, threshold: float, num_rows: int) -> int:
+        """Rows with priority < threshold: whole groups from statistics, plus one boundary group."""
+        found = _first_group_reaching(self.meta, threshold)
+        if found is None:
+            return num_rows
+        g, start = found
+        return int(start + np.searchsorted(self.group(g), threshold, side="left"))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Priorities of rows [start, stop)."""
+        g0, first = _group_of_row(self.meta, start)
+        g1, _ = _group_of_row(self.meta, stop - 1)
+        values = np.concatenate([self.group(g) for g in range(g0, g1 + 1)])
+        return values[start - first: stop - first]
 
 
 def _prefix_rows(dataset: Dataset, shard: ShardInfo, threshold: float) -> int:
@@ -553,12 +621,7 @@ def _prefix_rows(dataset: Dataset, shard: ShardInfo, threshold: float) -> int:
         return shard.num_rows
     pf = dataset.parquet_file(shard)
     try:
-        starts, sizes, maxes = _row_group_bounds(pf.metadata)
-        full = int(np.searchsorted(maxes, threshold, side="left"))  # groups entirely below
-        if full == len(sizes):
-            return shard.num_rows
-        prio = pf.read_row_group(full, columns=["priority"]).column("priority").to_numpy()
-        return int(starts[full] + np.searchsorted(prio, threshold, side="left"))
+        return _Priorities(pf).prefix(threshold, shard.num_rows)
     finally:
         pf.close()
 
@@ -573,26 +636,62 @@ def _blocks(dataset: Dataset, split: str, shard_index: int, shard: ShardInfo,
         pf = dataset.parquet_file(shard)
         meta = pf.metadata
         pf.close()
-    starts, sizes, _ = _row_group_bounds(meta)
     excluded = dataset.excluded_rows(split, shard)
-    for g, (gs, gn) in enumerate(zip(starts, sizes)):
+    gs = 0
+    for g in range(meta.num_row_groups):
         if gs >= prefix:
             break
+        gn = meta.row_group(g).num_rows
         first, stop = int(max(gs, start)), int(min(gs + gn, prefix))
-        if first >= stop:
-            continue
-        n_ex = int(np.searchsorted(excluded, stop) - np.searchsorted(excluded, first))
-        if stop - first - n_ex > 0:
-            yield Block(shard_index, g, int(gs), first, stop, stop - first - n_ex)
+        if first < stop:
+            n_ex = int(np.searchsorted(excluded, stop) - np.searchsorted(excluded, first))
+            if stop - first - n_ex > 0:
+                yield Block(shard_index, g, int(gs), first, stop, stop - first - n_ex)
+        gs += gn
 
 
-def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], count: int) -> float:
-    """Smallest threshold whose subset has exactly ``count`` usable rows.
+@dataclass(frozen=True)
+class _Bracket:
+    """Where a count subset's threshold falls in every shard: ``lo_rows[i]`` rows of shard i lie
+    below the bracket, and ``values[offsets[i]:offsets[i + 1]]`` are the priorities of its rows
+    inside it (sorted). The subset's prefix of each shard then needs no second read."""
+    lo_rows: np.ndarray
+    offsets: np.ndarray
+    values: np.ndarray
+
+    def prefix(self, shard_index: int, threshold: float) -> int:
+        inside = self.values[self.offsets[shard_index]:self.offsets[shard_index + 1]]
+        return int(self.lo_rows[shard_index] + np.searchsorted(inside, threshold, side="left"))
+
+
+_NO_PRIORITIES = np.zeros(0, dtype=np.float64)
+
+
+def _bracket_rows(dataset: Dataset, shard: ShardInfo, lo: float, hi: float) -> tuple[int, int, np.ndarray]:
+    """(rows with priority < lo, rows with priority < hi, the priorities of the rows between) of
+    a shard: its footer, then each row group involved read once (usually one)."""
+    if lo <= 0.0 and hi >= 1.0 and shard.num_rows == 0:
+        return 0, 0, _NO_PRIORITIES
+    pf = dataset.parquet_file(shard)
+    try:
+        read = _Priorities(pf)
+        a = read.prefix(lo, shard.num_rows) if lo > 0 else 0
+        b = read.prefix(hi, shard.num_rows) if hi < 1.0 else shard.num_rows
+        return a, b, read.rows(a, b) if b > a else _NO_PRIORITIES
+    finally:
+        pf.close()
+
+
+def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo],
+                         count: int) -> tuple[float, _Bracket | None]:
+    """Smallest threshold whose subset has exactly ``count`` usable rows, and the bracket it was
+    found in (None when it is the whole split).
 
     Priorities are uniform hashes, so the threshold is near count / N. Rows below a bracket
     [lo, hi) around that guess are counted from row-group statistics (one boundary group a shard);
-    only the priorities inside the bracket are read and sorted: O(sqrt(N)) memory and reads,
-    whatever the dataset size. The bracket widens until it holds the answer.
+    only the priorities inside the bracket are kept and sorted: O(sqrt(N)) memory and reads,
+    whatever the dataset size. The bracket widens until it holds the answer. Each shard's footer
+    and boundary group are read once, META_THREADS shards at a time.
     """
     if count <= 0:
         raise ValueError(f"subset count must be positive, got {count}")
@@ -602,7 +701,7 @@ def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], 
         raise DataError(f"asked for {count} rows, the split has only {usable_total} usable rows",
                         dataset=dataset.root, field=f"splits.{split}")
     if count == usable_total:
-        return 1.0
+        return 1.0, None
 
     def usable_below(prefixes: list[int]) -> int:
         return sum(p - int(np.searchsorted(e, p)) for p, e in zip(prefixes, excluded))
@@ -611,33 +710,19 @@ def _threshold_for_count(dataset: Dataset, split: str, shards: list[ShardInfo], 
     width = 6 * math.sqrt(guess * (1 - guess) / usable_total) + 2 / usable_total
     while True:
         lo, hi = max(0.0, guess - width), min(1.0, guess + width)
-        lo_rows = [_prefix_rows(dataset, s, lo) if lo > 0 else 0 for s in shards]
-        hi_rows = [_prefix_rows(dataset, s, hi) for s in shards]
+        found = each_shard(lambda s: _bracket_rows(dataset, s, lo, hi), shards)
+        lo_rows, hi_rows = [f[0] for f in found], [f[1] for f in found]
         below_lo, below_hi = usable_below(lo_rows), usable_below(hi_rows)
         if below_lo < count <= below_hi:
             break
         width *= 4
-    inside = [_usable_priorities(dataset, s, e, a, b)
-              for s, e, a, b in zip(shards, excluded, lo_rows, hi_rows) if b > a]
+    inside = [f[2][~np.isin(np.arange(a, b), e)]
+              for f, e, a, b in zip(found, excluded, lo_rows, hi_rows) if b > a]
     values = np.sort(np.concatenate(inside))
-    return float(np.nextafter(values[count - below_lo - 1], 1.0))
-
-
-def _usable_priorities(dataset: Dataset, shard: ShardInfo, excluded: np.ndarray,
-                       start: int, stop: int) -> np.ndarray:
-    """Priorities of rows [start, stop) of a shard that are not excluded (reads only the
-    priority column of the row groups involved)."""
-    pf = dataset.parquet_file(shard)
-    try:
-        starts, sizes, _ = _row_group_bounds(pf.metadata)
-        g0 = int(np.searchsorted(starts, start, side="right") - 1)
-        g1 = int(np.searchsorted(starts, stop - 1, side="right") - 1)
-        prio = pf.read_row_groups(list(range(g0, g1 + 1)), columns=["priority"])
-        prio = prio.column("priority").to_numpy()[start - starts[g0]: stop - starts[g0]]
-    finally:
-        pf.close()
-    rows = np.arange(start, stop)
-    return prio[~np.isin(rows, excluded)]
+    threshold = float(np.nextafter(values[count - below_lo - 1], 1.0))
+    offsets = np.concatenate([[0], np.cumsum([len(f[2]) for f in found])]).astype(np.int64)
+    raw = np.concatenate([f[2] for f in found]) if found else _NO_PRIORITIES
+    return threshold, _Bracket(np.asarray(lo_rows, dtype=np.int64), offsets, raw)
 
 
 def iter_blocks(subset: Subset, blocks: Sequence[Block], columns: Sequence[str],
