@@ -211,8 +211,10 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
         if not out["done"]:
             raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
     pretrain_s = time.perf_counter() - start
+    # CPU chains share the cores with each other: their fine-tuning trials run one after another in
+    # one process (bench/fixed_cost.py); a GPU chain's grid runs on as many GPUs as are free
     target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True,
-                    label=spec.label)
+                    label=spec.label, max_concurrent=None if ctx.gpus else 1)
     with tracking.lease(uri, run_id):  # one writer: another live study holding it raises RunHeld
         tracking.reopen_run(uri, run_id)
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -682,18 +683,36 @@ def data_error_of(err: BaseException) -> Exception | None:
     return None
 
 
+@functools.cache
+def torch_trainer() -> type:
+    """Ray Train's TorchTrainer, less the Ray Data shard provider when a run passes no Ray Dataset
+    (ours read Parquet themselves): Ray Train 2.60 starts a DatasetManager actor for every run
+    whatever its datasets: one more process, which imports Ray Data (1.3 s of CPU for that import alone
+    on the 2-core dev box). On a Ray without that callback the plain TorchTrainer is used."""
+    from ray.train.torch import TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+    return LeanTorchTrainer
+
+
 def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -> tuple[dict[str, Any], str | None]:
     """Run the loop on Ray Train; the Train run is named after the RunSpec (re-running resumes).
     Returns the loop's summary and the URI of the last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     ensure_ray()
     resources = {"CPU": launch.cpus_per_worker, **({"GPU": 1} if launch.use_gpu else {})}
     for attempt in range(launch.max_failures + 1):
         # Each attempt is one Train run of the same name: it resumes from the last checkpoint.
         # Failures are retried here rather than inside Ray Train, which cannot tell bad data
         # (the same rows fail the same way every time) from a lost worker.
-        trainer = TorchTrainer(
+        trainer = torch_trainer()(
             train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
             scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
                                          resources_per_worker=resources),

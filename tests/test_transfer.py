@@ -125,3 +125,28 @@ def test_table4_defaults():
     assert transfer.FinetuneSettings.for_dataset("cifar10").lrs == (0.001, 0.003, 0.01, 0.03)
     assert transfer.FinetuneSettings.for_dataset("cifar100").dev_fraction == 0.02
     assert transfer.FinetuneSettings.for_dataset("digits", steps=100).steps == 100
+
+
+def test_grid_then_final_suggests_the_grid_then_retrains_its_best_lr():
+    """The fine-tuning Tune run's searcher: every LR on the dev slice, nothing until they are all
+    scored, then one retrain at the best (ties: the smaller LR), then done; a failed dev trial ends it."""
+    from ray.tune.search import Searcher
+
+    from pipeline.transfer.finetune import grid_then_final
+    searcher = grid_then_final((0.01, 0.1, 0.3))
+    suggested = {t: searcher.suggest(t) for t in ("a", "b", "c")}
+    assert suggested == {"a": {"lr": 0.01, "phase": "dev"}, "b": {"lr": 0.1, "phase": "dev"},
+                         "c": {"lr": 0.3, "phase": "dev"}}
+    searcher.on_trial_complete("b", {"accuracy": 0.8})
+    searcher.on_trial_complete("c", {"accuracy": 0.9})
+    assert searcher.suggest("d") is None  # 0.01 is still training
+    searcher.on_trial_complete("a", {"accuracy": 0.9})
+    assert searcher.suggest("d") == {"lr": 0.01, "phase": "test"}
+    searcher.on_trial_complete("d", {"accuracy": 0.7})
+    assert searcher.suggest("e") == Searcher.FINISHED
+
+    failing = grid_then_final((0.01, 0.1))
+    failing.suggest("a"), failing.suggest("b")
+    failing.on_trial_complete("a", error=True)
+    failing.on_trial_complete("b", {"accuracy": 0.5})
+    assert failing.suggest("c") == Searcher.FINISHED

@@ -12,6 +12,7 @@ travels as it is to every Tune trial.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -158,45 +159,101 @@ def start_trial_run(target: Target, data_path: str, dataset: str, lr: float, set
 
 
 def _tune_trial(config: dict) -> None:
-    """One LR of the grid, as a Ray Tune function trial."""
+    """One trial of the fine-tuning Tune run: an LR of the grid scored on the dev slice, or the final
+    retrain (``phase`` "test")."""
     import ray.tune
     out = finetune_recorded(config["target"], config["data_path"], config["dataset"], config["lr"],
-                            config["settings"], "dev")
-    ray.tune.report({"dev_accuracy": out["accuracy"], "seconds": out["seconds"]})
+                            config["settings"], config["phase"])
+    ray.tune.report({"accuracy": out["accuracy"], "examples": out["examples"], "resolution": out["resolution"],
+                     "seconds": out["seconds"]})
+
+
+def best_lr(dev_accuracy: dict[float, float]) -> float:
+    """The LR of the best dev accuracy; ties: the smaller LR."""
+    return max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])
+
+
+def grid_then_final(lrs: tuple[float, ...]):
+    """A Ray Tune searcher (made on first use: Tune is imported only where trials run) that suggests
+    the LR grid's dev trials, then, once they are all done, the final retrain at the best of them:
+    grid and retrain are trials of one Tune run, so the retrain reuses a trial's process (its torch
+    and MLflow already imported) instead of starting one more. Ends early if a dev trial fails."""
+    from ray.tune.search import Searcher
+
+    class GridThenFinal(Searcher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.state = {"todo": list(lrs), "lr_of": {}, "dev": {}, "final": None, "failed": False}
+
+        def suggest(self, trial_id: str):
+            s = self.state
+            if s["failed"] or s["final"] is not None:
+                return Searcher.FINISHED
+            if s["todo"]:
+                s["lr_of"][trial_id] = lr = s["todo"].pop(0)
+                return {"lr": lr, "phase": "dev"}
+            if len(s["dev"]) < len(lrs):
+                return None  # the retrain waits for the whole grid
+            s["final"] = best_lr(s["dev"])
+            return {"lr": s["final"], "phase": "test"}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id not in self.state["lr_of"]:
+                return  # the final retrain
+            if error or not result or "accuracy" not in result:
+                self.state["failed"] = True
+            else:
+                self.state["dev"][self.state["lr_of"][trial_id]] = result["accuracy"]
+
+        def get_state(self) -> dict:
+            return self.state
+
+        def set_state(self, state: dict) -> None:
+            self.state = state
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "w") as f:
+                json.dump(self.state, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path) as f:
+                self.state = json.load(f)
+
+    return GridThenFinal()
 
 
 def run_finetune(target: Target, data_path: str, dataset: str, settings: FinetuneSettings) -> dict[str, Any]:
     """The LR grid as Ray Tune trials selected on the dev slice, then the final retrain scored on test.
-    A grid of one LR leaves nothing to select: no dev trials, only the final retrain."""
+    A grid of one LR leaves nothing to select: no dev trials, only the final retrain (a Ray task)."""
     import ray
     ensure_ray()
     target = dataclasses.replace(target, checkpoint=store.resolve(target.checkpoint))
     data_path = store.resolve(data_path)
     if len(settings.lrs) == 1:
-        dev_accuracy, best_lr = {}, settings.lrs[0]
+        final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if target.use_gpu else 0)(finetune_recorded).remote(
+            target, data_path, dataset, settings.lrs[0], settings, "test"))
+        dev_accuracy, lr = {}, settings.lrs[0]
     else:
-        dev_accuracy = select_lr_on_tune(target, data_path, dataset, settings)
-        best_lr = max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])  # ties: the smaller LR
-    final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if target.use_gpu else 0)(finetune_recorded).remote(
-        target, data_path, dataset, best_lr, settings, "test"))
-    return {"best_lr": best_lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
+        dev_accuracy, lr, final = select_and_retrain_on_tune(target, data_path, dataset, settings)
+    return {"best_lr": lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
             "test_examples": final["examples"], "resolution": final["resolution"]}
 
 
-def select_lr_on_tune(target: Target, data_path: str, dataset: str, settings: FinetuneSettings) -> dict[float, float]:
-    """Dev accuracy of each LR of the grid, one Ray Tune trial (and nested MLflow run) each."""
+def select_and_retrain_on_tune(target: Target, data_path: str, dataset: str,
+                               settings: FinetuneSettings) -> tuple[dict[float, float], float, dict[str, Any]]:
+    """One Ray Tune run: a trial (and nested MLflow run) per LR of the grid on the dev slice, then the
+    final retrain at the best LR. Returns ({lr: dev accuracy}, the best LR, the retrain's result)."""
     from ray import tune
     base = {"target": target, "data_path": data_path, "dataset": dataset, "settings": settings}
     resources = {"cpu": 1, "gpu": 1} if target.use_gpu else {"cpu": 1}
     name = f"finetune-{dataset}-{checkpoint_key(target.checkpoint) if target.timm_name is None else 'timm'}"
     tuner = tune.Tuner(
-        tune.with_resources(_tune_trial, resources),
-        param_space={**base, "lr": tune.grid_search(list(settings.lrs))},
-        # reuse_actors: the grid's trials run one after another in the same process (Ray 2.60's default
-        # starts one per trial: 3 trials that import torch and MLflow and return took 15.5 s so, 4.5 s
-        # in one process, on the 2-core dev machine); a failed trial still gets a fresh one
-        tune_config=tune.TuneConfig(metric="dev_accuracy", mode="max", max_concurrent_trials=target.max_concurrent,
-                                    reuse_actors=True),
+        tune.with_resources(_tune_trial, resources), param_space=base,
+        # reuse_actors: trials run one after another in the same process (Ray 2.60's default starts
+        # one per trial: 3 trials that import torch and MLflow and return took 15.5 s so, 4.5 s in one
+        # process, on the 2-core dev machine); a failed trial still gets a fresh one
+        tune_config=tune.TuneConfig(search_alg=grid_then_final(tuple(settings.lrs)), num_samples=len(settings.lrs) + 1,
+                                    max_concurrent_trials=target.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=name, **store.ray_storage(target.storage), verbose=0))  # each trial prints one line itself
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
@@ -210,7 +267,9 @@ def select_lr_on_tune(target: Target, data_path: str, dataset: str, settings: Fi
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"fine-tuning trials failed on {dataset}: {errors[0]}")
-    return {r.config["lr"]: r.metrics["dev_accuracy"] for r in grid}
+    dev = {r.config["lr"]: r.metrics["accuracy"] for r in grid if r.config["phase"] == "dev"}
+    (final,) = [r.metrics for r in grid if r.config["phase"] == "test"]
+    return dev, best_lr(dev), final
 
 
 @dataclass(frozen=True)
