@@ -354,8 +354,9 @@ class Trainer:
         torch.nn.init.constant_(self.model.head.fc.bias, recipe.head_bias_init)
         self.model.to(self.device)
         self.params = list(self.model.parameters())
+        # fused on CUDA: one kernel for the whole update (as bench/gpu_check.py times the step)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, recipe.weight_decay), lr=plan.base_lr,
-                                           betas=(recipe.beta1, recipe.beta2))
+                                           betas=(recipe.beta1, recipe.beta2), fused=self.device.type == "cuda")
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, recipe.warmup_steps, plan.numbers.steps, recipe.decay))
         self.step, self.best, self.resumed_from = 0, {}, None
