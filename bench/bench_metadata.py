@@ -193,6 +193,36 @@ def dataset_of(folder: Path, entries: list[dict], count: int) -> Path:
     return root
 
 
+def _rss_kib() -> int:
+    return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmRSS:")).split()[1])
+
+
+def _one_build(code: str, root: str, want: int, out) -> None:
+    import gc
+    sys.path.insert(0, code)
+    from pipeline.data.format import Dataset
+    ds = Dataset(root)
+    before = _rss_kib()
+    subset = ds.subset(count=want)
+    gc.collect()
+    out.put((_rss_kib() - before, subset.num_rows))
+
+
+def memory_of_one_build(root: Path, want: int) -> int:
+    """KiB of resident memory one Subset.build adds in a fresh process (Linux), the Dataset (and
+    the footers it caches) kept, as a loader keeps them."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_one_build, args=(sys.path[0], str(root), want, out))
+    child.start()
+    kib, rows = out.get()
+    child.join()
+    assert rows == want
+    return kib
+
+
 def counting_dataset(latency_s: float):
     """A Dataset class whose shard requests (size checks, opens, ranged reads) are counted and
     each wait ``latency_s`` first."""
@@ -254,23 +284,20 @@ def counting_dataset(latency_s: float):
 
 def part_worker(work: Path, shards: int, latency_ms: float) -> list[dict]:
     from pipeline.data.format import Dataset
-    import resource
     entries = real_shards(work / "shards", shards)
-    rows, peaks = [], []
+    rows, held = [], []
     for count in sorted({max(1, shards // 4), max(1, shards // 2), shards}):
         root = dataset_of(work / "shards", entries, count)
         usable = sum(e["num_rows"] for e in entries[:count]) - len(entries[:count:50])
         want = round(FRACTION * usable)
-        # the dataset object is kept while built again: what a loader holds (footers cached)
-        times, subset = timed(lambda: (lambda ds: (ds.subset(count=want), ds))(Dataset(root)))
-        peaks.append((count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))  # KiB on Linux
-        assert subset[0].num_rows == want
+        times, subset = timed(lambda: Dataset(root).subset(count=want))
+        assert subset.num_rows == want
+        held.append((count, memory_of_one_build(root, want)))
         row = {"what": "Subset.build, 3% count subset, local disk", "shards": count, "s": times,
                "s_per_shard": min(times) / count, "s_at_100k": min(times) / count * SHARDS}
-        if len(peaks) > 1:  # peak memory added a shard, between this size and the one before
-            row["peak_kib_per_shard"] = (peaks[-1][1] - peaks[-2][1]) / (peaks[-1][0] - peaks[-2][0])
+        if len(held) > 1:  # memory added a shard, between this size and the one before
+            row["kib_per_shard"] = (held[-1][1] - held[-2][1]) / (held[-1][0] - held[-2][0])
         rows.append(emit(row))
-        del subset
     cls = counting_dataset(latency_ms / 1000)
     ds = cls(root)
     start = time.perf_counter()
@@ -283,12 +310,12 @@ def part_worker(work: Path, shards: int, latency_ms: float) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| measurement | shards | seconds (each try) | at 100k shards | requests a shard | peak KiB a shard |",
+    out = ["| measurement | shards | seconds (each try) | at 100k shards | requests a shard | memory a shard (KiB) |",
            "|---|---|---|---|---|---|"]
     for r in rows:
         at = f"{r['s_at_100k']:.1f} s" if "s_at_100k" in r else ""
         req = f"{r['requests_per_shard']:.2f}" if "requests_per_shard" in r else ""
-        mem = f"{r['peak_kib_per_shard']:.0f}" if "peak_kib_per_shard" in r else ""
+        mem = f"{r['kib_per_shard']:.0f}" if "kib_per_shard" in r else ""
         out.append(f"| {r['what']} | {r.get('shards', SHARDS):,} | {', '.join(f'{s:.3f}' for s in r['s'])} | {at} | "
                    f"{req} | {mem} |")
     return "\n".join(out)
