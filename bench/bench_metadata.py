@@ -8,6 +8,8 @@ Parts:
 
 - ``manifest``: a manifest of 100,000 shard entries (3,000 rows each, 300M rows, 10,000
   exclusions) and no shard files: open it, size the full split and a 3% count subset.
+- ``listing``: the driver's shard check before a run (``Dataset.check_listed_sizes``: one listing
+  of the folder), over 100,000 empty files.
 - ``plan``: a 1,000-run study (20 micro ViTs x 10 subsets x 5 seeds) planned over that manifest
   (``planning.plan(..., data=)``, what ``--plan --data`` does); MACs counted once beforehand.
 - ``worker``: real shards on local disk, each laid out like a 3,000-row shard of the default
@@ -97,6 +99,20 @@ def part_manifest(root: Path) -> list[dict]:
     rows.append(emit({"what": "pipeline.data.subset_size(path, count=3%)", "s": times, "rows": size}))
     assert full == usable and size == count
     return rows
+
+
+def part_listing(root: Path) -> list[dict]:
+    """The driver's check before a run (pretrain.plan_run): every shard there with its size, by
+    one listing of the folder. 100,000 empty files stand for the shards (sizes 0 in the manifest)."""
+    from pipeline.data.format import Dataset
+    manifest_only(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["splits"]["train"]["shards"]:
+        entry["bytes"] = 0
+        (root / entry["path"]).touch()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    times, _ = timed(lambda: Dataset(root).check_listed_sizes("train"))
+    return [emit({"what": "open + check every shard's size by one listing (local disk)", "s": times})]
 
 
 def study_file(path: Path, images: int, name: str = "jft-300m-sim") -> Path:
@@ -323,7 +339,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="manifest,plan,worker")
+    parser.add_argument("--parts", default="manifest,listing,plan,worker")
     parser.add_argument("--real-shards", type=int, default=2000, help="real shards for the worker part")
     parser.add_argument("--latency-ms", type=float, default=10.0, help="simulated latency of a shard request")
     parser.add_argument("--work", default=None, help="folder for the data (default: a temporary one)")
@@ -337,6 +353,8 @@ def main() -> None:
         rows = []
         if "manifest" in parts:
             rows += part_manifest(work / "manifest-100k")
+        if "listing" in parts:
+            rows += part_listing(work / "listed-100k")
         if "plan" in parts:
             rows += part_plan(work / "manifest-100k", work)
         if "worker" in parts:

@@ -356,8 +356,9 @@ class Dataset:
         shards, where checking each shard is a request each). Raises :class:`DataError` naming
         the first missing, truncated or changed shard. Reads no shard."""
         try:
-            listed = {posixpath.relpath(f.path, storage.filesystem(self.root)[1]): f.size
-                      for f in storage.files_under(self.root)}
+            base = storage.filesystem(self.root)[1].rstrip("/") + "/"
+            listed = {f.path[len(base):]: f.size for f in storage.files_under(self.root)
+                      if f.path.startswith(base)}
         except OSError as e:
             raise DataError(f"the dataset's folder cannot be listed: {e}", dataset=self.root) from e
         for shard in self.shards(split):
