@@ -17,8 +17,9 @@ from pipeline.planning import run_numbers
 from pipeline.spec import load_study
 
 SHARDS, ROWS, EXCLUSIONS = 100_000, 3_000, 10_000
-# Measured on 2 shared cores (3 runs of this file, 2026-11-29): open + sizing 0.36-0.39 s, the
-# 1,000-run plan through the CLI 0.57-0.87 s (MACs counted beforehand); the limits are the issue's.
+# Measured on 2 cores shared with other work (load 4-10; 6 runs of this file, 2026-11-29): open +
+# sizing 0.34-0.56 s, the 1,000-run plan through the CLI 0.57-0.87 s (MACs counted beforehand), the
+# file 6-10 s. The limits are the issue's.
 SIZE_LIMIT_S, PLAN_LIMIT_S = 2.0, 5.0
 
 
