@@ -118,28 +118,31 @@ def convert_cli(folder: Path, out: Path, max_short_side: int | None) -> None:
     subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def stored_images(path: Path) -> list[bytes]:
+def scan(path: Path, sample: int) -> tuple[list[int], list[tuple[int, int]], list[bytes]]:
+    """Every stored image's size in bytes and (width, height), and ``sample`` of the images, evenly
+    spread over the shards (whose classes differ), without holding the rest in memory."""
     ds = Dataset(path)
-    out = []
+    step = max(1, ds.num_rows("train") // max(sample, 1))
+    sizes, dims, kept = [], [], []
     for shard in ds.shards():
-        out += pq.read_table(ds.shard_path(shard), columns=["image"]).column("image").to_pylist()
-    return out
+        for data in pq.read_table(ds.shard_path(shard), columns=["image"]).column("image").to_pylist():
+            if len(sizes) % step == 0 and len(kept) < sample:
+                kept.append(data)
+            sizes.append(len(data))
+            dims.append(Image.open(io.BytesIO(data)).size)
+    return sizes, dims, kept
 
 
-def crop_resolution(images: list[bytes], image_size: int, seed: int = 0) -> dict[str, float]:
-    """What the inception crops (area 5-100%) of these stored images hold: the crop's shorter side
-    in stored pixels (median; at 5% area), and the share of crops narrower than the output, i.e.
-    upsampled to ``image_size`` (less detail than the output can show), as drawn in training."""
+def crop_resolution(dims: list[tuple[int, int]], image_size: int, seed: int = 0) -> dict[str, float]:
+    """What the inception crops (area 5-100%) of images of these sizes hold, as drawn in training:
+    the crop's shorter side in stored pixels (median; and at 5% area), the share of crops narrower
+    than the output (upsampled to ``image_size``: less detail than the output can show), and the
+    share at least twice as wide (those the JPEG draft decodes reduced)."""
     rng = np.random.default_rng(seed)
-    sides, small = [], []
-    for data in images:
-        w, h = Image.open(io.BytesIO(data)).size
-        box = inception_crop_box(w, h, rng)
-        sides.append(min(box[2] - box[0], box[3] - box[1]))
-        small.append(math.sqrt(0.05 * w * h))          # a 5%-area square crop's side
-    sides = np.asarray(sides)
-    return {"short_side_mean": float(np.mean([min(Image.open(io.BytesIO(d)).size) for d in images])),
-            "crop_side_median": float(np.median(sides)), "crop_side_5pct_mean": float(np.mean(small)),
+    sides = np.asarray([(lambda b: min(b[2] - b[0], b[3] - b[1]))(inception_crop_box(w, h, rng)) for w, h in dims])
+    return {"short_side_mean": float(np.mean([min(d) for d in dims])),
+            "crop_side_median": float(np.median(sides)),
+            "crop_side_5pct_mean": float(np.mean([math.sqrt(0.05 * w * h) for w, h in dims])),
             "upsampled_share": float(np.mean(sides < image_size)),
             "drafted_share": float(np.mean(sides >= 2 * image_size))}
 
@@ -302,18 +305,23 @@ def prepare(work: Path, args: argparse.Namespace) -> dict[str, Path]:
 
 
 def measure(paths: dict[str, Path], args: argparse.Namespace) -> dict[str, dict]:
+    """Loader rows first, for every variant (worker processes fork this process: before it holds
+    images, as a training process does), then each variant's decode rows on an even sample."""
     out = {}
     for name, path in paths.items():
-        images = stored_images(path)
-        part = images[:args.decode_images]
-        runs = decode_runs(part, args.image_size, args.small_size if name == "original" else None)
+        runs = {}
         for workers in (0, args.workers):
             for dtype in ("uint8", "float32"):
                 label = f"make_loader, {workers} worker{'s' if workers != 1 else ''}, {dtype}"
                 runs[label] = loader_run(path, args.image_size, workers, dtype)
-        out[name] = {"images": len(images), "bytes": byte_stats([len(d) for d in images]),
-                     "rows": rates(runs, args.repeats), "crops": crop_resolution(images, args.image_size),
-                     "slope_ms": bytes_slope(part, args.image_size, args.repeats) if name == "original" else None}
+        out[name] = {"loader_rows": rates(runs, args.repeats)}
+    for name, path in paths.items():
+        sizes, dims, part = scan(path, args.decode_images)
+        runs = decode_runs(part, args.image_size, args.small_size if name == "original" else None)
+        out[name].update(images=len(sizes), bytes=byte_stats(sizes), crops=crop_resolution(dims, args.image_size),
+                         rows=rates(runs, args.repeats) + out[name].pop("loader_rows"),
+                         slope_ms=bytes_slope(part, args.image_size, args.repeats) if name == "original" else None)
+        del part
     return out
 
 
