@@ -170,18 +170,6 @@ def old_ours_image(data: bytes, size: int, rng: np.random.Generator, reducing_ga
     return arr[:, ::-1] if rng.random() < 0.5 else arr
 
 
-def simplejpeg_image(data: bytes, size: int, rng: np.random.Generator) -> np.ndarray:
-    """simplejpeg (libjpeg-turbo's TurboJPEG API, straight into numpy) + our torch resize."""
-    import simplejpeg
-    pixels = simplejpeg.decode_jpeg(data)
-    h, w = pixels.shape[:2]
-    x0, y0, x1, y1 = inception_crop_box(w, h, rng)
-    region = torch.from_numpy(np.ascontiguousarray(pixels[y0:y1, x0:x1])).permute(2, 0, 1).unsqueeze(0)
-    out = torch.nn.functional.interpolate(region, size=(size, size), mode="bilinear", antialias=True)[0]
-    arr = out.permute(1, 2, 0).numpy()
-    return arr[:, ::-1] if rng.random() < 0.5 else arr
-
-
 BATCH = 64   # images per batch (--batch-size)
 
 
@@ -234,12 +222,6 @@ def decode_runs(images: list[bytes], size: int, small: int | None) -> dict[str, 
         for gap in (1.0, 2.0):
             fn = lambda data, s, rng, gap=gap: old_ours_image(data, s, rng, gap)  # noqa: E731
             runs[f"{small} px: same, PIL resize reducing_gap={gap:g}, uint8"] = batches_run(images, fn, uint8, small)
-        try:
-            import simplejpeg  # noqa: F401  (bench only, not a dependency)
-            runs["simplejpeg decode + our torch resize, uint8 (bench only)"] = batches_run(
-                images, simplejpeg_image, uint8, size)
-        except ImportError:
-            pass
     return runs
 
 

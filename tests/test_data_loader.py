@@ -232,3 +232,23 @@ def test_crop_resize_matches_pil_resize_inside_the_box():
         ours = crop_resize(img, box, 224).astype(np.int16)
         pil = np.asarray(img.crop(box).resize((224, 224), Image.BILINEAR))
         assert np.abs(ours - pil).max() <= 1, box                 # bilinear, antialiased as PIL's
+
+
+def test_train_decode_by_libjpeg_turbo_gives_pillows_pixels_and_falls_back_to_pillow():
+    """JPEGs decode through simplejpeg when they can (the same pixels as Pillow's decode, exactly);
+    a CMYK JPEG, which it refuses, goes through Pillow with the same crop and flip."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.images import _turbo_rgb, decode_rgb, decode_train, train_transform
+    photo = _photo((640, 427))
+    assert _turbo_rgb(photo) is not None
+    cmyk = io.BytesIO()
+    decode_rgb(photo).convert("CMYK").save(cmyk, "JPEG", quality=90)
+    for data in (photo, cmyk.getvalue()):
+        for seed in range(4):
+            assert np.array_equal(decode_train(data, 224, np.random.default_rng(seed)),
+                                  train_transform(decode_rgb(data), 224, np.random.default_rng(seed)))
+    assert Image.open(io.BytesIO(cmyk.getvalue())).mode == "CMYK"
