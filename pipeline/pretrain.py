@@ -400,7 +400,7 @@ class Trainer:
                           world_size=self.session.world, seed=self.plan.spec.seed, epoch=epoch,
                           label_format="multi_hot", min_crop_area=self.recipe.min_crop_area, image_dtype="uint8",
                           on_bad_row=self.plan.on_bad_row, **self.plan.subset)
-        return make_loader(spec, start_step=position)
+        return make_loader(spec, start_step=position, pin_memory=self.device.type == "cuda")
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Gradients of the batch's mean loss, accumulated over ``accum_steps`` micro-batches, each

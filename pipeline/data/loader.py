@@ -286,6 +286,7 @@ class StreamingLoader:
     start_step: int = 0
     num_workers: int = 0
     prefetch_batches: int = 2
+    pin_memory: bool = False      # decode processes' batches pinned (page-locked) by a thread
     skipped: list[BadRow] = field(default_factory=list)
 
     def __post_init__(self):
@@ -310,7 +311,7 @@ class StreamingLoader:
         stream = _RankStream(self.spec, self.start_step, self.subset)
         if self.num_workers > 0:
             loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                prefetch_factor=self.prefetch_batches,
+                                prefetch_factor=self.prefetch_batches, pin_memory=self.pin_memory,
                                 persistent_workers=False)
         else:
             loader = stream
