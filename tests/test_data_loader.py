@@ -252,3 +252,14 @@ def test_train_decode_by_libjpeg_turbo_gives_pillows_pixels_and_falls_back_to_pi
             assert np.array_equal(decode_train(data, 224, np.random.default_rng(seed)),
                                   train_transform(decode_rgb(data), 224, np.random.default_rng(seed)))
     assert Image.open(io.BytesIO(cmyk.getvalue())).mode == "CMYK"
+
+
+def test_normalize_images_leaves_its_input_as_it_was():
+    import torch
+
+    from pipeline.data import normalize_images
+    raw = torch.tensor([[0, 255]], dtype=torch.uint8)
+    assert normalize_images(raw).tolist() == [[-1.0, 1.0]]
+    already = torch.tensor([[0.0, 255.0]])
+    normalize_images(already)
+    assert already.tolist() == [[0.0, 255.0]]   # a float32 input is not scaled in place
