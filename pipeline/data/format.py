@@ -457,11 +457,6 @@ def _plain_name(rel: Any) -> bool:
             and ":" not in rel)
 
 
-def read_footer(f: pa.NativeFile, size: int) -> pq.FileMetaData:
-    """Parquet metadata from exactly the footer's bytes (see :func:`read_footer_bytes`)."""
-    return pq.read_metadata(pa.BufferReader(read_footer_bytes(f, size)))
-
-
 def read_footer_bytes(f: pa.NativeFile, size: int) -> bytes:
     """The footer's bytes, as a small Parquet file that ``pq.read_metadata`` reads.
 
