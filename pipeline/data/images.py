@@ -123,10 +123,12 @@ def resize_region(region_hwc: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def _crop_resize_flip(img: Image.Image, box, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    arr = crop_resize(img, box, image_size)
-    if rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    return arr
+    return _flip(crop_resize(img, box, image_size), rng)
+
+
+def _flip(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The train augmentation's horizontal flip, with probability 1/2 (the draw after the box)."""
+    return arr[:, ::-1] if rng.random() < 0.5 else arr
 
 
 DRAFT_SCALES = (8, 4, 2)   # the reductions libjpeg decodes to in the DCT domain
@@ -154,8 +156,7 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
     if scale == 1 and img.format == "JPEG" and img.mode in ("RGB", "L"):
         pixels = _turbo_rgb(data)
         if pixels is not None:
-            arr = resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size)
-            return arr[:, ::-1] if rng.random() < 0.5 else arr
+            return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
     drafted = img.draft("RGB", (width // scale, height // scale)) if scale > 1 else None
     img = _load_rgb(img, len(data))
     if drafted is None:
@@ -168,9 +169,7 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
         fx, fy = drafted[1][2] / width, drafted[1][3] / height
         reduced = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
         arr = np.asarray(img.resize((image_size, image_size), Image.BILINEAR, box=reduced))
-    if rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    return arr
+    return _flip(arr, rng)
 
 
 def _turbo_rgb(data: bytes) -> np.ndarray | None:
