@@ -49,7 +49,9 @@ def _verify(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from pipeline.data.convert import ConvertOptions, convert
     options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
-                             skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side)
+                             skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side,
+                             labels=args.labels, image_column=args.image_column,
+                             label_column=args.label_column)
     result = convert(args.format, args.src, args.out, options)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
@@ -148,8 +150,10 @@ def add_synth(sub) -> None:
 
 
 def add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles or WebDataset tars")
-    p.add_argument("format", choices=("imagefolder", "cifar", "webdataset"), help="the source's layout")
+    from pipeline.data.convert import FORMATS
+    p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles, WebDataset tars, "
+                                       "Hugging Face Parquet or ImageNet(-21k) archives")
+    p.add_argument("format", choices=FORMATS, help="the source's layout")
     p.add_argument("src", help="source folder (or tar files' folder)")
     p.add_argument("out", help="dataset folder or URI to write")
     p.add_argument("--split", default=None,
@@ -165,6 +169,12 @@ def add_convert(sub) -> None:
                    help="store images whose shorter side is above N px resized to N (Lanczos; JPEG "
                         "sources re-encoded at quality 90), e.g. 256 or 320 for 224-px training: "
                         "faster decoding (bench/RESULTS.md, issue 17); default: as they are")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="imagenet: the label file of a flat val folder")
+    p.add_argument("--image-column", default=None,
+                   help="hfparquet: the image column (default: the one column of image structs)")
+    p.add_argument("--label-column", default=None,
+                   help="hfparquet: the label column (default: the ClassLabel column, else 'label')")
     p.set_defaults(fn=_convert)
 
 

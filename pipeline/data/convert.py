@@ -42,6 +42,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
 WDS_LABEL_EXTS = ("cls", "cls2", "class", "label")
 ROWS_PER_SHARD = 5000
+FORMATS = ("imagefolder", "cifar", "webdataset", "hfparquet", "imagenet", "imagenet21k")
 
 
 class ConversionError(DataError):
@@ -305,6 +306,9 @@ class ConvertOptions:
     skip_bad: bool = False
     seed: int = 0
     max_short_side: int | None = None
+    labels: str | None = None          # imagenet: the val label file (pipeline/data/imagenet.py)
+    image_column: str | None = None    # hfparquet: default the column of image structs
+    label_column: str | None = None    # hfparquet: default the ClassLabel column, else "label"
 
     def __post_init__(self):
         if self.max_short_side is not None and self.max_short_side < 1:
@@ -322,7 +326,14 @@ def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike,
                              progress=progress, max_short_side=options.max_short_side)
     if fmt == "webdataset":
         return convert_webdataset(src, out, options, executor=executor, progress=progress)
-    raise ValueError(f"format must be imagefolder, cifar or webdataset, got {fmt!r}")
+    if fmt == "hfparquet":
+        from pipeline.data.hfparquet import convert_hfparquet
+        return convert_hfparquet(src, out, options, executor=executor, progress=progress)
+    if fmt in ("imagenet", "imagenet21k"):
+        from pipeline.data import imagenet
+        converter = imagenet.convert_imagenet if fmt == "imagenet" else imagenet.convert_imagenet21k
+        return converter(src, out, options, executor=executor, progress=progress)
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
