@@ -78,6 +78,40 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(synth, num_worker
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
 
+def test_decode_workers_yield_what_the_loaders_process_yields(synth, tmp_path):
+    """Workers decode batches the loader's process cut from its windows: same batches, same
+    pixels, in order, whatever their number; a bad row decoded in a worker is still named."""
+    spec = LoaderSpec(synth, batch_size=16, image_size=16, seed=2, epoch=1, shuffle_window=64)
+    inline = list(make_loader(spec, num_workers=0))
+    for workers in (1, 3):
+        pooled = list(make_loader(spec, num_workers=workers))
+        assert [b.keys for b in pooled] == [b.keys for b in inline]
+        assert all(torch.equal(a.images, b.images) for a, b in zip(pooled, inline))
+    data = Path(shutil.copytree(synth, tmp_path / "bad"))
+    rewrite_row(data, 1, 3, image=b"not an image")
+    shard = Dataset(data).shards()[1]
+    with pytest.raises(Exception, match=rf"shard {shard.path}, row 3, field image: cannot decode"):
+        keys_of(make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False), num_workers=2))
+
+
+def test_the_next_epoch_reuses_the_subset_until_the_dataset_changes(synth, tmp_path):
+    """A new epoch's loader reads no footer again (the subset is kept per process); a changed
+    manifest (another digest) makes it read the dataset anew."""
+    data = Path(shutil.copytree(synth, tmp_path / "epochs"))
+    first = make_loader(LoaderSpec(data, batch_size=16, image_size=16, fraction=0.5, epoch=0), num_workers=0)
+    second = make_loader(LoaderSpec(data, batch_size=16, image_size=16, fraction=0.5, epoch=1), num_workers=0)
+    assert second.subset is first.subset
+    subset_keys = set(first.subset.keys())
+    assert keys_of(first) != keys_of(second) and set(keys_of(second)) <= subset_keys
+    other = make_loader(LoaderSpec(data, batch_size=16, image_size=16, fraction=0.25, epoch=1), num_workers=0)
+    assert other.subset is not first.subset
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["description"] = "edited"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    third = make_loader(LoaderSpec(data, batch_size=16, image_size=16, fraction=0.5, epoch=2), num_workers=0)
+    assert third.subset is not first.subset
+
+
 def test_batches_are_normalized_nchw_with_the_right_labels(synth, downstream):
     assert num_classes(synth) == 10 and num_classes(downstream) == 4
     batch = next(iter(make_loader(LoaderSpec(synth, batch_size=12, image_size=16), num_workers=0)))

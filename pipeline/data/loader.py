@@ -13,15 +13,19 @@ The order of examples is a pure function of (subset, seed, epoch, world_size, ra
 
 So any batch can be produced without producing the ones before it: resuming at ``start_step``
 reads only the windows from that step on, and yields exactly what an uninterrupted run would.
-Memory is bounded by one window of encoded images per worker plus the prefetched batches,
-whatever the dataset size. Worker processes each produce every ``num_workers``-th batch and
-PyTorch's DataLoader returns them in order, so the order does not depend on ``num_workers``.
+The loader's process reads each window once (the next one while this one is decoded) and cuts
+it into encoded batches; decode worker processes (PyTorch DataLoader workers) get those batches,
+a worker never opens the dataset, and the DataLoader returns the decoded batches in order, so the
+order does not depend on ``num_workers``. Memory is bounded by two windows of encoded images in
+the loader's process plus the batches in flight, whatever the dataset size.
 Eval mode does no shuffling and no augmentation and keeps the last partial batch.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Iterator, NamedTuple
@@ -29,7 +33,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from pipeline.data.format import DataError, Dataset, Subset, iter_blocks
 from pipeline.data.images import (UndecodableImage, decode_rgb, decode_train, eval_transform,
@@ -134,54 +138,78 @@ def plan_rank(subset: Subset, spec: LoaderSpec) -> RankPlan:
     return RankPlan(order, ends, lo, num_rows, window, num_batches)
 
 
-class _RankStream(IterableDataset):
-    """Produces one rank's batches from ``start_step`` on; in worker w of n, every n-th batch."""
+class _Encoded(NamedTuple):
+    """One batch's rows as stored, cut from its window by the loader's process: all a decode
+    worker needs (a worker never opens the dataset)."""
+    step: int
+    keys: list
+    images: list
+    labels: list
+    rows: list
+    errors: list
+    shards: list       # the rows' shard paths (for error messages)
 
-    def __init__(self, spec: LoaderSpec, start_step: int, subset: Subset | None = None):
-        # The subset (with the shards' footers) is planned once by the loader and inherited by
-        # worker processes, rather than re-read by each of them every epoch.
-        self.spec, self.start_step, self.subset = spec, start_step, subset
 
-    def __iter__(self) -> Iterator[Batch]:
+def _encoded_batches(subset: Subset, spec: LoaderSpec, plan: RankPlan,
+                     start_step: int) -> Iterator[_Encoded]:
+    """The rank's batches from ``start_step`` on, still encoded. Each window is read once, in
+    this process (not once per decode worker), the next one in a thread while this one is cut
+    into batches, so the round trips of an object store (one ranged GET per row group) overlap
+    decoding."""
+    if start_step >= plan.num_batches:
+        return
+    bs = spec.batch_size
+    first, last = (start_step * bs) // plan.window_rows, (plan.num_rows - 1) // plan.window_rows
+    # Blocks of a window are read READ_THREADS at a time: latency, not bandwidth, bounds one
+    # ranged GET of a row group.
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader, \
+            ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-block") as blocks:
+        pending = reader.submit(_read_window, subset, spec, plan, first, blocks)
+        for w in range(first, last + 1):
+            table, order = pending.result()
+            if w < last:
+                pending = reader.submit(_read_window, subset, spec, plan, w + 1, blocks)
+            lo = max(start_step, -(-w * plan.window_rows // bs))
+            hi = min(plan.num_batches, -(-(w + 1) * plan.window_rows // bs))
+            for b in range(lo, hi):
+                first = b * bs - w * plan.window_rows
+                yield _encode(table, order[first:first + bs], b, subset)
+
+
+def _encode(table: pa.Table, rows: np.ndarray, step: int, subset: Subset) -> _Encoded:
+    """Rows ``rows`` of a window's table as an encoded batch; image bytes copied once, straight
+    into the batch (the window itself is never permuted: that would copy every image again)."""
+    paths = [shard.path for shard in subset.shards]
+    small = table.select(["key", "labels", "_row", "_error", "_shard"]).take(pa.array(rows))
+    images = table.column("image")
+    return _Encoded(step, small.column("key").to_pylist(), [images[int(i)].as_py() for i in rows],
+                    small.column("labels").to_pylist(), small.column("_row").to_pylist(),
+                    small.column("_error").to_pylist(),
+                    [paths[i] for i in small.column("_shard").to_pylist()])
+
+
+@dataclass(frozen=True)
+class _Decoder:
+    """Decodes encoded batches (in this process or in DataLoader workers, which get the
+    batches from the loader's process in order, so the order does not depend on their number)."""
+    spec: LoaderSpec
+    num_classes: int
+    root: str
+    label_format: str
+
+    def __getitem__(self, item: _Encoded) -> Batch:
         spec = self.spec
-        subset = self.subset or Dataset(spec.path).subset(
-            fraction=spec.fraction, count=spec.count, split=spec.split,
-            on_unreadable=spec.on_bad_row, exclude_fraction=spec.exclude_fraction)
-        ds = subset.dataset
-        plan = plan_rank(subset, spec)
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        label_format = spec.label_format or ("multi_hot" if ds.multi_label else "index")
-        # Read-ahead: the next window is read in a thread while this one is decoded, so the
-        # round trips of an object store (one ranged GET per row group) overlap decoding.
-        last_window = (plan.num_rows - 1) // plan.window_rows
-        # Blocks of a window are read READ_THREADS at a time: latency, not bandwidth, bounds one
-        # ranged GET of a row group.
-        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader, \
-                ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-block") as blocks:
-            reads: dict[int, object] = {}
-            cached: tuple[int, pa.Table] | None = None
-            for b in range(self.start_step + worker, plan.num_batches, workers):
-                w = (b * spec.batch_size) // plan.window_rows
-                if cached is None or cached[0] != w:
-                    pending = reads.pop(w, None) or reader.submit(_read_window, subset, spec, plan, w, blocks)
-                    reads.clear()  # a read-ahead this worker skipped past (it takes every n-th batch)
-                    if w < last_window:
-                        reads[w + 1] = reader.submit(_read_window, subset, spec, plan, w + 1, blocks)
-                    cached = (w, pending.result())
-                first = b * spec.batch_size - w * plan.window_rows
-                rows = cached[1].slice(first, spec.batch_size)
-                rng = np.random.default_rng([spec.seed, spec.epoch, spec.world_size, spec.rank, b])
-                yield _decode_batch(rows, ds, subset, spec, label_format, rng)
+        rng = np.random.default_rng([spec.seed, spec.epoch, spec.world_size, spec.rank, item.step])
+        return _decode_batch(item, self, rng)
 
 
 READ_THREADS = 4
 
 
 def _read_window(subset: Subset, spec: LoaderSpec, plan: RankPlan, w: int,
-                 pool: ThreadPoolExecutor | None = None) -> pa.Table:
-    """Rows [w * window, (w + 1) * window) of the rank's sequence, shuffled (train); its blocks
-    read on ``pool`` when given."""
+                 pool: ThreadPoolExecutor | None = None) -> tuple[pa.Table, np.ndarray]:
+    """Rows [w * window, (w + 1) * window) of the rank's sequence and the order to take them in
+    (shuffled for train); its blocks read on ``pool`` when given."""
     start = w * plan.window_rows
     stop = min(start + plan.window_rows, plan.num_rows)
     g0, g1 = plan.lo + start, plan.lo + stop               # positions in the permuted sequence
@@ -194,10 +222,9 @@ def _read_window(subset: Subset, spec: LoaderSpec, plan: RankPlan, w: int,
     block_start = int(plan.block_ends[i0] - subset.blocks[plan.block_order[i0]].num_rows)
     table = table.slice(g0 - block_start, g1 - g0)
     if spec.train:
-        perm = np.random.default_rng(
+        return table, np.random.default_rng(
             [spec.seed, spec.epoch, spec.world_size, spec.rank, w, 1]).permutation(table.num_rows)
-        table = table.take(pa.array(perm))
-    return table
+    return table, np.arange(table.num_rows)
 
 
 _COLUMNS = ["key", "image", "labels"]
@@ -228,19 +255,13 @@ def _read_block(subset: Subset, block, on_bad_row: str) -> pa.Table:
     return table.select(_WINDOW_SCHEMA.names).cast(_WINDOW_SCHEMA)
 
 
-def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
-                  label_format: str, rng: np.random.Generator) -> Batch:
-    keys = rows.column("key").to_pylist()
-    images = rows.column("image").to_pylist()
-    labels = rows.column("labels").to_pylist()
-    shard_rows = rows.column("_row").to_pylist()
-    errors = rows.column("_error").to_pylist()
-    shard_ids = rows.column("_shard").to_pylist()
+def _decode_batch(item: _Encoded, decoder: _Decoder, rng: np.random.Generator) -> Batch:
+    spec, label_format, k = decoder.spec, decoder.label_format, decoder.num_classes
     out_images, out_labels, out_keys, bad = [], [], [], []
-    k = ds.num_classes
     # Eval decodes JPEGs reduced to the resize's size; train reduces each to its crop box's.
     draft = None if spec.train else int(spec.image_size / spec.crop_fraction)
-    for key, data, labs, row, err, si in zip(keys, images, labels, shard_rows, errors, shard_ids):
+    for key, data, labs, row, err, shard in zip(item.keys, item.images, item.labels, item.rows,
+                                                item.errors, item.shards):
         problem = None
         if err is not None:
             problem = ("row_group", err)
@@ -254,9 +275,8 @@ def _decode_batch(rows: pa.Table, ds: Dataset, subset: Subset, spec: LoaderSpec,
             except UndecodableImage as e:
                 problem = ("image", str(e))
         if problem is not None:
-            shard = subset.shards[si].path
             if spec.on_bad_row != "skip":
-                raise DataError(problem[1], dataset=ds.root, shard=shard, row=row, field=problem[0],
+                raise DataError(problem[1], dataset=decoder.root, shard=shard, row=row, field=problem[0],
                                 hint="fix or drop the row, or pretrain with --on-bad-row skip")
             bad.append(BadRow(shard, row, problem[0], problem[1]))
             continue
@@ -290,12 +310,9 @@ class StreamingLoader:
     skipped: list[BadRow] = field(default_factory=list)
 
     def __post_init__(self):
-        ds = Dataset(self.spec.path)
-        self.subset = ds.subset(fraction=self.spec.fraction, count=self.spec.count,
-                                split=self.spec.split, on_unreadable=self.spec.on_bad_row,
-                                exclude_fraction=self.spec.exclude_fraction)
+        self.subset = subset_of(self.spec)
         self.plan = plan_rank(self.subset, self.spec)
-        self.num_classes = ds.num_classes
+        self.num_classes = self.subset.dataset.num_classes
         if not 0 <= self.start_step <= self.plan.num_batches:
             raise ValueError(f"start_step {self.start_step} outside [0, {self.plan.num_batches}]")
 
@@ -308,13 +325,18 @@ class StreamingLoader:
         return self.plan.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        stream = _RankStream(self.spec, self.start_step, self.subset)
+        ds, spec = self.subset.dataset, self.spec
+        decoder = _Decoder(spec, ds.num_classes, ds.root,
+                           spec.label_format or ("multi_hot" if ds.multi_label else "index"))
+        encoded = _encoded_batches(self.subset, spec, self.plan, self.start_step)
         if self.num_workers > 0:
-            loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                prefetch_factor=self.prefetch_batches, pin_memory=self.pin_memory,
-                                persistent_workers=False)
+            # The encoded batches are the DataLoader's "indices": made here, sent to the workers
+            # (a batch's bytes, ~30 MB at 256 ImageNet-size photos), decoded there, returned in order.
+            loader = DataLoader(decoder, batch_size=None, sampler=_Feed(encoded),
+                                num_workers=self.num_workers, prefetch_factor=self.prefetch_batches,
+                                pin_memory=self.pin_memory, persistent_workers=False)
         else:
-            loader = stream
+            loader = map(decoder.__getitem__, encoded)
         skipped_before = len(self.skipped)
         self.skipped.extend(BadRow(shard, None, "shard", f"whole shard skipped: {problem}")
                             for shard, problem in self.subset.unreadable)
@@ -327,6 +349,41 @@ class StreamingLoader:
             log.warning("skipped %d bad rows/shards in %s (split %s, rank %d, epoch %d); first: %s",
                         len(self.skipped) - skipped_before, self.spec.path, self.spec.split,
                         self.spec.rank, self.spec.epoch, self.skipped[skipped_before])
+
+
+_SUBSETS: OrderedDict[tuple, Subset] = OrderedDict()   # the last few, for the next epochs
+_SUBSETS_KEPT = 4
+_SUBSETS_LOCK = threading.Lock()
+
+
+def subset_of(spec: LoaderSpec) -> Subset:
+    """The spec's subset, built once per process for each (dataset content, split, size): the
+    next epoch's loader (same subset, new order) reads no shard footer again. One manifest read
+    tells whether the dataset changed (its digest)."""
+    ds = Dataset(spec.path)
+    key = (ds.root, ds.digest, spec.split, spec.fraction, spec.count, spec.exclude_fraction,
+           spec.on_bad_row)
+    with _SUBSETS_LOCK:
+        if key in _SUBSETS:
+            _SUBSETS.move_to_end(key)
+            return _SUBSETS[key]
+    subset = ds.subset(fraction=spec.fraction, count=spec.count, split=spec.split,
+                       on_unreadable=spec.on_bad_row, exclude_fraction=spec.exclude_fraction)
+    with _SUBSETS_LOCK:
+        _SUBSETS[key] = subset
+        while len(_SUBSETS) > _SUBSETS_KEPT:
+            _SUBSETS.popitem(last=False)
+    return subset
+
+
+class _Feed:
+    """A one-pass iterable as a DataLoader sampler."""
+
+    def __init__(self, items: Iterator[_Encoded]):
+        self.items = items
+
+    def __iter__(self) -> Iterator[_Encoded]:
+        return self.items
 
 
 def default_num_workers() -> int:
