@@ -75,7 +75,8 @@ def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
 
 def test_a_failed_write_to_the_store_leaves_no_dataset(s3, tmp_path):
     from PIL import Image
-    from pipeline.data.convert import ConversionError, convert
+    from pipeline.data.convert import ConversionError
+    from pipeline.data.converters import convert
     for c in ("cat", "dog"):
         (tmp_path / "src" / c).mkdir(parents=True)
         for i in range(3):

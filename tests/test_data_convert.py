@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from pipeline.data import DataError, LoaderSpec, make_loader
-from pipeline.data.convert import ConvertOptions, convert, convert_digits
+from pipeline.data.convert import ConvertOptions, convert_digits
+from pipeline.data.converters import convert
 from pipeline.data.format import Dataset
 from pipeline.data.verify import verify
 

@@ -47,7 +47,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pipeline.data.convert import ConvertOptions, convert
+    from pipeline.data.converters import convert
+    from pipeline.data.convert import ConvertOptions
     options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
                              skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side,
                              labels=args.labels, image_column=args.image_column,
@@ -150,7 +151,7 @@ def add_synth(sub) -> None:
 
 
 def add_convert(sub) -> None:
-    from pipeline.data.convert import FORMATS
+    from pipeline.data.converters import FORMATS
     p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles, WebDataset tars, "
                                        "Hugging Face Parquet or ImageNet(-21k) archives")
     p.add_argument("format", choices=FORMATS, help="the source's layout")
@@ -170,7 +171,7 @@ def add_convert(sub) -> None:
                         "sources re-encoded at quality 90), e.g. 256 or 320 for 224-px training: "
                         "faster decoding (bench/RESULTS.md, issue 17); default: as they are")
     p.add_argument("--labels", default=None, metavar="FILE",
-                   help="imagenet: the label file of a flat val folder")
+                   help="imagenet: the label file of a flat val folder; imagenet21k: a words file (wnid, name)")
     p.add_argument("--image-column", default=None,
                    help="hfparquet: the image column (default: the one column of image structs)")
     p.add_argument("--label-column", default=None,

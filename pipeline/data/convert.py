@@ -42,7 +42,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
 WDS_LABEL_EXTS = ("cls", "cls2", "class", "label")
 ROWS_PER_SHARD = 5000
-FORMATS = ("imagefolder", "cifar", "webdataset", "hfparquet", "imagenet", "imagenet21k")
 
 
 class ConversionError(DataError):
@@ -313,27 +312,6 @@ class ConvertOptions:
     def __post_init__(self):
         if self.max_short_side is not None and self.max_short_side < 1:
             raise ValueError(f"max_short_side must be a positive number of pixels, got {self.max_short_side}")
-
-
-def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike,
-            options: ConvertOptions = ConvertOptions(), *, executor: str = "auto",
-            progress: bool = True) -> dict[str, Any]:
-    """Convert ``src`` in format ``fmt`` into the dataset at ``out``; returns row counts."""
-    if fmt == "imagefolder":
-        return convert_imagefolder(src, out, options, executor=executor, progress=progress)
-    if fmt == "cifar":
-        return convert_cifar(src, out, split=options.split, seed=options.seed, executor=executor,
-                             progress=progress, max_short_side=options.max_short_side)
-    if fmt == "webdataset":
-        return convert_webdataset(src, out, options, executor=executor, progress=progress)
-    if fmt == "hfparquet":
-        from pipeline.data.hfparquet import convert_hfparquet
-        return convert_hfparquet(src, out, options, executor=executor, progress=progress)
-    if fmt in ("imagenet", "imagenet21k"):
-        from pipeline.data import imagenet
-        converter = imagenet.convert_imagenet if fmt == "imagenet" else imagenet.convert_imagenet21k
-        return converter(src, out, options, executor=executor, progress=progress)
-    raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
