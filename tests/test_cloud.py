@@ -73,20 +73,35 @@ def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
     assert verify(f"{s3}/copied", progress=False).ok and open_dataset(back).manifest == same.manifest
 
 
-def test_a_failed_write_to_the_store_leaves_no_dataset(s3, tmp_path):
+def test_a_failed_conversion_into_the_store_leaves_no_dataset_and_resumes(s3, tmp_path, capsys, monkeypatch):
     from PIL import Image
-    from pipeline.data.convert import ConversionError
+    from types import SimpleNamespace
+    import pipeline.data.format as fmt
+    from pipeline.data.convert import ConversionError, ConvertOptions
     from pipeline.data.converters import convert
+    # one "created" time for the two conversions compared (the manifest's digest covers it)
+    monkeypatch.setattr(fmt, "time", SimpleNamespace(gmtime=time.gmtime, strftime=lambda f, t=None: "2024"))
     for c in ("cat", "dog"):
         (tmp_path / "src" / c).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "src" / c / f"{i}.png")
     (tmp_path / "src" / "dog" / "9.png").write_bytes(b"not an image")
-    with pytest.raises(ConversionError, match="9.png"):
-        convert("imagefolder", tmp_path / "src", f"{s3}/broken", executor="inline", progress=False)
+    two = ConvertOptions(shards=2)      # cat/0-2 dog/0, then dog/1, dog/2, dog/9
+    with pytest.raises(ConversionError, match=f"9.png.*; 1 of 2 shards written; .* or delete {s3}/broken"):
+        convert("imagefolder", tmp_path / "src", f"{s3}/broken", two, executor="inline", progress=False)
     with pytest.raises(DataError, match="no manifest.json"):
         open_dataset(f"{s3}/broken")
-    assert storage.listdir(f"{s3}/broken") == []           # no half-made shards either
+    kept = storage.listdir(f"{s3}/broken")     # the finished shard, hidden, for the next run
+    assert kept == [".train-00000.parquet", ".train-00000.result.json", ".train-plan.json"]
+
+    Image.new("RGB", (8, 8), (0, 0, 90)).save(tmp_path / "src" / "dog" / "9.png")   # fixed
+    capsys.readouterr()
+    convert("imagefolder", tmp_path / "src", f"{s3}/broken", two, executor="inline", progress=False)
+    assert "resuming: 1 of 2 shards already written" in capsys.readouterr().err
+    assert storage.listdir(f"{s3}/broken") == ["manifest.json", "train-00000-of-00002.parquet",
+                                               "train-00001-of-00002.parquet"]
+    convert("imagefolder", tmp_path / "src", tmp_path / "broken", two, executor="inline", progress=False)
+    assert open_dataset(f"{s3}/broken").digest == open_dataset(tmp_path / "broken").digest
 
 
 # ----------------------------------------------------------------------------- bad cloud input

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -133,9 +137,11 @@ def test_imagefolder_adds_splits_and_reports_bad_files(image_tree, tmp_path):
     out = tmp_path / "out"
     convert("imagefolder", src, out, progress=False)
     (src / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-    with pytest.raises(DataError, match=r"broken.jpg, field image: cannot decode image"):
+    with pytest.raises(DataError, match=r"broken.jpg, field image: cannot decode image.*; 0 of 1 shards written"):
         convert("imagefolder", src, out, ConvertOptions(split="test"), progress=False)
-    assert not list(out.glob(".*.parquet*"))                    # nothing half-written left
+    # No shard finished: nothing kept for a resume, the dataset as it was (a failure that kept
+    # finished shards is test_an_interrupted_conversion_continues_where_it_stopped's)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")] and Dataset(out).splits == ["train"]
     result = convert("imagefolder", src, out, ConvertOptions(split="test", skip_bad=True), progress=False)
     assert (result["rows"], result["skipped"]) == (12, 1)
     assert "broken.jpg" in result["skipped_examples"][0]
@@ -309,3 +315,178 @@ def test_synth_max_short_side_stores_the_rendered_images_smaller(tmp_path):
     ds = Dataset(path)
     assert ds.manifest["image"] == {"encoding": "png", "height": 32, "width": 32, "channels": 3, "max_short_side": 32}
     assert {Image.open(io.BytesIO(image)).size for image, _ in stored(path).values()} == {(32, 32)}
+
+
+# --------------------------------------------------------------------------------------------
+# An interrupted conversion continues where it stopped (issue 18)
+
+@pytest.fixture()
+def frozen_clock(monkeypatch):
+    """Manifests stamped with one fixed "created" time: the digest covers it, and the conversions
+    compared below must differ in nothing else."""
+    import pipeline.data.format as fmt
+    monkeypatch.setattr(fmt, "time", SimpleNamespace(gmtime=time.gmtime,
+                                                     strftime=lambda f, t=None: "2024-01-01T00:00:00Z"))
+
+
+def write_wds(src: Path, tars: int = 6, per_tar: int = 3) -> None:
+    """``tars`` WebDataset shards of ``per_tar`` 16-px PNG samples each."""
+    rng = np.random.default_rng(7)
+    src.mkdir(parents=True)
+    for t in range(tars):
+        members = {}
+        for k in range(per_tar):
+            members[f"s{k}.png"] = encode(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "PNG")
+            members[f"s{k}.cls"] = str((t + k) % 4).encode()
+        write_tar(src / f"part-{t:03d}.tar", members)
+
+
+def files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir())
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """A file's inode and modification time: a shard written again (a new file renamed over the
+    name) gets a new inode; a shard only renamed keeps both."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def test_an_interrupted_conversion_continues_where_it_stopped(tmp_path, frozen_clock, capsys, monkeypatch):
+    import pipeline.data.convert as conversion
+    src, out = tmp_path / "wds", tmp_path / "resumed" / "ds"
+    write_wds(src)
+    tar3, tar4 = src / "part-003.tar", src / "part-004.tar"
+    whole = tar3.read_bytes()
+    tar3.write_bytes(whole[:700])                                 # still being downloaded
+    with pytest.raises(DataError, match=r"part-003.tar: not a readable tar file.*; 3 of 6 shards written; "
+                                        rf"run the same command again to continue, or delete {out}"):
+        convert("webdataset", src, out, executor="inline", progress=False)
+    with pytest.raises(DataError, match="no manifest.json"):   # no dataset until it is whole
+        Dataset(out)
+    assert files(out) == sorted([".train-plan.json", *(f".train-{i:05d}.{kind}" for i in range(3)
+                                                       for kind in ("parquet", "result.json"))])
+    first = {i: identity(out / f".train-{i:05d}.parquet") for i in range(3)}
+
+    # Run again with the tar complete, and Ctrl-C while part-004 is read.
+    tar3.write_bytes(whole)
+    real = conversion._wds_samples
+
+    def ctrl_c_at_part_4(path):
+        if path == str(tar4):
+            raise KeyboardInterrupt
+        return real(path)
+    monkeypatch.setattr(conversion, "_wds_samples", ctrl_c_at_part_4)
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        convert("webdataset", src, out, executor="inline", progress=False)
+    err = capsys.readouterr().err
+    assert "resuming: 3 of 6 shards already written" in err and "interrupted: 4 of 6 shards written" in err
+    monkeypatch.setattr(conversion, "_wds_samples", real)
+
+    report = convert("webdataset", src, out, executor="inline", progress=False)   # the same command
+    assert "resuming: 4 of 6 shards already written" in capsys.readouterr().err
+    assert files(out) == ["manifest.json", *(f"train-{i:05d}-of-00006.parquet" for i in range(6))]
+    assert {i: identity(out / f"train-{i:05d}-of-00006.parquet") for i in range(3)} == first  # not redone
+    fresh = tmp_path / "fresh" / "ds"
+    assert report == convert("webdataset", src, fresh, executor="inline", progress=False)
+    assert Dataset(out).digest == Dataset(fresh).digest           # the same dataset, shard for shard
+    assert_usable(out, {"train": 18})
+
+
+def test_a_changed_plan_into_the_same_out_starts_over(tmp_path, frozen_clock, capsys):
+    src, out = tmp_path / "wds", tmp_path / "resumed" / "ds"
+    write_wds(src)
+    whole = (src / "part-002.tar").read_bytes()
+    (src / "part-002.tar").write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="2 of 6 shards written"):
+        convert("webdataset", src, out, executor="inline", progress=False)
+    (src / "part-002.tar").write_bytes(whole)
+    other = ConvertOptions(seed=5, max_short_side=8)                # other shard bytes
+    capsys.readouterr()
+    report = convert("webdataset", src, out, other, executor="inline", progress=False)
+    err = capsys.readouterr().err
+    assert "removing its 5 files and starting over" in err and "resuming" not in err
+    assert files(out) == ["manifest.json", *(f"train-{i:05d}-of-00006.parquet" for i in range(6))]
+    fresh = tmp_path / "fresh" / "ds"
+    assert report == convert("webdataset", src, fresh, other, executor="inline", progress=False)
+    assert Dataset(out).digest == Dataset(fresh).digest
+    assert Dataset(out).manifest["image"]["max_short_side"] == 8
+
+
+def test_a_conversion_stopped_while_renaming_or_before_its_manifest_resumes(tmp_path, frozen_clock, capsys,
+                                                                            monkeypatch):
+    """The window between the shards' renames and the manifest: stopped in the middle of the
+    renames (webdataset), or after every split's renames (cifar writes the manifest after both),
+    the same command finds every job done and finishes the dataset."""
+    from pipeline import storage
+    import pipeline.data.convert as conversion
+    src = tmp_path / "wds"
+    write_wds(src)
+    real_move, moves = storage.move, []
+
+    def killed_at_third_move(a, b):
+        moves.append(b)
+        if len(moves) == 3:
+            raise OSError("killed")
+        real_move(a, b)
+
+    def killed(*args):
+        raise OSError("killed")
+    out = tmp_path / "a" / "ds"
+    with monkeypatch.context() as m, pytest.raises(OSError, match="killed"):
+        m.setattr(storage, "move", killed_at_third_move)
+        convert("webdataset", src, out, executor="inline", progress=False)
+    assert "train-00001-of-00006.parquet" in files(out) and "manifest.json" not in files(out)
+    capsys.readouterr()
+    convert("webdataset", src, out, executor="inline", progress=False)
+    assert "resuming: 6 of 6 shards already written" in capsys.readouterr().err
+    convert("webdataset", src, tmp_path / "b" / "ds", executor="inline", progress=False)
+    assert Dataset(out).digest == Dataset(tmp_path / "b" / "ds").digest
+    assert files(out) == ["manifest.json", *(f"train-{i:05d}-of-00006.parquet" for i in range(6))]
+
+    write_cifar(tmp_path / "c10", "cifar10", np.random.default_rng(0))
+    with monkeypatch.context() as m, pytest.raises(OSError, match="killed"):
+        m.setattr(conversion, "write_manifest_file", killed)         # after both splits' renames
+        convert("cifar", tmp_path / "c10", tmp_path / "c" / "ds", executor="inline", progress=False)
+    assert {"train-00000-of-00001.parquet", "test-00000-of-00001.parquet"} <= set(files(tmp_path / "c" / "ds"))
+    convert("cifar", tmp_path / "c10", tmp_path / "c" / "ds", executor="inline", progress=False)
+    assert capsys.readouterr().err.count("resuming: 1 of 1 shards already written") == 2
+    convert("cifar", tmp_path / "c10", tmp_path / "d" / "ds", executor="inline", progress=False)
+    assert Dataset(tmp_path / "c" / "ds").digest == Dataset(tmp_path / "d" / "ds").digest
+    assert files(tmp_path / "c" / "ds") == ["manifest.json", "test-00000-of-00001.parquet",
+                                             "train-00000-of-00001.parquet"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_the_cli_resumes_after_its_processes_are_killed(tmp_path):
+    """SIGKILL of the driver and its worker processes (a node lost) while part-003 is being read
+    (a named pipe that never delivers): the same command, run again, converts only part-003."""
+    src, out = tmp_path / "wds", tmp_path / "resumed" / "ds"
+    write_wds(src)
+    whole = (src / "part-003.tar").read_bytes()
+    (src / "part-003.tar").unlink()
+    os.mkfifo(src / "part-003.tar")
+    command = [sys.executable, "-m", "pipeline.data", "convert", "webdataset", str(src), str(out)]
+    log = tmp_path / "first.log"
+    with open(log, "w") as stderr:
+        first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.glob(".train-*.result.json"))) < 5:   # every tar but part-003 done
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert "manifest.json" not in files(out)
+    (src / "part-003.tar").unlink()
+    (src / "part-003.tar").write_bytes(whole)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming: 5 of 6 shards already written" in again.stderr
+    fresh = tmp_path / "fresh" / "ds"
+    convert("webdataset", src, fresh, executor="inline", progress=False)
+    made, expected = Dataset(out).manifest, Dataset(fresh).manifest
+    assert {**made, "created": None} == {**expected, "created": None}   # another second, else the same
