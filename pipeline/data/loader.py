@@ -35,6 +35,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline import storage
 from pipeline.data.format import DataError, Dataset, Subset, iter_blocks
 from pipeline.data.images import (UndecodableImage, decode_rgb, decode_train, eval_transform,
                                   normalize_images, to_nchw_uint8)
@@ -160,10 +161,12 @@ def _encoded_batches(subset: Subset, spec: LoaderSpec, plan: RankPlan,
         return
     bs = spec.batch_size
     first, last = (start_step * bs) // plan.window_rows, (plan.num_rows - 1) // plan.window_rows
-    # Blocks of a window are read READ_THREADS at a time: latency, not bandwidth, bounds one
-    # ranged GET of a row group.
+    # From an object store, blocks of a window are read READ_THREADS at a time: latency, not
+    # bandwidth, bounds one ranged GET of a row group. From local files one thread: more only
+    # contend (the loader's process took twice the CPU with 4, bench/RESULTS.md issue 17).
+    threads = READ_THREADS if storage.is_remote(subset.dataset.root) else 1
     with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader, \
-            ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-block") as blocks:
+            ThreadPoolExecutor(threads, thread_name_prefix="read-block") as blocks:
         pending = reader.submit(_read_window, subset, spec, plan, first, blocks)
         for w in range(first, last + 1):
             table, order = pending.result()
