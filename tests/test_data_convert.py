@@ -11,7 +11,6 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -320,15 +319,6 @@ def test_synth_max_short_side_stores_the_rendered_images_smaller(tmp_path):
 # --------------------------------------------------------------------------------------------
 # An interrupted conversion continues where it stopped (issue 18)
 
-@pytest.fixture()
-def frozen_clock(monkeypatch):
-    """Manifests stamped with one fixed "created" time: the digest covers it, and the conversions
-    compared below must differ in nothing else."""
-    import pipeline.data.format as fmt
-    monkeypatch.setattr(fmt, "time", SimpleNamespace(gmtime=time.gmtime,
-                                                     strftime=lambda f, t=None: "2024-01-01T00:00:00Z"))
-
-
 def write_wds(src: Path, tars: int = 6, per_tar: int = 3) -> None:
     """``tars`` WebDataset shards of ``per_tar`` 16-px PNG samples each."""
     rng = np.random.default_rng(7)
@@ -352,7 +342,7 @@ def identity(path: Path) -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
-def test_an_interrupted_conversion_continues_where_it_stopped(tmp_path, frozen_clock, capsys, monkeypatch):
+def test_an_interrupted_conversion_continues_where_it_stopped(tmp_path, capsys, monkeypatch):
     import pipeline.data.convert as conversion
     src, out = tmp_path / "wds", tmp_path / "resumed" / "ds"
     write_wds(src)
@@ -394,7 +384,7 @@ def test_an_interrupted_conversion_continues_where_it_stopped(tmp_path, frozen_c
     assert_usable(out, {"train": 18})
 
 
-def test_a_changed_plan_into_the_same_out_starts_over(tmp_path, frozen_clock, capsys):
+def test_a_changed_plan_into_the_same_out_starts_over(tmp_path, capsys):
     src, out = tmp_path / "wds", tmp_path / "resumed" / "ds"
     write_wds(src)
     whole = (src / "part-002.tar").read_bytes()
@@ -414,7 +404,7 @@ def test_a_changed_plan_into_the_same_out_starts_over(tmp_path, frozen_clock, ca
     assert Dataset(out).manifest["image"]["max_short_side"] == 8
 
 
-def test_a_conversion_stopped_while_renaming_or_before_its_manifest_resumes(tmp_path, frozen_clock, capsys,
+def test_a_conversion_stopped_while_renaming_or_before_its_manifest_resumes(tmp_path, capsys,
                                                                             monkeypatch):
     """The window between the shards' renames and the manifest: stopped in the middle of the
     renames (webdataset), or after every split's renames (cifar writes the manifest after both),

@@ -24,8 +24,8 @@ a fingerprint of the plan (``.SPLIT-plan.json``: the job function and every job'
 and options). When a job fails, or on Ctrl-C, the finished shards stay, no manifest is written, and
 the error says how many were; the same command run again (after a failure, Ctrl-C, a killed
 driver or a lost node) converts only the jobs not finished and makes the same dataset as an
-uninterrupted run: the same shards, the same manifest but for its ``created`` time. A different conversion into the same OUT and split (other
-sources, seed, --max-short-side, --skip-bad...) removes the unfinished one and starts over. The
+uninterrupted run: the same shards, the same manifest but for its ``created`` time (so the same
+``Dataset.digest``). A different conversion into the same OUT and split (other sources, seed, --max-short-side, --skip-bad...) removes the unfinished one and starts over. The
 hidden files go once the manifest is written.
 """
 from __future__ import annotations

@@ -251,8 +251,11 @@ class Dataset:
     def digest(self) -> str:
         """The manifest's content hash (16 hex digits of SHA-256 over its canonical JSON): the same
         dataset anywhere (a copy in an object store) has the same digest; any change of a shard
-        (its checksum is in the manifest), class or split changes it."""
-        canonical = json.dumps(self.manifest, sort_keys=True, separators=(",", ":"))
+        (its checksum is in the manifest), class or split changes it; the time it was made
+        (``created``) does not: a conversion resumed after a kill has the digest of one that ran
+        through."""
+        content = {k: v for k, v in self.manifest.items() if k != "created"}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property

@@ -44,8 +44,8 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.data.convert import (ROWS_PER_SHARD, ConversionError, ConvertOptions, ShardResult,
                                    _add_row, _chunks, _finish_shard, _open_output, _record_split,
-                                   _run_split_jobs)
-from pipeline.data.format import MANIFEST_NAME, write_manifest
+                                   _run_split_jobs, write_manifest)
+from pipeline.data.format import MANIFEST_NAME
 
 BATCH_ROWS = 256                       # rows decoded from Parquet at a time
 LABEL_NAMES = ("label", "labels")      # label columns found by name when no ClassLabel is
