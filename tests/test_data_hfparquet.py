@@ -20,23 +20,10 @@ from pipeline.data.converters import convert
 from pipeline.data.format import Dataset
 from pipeline.data.verify import verify
 
+from test_data_convert import pixels, stored
+
 datasets.disable_progress_bars()
 NAMES = ["apple", "bee", "cat"]
-
-
-def stored(path, split: str) -> dict[str, tuple[bytes, list[int]]]:
-    ds, out = Dataset(path), {}
-    for shard in ds.shards(split):
-        t = pq.read_table(ds.shard_path(shard))
-        out.update(zip(t.column("key").to_pylist(),
-                       zip(t.column("image").to_pylist(), t.column("labels").to_pylist())))
-    return out
-
-
-def rgb(data: bytes) -> np.ndarray:
-    img = Image.open(io.BytesIO(data))
-    assert img.mode == "RGB"
-    return np.asarray(img)
 
 
 def image_files(folder, n: int, seed: int) -> list[tuple[str, bytes, np.ndarray]]:
@@ -54,7 +41,7 @@ def image_files(folder, n: int, seed: int) -> list[tuple[str, bytes, np.ndarray]
         path = folder / f"{seed}-{i}.{ext}"
         img.save(path)
         data = path.read_bytes()
-        made.append((str(path), data, rgb(data) if ext == "jpg" else np.asarray(Image.open(path).convert("RGB"))))
+        made.append((str(path), data, pixels(data) if ext == "jpg" else np.asarray(Image.open(path).convert("RGB"))))
     return made
 
 
@@ -107,7 +94,7 @@ def test_hub_layout_round_trip_two_splits(hub, tmp_path, monkeypatch):
     assert set(rows) == set(truth)
     for key, (image, labels) in rows.items():
         split, data, want, label, path = truth[key]
-        assert labels == [label] and np.array_equal(rgb(image), want), key
+        assert labels == [label] and np.array_equal(pixels(image), want), key
         if path.endswith(".jpg"):
             assert image == data                                # RGB JPEG stored byte for byte
         else:

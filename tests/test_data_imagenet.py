@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -17,8 +16,9 @@ from pipeline.data import DataError
 from pipeline.data.__main__ import main
 from pipeline.data.convert import ConvertOptions
 from pipeline.data.converters import convert
-from pipeline.data.format import Dataset
 from pipeline.data.verify import verify
+
+from test_data_convert import stored
 
 # Unsorted on purpose; n00004475 gets an empty synset tar.
 WNIDS = {"n02000003": 3, "n00004475": 0, "n01000002": 2, "n00005787": 4}
@@ -36,16 +36,6 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
-
-
-def stored(path: Path, split: str) -> dict[str, tuple[bytes, list[int]]]:
-    ds = Dataset(path)
-    out = {}
-    for shard in ds.shards(split):
-        t = pq.read_table(ds.shard_path(shard))
-        out.update(zip(t.column("key").to_pylist(),
-                       zip(t.column("image").to_pylist(), t.column("labels").to_pylist())))
-    return out
 
 
 def checked(path: Path) -> dict:
