@@ -343,11 +343,16 @@ class StreamingLoader:
         skipped_before = len(self.skipped)
         self.skipped.extend(BadRow(shard, None, "shard", f"whole shard skipped: {problem}")
                             for shard, problem in self.subset.unreadable)
-        for batch in loader:
-            self.skipped.extend(batch.bad_rows)
-            if self.spec.image_dtype == "float32":
-                batch = batch._replace(images=normalize_images(batch.images))
-            yield batch
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                self.skipped.extend(batch.bad_rows)
+                if self.spec.image_dtype == "float32":
+                    batch = batch._replace(images=normalize_images(batch.images))
+                yield batch
+        finally:  # stopped early or failed: the workers go now, not when garbage is collected
+            getattr(batches, "_shutdown_workers", lambda: None)()
+            encoded.close()
         if len(self.skipped) > skipped_before:
             log.warning("skipped %d bad rows/shards in %s (split %s, rank %d, epoch %d); first: %s",
                         len(self.skipped) - skipped_before, self.spec.path, self.spec.split,
