@@ -175,20 +175,19 @@ def _encoded_batches(subset: Subset, spec: LoaderSpec, plan: RankPlan,
             lo = max(start_step, -(-w * plan.window_rows // bs))
             hi = min(plan.num_batches, -(-(w + 1) * plan.window_rows // bs))
             for b in range(lo, hi):
-                first = b * bs - w * plan.window_rows
-                yield _encode(table, order[first:first + bs], b, subset)
+                offset = b * bs - w * plan.window_rows
+                yield _encode(table, order[offset:offset + bs], b, subset)
 
 
 def _encode(table: pa.Table, rows: np.ndarray, step: int, subset: Subset) -> _Encoded:
     """Rows ``rows`` of a window's table as an encoded batch; image bytes copied once, straight
     into the batch (the window itself is never permuted: that would copy every image again)."""
-    paths = [shard.path for shard in subset.shards]
     small = table.select(["key", "labels", "_row", "_error", "_shard"]).take(pa.array(rows))
     images = table.column("image")
     return _Encoded(step, small.column("key").to_pylist(), [images[int(i)].as_py() for i in rows],
                     small.column("labels").to_pylist(), small.column("_row").to_pylist(),
                     small.column("_error").to_pylist(),
-                    [paths[i] for i in small.column("_shard").to_pylist()])
+                    [subset.shards[i].path for i in small.column("_shard").to_pylist()])
 
 
 @dataclass(frozen=True)
