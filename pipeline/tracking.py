@@ -517,10 +517,31 @@ def log_datasets(tracking_uri: str, run_id: str, datasets: Iterable[DatasetRecor
     per (name, digest, context), so logging again on a resumed run adds nothing."""
     import json
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
     inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="vit-scaling",
                                    source=json.dumps({"uri": d.location}), profile=json.dumps(dict(d.profile))),
                            tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
-    client(tracking_uri).log_inputs(run_id, datasets=inputs)
+    for attempt in range(DATASET_RACE_TRIES):
+        try:
+            return client(tracking_uri).log_inputs(run_id, datasets=inputs)
+        except MlflowException as err:
+            if not lost_insert_race(err) or attempt == DATASET_RACE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+# MLflow's store looks a dataset up by (experiment, name, digest) and inserts it when missing, in
+# one transaction: two runs logging the same new dataset at once both insert, and the second fails
+# on the unique key (SQLAlchemy's IntegrityError, answered as 400, which MLflow's client does not
+# retry). Asked again, the store finds the dataset the other run wrote.
+DATASET_RACE_TRIES = 4
+
+
+def lost_insert_race(err: Exception) -> bool:
+    """An MLflow store error from a unique key another writer got to first (any SQL backend)."""
+    text = str(err)
+    return any(mark in text for mark in ("IntegrityError", "/gkpj)", "UNIQUE constraint failed", "UniqueViolation",
+                                         "Duplicate entry"))
 
 
 @functools.cache

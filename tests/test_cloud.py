@@ -235,6 +235,35 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
 
 # ----------------------------------------------------------------------------- MLflow over HTTP, when the network fails
 
+def test_runs_logging_the_same_new_dataset_at_once_all_get_it(mlflow_http):
+    """Chains that start together log the same dataset as their input at the same moment; the
+    server's lookup-then-insert races (a unique-key error for all but one writer: 13 rounds in 20
+    failed without the retry, 6 writers) and every run must still get its one input."""
+    import threading
+    study = f"race-{uuid.uuid4().hex[:8]}"
+    runs = [tracking.start_run(mlflow_http, study, f"spec-{i}", tags={}, params={}) for i in range(6)]
+    errors = []
+    for round_ in range(5):
+        record = tracking.DatasetRecord("synth", "s3://bucket/synth", uuid.uuid4().hex[:12], "pretrain", {"round": round_})
+        barrier = threading.Barrier(len(runs))
+
+        def log(run_id: str) -> None:
+            barrier.wait()
+            try:
+                tracking.log_datasets(mlflow_http, run_id, [record])
+            except Exception as err:  # noqa: BLE001 - collected, asserted below
+                errors.append(repr(err)[:300])
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    for run_id in runs:
+        inputs = tracking.client(mlflow_http).get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.digest for i in inputs) == sorted({i.dataset.digest for i in inputs}) and len(inputs) == 5
+
+
 def test_tracking_server_errors_are_retried_without_duplicates(mlflow_http):
     import threading
     from servers import FaultyProxy
