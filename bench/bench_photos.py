@@ -87,13 +87,26 @@ def make_photo(src: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
 
 
-def write_photo_folder(folder: Path, n: int, seed: int) -> list[int]:
-    """``folder/<source>/<i>.jpg``, sources in turn; returns the files' sizes in bytes."""
+def write_photo_folder(folder: Path, n: int, seed: int, processes: int = 1) -> list[int]:
+    """``folder/<source>/<i>.jpg``, sources in turn; returns the files' sizes in bytes. With
+    ``processes`` > 1, chunks of photos are made in parallel, chunk k from seed (seed, k): the same
+    distribution, not the same photos as one process makes."""
+    if processes > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        bounds = np.linspace(0, n, processes * 4 + 1).astype(int)
+        with ProcessPoolExecutor(processes) as pool:
+            parts = pool.map(_write_photos, [folder] * (len(bounds) - 1), bounds[:-1], bounds[1:],
+                             [(seed, k) for k in range(len(bounds) - 1)])
+            return [size for part in parts for size in part]
+    return _write_photos(folder, 0, n, seed)
+
+
+def _write_photos(folder: Path, start: int, stop: int, seed) -> list[int]:
     photos = source_photos()
     names = sorted(photos)
     rng = np.random.default_rng(seed)
     sizes = []
-    for i in range(n):
+    for i in range(start, stop):
         name = names[i % len(names)]
         (folder / name).mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
@@ -109,10 +122,11 @@ def byte_stats(sizes: list[int]) -> dict[str, float]:
             "p90_kB": float(np.percentile(kb, 90))}
 
 
-def convert_cli(folder: Path, out: Path, max_short_side: int | None) -> None:
+def convert_cli(folder: Path, out: Path, max_short_side: int | None, shards: int = 4) -> None:
     """The set converted as a user converts one: ``python -m pipeline.data convert imagefolder``."""
     import subprocess
-    cmd = [sys.executable, "-m", "pipeline.data", "convert", "imagefolder", str(folder), str(out), "--shards", "4"]
+    cmd = [sys.executable, "-m", "pipeline.data", "convert", "imagefolder", str(folder), str(out), "--shards",
+           str(shards)]
     if max_short_side:
         cmd += ["--max-short-side", str(max_short_side)]
     subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])

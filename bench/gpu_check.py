@@ -1,14 +1,20 @@
 """Training throughput and MFU of the paper's models on one GPU, and the loader on that machine.
 
-    bash bench/gpu_check.sh               # on a GPU machine: writes a Markdown table (stdout and --out)
+    bash bench/gpu_check.sh               # on a GPU machine (about 6 minutes): Markdown tables (and --out)
     bash bench/gpu_check.sh --dry         # CPU, micro models, 2 steps: checks the script itself
 
 The step is the pretraining step's recipe (pipeline.pretrain): bf16 autocast, sigmoid
 cross-entropy, global-norm clipping at 1, AdamW with decoupled weight decay on kernels (fused on
 CUDA), uint8 batches normalised on the device. MFU = 6 x forward MACs (fvcore, pipeline.compute)
 x images/s / the device's dense bf16 peak. Each model is timed eager and, unless --no-compile,
-compiled with torch.compile (compile time reported separately). The loader line measures
-``pipeline.data.make_loader`` on a synthetic 224-px dataset made on the spot.
+compiled with torch.compile (compile time reported separately).
+
+The loader rows read ImageNet-like photos made on the spot (``--photos``; bench/bench_photos.py:
+real photographs re-cropped to 400-500 px, JPEG quality 90), converted at their original size and
+at each ``--stored`` short side: ``pipeline.data.make_loader`` alone (train crop + flip to 224,
+uint8) with 0, 8 and all-but-one worker processes, then feeding the first model's step (its last
+mode: compiled where compiled) as pretraining does (pinned batches, non-blocking copies), against
+that step's rate on a batch already on the device.
 """
 from __future__ import annotations
 
@@ -64,7 +70,8 @@ def make_step(model, optimizer, device, channels_last: bool):
 
 
 def time_model(name: str, *, batch: int, image_size: int, device: torch.device, compile_: bool,
-               channels_last: bool, steps: int, warmup: int) -> dict:
+               channels_last: bool, steps: int, warmup: int) -> tuple[dict, object]:
+    """The row (images/s, MFU, ...) and the step it timed."""
     torch.manual_seed(0)
     spec = model_spec(model_arg(name))
     model = build_model(spec, num_classes=1000, image_size=image_size).to(device)
@@ -102,29 +109,84 @@ def time_model(name: str, *, batch: int, image_size: int, device: torch.device, 
             "mode": ("compiled" if compile_ else "eager") + (" channels-last" if channels_last else ""),
             "batch": batch, "images_per_s": per_s, "tflops": tflops, "mfu": tflops / peak if peak else None,
             "first_step_s": first_s, "peak_mem_gib": mem, "loss_first": losses[0], "loss_last": losses[-1],
-            "step_ms_spread": [1e3 * min(times), 1e3 * max(times)]}
+            "step_ms_spread": [1e3 * min(times), 1e3 * max(times)]}, step
 
 
-def time_loader(image_size: int, images: int, workers: list[int], dtype: str) -> list[dict]:
+def photo_sets(root: Path, images: int, stored: list[int | None], processes: int) -> dict[str, Path]:
+    """ImageNet-like photos (bench/bench_photos.py: real photographs re-cropped to 400-500 px,
+    JPEG quality 90), converted as a user converts them: originals and each stored short side."""
+    import bench_photos
+    sizes = bench_photos.write_photo_folder(root / "photos", images, seed=0, processes=processes)
+    print(f"# {len(sizes)} photos, mean {statistics.mean(sizes) / 1e3:.0f} kB, median "
+          f"{statistics.median(sizes) / 1e3:.0f} kB", flush=True)
+    sets = {}
+    for side in stored:
+        label = "original" if side is None else f"stored {side}"
+        sets[label] = root / label.replace(" ", "")
+        bench_photos.convert_cli(root / "photos", sets[label], side, shards=16)
+    return sets
+
+
+SKIP_BATCHES = 3   # batches before the clock starts (worker processes starting, first windows read)
+
+
+def steady_rate(batches, consume, batch_size: int, device: torch.device) -> tuple[float, int]:
+    """Images/s through ``consume`` after the first SKIP_BATCHES full batches (partial ones are
+    skipped: a compiled step would recompile for them), and the images timed."""
+    count, start, seen = 0, 0.0, 0
+    for batch in batches:
+        if len(batch.labels) != batch_size:
+            continue
+        consume(batch)
+        seen += 1
+        if seen == SKIP_BATCHES:
+            sync(device)
+            start = time.perf_counter()
+        elif seen > SKIP_BATCHES:
+            count += batch_size
+    sync(device)
+    return (count / (time.perf_counter() - start) if count else float("nan")), count
+
+
+def time_loader(sets: dict[str, Path], workers: list[int], batch: int, image_size: int) -> list[dict]:
+    """``make_loader`` alone (uint8 out, train crop + flip), one epoch per row."""
     from pipeline.data import LoaderSpec, make_loader
-    from pipeline.data.synth import SynthSpec, generate
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generate(Path(tmp) / "synth", SynthSpec(images=images, classes=100, image_size=image_size,
-                                                       shards=16, seed=0), executor="processes",
-                        progress=False)
+    rows = []
+    for label, path in sets.items():
         for n in workers:
-            loader = make_loader(LoaderSpec(data, batch_size=min(256, images // 8), image_size=224,
-                                            train=True, image_dtype=dtype, min_crop_area=0.05), num_workers=n)
-            t, count = time.perf_counter(), 0
-            for batch in loader:
-                count += len(batch.images)
-            out.append({"loader_workers": n, "image_dtype": dtype, "images_per_s": count / (time.perf_counter() - t),
-                        "stored_px": image_size, "images": count})
-    return out
+            loader = make_loader(LoaderSpec(path, batch_size=batch, image_size=image_size, train=True,
+                                            image_dtype="uint8"), num_workers=n)
+            per_s, count = steady_rate(loader, lambda b: None, batch, torch.device("cpu"))
+            rows.append({"loader_workers": n, "stored": label, "images_per_s": per_s, "images": count})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
-def main() -> int:
+def time_fed(sets: dict[str, Path], timed: dict, workers: int, batch: int, image_size: int,
+             device: torch.device) -> list[dict]:
+    """The training step fed by ``make_loader`` (``workers`` decode processes, pinned batches,
+    non-blocking copies: the pretraining path) against the same step on a batch already on the
+    device (``timed``: its row and step)."""
+    from pipeline.data import LoaderSpec, make_loader
+    row, step = timed["row"], timed["step"]
+    rows = []
+    for label, path in sets.items():
+        loader = make_loader(LoaderSpec(path, batch_size=batch, image_size=image_size, train=True,
+                                        image_dtype="uint8"), num_workers=workers, pin_memory=device.type == "cuda")
+
+        def consume(b) -> None:
+            labels = b.labels.to(device, non_blocking=True)
+            step(b.images.to(device, non_blocking=True),
+                 torch.nn.functional.one_hot(labels.long(), 1000).float())
+        per_s, count = steady_rate(loader, consume, batch, device)
+        rows.append({"fed": row["model"], "mode": row["mode"], "stored": label, "loader_workers": workers,
+                     "images_per_s": per_s, "images": count, "device_batch_images_per_s": row["images_per_s"],
+                     "share_of_device_rate": per_s / row["images_per_s"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry", action="store_true", help="CPU, micro models, 2 steps (checks the script)")
     parser.add_argument("--models", nargs="+", default=["ViT-B/16", "R50x1", "R50+ViT-B/16"])
@@ -132,19 +194,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--loader-images", type=int, default=8192)
+    parser.add_argument("--photos", type=int, default=8192, help="photos the loader rows read (default 8192)")
+    parser.add_argument("--stored", type=int, nargs="*", default=[256],
+                        help="stored short sides besides the originals (default 256)")
     parser.add_argument("--out", default=None, help="also write the JSON lines here")
     args = parser.parse_args()
     if args.dry:
-        args.models, args.batch_size, args.steps, args.warmup, args.loader_images = DRY_MODELS, 4, 2, 1, 64
+        args.models, args.batch_size, args.steps, args.warmup, args.photos, args.stored = \
+            DRY_MODELS, 4, 2, 1, 24, []
         args.no_compile = True  # compiling costs a minute per model on a CPU
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.dry else "cpu")
-    image_size = 32 if args.dry else 224
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
-    print(f"# gpu_check: torch {torch.__version__} on {where}, {os.cpu_count()} CPUs; {image_size}px, "
-          f"batch {args.batch_size}, median of {args.steps} steps after {args.warmup}", flush=True)
-    sink = open(args.out, "a") if args.out else None
-    rows = []
+    return args
+
+
+def time_models(args, image_size: int, device: torch.device) -> tuple[list[dict], dict | None]:
+    """Every model in every mode; also the first model's last mode (its row and step) to feed."""
+    rows, feed = [], None
     for name in args.models:
         family = model_spec(model_arg(name)).family
         modes = [(False, False)] + ([(False, True)] if family == "resnet" else [])
@@ -152,25 +216,19 @@ def main() -> int:
             modes.append((True, family == "resnet"))
         for compile_, channels_last in modes:
             try:
-                row = time_model(name, batch=args.batch_size, image_size=image_size, device=device, compile_=compile_,
-                                 channels_last=channels_last, steps=args.steps, warmup=args.warmup)
+                row, step = time_model(name, batch=args.batch_size, image_size=image_size, device=device,
+                                       compile_=compile_, channels_last=channels_last, steps=args.steps,
+                                       warmup=args.warmup)
+                if name == args.models[0]:
+                    feed = {"row": row, "step": step}
             except Exception as err:  # one failing variant must not lose the others' numbers
                 row = {"model": name, "mode": f"{'compiled' if compile_ else 'eager'}", "error": repr(err)[:300]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if sink:
-                print(json.dumps(row), file=sink, flush=True)
-    cpus = os.cpu_count() or 1
-    for dtype in ("uint8", "float32"):
-        try:
-            loader_rows = time_loader(64 if args.dry else 256, args.loader_images,
-                                      [0, 2] if args.dry else [0, min(8, cpus), cpus], dtype)
-        except Exception as err:
-            loader_rows = [{"loader": "failed", "error": repr(err)[:300]}]
-        for row in loader_rows:
-            print(json.dumps(row), flush=True)
-            if sink:
-                print(json.dumps(row), file=sink, flush=True)
+    return rows, feed
+
+
+def print_tables(rows: list[dict], loader_rows: list[dict], fed_rows: list[dict]) -> None:
     print("\n| model | mode | batch | img/s | TFLOP/s | MFU | first step s | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -180,6 +238,41 @@ def main() -> int:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
         print(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['images_per_s']:.0f} | {r['tflops']:.1f} | {mfu} "
               f"| {r['first_step_s']:.1f} | {r['peak_mem_gib']:.1f} |")
+    print("\n| photos | loader workers | img/s (loader alone, uint8) | img/s a worker |\n|---|---|---|---|")
+    for r in loader_rows:
+        print(f"| {r['stored']} | {r['loader_workers']} | {r['images_per_s']:.0f} "
+              f"| {r['images_per_s'] / max(r['loader_workers'], 1):.0f} |")
+    print("\n| photos | step fed | loader workers | img/s fed | img/s, batch on the device | share |\n|---|---|---|---|---|---|")
+    for r in fed_rows:
+        print(f"| {r['stored']} | {r['fed']} {r['mode']} | {r['loader_workers']} | {r['images_per_s']:.0f} "
+              f"| {r['device_batch_images_per_s']:.0f} | {r['share_of_device_rate']:.0%} |")
+
+
+def main() -> int:
+    args = parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.dry else "cpu")
+    image_size = 32 if args.dry else 224
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    cpus = os.cpu_count() or 1
+    print(f"# gpu_check: torch {torch.__version__} on {where}, {cpus} CPUs; {image_size}px, "
+          f"batch {args.batch_size}, median of {args.steps} steps after {args.warmup}", flush=True)
+    rows, feed = time_models(args, image_size, device)
+    workers = [0, 2] if args.dry else [0, min(8, cpus), cpus - 1]
+    loader_rows, fed_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            sets = photo_sets(Path(tmp), args.photos, [None, *args.stored], processes=min(cpus, 16))
+            loader_rows = time_loader(sets, workers, args.batch_size, image_size)
+            if feed is not None:
+                fed_rows = time_fed(sets, feed, workers[-1], args.batch_size, image_size, device)
+        except Exception as err:  # the models' numbers are kept
+            loader_rows.append({"loader": "failed", "error": repr(err)[:300]})
+            print(json.dumps(loader_rows[-1]), flush=True)
+    if args.out:
+        with open(args.out, "a") as sink:
+            for row in rows + loader_rows + fed_rows:
+                print(json.dumps(row), file=sink)
+    print_tables(rows, [r for r in loader_rows if "error" not in r], fed_rows)
     return 0
 
 
