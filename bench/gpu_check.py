@@ -1,6 +1,6 @@
 """Training throughput and MFU of the paper's models on one GPU, and the loader on that machine.
 
-    bash bench/gpu_check.sh               # on a GPU machine (about 6 minutes): Markdown tables (and --out)
+    bash bench/gpu_check.sh               # on a GPU machine (about 7 minutes): Markdown tables (and --out)
     bash bench/gpu_check.sh --dry         # CPU, micro models, 2 steps: checks the script itself
 
 The step is the pretraining step's recipe (pipeline.pretrain): bf16 autocast, sigmoid
@@ -127,11 +127,15 @@ def photo_sets(root: Path, images: int, stored: list[int | None], processes: int
     return sets
 
 
+TIMED_BATCHES = 40
+
+
 def steady_rate(batches, consume, batch_size: int, device: torch.device) -> tuple[float, int]:
     """Images/s through ``consume`` once the batches that could have been decoded ahead are
     through (the workers' prefetch queue, 2 batches each, filled while the first ones start:
     timed, they would flatter the loader; seen on the H200: 8.3k vs 5.4k images/s), and the
-    images timed. Partial batches are skipped: a compiled step would recompile for them."""
+    images timed (at most TIMED_BATCHES batches: the script must stay within its 8 minutes).
+    Partial batches are skipped: a compiled step would recompile for them."""
     skip = 3 + batches.prefetch_batches * batches.num_workers
     count, start, seen = 0, 0.0, 0
     for batch in batches:
@@ -144,6 +148,8 @@ def steady_rate(batches, consume, batch_size: int, device: torch.device) -> tupl
             start = time.perf_counter()
         elif seen > skip:
             count += batch_size
+            if seen == skip + TIMED_BATCHES:
+                break
     sync(device)
     return (count / (time.perf_counter() - start) if count else float("nan")), count
 
@@ -194,8 +200,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--photos", type=int, default=24576,
-                        help="photos the loader rows read (default 24576: 96 batches, 33 of them untimed)")
+    parser.add_argument("--photos", type=int, default=16384,
+                        help="photos the loader rows read (default 16384: 64 batches of 256; with 15 workers "
+                             "the first 33 are not timed)")
     parser.add_argument("--stored", type=int, nargs="*", default=[256],
                         help="stored short sides besides the originals (default 256)")
     parser.add_argument("--feed-workers", type=int, nargs="*", default=None,
