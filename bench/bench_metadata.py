@@ -17,7 +17,10 @@ Parts:
   seconds), and the loader's ``Subset.build`` of a 3% count subset over the first 1/4, 1/2 and all of
   them: seconds a shard, then times 100,000. Requests a shard are counted (a size check, a file open,
   every ranged read), and with ``--latency-ms`` each of them sleeps that long (an object store's
-  first-byte latency), which is where reading shards concurrently pays.
+  first-byte latency), which is where reading shards concurrently pays. Then a rank's load of the
+  subset the driver kept (``format.cached_subset``): its shard requests and seconds.
+- ``kept``: a kept subset at 100k shards (1 and 10 blocks a shard) over the manifest-only
+  dataset: the file's size and the seconds to open the dataset and load it.
 
 ``--code DIR`` runs the parts against another checkout's ``pipeline`` (e.g. the commit before this
 one, from ``git archive``), for before/after numbers of the worker part. Prints one JSON line per
@@ -322,6 +325,42 @@ def part_worker(work: Path, shards: int, latency_ms: float) -> list[dict]:
     rows.append(emit({"what": f"Subset.build, 3% count subset, {latency_ms:g} ms a request", "shards": shards,
                       "s": [took], "requests_per_shard": ds.requests.n / shards, "s_per_shard": took / shards,
                       "s_at_100k": took / shards * SHARDS, "rows": subset.num_rows}))
+    rows.append(emit(kept_on_a_rank(cls, root, work / "kept", want, shards, latency_ms)))
+    return rows
+
+
+def kept_on_a_rank(cls, root: Path, cache: Path, want: int, shards: int, latency_ms: float) -> dict:
+    """What a rank pays to plan its epoch when the driver kept the subset (format.cached_subset):
+    the shard requests and seconds of loading it, the same blocks as a build."""
+    from pipeline.data.format import cached_subset
+    built = cached_subset(cls(root), str(cache), count=want)          # the driver: builds and keeps
+    ds = cls(root)
+    start = time.perf_counter()
+    kept = cached_subset(ds, str(cache), count=want)                # a rank: loads
+    took = time.perf_counter() - start
+    assert kept.blocks == built.blocks and kept.num_rows == want
+    return {"what": f"the kept subset loaded by a rank, {latency_ms:g} ms a shard request", "shards": shards,
+            "s": [took], "requests_per_shard": ds.requests.n / shards, "s_at_100k": took / shards * SHARDS}
+
+
+def part_kept(root: Path, work: Path) -> list[dict]:
+    """A kept subset at 100k shards, over the manifest-only dataset: one block a shard (what a 3%
+    subset of 3,000-row shards is) and ten (a 30% one): its file's size and a rank's load."""
+    from pipeline.data.format import Block, Dataset, Subset
+    if not (root / "manifest.json").exists():
+        manifest_only(root)
+    ds, rows = Dataset(root), []
+    for per_shard in (1, 10):
+        blocks = [Block(s, g, 30 * g, 30 * g, 30 * g + 30, 30) for s in range(SHARDS) for g in range(per_shard)]
+        subset = Subset(ds, "train", 0.03 * per_shard, ds.shards("train"), [30 * per_shard] * SHARDS, blocks,
+                        30 * per_shard * SHARDS)
+        location = work / f"kept-{per_shard}.npz"
+        saved, _ = timed(lambda: subset.save(str(location)), repeats=1)
+        times, loaded = timed(lambda: Subset.load(Dataset(root), "train", str(location)))
+        assert loaded.blocks == blocks
+        rows.append(emit({"what": f"kept subset of {len(blocks):,} blocks: open the dataset + load "
+                                  f"({location.stat().st_size / 1e6:.1f} MB; saved in {saved[0]:.1f} s)",
+                          "s": times}))
     return rows
 
 
@@ -339,7 +378,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="manifest,listing,plan,worker")
+    parser.add_argument("--parts", default="manifest,listing,plan,worker,kept")
     parser.add_argument("--real-shards", type=int, default=2000, help="real shards for the worker part")
     parser.add_argument("--latency-ms", type=float, default=10.0, help="simulated latency of a shard request")
     parser.add_argument("--work", default=None, help="folder for the data (default: a temporary one)")
@@ -359,6 +398,8 @@ def main() -> None:
             rows += part_plan(work / "manifest-100k", work)
         if "worker" in parts:
             rows += part_worker(work, args.real_shards, args.latency_ms)
+        if "kept" in parts:
+            rows += part_kept(work / "manifest-100k", work)
     print(markdown(rows))
     print(f"median of the 3 tries of each: {[round(statistics.median(r['s']), 3) for r in rows]}")
 

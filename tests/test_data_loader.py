@@ -117,6 +117,37 @@ def test_the_next_epoch_reuses_the_subset_until_the_dataset_changes(synth, tmp_p
     assert third.subset is not first.subset
 
 
+def test_a_rank_with_the_kept_subset_reads_only_its_own_shards_footers(tmp_path, monkeypatch):
+    """With ``subset_cache`` the subset is built once and kept (one file per manifest digest and
+    subset); a rank (of another process: the per-process cache is empty) that finds it builds
+    nothing, reads the footers of the shards its batches come from and no other, and yields
+    exactly what the rank that built the subset yielded."""
+    import pyarrow.parquet as pq
+    from pipeline.data import format as fmt, loader
+    data = Path(generate(tmp_path / "many", SynthSpec(images=300, classes=10, image_size=20, shards=12, seed=2),
+                         executor="inline", progress=False))
+    cache = tmp_path / "subsets"
+    spec = LoaderSpec(data, batch_size=4, image_size=16, count=60, rank=1, world_size=4, seed=3,
+                      subset_cache=str(cache))
+    expected = keys_of(make_loader(spec, num_workers=0))
+    assert len(list(cache.glob("*-train-*.npz"))) == 1
+    loader._SUBSETS.clear()
+    footers = []
+    read_footer = fmt.Dataset._footer
+    monkeypatch.setattr(fmt.Dataset, "_footer", lambda self, shard, *a: footers.append(shard.path) or
+                        read_footer(self, shard, *a))
+    monkeypatch.setattr(fmt.Subset, "build", lambda *a, **k: pytest.fail("the kept subset was built again"))
+    assert keys_of(make_loader(spec, num_workers=0)) == expected and len(expected) == 12
+    shards = Dataset(data).shards("train")
+    shard_of = {k: s.path for s in shards for k in pq.read_table(data / s.path, columns=["key"])["key"].to_pylist()}
+    assert set(footers) == {shard_of[k] for k in expected} and len(set(footers)) < len(shards)
+    loader._SUBSETS.clear()
+    other = LoaderSpec(data, batch_size=4, image_size=16, count=80, rank=1, world_size=4, seed=3,
+                       subset_cache=str(cache))
+    with pytest.raises(pytest.fail.Exception, match="built again"):   # another subset: another file
+        keys_of(make_loader(other, num_workers=0))
+
+
 def test_batches_are_normalized_nchw_with_the_right_labels(synth, downstream):
     assert num_classes(synth) == 10 and num_classes(downstream) == 4
     batch = next(iter(make_loader(LoaderSpec(synth, batch_size=12, image_size=16), num_workers=0)))

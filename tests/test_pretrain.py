@@ -91,6 +91,7 @@ def test_micro_vit_trains_with_two_workers_on_ray_and_logs_to_mlflow(ray_cluster
     spec = micro_spec("vit", steps=LEARNING_STEPS["vit"])
     out = pretrain(spec, str(synth), storage=str(tmp_path), launch=Launch(workers=2))
     assert_learned_and_logged(out, spec, synth, workers=2)
+    assert len(list((tmp_path / "subsets").glob("*-train-*.npz"))) == 1  # built once, read by both ranks
 
 
 @pytest.mark.parametrize("family", ["resnet", "hybrid"])

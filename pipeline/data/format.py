@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import math
 import os
 import posixpath
@@ -31,6 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "vit-scaling-dataset"
 FORMAT_VERSION = 1
@@ -555,12 +559,63 @@ class Subset:
         return {"split": self.split, "threshold": self.threshold, "num_rows": self.num_rows,
                 "num_blocks": len(self.blocks)}
 
+    def save(self, location: str) -> None:
+        """The built subset as one small file (its blocks and prefixes as integer arrays), so that
+        the next process that needs it reads that file instead of every shard's footer."""
+        blocks = np.array([dataclasses.astuple(b) for b in self.blocks], np.int64).reshape(-1, len(_BLOCK_FIELDS))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, blocks=blocks, prefix_rows=np.asarray(self.prefix_rows, np.int64),
+                            threshold=np.float64(self.threshold), digest=np.str_(self.dataset.digest))
+        storage.write_bytes(location, buf.getvalue())
+
+    @classmethod
+    def load(cls, dataset: Dataset, split: str, location: str) -> "Subset":
+        """A subset written by :meth:`save` for this very dataset (same manifest digest)."""
+        with np.load(io.BytesIO(storage.read_bytes(location)), allow_pickle=False) as saved:
+            if str(saved["digest"]) != dataset.digest:
+                raise ValueError(f"{location} was built for another version of {dataset.root}")
+            blocks = [Block(*map(int, row)) for row in saved["blocks"]]
+            return cls(dataset, split, float(saved["threshold"]), dataset.shards(split),
+                       saved["prefix_rows"].tolist(), blocks, sum(b.num_rows for b in blocks))
+
     def keys(self) -> list[str]:
         """All keys of the subset in storage order (reads only the key column of needed groups)."""
         out: list[str] = []
         for block, table in iter_blocks(self, self.blocks, columns=["key"]):
             out.extend(table.column("key").to_pylist())
         return out
+
+
+_BLOCK_FIELDS = [f.name for f in dataclasses.fields(Block)]
+
+
+def cached_subset(dataset: Dataset, cache: str | None, split: str = "train", fraction: float | None = None,
+                  count: int | None = None, exclude_fraction: float | None = None,
+                  on_unreadable: str = "raise") -> Subset:
+    """``dataset.subset(...)``, kept in the folder ``cache`` (local or a URI; None: not kept), one
+    file per (manifest digest, split, subset): whoever needs the same subset of the same data
+    again (another rank, run or epoch) reads that file, not the footer and boundary row group of
+    every shard (at 100k shards on a store, minutes of requests a rank). A subset with unreadable
+    shards (``on_unreadable="skip"``) is not kept: they may be readable next time. Failing to
+    read or write the cache only costs the build."""
+    kwargs = {"split": split, "fraction": fraction, "count": count, "exclude_fraction": exclude_fraction}
+    if cache is None:
+        return dataset.subset(on_unreadable=on_unreadable, **kwargs)
+    key = hashlib.sha256(json.dumps([dataset.digest, kwargs], sort_keys=True).encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in dataset.name)
+    location = storage.join(cache, f"{name}-{split}-{key}.npz")
+    if storage.exists(location):
+        try:
+            return Subset.load(dataset, split, location)
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("subset cache %s unusable (%s): building the subset", location, err)
+    subset = dataset.subset(on_unreadable=on_unreadable, **kwargs)
+    if not subset.unreadable:
+        try:
+            subset.save(location)
+        except OSError as err:
+            log.warning("could not keep the subset in %s (%s); each process will build it", location, err)
+    return subset
 
 
 META_THREADS = 32  # shards whose footers and boundary row groups are read at once: a store's

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import storage
-from pipeline.data.format import DataError, Dataset, Subset, iter_blocks
+from pipeline.data.format import DataError, Dataset, Subset, cached_subset, iter_blocks
 from pipeline.data.images import (UndecodableImage, decode_rgb, decode_train, eval_transform,
                                   normalize_images, to_nchw_uint8)
 
@@ -77,7 +77,9 @@ class LoaderSpec:
     ``image_dtype="uint8"`` yields raw NCHW bytes: move them to the GPU and call
     :func:`normalize_images` there (saves CPU time and host memory bandwidth).
     ``on_bad_row="skip"`` drops undecodable/mislabelled rows, listed in ``batch.bad_rows`` and
-    ``loader.skipped``, instead of raising :class:`DataError`.
+    ``loader.skipped``, instead of raising :class:`DataError`. ``subset_cache``: a folder (or URI)
+    where the built subset is kept for the next rank, epoch or run (``format.cached_subset``):
+    with it, a rank reads the footers of its own shards only.
     """
     path: str                          # a folder or a URI; an os.PathLike is kept as its str
     _: KW_ONLY
@@ -98,6 +100,7 @@ class LoaderSpec:
     image_dtype: str = "float32"       # "float32": in [-1, 1]; "uint8": raw, see normalize_images
     min_crop_area: float = 0.05       # inception crop's smallest area fraction (train)
     on_bad_row: str = "raise"          # "raise" | "skip"
+    subset_cache: str | None = None    # where built subsets are kept (None: built by each process)
 
     def __post_init__(self):
         object.__setattr__(self, "path", str(self.path))   # (frozen: set through object)
@@ -374,8 +377,8 @@ def subset_of(spec: LoaderSpec) -> Subset:
         if key in _SUBSETS:
             _SUBSETS.move_to_end(key)
             return _SUBSETS[key]
-    subset = ds.subset(fraction=spec.fraction, count=spec.count, split=spec.split,
-                       on_unreadable=spec.on_bad_row, exclude_fraction=spec.exclude_fraction)
+    subset = cached_subset(ds, spec.subset_cache, split=spec.split, fraction=spec.fraction, count=spec.count,
+                           exclude_fraction=spec.exclude_fraction, on_unreadable=spec.on_bad_row)
     with _SUBSETS_LOCK:
         _SUBSETS[key] = subset
         while len(_SUBSETS) > _SUBSETS_KEPT:
