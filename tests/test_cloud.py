@@ -168,6 +168,7 @@ def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(obj
     logged = {a.path for a in tracking.client(mlflow_http).list_artifacts(study_run, "report")}
     assert "report/report.md" in logged
     assert storage.is_file(f"{vs}/data/digits/manifest.json")    # downstream sets made in the store
+    assert [n.split("-")[-2] for n in storage.listdir(f"{vs}/subsets")] == ["train"]  # one subset kept, in the store
     assert list(cwd.iterdir()) == []                                # nothing written where it ran
 
 
