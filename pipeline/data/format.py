@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import operator
 import os
 import posixpath
 import threading
@@ -562,7 +563,8 @@ class Subset:
     def save(self, location: str) -> None:
         """The built subset as one small file (its blocks and prefixes as integer arrays), so that
         the next process that needs it reads that file instead of every shard's footer."""
-        blocks = np.array([dataclasses.astuple(b) for b in self.blocks], np.int64).reshape(-1, len(_BLOCK_FIELDS))
+        fields = operator.attrgetter(*_BLOCK_FIELDS)
+        blocks = np.array([fields(b) for b in self.blocks], np.int64).reshape(-1, len(_BLOCK_FIELDS))
         buf = io.BytesIO()
         np.savez_compressed(buf, blocks=blocks, prefix_rows=np.asarray(self.prefix_rows, np.int64),
                             threshold=np.float64(self.threshold), digest=np.str_(self.dataset.digest))
@@ -574,7 +576,7 @@ class Subset:
         with np.load(io.BytesIO(storage.read_bytes(location)), allow_pickle=False) as saved:
             if str(saved["digest"]) != dataset.digest:
                 raise ValueError(f"{location} was built for another version of {dataset.root}")
-            blocks = [Block(*map(int, row)) for row in saved["blocks"]]
+            blocks = [Block(*row) for row in saved["blocks"].tolist()]
             return cls(dataset, split, float(saved["threshold"]), dataset.shards(split),
                        saved["prefix_rows"].tolist(), blocks, sum(b.num_rows for b in blocks))
 
