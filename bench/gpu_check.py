@@ -273,7 +273,8 @@ def main() -> int:
         try:
             sets = photo_sets(Path(tmp), args.photos, [None, *args.stored], processes=min(cpus, 16))
             loader_rows = time_loader(sets, workers, args.batch_size, image_size)
-            for n in args.feed_workers or workers[-1:] if feed is not None else []:
+            feed_workers = (args.feed_workers or workers[-1:]) if feed is not None else []
+            for n in feed_workers:
                 fed_rows += time_fed(sets, feed, n, args.batch_size, image_size, device)
         except Exception as err:  # the models' numbers are kept
             loader_rows.append({"loader": "failed", "error": repr(err)[:300]})
