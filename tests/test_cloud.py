@@ -100,6 +100,61 @@ def test_a_failed_conversion_into_the_store_leaves_no_dataset_and_resumes(s3, tm
     assert open_dataset(f"{s3}/broken").digest == open_dataset(tmp_path / "broken").digest
 
 
+def test_an_imagenet21k_outer_tar_stopped_midway_into_the_store_resumes_to_the_same_dataset(
+        s3, tmp_path, capsys, monkeypatch):
+    """README's first conversion: `convert imagenet21k fall11_whole.tar s3://...`. Ctrl-C while
+    the third synset is read; the same command, run again (in worker processes this time),
+    writes only the rest and makes the dataset a conversion that ran through makes."""
+    import tarfile
+    from pipeline.data import imagenet
+    from pipeline.data.__main__ import main
+    from test_data_imagenet import add_bytes, jpeg
+    wnids = [f"n{1000 + k:08d}" for k in range(6)]
+    folder = tmp_path / "synsets"
+    folder.mkdir()
+    for k, wnid in enumerate(wnids):
+        with tarfile.open(folder / f"{wnid}.tar", "w") as tar:
+            for i in range(2 + k % 3):
+                add_bytes(tar, f"{wnid}_{i}.JPEG", jpeg(10 * k + i))
+    outer = tmp_path / "fall11_whole.tar"
+    with tarfile.open(outer, "w") as tar:
+        for wnid in reversed(wnids):
+            tar.add(folder / f"{wnid}.tar", arcname=f"{wnid}.tar")
+    out = f"{s3}/data/ImageNet-21k"
+    command = ["convert", "imagenet21k", str(outer), out, "--shards", "6"]
+    real = imagenet._synset_images
+
+    def ctrl_c_at_the_third(synset):
+        if synset.wnid == wnids[2]:
+            raise KeyboardInterrupt
+        return real(synset)
+    monkeypatch.setattr(imagenet, "_synset_images", ctrl_c_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        with monkeypatch.context() as m:    # one job at a time, in this process: a known stop
+            m.setattr(imagenet, "_run_split_jobs", _inline(imagenet._run_split_jobs))
+            main(command)
+    assert "interrupted: 2 of 6 shards written" in capsys.readouterr().err
+    with pytest.raises(DataError, match="no manifest.json"):
+        open_dataset(out)
+    monkeypatch.setattr(imagenet, "_synset_images", real)
+
+    assert main(command) == 0                                            # the same command
+    assert "resuming: 2 of 6 shards already written" in capsys.readouterr().err
+    assert storage.listdir(out) == ["manifest.json", *(f"train-{i:05d}-of-00006.parquet" for i in range(6))]
+    fresh = tmp_path / "fresh" / "ImageNet-21k"    # the name is the folder's
+    assert main(["convert", "imagenet21k", str(outer), str(fresh), "--shards", "6"]) == 0
+    made = open_dataset(out)
+    assert made.digest == open_dataset(fresh).digest
+    assert made.manifest["class_names"] == wnids and made.usable_rows("train") == 2 + 3 + 4 + 2 + 3 + 4
+    assert main(["verify", out, "--full"]) == 0
+
+
+def _inline(run_split_jobs):
+    def inline(*args, **kw):
+        return run_split_jobs(*args, **{**kw, "executor": "inline"})
+    return inline
+
+
 # ----------------------------------------------------------------------------- bad cloud input
 
 BAD_INPUTS = {
