@@ -11,7 +11,8 @@ Parts:
   process (``executor="inline"``), once through, and once stopped (Ctrl-C) while the last shard's
   synset is read, then resumed by the same call. Each conversion is timed in three phases: before
   the jobs (listing the outer tar, the plan's fingerprint, reading what an earlier run finished),
-  the jobs, and after them (renaming the shards, the manifest). Into a folder and into SeaweedFS
+  the jobs, and after them (the split's counts, the manifest, removing the resume files; before
+  commit "convert: shards written under their final names", also renaming every shard). Into a folder and into SeaweedFS
   (tests/servers.py, on this machine: loopback, no network latency).
 - rate: ``--photos`` photos made as bench/bench_photos.py makes them (about 76 kB, 400-500 px), one
   synset tar per source photo in an outer tar, converted in one process; CPU-seconds per image
@@ -215,7 +216,7 @@ def report(result: dict) -> None:
     if b:
         print(f"\n{b['synsets']:,} synset tars (one small JPEG each) in an outer tar of {b['outer_tar_MB']:.0f} MB, "
               f"{b['shards']:,} shards; listing the outer tar: {b['listing_s']:.2f} s\n")
-        print("| into | conversion | before the jobs (s) | jobs (s) | after: renames + manifest (s) | total (s) |")
+        print("| into | conversion | before the jobs (s) | jobs (s) | after the jobs (s) | total (s) |")
         print("|---|---|---|---|---|---|")
         for where in ("folder", "store"):
             for kind, row in b.get(where, {}).items():

@@ -1,6 +1,6 @@
 """Bench scripts at toy sizes, so that they cannot rot between the runs that measure: the GPU
 check's CPU dry mode (bench/gpu_check.sh --dry; micro models, eager steps, the loader on photos alone and feeding a step, the tables)
-and the real-photo loader bench (bench/bench_photos.py)."""
+the real-photo loader bench (bench/bench_photos.py) and the conversion bench (bench/bench_convert.py)."""
 from __future__ import annotations
 
 import json
@@ -55,3 +55,22 @@ def test_bench_photos_smoke_run_measures_every_row(tmp_path):
     assert all(per_cpu > 0 and per_wall > 0 for r in results.values() for _, per_cpu, per_wall in r["rows"])
     assert results["stored 48"]["crops"]["short_side_mean"] <= 48
     assert "| stored | measurement | images per CPU-second |" in done.stdout
+
+
+def test_bench_convert_smoke_run_times_every_phase_and_rate(tmp_path):
+    """bench/bench_convert.py (issue 18) at toy sizes: 120 synset tars into 12 shards through and
+    resumed, in a folder and in the S3 store; the rate rows on 28 photos."""
+    out = tmp_path / "convert.json"
+    done = subprocess.run([sys.executable, "bench/bench_convert.py", "--synsets", "120", "--shards", "12",
+                           "--photos", "28", "--repeats", "1", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    book = result["bookkeeping"]
+    assert set(book["folder"]) == set(book["store"]) == {"through", "resumed"}
+    assert all(row[k] >= 0 for where in ("folder", "store") for row in book[where].values()
+               for k in ("before_s", "jobs_s", "after_s", "total_s"))
+    assert "resuming: 11 of 12 shards already written" in done.stderr
+    assert result["rate"]["photos"] == 28 and len(result["rate"]["ms_per_image"]) == 5
+    assert all(ms > 0 for ms in result["rate"]["ms_per_image"].values())
+    assert "| into | conversion |" in done.stdout and "| step | CPU ms / image |" in done.stdout

@@ -87,8 +87,8 @@ def test_a_failed_conversion_into_the_store_leaves_no_dataset_and_resumes(s3, tm
         convert("imagefolder", tmp_path / "src", f"{s3}/broken", two, executor="inline", progress=False)
     with pytest.raises(DataError, match="no manifest.json"):
         open_dataset(f"{s3}/broken")
-    kept = storage.listdir(f"{s3}/broken")     # the finished shard, hidden, for the next run
-    assert kept == [".train-00000.parquet", ".train-00000.result.json", ".train-plan.json"]
+    kept = storage.listdir(f"{s3}/broken")     # the finished shard and its result, for the next run
+    assert kept == [".train-00000-of-00002.result.json", ".train-plan.json", "train-00000-of-00002.parquet"]
 
     Image.new("RGB", (8, 8), (0, 0, 90)).save(tmp_path / "src" / "dog" / "9.png")   # fixed
     capsys.readouterr()

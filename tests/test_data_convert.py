@@ -354,9 +354,9 @@ def test_an_interrupted_conversion_continues_where_it_stopped(tmp_path, capsys, 
         convert("webdataset", src, out, executor="inline", progress=False)
     with pytest.raises(DataError, match="no manifest.json"):   # no dataset until it is whole
         Dataset(out)
-    assert files(out) == sorted([".train-plan.json", *(f".train-{i:05d}.{kind}" for i in range(3)
-                                                       for kind in ("parquet", "result.json"))])
-    first = {i: identity(out / f".train-{i:05d}.parquet") for i in range(3)}
+    assert files(out) == sorted([".train-plan.json", *(f".train-{i:05d}-of-00006.result.json" for i in range(3)),
+                                 *(f"train-{i:05d}-of-00006.parquet" for i in range(3))])   # final names
+    first = {i: identity(out / f"train-{i:05d}-of-00006.parquet") for i in range(3)}
 
     # Run again with the tar complete, and Ctrl-C while part-004 is read.
     tar3.write_bytes(whole)
@@ -404,40 +404,46 @@ def test_a_changed_plan_into_the_same_out_starts_over(tmp_path, capsys):
     assert Dataset(out).manifest["image"]["max_short_side"] == 8
 
 
-def test_a_conversion_stopped_while_renaming_or_before_its_manifest_resumes(tmp_path, capsys,
-                                                                            monkeypatch):
-    """The window between the shards' renames and the manifest: stopped in the middle of the
-    renames (webdataset), or after every split's renames (cifar writes the manifest after both),
-    the same command finds every job done and finishes the dataset."""
-    from pipeline import storage
+def test_a_conversion_stopped_before_its_manifest_resumes_without_rewriting_a_shard(tmp_path, capsys,
+                                                                                   monkeypatch):
+    """The window between the last job and the manifest: stopped there (webdataset), or after
+    every split's jobs (cifar writes the manifest after both), the same command finds every job
+    done and finishes the dataset; no shard is written again, renamed or copied."""
     import pipeline.data.convert as conversion
     src = tmp_path / "wds"
     write_wds(src)
-    real_move, moves = storage.move, []
-
-    def killed_at_third_move(a, b):
-        moves.append(b)
-        if len(moves) == 3:
-            raise OSError("killed")
-        real_move(a, b)
 
     def killed(*args):
         raise OSError("killed")
     out = tmp_path / "a" / "ds"
     with monkeypatch.context() as m, pytest.raises(OSError, match="killed"):
-        m.setattr(storage, "move", killed_at_third_move)
+        m.setattr(conversion, "write_manifest_file", killed)
         convert("webdataset", src, out, executor="inline", progress=False)
-    assert "train-00001-of-00006.parquet" in files(out) and "manifest.json" not in files(out)
+    shards = [f"train-{i:05d}-of-00006.parquet" for i in range(6)]
+    assert "manifest.json" not in files(out) and set(shards) <= set(files(out))
+    written = {name: identity(out / name) for name in shards}
     capsys.readouterr()
     convert("webdataset", src, out, executor="inline", progress=False)
     assert "resuming: 6 of 6 shards already written" in capsys.readouterr().err
+    assert {name: identity(out / name) for name in shards} == written
     convert("webdataset", src, tmp_path / "b" / "ds", executor="inline", progress=False)
     assert Dataset(out).digest == Dataset(tmp_path / "b" / "ds").digest
-    assert files(out) == ["manifest.json", *(f"train-{i:05d}-of-00006.parquet" for i in range(6))]
+    assert files(out) == ["manifest.json", *shards]
+
+    # An unfinished conversion left by the previous resume format (hidden shards renamed at the end)
+    # is not this plan: removed, and the conversion starts over.
+    old = tmp_path / "old" / "ds"
+    old.mkdir(parents=True)
+    for name in (".train-plan.json", ".train-00000.parquet", ".train-00000.result.json", ".train-renames.json",
+                 "train-00000-of-00001.parquet"):
+        (old / name).write_text("{}")
+    convert("webdataset", src, old, executor="inline", progress=False)
+    assert "removing its 5 files and starting over" in capsys.readouterr().err
+    assert files(old) == ["manifest.json", *shards] and Dataset(old).digest == Dataset(out).digest
 
     write_cifar(tmp_path / "c10", "cifar10", np.random.default_rng(0))
     with monkeypatch.context() as m, pytest.raises(OSError, match="killed"):
-        m.setattr(conversion, "write_manifest_file", killed)         # after both splits' renames
+        m.setattr(conversion, "write_manifest_file", killed)         # after both splits' jobs
         convert("cifar", tmp_path / "c10", tmp_path / "c" / "ds", executor="inline", progress=False)
     assert {"train-00000-of-00001.parquet", "test-00000-of-00001.parquet"} <= set(files(tmp_path / "c" / "ds"))
     convert("cifar", tmp_path / "c10", tmp_path / "c" / "ds", executor="inline", progress=False)

@@ -18,15 +18,22 @@ added to OUT (a new or an existing dataset with the same classes). OUT may be a 
 (``s3://bucket/data/name``): shards are written there directly, the manifest last, so the dataset
 exists (opens) only once it is complete.
 
-A conversion resumes. Each finished job records its result next to its shard (hidden files
-``.SPLIT-NNNNN.parquet`` and ``.SPLIT-NNNNN.result.json``, the result written after the shard), under
-a fingerprint of the plan (``.SPLIT-plan.json``: the job function and every job's inputs, chunks
-and options). When a job fails, or on Ctrl-C, the finished shards stay, no manifest is written, and
-the error says how many were; the same command run again (after a failure, Ctrl-C, a killed
-driver or a lost node) converts only the jobs not finished and makes the same dataset as an
-uninterrupted run: the same shards, the same manifest but for its ``created`` time (so the same
-``Dataset.digest``). A different conversion into the same OUT and split (other sources, seed, --max-short-side, --skip-bad...) removes the unfinished one and starts over. The
-hidden files go once the manifest is written.
+Shards are written once, under their final names: job i of a split's n jobs writes
+``SPLIT-<i>-of-<n>.parquet``. A job that finds no rows (all its images skipped, only empty synset
+tars) writes no shard, so the numbers may skip one; the manifest lists the shards there are.
+Nothing is renamed or copied after the jobs (in an object store a rename is a copy of every byte:
+bench/RESULTS.md, issue 18).
+
+A conversion resumes. Each finished job records its result next to its shard (the hidden file
+``.SPLIT-<i>-of-<n>.result.json``, written after the shard), under a fingerprint of the plan
+(``.SPLIT-plan.json``: the job function and every job's inputs, chunks and options). When a job
+fails, or on Ctrl-C, the finished shards stay, no manifest is written, and the error says how many
+were; the same command run again (after a failure, Ctrl-C, a killed driver or a lost node)
+converts only the jobs not finished and makes the same dataset as an uninterrupted run: the same
+shards, the same manifest but for its ``created`` time (so the same ``Dataset.digest``). A
+different conversion into the same OUT and split (other sources, seed, --max-short-side,
+--skip-bad...) removes the unfinished one's files and starts over. The hidden files go once the
+manifest is written.
 """
 from __future__ import annotations
 
@@ -231,7 +238,7 @@ def _wds_labels(files: dict[str, bytes]) -> list[int]:
 # Drivers
 
 def _run_split_jobs(out: str, split: str, fn, jobs, **kw) -> list[ShardResult]:
-    """Run the split's shard jobs (``(out, ".{split}-NNNNN.parquet", ...)``), except those that an
+    """Run the split's shard jobs (``shard_jobs``: ``(out, shard name, ...)``), except those that an
     earlier run of the same plan finished. Each job's result is recorded next to its shard as it
     finishes; on failure what finished stays (hidden, no manifest) for the same command to go on."""
     plan = _plan_digest(fn, split, jobs)
@@ -262,16 +269,24 @@ def _run_split_jobs(out: str, split: str, fn, jobs, **kw) -> list[ShardResult]:
 # --------------------------------------------------------------------------------------------
 # Resuming: the files a split's conversion keeps in OUT until its manifest is written
 #
-#   .{split}-plan.json            the plan's fingerprint (_plan_digest), written before any job
-#   .{split}-NNNNN.parquet        job NNNNN's shard (absent when it had no rows)
-#   .{split}-NNNNN.result.json    its ShardResult, written after the shard: "this job is done"
-#   .{split}-renames.json         _record_split's renames, written before it makes them
+#   .{split}-plan.json                  the plan's fingerprint (_plan_digest), written before any job
+#   {split}-NNNNN-of-MMMMM.parquet      job NNNNN's shard (absent when it had no rows)
+#   .{split}-NNNNN-of-MMMMM.result.json its ShardResult, written after the shard: "this job is done"
 #
 # Shards and result files are each written whole (storage.write_bytes: a local temporary file
 # renamed, an object that appears when its upload completes), so a result file whose shard has the
 # size it records means a complete job; any other job is run (again).
 
-RESUME_VERSION = 1   # of these files: a change makes earlier partial conversions start over
+RESUME_VERSION = 2   # of these files: a change makes earlier partial conversions start over
+# Version 1's files (hidden shards .{split}-NNNNN.parquet renamed at the end, their results, the
+# renames' record): recognised so that a version-1 conversion left unfinished is removed.
+_V1_FILES = r"\d+\.parquet|\d+\.result\.json|renames\.json"
+
+
+def shard_jobs(out: str, split: str, jobs: list[tuple]) -> list[tuple]:
+    """``(out, shard name, *args)`` for each job's ``args``: job i of the split's n writes
+    ``<split>-<i>-of-<n>.parquet`` (``format.shard_name``), its final name."""
+    return [(out, shard_name(split, i, len(jobs)), *args) for i, args in enumerate(jobs)]
 
 
 def _plan_digest(fn, split: str, jobs) -> str:
@@ -313,25 +328,30 @@ def _feed(h, value) -> None:
         h.update(pickle.dumps(value, protocol=4) + b"\0")
 
 
-def _record_name(temp: str) -> str:
-    return f"{temp.removesuffix('.parquet')}.result.json"
+def _record_name(shard: str) -> str:
+    return f".{shard.removesuffix('.parquet')}.result.json"
 
 
 def _plan_name(split: str) -> str:
     return f".{split}-plan.json"
 
 
-def _renames_name(split: str) -> str:
-    return f".{split}-renames.json"
-
-
-def _partials(listing: Iterable[str], split: str) -> list[str]:
-    """The names of ``split``'s resume files in a listing of OUT, and of the temporary files of
-    their writers that a killed process left (``..{name}.XXXX.tmp``, see storage.write_bytes)."""
-    kinds = r"(\d+\.parquet|\d+\.result\.json|plan\.json|renames\.json)"
+def _resume_files(listing: Iterable[str], split: str) -> list[str]:
+    """The names of ``split``'s resume files in a listing of OUT (plan, results; version 1's),
+    and of the temporary files of their writers that a killed process left (``..{name}.XXXX.tmp``,
+    see storage.write_bytes). Not its shards."""
     s = re.escape(split)
+    kinds = rf"(\d{{5}}-of-\d{{5}}\.result\.json|plan\.json|{_V1_FILES})"
     pattern = re.compile(rf"\.{s}-{kinds}|\.\.{s}-{kinds}\..+\.tmp")
     return sorted(n for n in listing if pattern.fullmatch(n))
+
+
+def _unfinished_files(listing: Iterable[str], split: str) -> list[str]:
+    """Every file of an unfinished conversion of ``split`` (one its manifest does not hold): its
+    resume files and its shards, with their writers' temporary files."""
+    shard = rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.parquet"
+    pattern = re.compile(rf"{shard}|\.{shard}\..+\.tmp")
+    return sorted([*_resume_files(listing, split), *(n for n in listing if pattern.fullmatch(n))])
 
 
 def _listing(out: str) -> dict[str, int]:
@@ -365,47 +385,42 @@ def _remove(out: str, names: Iterable[str]) -> None:
 
 
 def _prepare_split(out: str, split: str, plan: str, fn) -> dict[str, int]:
-    """OUT made ready for the split's jobs, and listed: leftovers of splits its manifest holds
+    """OUT made ready for the split's jobs, and listed: resume files of splits its manifest holds
     removed (they are complete), an unfinished conversion of the split with another plan removed
-    (it starts over), renames of an unfinished ``_record_split`` undone (see there)."""
+    (it starts over)."""
     storage.makedirs(out)
     listing = _listing(out)
     manifest = _read_json(out, MANIFEST_NAME) if MANIFEST_NAME in listing else None
     for complete in (manifest or {}).get("splits", {}):
-        _remove(out, _partials(listing, complete))
+        _remove(out, _resume_files(listing, complete))
     if split in (manifest or {}).get("splits", {}):
         raise ConversionError(f"split {split!r} already exists", dataset=out, field=f"splits.{split}",
                               hint="choose another --split or a new OUT")
-    partial = _partials(listing, split)
+    unfinished = _unfinished_files(listing, split)
     before = _read_json(out, _plan_name(split)) if _plan_name(split) in listing else None
-    renames = (_read_json(out, _renames_name(split)) or {}) if _renames_name(split) in listing else {}
-    moved = [(temp, final) for temp, final in renames.get("moves", []) if final in listing]
-    if partial and (before or {}).get("plan") != plan:
+    if unfinished and (before or {}).get("plan") != plan:
         print(f"convert: {out} holds an unfinished conversion of split {split!r} that is not this "
-              f"one (other inputs or options); removing its {len(partial)} files and starting over",
+              f"one (other inputs or options); removing its {len(unfinished)} files and starting over",
               file=sys.stderr)
-        _remove(out, partial + [final for _, final in moved])   # not in a manifest: its own
-        partial = []
-    elif moved:   # stopped while renaming: the shards go back to the names their results give
-        _each(out, lambda m: storage.move(storage.join(out, m[1]), storage.join(out, m[0])), moved)
-    if moved or _renames_name(split) in partial:
-        storage.delete(storage.join(out, _renames_name(split)))
-    if not partial:
-        storage.write_text(storage.join(out, _plan_name(split)),
-                           json.dumps({"plan": plan, "split": split, "job": f"{fn.__module__}.{fn.__qualname__}"}))
-    return _listing(out) if moved or not partial else listing
+        _remove(out, unfinished)   # not in a manifest: its own
+        unfinished = []
+    if unfinished:
+        return listing
+    storage.write_text(storage.join(out, _plan_name(split)),
+                       json.dumps({"plan": plan, "split": split, "job": f"{fn.__module__}.{fn.__qualname__}"}))
+    return _listing(out)
 
 
-def _finished(out: str, temp: str, plan: str, listing: dict[str, int]) -> ShardResult | None:
-    """The result of the job of shard ``temp`` when a run of ``plan`` finished it (its result
-    file there, its shard there with the size it records), else None."""
-    if _record_name(temp) not in listing:
+def _finished(out: str, shard: str, plan: str, listing: dict[str, int]) -> ShardResult | None:
+    """The result of the job of ``shard`` when a run of ``plan`` finished it (its result file
+    there, its shard there with the size it records), else None."""
+    if _record_name(shard) not in listing:
         return None
-    record = _read_json(out, _record_name(temp))
+    record = _read_json(out, _record_name(shard))
     if not isinstance(record, dict) or record.get("plan") != plan:
         return None
     result = _result_from_json(record)
-    if result.entry is not None and (result.entry["path"] != temp or listing.get(temp) != result.entry["bytes"]):
+    if result.entry is not None and (result.entry["path"] != shard or listing.get(shard) != result.entry["bytes"]):
         return None
     return result
 
@@ -438,7 +453,7 @@ def _abandon(out: str, split: str, jobs) -> str:
         listing = _listing(out)
         written = sum(_record_name(job[1]) in listing for job in jobs)
         if not written:
-            _remove(out, _partials(listing, split))
+            _remove(out, _unfinished_files(listing, split))
     except Exception:  # the store itself failing: the error being raised says so
         return "run the same command again to continue"
     undo = f"delete the .{split}-* files in {out}" if MANIFEST_NAME in listing else f"delete {out}"
@@ -478,17 +493,12 @@ def _open_output(out: str, split: str, *, num_classes: int, multi_label: bool,
 
 def _record_split(out: str, manifest: dict, split: str, results: list[ShardResult],
                   write: bool = True) -> dict:
-    """Rename shards to their final -of-N names, write the manifest (unless the caller writes it,
-    with ``write_manifest`` below, after more splits), return the counts."""
+    """Add the split's shards to the manifest and write it (unless the caller writes it, with
+    ``write_manifest`` below, after more splits); return the counts. Stopped before the manifest
+    (cifar and digits write it after every split), the next run of the same command finds every
+    job done; after it, only resume files are left, removed later."""
     done = [r for r in results if r.entry is not None]
-    moves = [(r.entry["path"], shard_name(split, i, len(done))) for i, r in enumerate(done)]
-    # Stopped between the renames and the manifest (cifar and digits write it after every split),
-    # the split would be neither under its jobs' names nor in a manifest: the renames are written
-    # down first, and the next run of the same command moves the shards back (_prepare_split) and
-    # finds every job done. A crash after the manifest leaves only hidden files, removed later.
-    storage.write_text(storage.join(out, _renames_name(split)), json.dumps({"moves": moves}))
-    _each(out, lambda m: storage.move(storage.join(out, m[0]), storage.join(out, m[1])), moves)
-    entries = [{**r.entry, "path": final} for r, (_, final) in zip(done, moves)]
+    entries = [r.entry for r in done]
     manifest["splits"][split] = {"num_rows": sum(e["num_rows"] for e in entries), "shards": entries}
     encodings = set().union(*(r.encodings for r in done)) | set(manifest["image"].get("encodings", []))
     sizes = set().union(*(r.sizes for r in done))
@@ -503,7 +513,9 @@ def _record_split(out: str, manifest: dict, split: str, results: list[ShardResul
     if write:
         write_manifest(out, manifest)
     skipped = [s for r in results for s in r.skipped]
-    counts = sum((r.class_counts for r in results), Counter())
+    counts = Counter()
+    for r in results:   # update in place: sum() would copy the whole Counter once per shard (21k classes)
+        counts.update(r.class_counts)
     return {"split": split, "rows": manifest["splits"][split]["num_rows"],
             "shards": len(entries), "skipped": len(skipped),
             "skipped_examples": [f"{w}: {why}" for w, why in skipped[:10]],
@@ -516,7 +528,7 @@ def write_manifest(out: str, manifest: dict) -> None:
     splits (cifar, digits) call this one."""
     write_manifest_file(out, manifest)
     listing = _listing(out)
-    _remove(out, [name for split in manifest["splits"] for name in _partials(listing, split)])
+    _remove(out, [name for split in manifest["splits"] for name in _resume_files(listing, split)])
 
 
 def _max_short_side(manifest: dict) -> int | None:
@@ -575,9 +587,8 @@ def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
                             source={"converter": "imagefolder", "src": str(src.resolve()),
                                     "max_short_side": options.max_short_side})
     per = math.ceil(len(items) / shards) if shards else ROWS_PER_SHARD
-    jobs = [(out, f".{split}-{i:05d}.parquet", items[a:b], split, seed, options.skip_bad,
-             options.max_short_side)
-            for i, (a, b) in enumerate(_chunks(len(items), per))]
+    jobs = shard_jobs(out, split, [(items[a:b], split, seed, options.skip_bad, options.max_short_side)
+                                   for a, b in _chunks(len(items), per)])
     results = _run_split_jobs(out, split, _imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
                        desc=f"imagefolder {split}", unit="img", executor=executor, progress=progress)
     report = _record_split(out, manifest, split, results)
@@ -648,9 +659,9 @@ def convert_cifar(src, out, *, split: str | None = None, seed: int = 0, executor
                                 multi_label=False, class_names=class_names, subset_seed=seed,
                                 source={"converter": "cifar", "variant": variant,
                                         "src": str(src.resolve()), "max_short_side": max_short_side})
-        jobs = [(out, f".{name}-{i:05d}.parquet", [f"{variant}-{name}-{j:05d}" for j in range(a, b)],
-                 pixels[a:b], labels[a:b], seed, max_short_side)
-                for i, (a, b) in enumerate(_chunks(len(labels), 10000))]
+        jobs = shard_jobs(out, name, [([f"{variant}-{name}-{j:05d}" for j in range(a, b)], pixels[a:b],
+                                        labels[a:b], seed, max_short_side)
+                                       for a, b in _chunks(len(labels), 10000)])
         results = _run_split_jobs(out, name, _array_job, jobs, weights=[len(j[3]) for j in jobs],
                            desc=f"{variant} {name}", unit="img", executor=executor, progress=progress)
         reports.append(_record_split(out, manifest, name, results, write=False))
@@ -679,8 +690,8 @@ def convert_webdataset(src, out, options: ConvertOptions = ConvertOptions(), *,
     src, out = Path(src), storage.resolve(out)
     tars = _tar_files(src)
     storage.makedirs(out)
-    jobs = [(out, f".{split}-{i:05d}.parquet", str(t), split, seed, options.skip_bad, num_classes,
-             options.max_short_side) for i, t in enumerate(tars)]
+    jobs = shard_jobs(out, split, [(str(t), split, seed, options.skip_bad, num_classes, options.max_short_side)
+                                   for t in tars])
     results = _run_split_jobs(out, split, _webdataset_job, jobs, weights=[t.stat().st_size for t in tars],
                        desc=f"webdataset {split}", unit="B", executor=executor, progress=progress)
     if num_classes is None:
@@ -732,9 +743,9 @@ def convert_digits(out, *, progress: bool = True) -> dict[str, Any]:
                                         "src": "sklearn.datasets.load_digits",
                                         "split": f"stratified, test_size={DIGITS_TEST_FRACTION}, "
                                                  f"random_state={DIGITS_SPLIT_SEED}"})
-        job = (out, f".{split}-00000.parquet", [f"digits-{i:04d}" for i in idx],
-               pixels[idx], [int(t) for t in digits.target[idx]], 0)
-        results = run_jobs(_array_job, [job], weights=[len(idx)], desc=f"digits {split}",
+        jobs = shard_jobs(out, split, [([f"digits-{i:04d}" for i in idx], pixels[idx],
+                                        [int(t) for t in digits.target[idx]], 0)])
+        results = run_jobs(_array_job, jobs, weights=[len(idx)], desc=f"digits {split}",
                            unit="img", executor="inline", progress=progress)
         reports.append(_record_split(out, manifest, split, results, write=False))
     write_manifest(out, manifest)  # both splits there: the dataset opens from now on

@@ -5,6 +5,9 @@ A dataset is a directory::
     manifest.json
     train-00000-of-00004.parquet ...   (one or more splits; pretraining sets have only "train")
 
+The manifest lists each split's shards; readers open those. A converter names shard i of its n
+jobs ``<split>-<i>-of-<n>``, and a job that found no rows writes none, so the numbers may skip one.
+
 Every shard row is (``key``: unique string, ``image``: encoded PNG/JPEG bytes, ``labels``: list of
 class ids, ``priority``: float in [0, 1) = hash(key, subset_seed)). Rows are sorted by priority
 inside each shard and written in small row groups, so the subset of fraction f (all rows with

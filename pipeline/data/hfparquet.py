@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.data.convert import (ROWS_PER_SHARD, ConversionError, ConvertOptions, ShardResult,
                                    _add_row, _chunks, _finish_shard, _open_output, _record_split,
-                                   _run_split_jobs, write_manifest)
+                                   _run_split_jobs, shard_jobs, write_manifest)
 from pipeline.data.format import MANIFEST_NAME
 
 BATCH_ROWS = 256                       # rows decoded from Parquet at a time
@@ -311,11 +311,11 @@ def plan_jobs(out: str, split: str, files: list[Path], base: Path, columns: Colu
     sizes = [pq.ParquetFile(p).metadata.num_rows for p in files]
     starts = [sum(sizes[:i]) for i in range(len(files))]
     jobs = []
-    for i, (a, b) in enumerate(_chunks(sum(sizes), ROWS_PER_SHARD)):
+    for a, b in _chunks(sum(sizes), ROWS_PER_SHARD):
         pieces = [Piece(str(p), _key_prefix(p, base), max(a - s, 0), min(b - s, n))
                   for p, s, n in zip(files, starts, sizes) if s < b and s + n > a]
-        jobs.append((out, f".{split}-{i:05d}.parquet", pieces, columns))
-    return jobs
+        jobs.append((pieces, columns))
+    return shard_jobs(out, split, jobs)
 
 
 def _key_prefix(path: Path, base: Path) -> str:

@@ -59,7 +59,8 @@ from typing import Any, Iterator
 from pipeline import storage
 from pipeline.data.convert import (IMAGE_EXTENSIONS, ROWS_PER_SHARD, ConversionError,
                                    ConvertOptions, ShardResult, _add_row, _chunks, _finish_shard,
-                                   _imagefolder_job, _open_output, _record_split, _run_split_jobs)
+                                   _imagefolder_job, _open_output, _record_split, _run_split_jobs,
+                                   shard_jobs)
 from pipeline.data.format import MANIFEST_NAME
 
 WNID = re.compile(r"n\d{8}")
@@ -253,8 +254,8 @@ def _convert_synset_tars(src: Path, out: str, options: ConvertOptions, converter
         words = read_words(words_file)
         manifest["class_descriptions"] = [words.get(w) for w in wnids]
     groups = _synset_groups(synsets, options.shards)
-    jobs = [(out, f".{split}-{i:05d}.parquet", group, options.seed, options.skip_bad,
-             options.max_short_side) for i, group in enumerate(groups)]
+    jobs = shard_jobs(out, split, [(group, options.seed, options.skip_bad, options.max_short_side)
+                                   for group in groups])
     results = _run_split_jobs(out, split, _synset_job, jobs,
                               weights=[sum(s.size for s, _ in g) for g in groups],
                               desc=f"{converter} {split}", unit="B", executor=executor,
@@ -349,8 +350,8 @@ def _convert_train_folders(src: Path, out: str, options: ConvertOptions, executo
 def _run_items(out: str, split: str, items: list[tuple[str, str, int]], manifest: dict,
                options: ConvertOptions, executor: str, progress: bool) -> dict[str, Any]:
     per = math.ceil(len(items) / options.shards) if options.shards else ROWS_PER_SHARD
-    jobs = [(out, f".{split}-{i:05d}.parquet", items[a:b], split, options.seed, options.skip_bad,
-             options.max_short_side) for i, (a, b) in enumerate(_chunks(len(items), per))]
+    jobs = shard_jobs(out, split, [(items[a:b], split, options.seed, options.skip_bad, options.max_short_side)
+                                   for a, b in _chunks(len(items), per)])
     results = _run_split_jobs(out, split, _imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
                               desc=f"imagenet {split}", unit="img", executor=executor,
                               progress=progress)
