@@ -224,7 +224,7 @@ def test_cli_converts_an_outer_tar_and_a_val_folder(synsets, ilsvrc, tmp_path, c
     _, outer, _ = synsets
     _, val, truth = ilsvrc
     out = tmp_path / "cli"
-    assert main(["convert", "imagenet21k", str(outer), str(out)]) == 0
+    assert main(["convert", "imagenet21k", str(outer), str(out), "--executor", "processes"]) == 0
     labels = label_file(tmp_path / "LOC_val_solution.csv", truth, "kaggle")
     assert main(["convert", "imagenet", str(val), str(out), "--labels", str(labels)]) == 0
     assert "{'train': 9, 'validation': 6} rows, 4 classes" in capsys.readouterr().out

@@ -54,3 +54,23 @@ def test_loader_runs_in_ray_train_workers_holding_all_cpus(ray_cluster, tmp_path
         assert not shares[0] & shares[1]
         assert shares[0] | shares[1] <= subset
         assert len(shares[0]) == len(shares[1]) == (len(subset) // 2 // 16) * 16
+
+
+def test_an_imagenet21k_conversion_runs_as_ray_tasks_and_makes_what_processes_make(ray_cluster, tmp_path):
+    """`convert` with Ray up: the synset tars' shard jobs run as Ray tasks (the job function and
+    its resume record shipped by reference) and write the same dataset as one process does."""
+    import tarfile
+    from pipeline.data.convert import ConvertOptions
+    from pipeline.data.converters import convert
+    from test_data_imagenet import add_bytes, jpeg
+    src = tmp_path / "synsets"
+    src.mkdir()
+    for k in range(5):
+        with tarfile.open(src / f"n{k + 1:08d}.tar", "w") as tar:
+            for i in range(3):
+                add_bytes(tar, f"n{k + 1:08d}_{i}.JPEG", jpeg(10 * k + i))
+    made = {executor: convert("imagenet21k", src, tmp_path / executor / "in21k", ConvertOptions(shards=3),
+                              executor=executor, progress=False)
+            for executor in ("ray", "inline")}
+    assert made["ray"] == made["inline"] and made["ray"]["rows"] == 15
+    assert Dataset(tmp_path / "ray" / "in21k").digest == Dataset(tmp_path / "inline" / "in21k").digest

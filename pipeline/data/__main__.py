@@ -53,7 +53,7 @@ def _convert(args: argparse.Namespace) -> int:
                              skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side,
                              labels=args.labels, image_column=args.image_column,
                              label_column=args.label_column)
-    result = convert(args.format, args.src, args.out, options)
+    result = convert(args.format, args.src, args.out, options, executor=args.executor)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
 
@@ -176,6 +176,10 @@ def add_convert(sub) -> None:
                    help="hfparquet: the image column (default: the one column of image structs)")
     p.add_argument("--label-column", default=None,
                    help="hfparquet: the label column (default: the ClassLabel column, else 'label')")
+    p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto",
+                   help=EXECUTOR_HELP + ". With ray, tasks on any node read SRC: it must be at the same "
+                        "path on every node (a shared file system); else use processes on the machine "
+                        "that holds it")
     p.set_defaults(fn=_convert)
 
 
