@@ -110,10 +110,10 @@ def ctrl_c_at(wnid: str):
     """Ctrl-C as the conversion starts reading synset ``wnid``."""
     real = imagenet._synset_images
 
-    def stop(synset):
+    def stop(synset, wanted=None):
         if synset.wnid == wnid:
             raise KeyboardInterrupt
-        return real(synset)
+        return real(synset, wanted)
     imagenet._synset_images = stop
     try:
         yield

@@ -124,10 +124,10 @@ def test_an_imagenet21k_outer_tar_stopped_midway_into_the_store_resumes_to_the_s
     command = ["convert", "imagenet21k", str(outer), out, "--shards", "6"]
     real = imagenet._synset_images
 
-    def ctrl_c_at_the_third(synset):
+    def ctrl_c_at_the_third(synset, wanted=None):
         if synset.wnid == wnids[2]:
             raise KeyboardInterrupt
-        return real(synset)
+        return real(synset, wanted)
     monkeypatch.setattr(imagenet, "_synset_images", ctrl_c_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         with monkeypatch.context() as m:    # one job at a time, in this process: a known stop

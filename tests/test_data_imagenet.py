@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -16,6 +17,7 @@ from pipeline.data import DataError
 from pipeline.data.__main__ import main
 from pipeline.data.convert import ConvertOptions
 from pipeline.data.converters import convert
+from pipeline.data.format import Dataset
 from pipeline.data.verify import verify
 
 from test_data_convert import stored
@@ -92,6 +94,42 @@ def test_synset_tars_from_a_folder_and_from_an_outer_tar_are_the_same_dataset(sy
     for key, (image, labels) in rows.items():
         assert image == images[key]                                   # RGB JPEG kept as it is
         assert labels == [SORTED.index(key.split("/")[0])]
+
+
+def test_val_fraction_holds_out_a_val_split_the_rest_untouched(synsets, tmp_path, capsys):
+    """fall11 has no validation split: --val-fraction F holds out the images whose holdout draw
+    (a keyed hash of the row key, independent of its subset priority) is below F as split "val";
+    train keeps the rest with the priorities it has without a holdout."""
+    from pipeline.data.format import holdout_draw
+    _, outer, images = synsets
+    out = tmp_path / "held"
+    assert main(["convert", "imagenet21k", str(outer), str(out), "--val-fraction", "0.3", "--shards", "2"]) == 0
+    assert "{'val': 4, 'train': 5} rows, 4 classes" in capsys.readouterr().out
+    manifest = checked(out)
+    held = {k for k in images if holdout_draw(k, 0) < 0.3}
+    val, train = stored(out, "val"), stored(out, "train")
+    assert set(val) == held and set(train) == set(images) - held and len(held) == 4
+    assert all(image == images[key] and labels == [SORTED.index(key.split("/")[0])]
+               for key, (image, labels) in {**val, **train}.items())
+    assert manifest["source"]["splits"]["val"]["val_fraction"] == 0.3
+    whole = tmp_path / "whole"
+    convert("imagenet21k", outer, whole, executor="inline", progress=False)
+
+    def priorities(path, split):
+        tables = [pq.read_table(Dataset(path).shard_path(s)) for s in Dataset(path).shards(split)]
+        return {k: p for t in tables for k, p in zip(t.column("key").to_pylist(), t.column("priority").to_pylist())}
+    without = priorities(whole, "train")
+    assert priorities(out, "train") == {k: without[k] for k in train}   # the same nested subsets
+
+    # The held-out split is "val": --split val with it, or --val-fraction for another format, is refused.
+    assert main(["convert", "imagenet21k", str(outer), str(tmp_path / "x"), "--val-fraction", "0.3",
+                 "--split", "val"]) == 2
+    assert "the rest cannot be 'val' too" in capsys.readouterr().err
+    assert main(["convert", "imagefolder", str(tmp_path), str(tmp_path / "y"), "--val-fraction", "0.3"]) == 2
+    assert "--val-fraction is for imagenet21k" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", "imagenet21k", str(outer), str(tmp_path / "z"), "--val-fraction", "0.7"])
+    assert "must be a fraction of the images in (0, 0.5), got 0.7" in capsys.readouterr().err
 
 
 def test_outer_tar_words_file_max_short_side_and_compressed_tars(synsets, tmp_path):

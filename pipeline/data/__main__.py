@@ -52,7 +52,7 @@ def _convert(args: argparse.Namespace) -> int:
     options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
                              skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side,
                              labels=args.labels, image_column=args.image_column,
-                             label_column=args.label_column)
+                             label_column=args.label_column, val_fraction=args.val_fraction)
     result = convert(args.format, args.src, args.out, options, executor=args.executor)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
@@ -172,6 +172,10 @@ def add_convert(sub) -> None:
                         "faster decoding (bench/RESULTS.md, issue 17); default: as they are")
     p.add_argument("--labels", default=None, metavar="FILE",
                    help="imagenet: the label file of a flat val folder; imagenet21k: a words file (wnid, name)")
+    p.add_argument("--val-fraction", type=_holdout_fraction, default=None, metavar="F",
+                   help="imagenet21k (its release has no validation split): hold out a uniform draw of "
+                        "about F of the images as split 'val', the one pretraining validates on; e.g. "
+                        "0.0036 holds out about 51,200 of fall11's 14.2M, as big_vision does")
     p.add_argument("--image-column", default=None,
                    help="hfparquet: the image column (default: the one column of image structs)")
     p.add_argument("--label-column", default=None,
@@ -181,6 +185,13 @@ def add_convert(sub) -> None:
                         "path on every node (a shared file system); else use processes on the machine "
                         "that holds it")
     p.set_defaults(fn=_convert)
+
+
+def _holdout_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the images in (0, 0.5), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:

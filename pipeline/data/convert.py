@@ -555,10 +555,13 @@ class ConvertOptions:
     labels: str | None = None          # imagenet: the val label file (pipeline/data/imagenet.py)
     image_column: str | None = None    # hfparquet: default the column of image structs
     label_column: str | None = None    # hfparquet: default the ClassLabel column, else "label"
+    val_fraction: float | None = None  # imagenet21k: hold out this fraction of the images as "val"
 
     def __post_init__(self):
         if self.max_short_side is not None and self.max_short_side < 1:
             raise ValueError(f"max_short_side must be a positive number of pixels, got {self.max_short_side}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
 
 
 def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,

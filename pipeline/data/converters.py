@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from pipeline.data import hfparquet, imagenet
-from pipeline.data.convert import (ConvertOptions, convert_cifar, convert_imagefolder,
+from pipeline.data.convert import (ConversionError, ConvertOptions, convert_cifar, convert_imagefolder,
                                    convert_webdataset)
 
 FORMATS = ("imagefolder", "cifar", "webdataset", "hfparquet", "imagenet", "imagenet21k")
@@ -20,6 +20,10 @@ def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike,
             options: ConvertOptions = ConvertOptions(), *, executor: str = "auto",
             progress: bool = True) -> dict[str, Any]:
     """Convert ``src`` in format ``fmt`` into the dataset at ``out``; returns row counts."""
+    if options.val_fraction is not None and fmt != "imagenet21k":
+        raise ConversionError(f"--val-fraction is for imagenet21k, whose release has no validation "
+                              f"split; {fmt} sources have their own splits (convert them with --split)",
+                              source=src)
     if fmt == "cifar":
         return convert_cifar(src, out, split=options.split, seed=options.seed, executor=executor,
                              progress=progress, max_short_side=options.max_short_side)

@@ -84,6 +84,16 @@ def subset_priority(key: str, seed: int) -> float:
     return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
 
 
+def holdout_draw(key: str, seed: int) -> float:
+    """A second keyed hash of a row's key in [0, 1), independent of its subset priority: a
+    converter that cuts a held-out split from a source that has none (``--val-fraction``) holds
+    out the rows whose draw is below the fraction. The held-out rows are a uniform draw, and the
+    rows left keep uniform priorities, so their nested subsets are as they would be without it."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"holdout",
+                             key=int(seed).to_bytes(8, "little", signed=True)).digest()
+    return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
+
+
 def subset_priorities(keys: Iterable[str], seed: int) -> np.ndarray:
     return np.fromiter((subset_priority(k, seed) for k in keys), dtype=np.float64)
 

@@ -20,7 +20,10 @@ skipped and counted). Row keys: ``<wnid>/<member name>``. An empty synset tar (t
 some) gives its class no rows and is counted in the report's ``empty_synsets``. Consecutive
 synsets (in wnid order) are grouped into shards of about 256 MiB of source tar each, or
 ``--shards N`` shards of about equal size; ``--labels FILE`` names the words file (default
-``words.txt`` or ``LOC_synset_mapping.txt`` in SRC's folder).
+``words.txt`` or ``LOC_synset_mapping.txt`` in SRC's folder). The release has no validation split:
+``--val-fraction F`` holds out the images whose ``format.holdout_draw`` (a keyed hash of the row
+key, independent of its subset priority) is below F as split ``val`` and writes the rest as the
+train split; each split's pass reads only its own images' bytes (the others' are seeked over).
 
 ``imagenet`` (ILSVRC2012), told apart by what SRC holds:
 
@@ -60,10 +63,11 @@ from pipeline import storage
 from pipeline.data.convert import (IMAGE_EXTENSIONS, ROWS_PER_SHARD, ConversionError,
                                    ConvertOptions, ShardResult, _add_row, _chunks, _finish_shard,
                                    _imagefolder_job, _open_output, _record_split, _run_split_jobs,
-                                   shard_jobs)
-from pipeline.data.format import MANIFEST_NAME
+                                   shard_jobs, write_manifest)
+from pipeline.data.format import MANIFEST_NAME, holdout_draw
 
 WNID = re.compile(r"n\d{8}")
+VAL_SPLIT = "val"                     # --val-fraction's held-out split: the one pretraining validates on
 WORDS_FILES = ("words.txt", "LOC_synset_mapping.txt")
 SHARD_SOURCE_BYTES = 256 << 20       # synset tars grouped into shards of about this much source
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
@@ -121,10 +125,15 @@ class _FileSlice(io.RawIOBase):
 # Jobs (one shard each; module-level so processes and Ray can run them)
 
 def _synset_job(out: str, name: str, synsets: list[tuple[SynsetTar, int]], subset_seed: int,
-                skip_bad: bool, max_short_side: int | None) -> ShardResult:
+                skip_bad: bool, max_short_side: int | None,
+                holdout: tuple[float, bool] | None = None) -> ShardResult:
+    """One shard of the synsets' images. ``holdout`` (fraction, held): only the images whose
+    ``holdout_draw`` is below the fraction (held True: the val split) or not (False: the rest);
+    the others' bytes are not read."""
     result, rows = ShardResult(None), []
     for synset, label in synsets:
-        images = _synset_images(synset)
+        wanted = None if holdout is None else _holdout_filter(synset.wnid, subset_seed, *holdout)
+        images = _synset_images(synset, wanted)
         while True:
             try:
                 member, data = next(images)
@@ -141,16 +150,24 @@ def _synset_job(out: str, name: str, synsets: list[tuple[SynsetTar, int]], subse
     return _finish_shard(out, name, rows, subset_seed, result)
 
 
-def _synset_images(synset: SynsetTar) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of each regular, non-hidden member, in the tar's order."""
+def _synset_images(synset: SynsetTar, wanted=None) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of each regular, non-hidden member, in the tar's order; with
+    ``wanted``, only of the members it accepts by name (the others' data is seeked over)."""
     if synset.size == 0:
         return
     with open(synset.path, "rb") as f:
         raw = f if synset.member is None else _FileSlice(f, synset.offset, synset.size)
         with tarfile.open(fileobj=raw, mode="r:*") as tar:
             for member in tar:
-                if member.isfile() and not PurePosixPath(member.name).name.startswith("."):
+                if (member.isfile() and not PurePosixPath(member.name).name.startswith(".")
+                        and (wanted is None or wanted(member.name))):
                     yield member.name, tar.extractfile(member).read()
+
+
+def _holdout_filter(wnid: str, seed: int, fraction: float, held: bool):
+    """Accepts a synset tar's member when its row (key ``<wnid>/<member>``) is held out (``held``)
+    or is not (``not held``)."""
+    return lambda member: (holdout_draw(f"{wnid}/{member}", seed) < fraction) == held
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,25 +262,39 @@ def _convert_synset_tars(src: Path, out: str, options: ConvertOptions, converter
     synsets, ignored = find_synset_tars(src)
     wnids = [s.wnid for s in synsets]
     words_file = _words_file(src, options.labels if converter == "imagenet21k" else None)
-    manifest = _open_output(out, split, num_classes=len(wnids), multi_label=False,
-                            class_names=wnids, subset_seed=options.seed,
-                            source={"converter": converter, "src": str(src.resolve()),
-                                    "layout": "synset tars",
-                                    "max_short_side": options.max_short_side})
+    groups = _synset_groups(synsets, options.shards)
+    source = {"converter": converter, "src": str(src.resolve()), "layout": "synset tars",
+              "max_short_side": options.max_short_side, "val_fraction": options.val_fraction}
+    manifest, reports = None, []
+    for name, holdout in _holdout_splits(split, options.val_fraction, out):
+        manifest = _open_output(out, name, num_classes=len(wnids), multi_label=False, class_names=wnids,
+                                subset_seed=options.seed, source=source, manifest=manifest)
+        jobs = shard_jobs(out, name, [(group, options.seed, options.skip_bad, options.max_short_side, holdout)
+                                      for group in groups])
+        results = _run_split_jobs(out, name, _synset_job, jobs,
+                                  weights=[sum(s.size for s, _ in g) for g in groups],
+                                  desc=f"{converter} {name}", unit="B", executor=executor,
+                                  progress=progress)
+        reports.append(_record_split(out, manifest, name, results, write=False))
     if words_file is not None:
         words = read_words(words_file)
         manifest["class_descriptions"] = [words.get(w) for w in wnids]
-    groups = _synset_groups(synsets, options.shards)
-    jobs = shard_jobs(out, split, [(group, options.seed, options.skip_bad, options.max_short_side)
-                                   for group in groups])
-    results = _run_split_jobs(out, split, _synset_job, jobs,
-                              weights=[sum(s.size for s, _ in g) for g in groups],
-                              desc=f"{converter} {split}", unit="B", executor=executor,
-                              progress=progress)
-    report = _record_split(out, manifest, split, results)
-    report.update(synsets=len(synsets), empty_synsets=len(synsets) - len(report["rows_per_class"]),
-                  ignored_files=ignored)
+    write_manifest(out, manifest)   # every split there: the dataset opens from now on
+    report = reports[0] if len(reports) == 1 else {"splits": reports}
+    with_rows = set().union(*(r["rows_per_class"] for r in reports))
+    report.update(synsets=len(synsets), empty_synsets=len(synsets) - len(with_rows), ignored_files=ignored)
     return report
+
+
+def _holdout_splits(split: str, val_fraction: float | None, out: str) -> list[tuple[str, tuple | None]]:
+    """The splits to write and each one's holdout: ``split`` alone, or with ``--val-fraction F``
+    first "val" (the images whose holdout draw is below F), then ``split`` (the rest)."""
+    if val_fraction is None:
+        return [(split, None)]
+    if split == VAL_SPLIT:
+        raise ConversionError(f"--val-fraction writes the held-out images as split {VAL_SPLIT!r}; the rest "
+                              f"cannot be {VAL_SPLIT!r} too", dataset=out, hint="leave --split out (train)")
+    return [(VAL_SPLIT, (val_fraction, True)), (split, (val_fraction, False))]
 
 
 def convert_imagenet21k(src, out, options: ConvertOptions = ConvertOptions(), *,
