@@ -240,7 +240,7 @@ def _wds_labels(files: dict[str, bytes]) -> list[int]:
 def _run_split_jobs(out: str, split: str, fn, jobs, **kw) -> list[ShardResult]:
     """Run the split's shard jobs (``shard_jobs``: ``(out, shard name, ...)``), except those that an
     earlier run of the same plan finished. Each job's result is recorded next to its shard as it
-    finishes; on failure what finished stays (hidden, no manifest) for the same command to go on."""
+    finishes; on failure what finished stays (not in a manifest) for the same command to go on."""
     plan = _plan_digest(fn, split, jobs)
     listing = _prepare_split(out, split, plan, fn)
     finished = _each(out, lambda job: _finished(out, job[1], plan, listing), jobs)
@@ -456,7 +456,8 @@ def _abandon(out: str, split: str, jobs) -> str:
             _remove(out, _unfinished_files(listing, split))
     except Exception:  # the store itself failing: the error being raised says so
         return "run the same command again to continue"
-    undo = f"delete the .{split}-* files in {out}" if MANIFEST_NAME in listing else f"delete {out}"
+    undo = (f"delete the {split}-* and .{split}-* files in {out}" if MANIFEST_NAME in listing
+            else f"delete {out}")
     return (f"{written} of {len(jobs)} shards written; run the same command again to continue, "
             f"or {undo}")
 

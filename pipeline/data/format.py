@@ -78,10 +78,7 @@ class DataError(Exception):
 
 def subset_priority(key: str, seed: int) -> float:
     """Priority in [0, 1) of a row: a keyed hash of its key, so it never depends on shard layout."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8,
-                             key=int(seed).to_bytes(8, "little", signed=True)).digest()
-    # Top 53 bits, so the float is exact and strictly below 1.
-    return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
+    return _keyed_draw(key, seed, b"")
 
 
 def holdout_draw(key: str, seed: int) -> float:
@@ -89,8 +86,15 @@ def holdout_draw(key: str, seed: int) -> float:
     converter that cuts a held-out split from a source that has none (``--val-fraction``) holds
     out the rows whose draw is below the fraction. The held-out rows are a uniform draw, and the
     rows left keep uniform priorities, so their nested subsets are as they would be without it."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"holdout",
+    return _keyed_draw(key, seed, b"holdout")
+
+
+def _keyed_draw(key: str, seed: int, person: bytes) -> float:
+    """A number in [0, 1) from BLAKE2b of ``key`` keyed by ``seed``; ``person`` (BLAKE2's
+    personalisation) makes draws that are independent of each other for the same key and seed."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=person,
                              key=int(seed).to_bytes(8, "little", signed=True)).digest()
+    # Top 53 bits, so the float is exact and strictly below 1.
     return (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
 
 
