@@ -127,6 +127,8 @@ def test_val_fraction_holds_out_a_val_split_the_rest_untouched(synsets, tmp_path
     assert "the rest cannot be 'val' too" in capsys.readouterr().err
     assert main(["convert", "imagefolder", str(tmp_path), str(tmp_path / "y"), "--val-fraction", "0.3"]) == 2
     assert "--val-fraction is for imagenet21k" in capsys.readouterr().err
+    assert main(["convert", "imagenet21k", str(outer), str(tmp_path / "w"), "--val-fraction", "0.01"]) == 2
+    assert "--val-fraction 0.01 held out no image" in capsys.readouterr().err   # 9 images: an empty val
     with pytest.raises(SystemExit):
         main(["convert", "imagenet21k", str(outer), str(tmp_path / "z"), "--val-fraction", "0.7"])
     assert "must be a fraction of the images in (0, 0.5), got 0.7" in capsys.readouterr().err

@@ -276,6 +276,10 @@ def _convert_synset_tars(src: Path, out: str, options: ConvertOptions, converter
                                   desc=f"{converter} {name}", unit="B", executor=executor,
                                   progress=progress)
         reports.append(_record_split(out, manifest, name, results, write=False))
+        if holdout and holdout[1] and not reports[-1]["rows"]:
+            raise ConversionError(f"--val-fraction {options.val_fraction} held out no image", source=src,
+                                  hint="SRC has too few images for that fraction: pass a larger one, or leave "
+                                       "it out (a run then validates on nothing)")
     if words_file is not None:
         words = read_words(words_file)
         manifest["class_descriptions"] = [words.get(w) for w in wnids]
