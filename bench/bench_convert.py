@@ -12,8 +12,8 @@ Parts:
   synset is read, then resumed by the same call. Each conversion is timed in three phases: before
   the jobs (listing the outer tar, the plan's fingerprint, reading what an earlier run finished),
   the jobs, and after them (the split's counts, the manifest, removing the resume files; before
-  commit "convert: shards written under their final names", also renaming every shard). Into a folder and into SeaweedFS
-  (tests/servers.py, on this machine: loopback, no network latency).
+  f8296a8, also renaming every shard). Into a folder and into SeaweedFS (tests/servers.py, on this
+  machine: loopback, no network latency).
 - rate: ``--photos`` photos made as bench/bench_photos.py makes them (about 76 kB, 400-500 px), one
   synset tar per source photo in an outer tar, converted in one process; CPU-seconds per image
   against reading the same bytes and decoding them with Pillow (what the conversion checks every
@@ -34,22 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # servers.py: the real store
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # tests/: the store, tar writers
 
 from pipeline.data import convert as conversion, imagenet  # noqa: E402
 from pipeline.data.convert import ConvertOptions  # noqa: E402
 from pipeline.data.converters import convert  # noqa: E402
 from pipeline.data.format import Dataset  # noqa: E402
 from pipeline.data.images import _turbo_rgb, decode_rgb  # noqa: E402
-
-
-def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+from test_data_imagenet import add_bytes, jpeg  # noqa: E402
 
 
 def synset_tar_bytes(members: dict[str, bytes]) -> bytes:
@@ -57,13 +51,6 @@ def synset_tar_bytes(members: dict[str, bytes]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in members.items():
             add_bytes(tar, name, data)
-    return buf.getvalue()
-
-
-def small_jpeg(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=80)
     return buf.getvalue()
 
 
@@ -149,7 +136,7 @@ def listing_seconds(outer: Path) -> float:
 def bookkeeping(work: Path, args: argparse.Namespace) -> dict:
     wnids = [f"n{k:08d}" for k in range(1, args.synsets + 1)]
     outer = work / "fall11_whole.tar"
-    write_outer_tar(outer, {w: {f"{w}_1.JPEG": small_jpeg(k)} for k, w in enumerate(wnids)})
+    write_outer_tar(outer, {w: {f"{w}_1.JPEG": jpeg(k, (32, 24))} for k, w in enumerate(wnids)})
     result = {"synsets": args.synsets, "shards": args.shards, "outer_tar_MB": outer.stat().st_size / 1e6,
               "listing_s": min(listing_seconds(outer) for _ in range(3)),
               "folder": plan_and_resume(outer, wnids, str(work / "out"), args.shards)}
