@@ -151,12 +151,9 @@ DATASETS = {"lang": lang_curves, "clip-compute": clip_compute_curves, "clip-chec
 
 # ----------------------------------------------------------------------------- methods
 
-def report_law(x, e) -> tuple[fits.Fit, str, bool]:
-    """The law the report uses for a family with these points, why, and whether it sits at a bound."""
-    family = fits.fit_family("curve", x, 1 - np.asarray(e, dtype=float), rng=np.random.default_rng(0), n_boot=0)
-    best = family.best()
-    law = best[0]
-    return law, family.reason, bool(fits.at_bounds(law, x, e))
+def report_family(x, e) -> fits.FamilyFit:
+    """What the report makes of a family with these points (no bootstrap: the law is what is scored)."""
+    return fits.fit_family("curve", x, 1 - np.asarray(e, dtype=float), rng=np.random.default_rng(0), n_boot=0)
 
 
 def rmse_log(predicted, observed) -> float:
@@ -174,9 +171,12 @@ def score_curve(curve: Curve) -> dict:
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             row[name] = math.nan
     started = time.perf_counter()
-    law, reason, at_bound = report_law(curve.x_fit, curve.e_fit)
-    row.update({REPORT: rmse_log(law.error(curve.x_test), curve.e_test), "law": law.form, "at_bound": at_bound,
-                "reason": reason, "report_seconds": time.perf_counter() - started})
+    family = report_family(curve.x_fit, curve.e_fit)
+    law = family.best()[0]
+    row.update({REPORT: rmse_log(law.error(curve.x_test), curve.e_test), "law": law.form,
+                "degenerate": bool(family.used_degenerate), "reason": family.reason,
+                "report_seconds": time.perf_counter() - started})
+    row.update({f"{form} alone": rmse_log(f.error(curve.x_test), curve.e_test) for form, f in family.fits.items()})
     return row
 
 
@@ -193,7 +193,8 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                     "report / best": round(means[REPORT] / means[best], 3),
                     "report better on": f"{int((group[REPORT] <= group[best]).sum())}/{len(group)}",
                     "laws": ", ".join(f"{k} {v}" for k, v in group["law"].value_counts().items()),
-                    "at bound": int(group["at_bound"].sum())})
+                    "degenerate used": int(group["degenerate"].sum()),
+                    **{c: round(group[c].mean(), 4) for c in group.columns if c.endswith(" alone")}})
     return pd.DataFrame(out)
 
 

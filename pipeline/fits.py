@@ -1,29 +1,41 @@
-"""Scaling laws of transfer error against pretraining compute, with honest uncertainty.
+"""Scaling laws of transfer error against pretraining compute, chosen by how well they extrapolate.
 
-Two forms are fitted to the error E = 1 - accuracy of one architecture family as a function of its
-pretraining compute C (exaFLOPs):
+Four forms of the error E = 1 - accuracy of one architecture family as a function of its
+pretraining compute C (exaFLOPs) are fitted:
 
-    saturating   E(C) = a (C + d)^(-b) + c      (Zhai et al., "Scaling Vision Transformers", 2022)
-    power        E(C) = a C^(-b)                 (the plain power law, for comparison)
+    power        E = a C^-b                              the plain power law (M1 of Alabdulmohsin et al. 2022)
+    saturating   E = a (C + d)^-b + c                    Zhai et al. 2022 ("Scaling Vision Transformers"); M2 at d = 0
+    knee         E = a (1/C + g)^b                       M3: a power law that bends into the floor a g^b near C = 1/g
+    sigmoid      (E - c) / (e0 - E)^alpha = a C^-b       M4: also bends at the start, where E leaves e0
+                                                         (random guessing) slowly; implicit in E
 
-``c`` is the irreducible error the family saturates at, ``b`` the scaling exponent and ``d`` the
-compute below which extra compute barely helps (the curve flattens to the left).
+``c`` is the irreducible error the family saturates at, ``b`` the scaling exponent.
 
-- **Robust fit.** Residuals are taken in log space, log E(C) - log E_obs (errors are relative, so
-  a point at 5% error weighs as much as one at 50%), with a Huber loss (quadratic up to
-  ``huber_scale`` in log units, linear beyond: one bad run cannot drag the curve), by
-  ``scipy.optimize.least_squares`` from several starts; the best is kept. Compute is divided by its
-  geometric mean before fitting so that the same bounds and starts work from micro studies
+- **Robust fit.** Residuals are taken in log space, log E(C) - log E_obs (errors are relative), with
+  a Huber loss (quadratic up to ``HUBER_SCALE`` in log units, linear beyond), by
+  ``scipy.optimize.least_squares`` from a grid of starts; the best is kept. Compute is divided by
+  its geometric mean before fitting, so the same bounds and starts work from micro studies
   (1e-8 exaFLOPs) to the paper (1e4).
-- **Bootstrap.** Points are resampled with replacement and every resample refitted (warm-started);
-  percentile intervals of the parameters, of the curve and of anything derived from it.
-- **Backtest.** Fit on all but the largest-compute points and predict those: the test a scaling law
-  is for. The error is reported in accuracy points.
-- **Which form fits better**: the backtest error when both forms can be backtested, else the
-  small-sample Akaike criterion (AICc, Gaussian on the log residuals), else too few points to tell.
+- **Choice of the law: rolling origin.** For several cut-offs in the upper half of the compute
+  range, every form is fitted on the points at or below the cut-off and predicts the points above
+  it; a form's score is the mean over the cut-offs of the RMSE of its log error on the predicted
+  points (the extrapolation it is used for; OLMo's ladder validates its fits the same way). The
+  law with the lowest score is used, among those that do not sit at a bound of their fit
+  (``degenerate``), except that a simpler form whose score is within ``SIMPLER_WITHIN`` of it is
+  preferred. A form is scored only at cut-offs below which it has ``ROLLING_DOF`` more points than
+  parameters, and the forms are compared on common cut-offs (the most demanding dropped until two
+  remain). Without two cut-offs for two forms, the choice falls back to the small-sample Akaike
+  criterion (AICc), and with that undefined, to the power law.
+- **Degenerate fits.** A fitted parameter on a bound of its fit was put there by the solver, not
+  by the data (an exponent at its cap of 3, a scale of 1e22, a floor equal to the lowest
+  observed error). Such a law describes the fitted points and nothing beyond them: it is chosen
+  only when every form is degenerate, and the report says so.
+- **Bootstrap.** The law used is refitted to resampled data; percentile intervals (t-expanded) of
+  its parameters, of the curve and of anything derived from it.
 - **Compute multiplier** of family X over family Y: C_X(E) / C_Y(E), the ratio of the compute each
-  fitted curve needs to reach the same error E, averaged geometrically over the errors both
-  families' fitted curves reach within the compute they were measured at.
+  law needs to reach the same error E, averaged geometrically over the errors both families' laws
+  reach within the compute they were measured at; where they share no error, over the errors
+  between the two families' ranges, extrapolated (``compute_multiplier`` says which).
 
 Everything random takes a ``numpy.random.Generator``: the same seed gives the same intervals.
 """
@@ -39,25 +51,43 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-FORMS = ("saturating", "power")
-PARAMS = {"saturating": ("a", "b", "c", "d"), "power": ("a", "b")}
+FORMS = ("power", "saturating", "knee", "sigmoid")
+PARAMS = {"power": ("a", "b"), "saturating": ("a", "b", "c", "d"), "knee": ("a", "b", "g"),
+          "sigmoid": ("a", "b", "c", "alpha", "e0")}
 # A fit needs more points (at distinct compute) than it has parameters.
 MIN_POINTS = {form: len(names) + 1 for form, names in PARAMS.items()}
 HUBER_SCALE = 0.1    # log units: residuals beyond ~10% relative error count linearly
 MAX_EXPONENT = 3.0
+MAX_ALPHA = 10.0
 # A fitted parameter within this fraction of its bounds' span of a bound sits at it (``at_bounds``).
 # In trials, fits that end at a bound land within ~1e-10 of it; fits inside stay 2e-5 or more away (d, the closest).
 AT_BOUND = 1e-6
+# Bounds that are results, not degeneracies: no floor (c = 0), no offset (d = 0), no knee within reach
+# (g at its lowest: a plain power law), alpha = 0 (M4 without its slow start: the saturating law), e0 at its
+# top (random guessing at an error of 1).
+BENIGN_BOUNDS = {("c", "lower"), ("d", "lower"), ("g", "lower"), ("alpha", "lower"), ("e0", "upper")}
+ROLLING_CUTS = 5         # at most this many cut-offs, spread over the compute range ...
+ROLLING_FROM = 0.5       # ... over its upper part: from this fraction of the log-compute range on
+MIN_CUTS = 2             # fewer cut-offs than this for every form: the law is chosen by AICc
+# A form is scored at a cut-off only where it is fitted on this many more points than it has parameters:
+# with fewer, its extrapolation measures the noise of a near-exact fit (bench/RESULTS.md, "Extrapolation").
+ROLLING_DOF = 3
+# A simpler form (fewer parameters) is chosen over the best-scoring one when its rolling-origin score is
+# within this relative margin of the best: a more complex law has to predict clearly better.
+SIMPLER_WITHIN = 0.2
 
 
 @dataclass(frozen=True)
 class Fit:
-    """One fitted curve, parameters in the data's own compute units."""
+    """One fitted curve, parameters in the data's own compute units (those a form lacks unused)."""
     form: str
     a: float
     b: float
     c: float = 0.0
     d: float = 0.0
+    g: float = 0.0
+    alpha: float = 0.0
+    e0: float = 1.0
     n: int = 0
     rss: float = math.nan   # sum of squared log residuals
 
@@ -67,14 +97,29 @@ class Fit:
 
     def error(self, compute) -> np.ndarray:
         compute = np.asarray(compute, dtype=float)
-        return self.a * (compute + self.d) ** -self.b + self.c
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            if self.form == "knee":
+                return self.a * (1.0 / compute + self.g) ** self.b
+            if self.form == "sigmoid":
+                return sigmoid_error(np.log(self.a) - self.b * np.log(compute), self.c, self.alpha, self.e0)
+            return self.a * (compute + self.d) ** -self.b + self.c
 
     def compute_for(self, error) -> np.ndarray:
-        """Compute at which the curve reaches ``error`` (inf where it never does: error <= c)."""
+        """Compute at which the curve reaches ``error`` (inf where it never does: at or below its
+        floor; NaN where it is there before any compute)."""
         error = np.asarray(error, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            above = error - self.c
-            compute = np.where(above > 0, (np.maximum(above, 1e-300) / self.a) ** (-1.0 / self.b) - self.d, np.inf)
+            if self.form == "knee":
+                inverse = (error / self.a) ** (1.0 / self.b) - self.g
+                compute = np.where(inverse > 0, 1.0 / np.maximum(inverse, 1e-300), np.inf)
+            elif self.form == "sigmoid":
+                ratio = (error - self.c) / np.maximum(self.e0 - error, 1e-300) ** self.alpha
+                compute = np.where(error >= self.e0, np.nan, np.where(
+                    ratio > 0, (np.maximum(ratio, 1e-300) / self.a) ** (-1.0 / self.b), np.inf))
+            else:
+                above = error - self.c
+                compute = np.where(above > 0, (np.maximum(above, 1e-300) / self.a) ** (-1.0 / self.b) - self.d,
+                                   np.inf)
         return np.where(compute > 0, compute, np.nan)  # reached before any compute: undefined
 
     @property
@@ -86,11 +131,49 @@ class Fit:
         return self.n * math.log(self.rss / self.n) + 2 * k + 2 * k * (k + 1) / (self.n - k - 1)
 
 
+# ----------------------------------------------------------------------------- the M4 form
+
+def _softplus(t: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, t)
+
+
+def _sigmoid_logit(level: np.ndarray, alpha: float, iterations: int = 60) -> np.ndarray:
+    """t with log u - alpha log(1 - u) = ``level``, u = 1 / (1 + exp(-t)): Newton's method kept inside a
+    bracket that shrinks by bisection (the left side increases with t)."""
+    level = np.asarray(level, dtype=float)
+    lo = level - alpha - 1.0                               # left side < level here
+    hi = np.minimum(np.maximum((level + 1.0) / max(alpha, 1e-9), 1.0), 700.0)
+    t = np.clip(np.where(level < 0, level, level / max(alpha, 1e-3)), lo, hi)
+    for _ in range(iterations):
+        value = -_softplus(-t) + alpha * _softplus(t) - level
+        slope = 1.0 / (1.0 + np.exp(t)) + alpha / (1.0 + np.exp(-t))
+        lo, hi = np.where(value < 0, t, lo), np.where(value > 0, t, hi)
+        step = t - value / np.maximum(slope, 1e-300)
+        t = np.where((step > lo) & (step < hi), step, (lo + hi) / 2)
+        if np.all(np.abs(value) < 1e-12):
+            break
+    return t
+
+
+def sigmoid_error(log_f, c: float, alpha: float, e0: float) -> np.ndarray:
+    """E with (E - c) / (e0 - E)^alpha = f, for log f given: E = c + (e0 - c) u, u in (0, 1)."""
+    span = e0 - c
+    t = _sigmoid_logit(np.asarray(log_f, dtype=float) + (alpha - 1.0) * math.log(span), alpha)
+    return c + span / (1.0 + np.exp(-t))
+
+
 # ----------------------------------------------------------------------------- fitting
 
 def _curve(theta: np.ndarray, x: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray]:
-    """E and d log E / d theta at normalized compute x; theta = (log a, b[, c, d])."""
+    """E and d log E / d theta at normalized compute x; theta = (log a, b, ...) as ``_to_theta``."""
+    if form == "sigmoid":
+        return _sigmoid_curve(theta, x)
     log_a, b = theta[0], theta[1]
+    if form == "knee":
+        g = math.exp(theta[2])
+        inner = 1.0 / x + g
+        e = np.exp(log_a + b * np.log(inner))
+        return e, np.stack([np.ones_like(x), np.log(inner), b * g / inner], axis=1)
     c, d = (theta[2], theta[3]) if form == "saturating" else (0.0, 0.0)
     base = x + d
     power = np.exp(log_a - b * np.log(base))
@@ -101,30 +184,93 @@ def _curve(theta: np.ndarray, x: np.ndarray, form: str) -> tuple[np.ndarray, np.
     return e, np.stack(columns, axis=1)
 
 
+def _sigmoid_curve(theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The M4 form and its log-derivatives by implicit differentiation of
+    log u - alpha log(1 - u) = log f + (alpha - 1) log(e0 - c), E = c + (e0 - c) u."""
+    log_a, b, c, alpha, e0 = theta
+    span = e0 - c
+    log_span = math.log(span)
+    t = _sigmoid_logit(log_a - b * np.log(x) + (alpha - 1.0) * log_span, alpha)
+    u = 1.0 / (1.0 + np.exp(-t))
+    slope = (1.0 - u) + alpha * u                    # d(left side)/dt
+    du_dt = u * (1.0 - u)
+    dlevel = [np.ones_like(x), -np.log(x), np.full_like(x, -(alpha - 1.0) / span),
+              np.full_like(x, log_span) + np.log1p(-np.minimum(u, 1 - 1e-16)), np.full_like(x, (alpha - 1.0) / span)]
+    du = [du_dt * dl / slope for dl in dlevel]       # dt = (d level - d left side at fixed t) / slope
+    e = c + span * u
+    de = [span * du[0], span * du[1], 1.0 - u + span * du[2], span * du[3], u + span * du[4]]
+    return e, np.stack(de, axis=1) / e[:, None]
+
+
+def _log_a_for(x: np.ndarray, e: np.ndarray, b: float, inner: np.ndarray | None = None) -> float:
+    return float(np.mean(np.log(e) + b * np.log(x if inner is None else inner)))
+
+
 def _starts(x: np.ndarray, e: np.ndarray, form: str) -> list[np.ndarray]:
-    """A small grid of exponents, floors and offsets; log a then follows by least squares."""
+    """A small grid over the nonlinear parameters; log a (and b for the M4 form) then follow by least squares."""
+    if form == "knee":
+        out = []
+        for b, log_g in itertools.product((0.3, 1.0), (-math.log(x.max()) - 1, -math.log(np.median(x)),
+                                                       -math.log(x.min()))):
+            inner = 1.0 / x + math.exp(log_g)
+            out.append(np.array([float(np.mean(np.log(e) - b * np.log(inner))), b, log_g]))
+        return out
+    if form == "sigmoid":
+        return _sigmoid_starts(x, e)
     out = []
     floors = (0.0, 0.5, 0.9) if form == "saturating" else (0.0,)
     offsets = (0.0, float(x.min())) if form == "saturating" else (0.0,)
     for b, floor, d in itertools.product((0.2, 0.5, 1.0), floors, offsets):
         c = floor * float(e.min())
-        log_a = float(np.mean(np.log(e - c) + b * np.log(x + d)))
-        out.append(np.array([log_a, b, c, d][:len(PARAMS[form])]))
+        out.append(np.array([_log_a_for(x + d, e - c, b), b, c, d][:len(PARAMS[form])]))
+    return out
+
+
+def _e0_top(e: np.ndarray) -> float:
+    """The upper bound of e0: an error of 1 (random guessing at most errs always), or, for losses above
+    1, ten times the largest."""
+    return 1.0 if float(e.max()) < 1.0 else 10.0 * float(e.max())
+
+
+def _sigmoid_starts(x: np.ndarray, e: np.ndarray) -> list[np.ndarray]:
+    top, high = _e0_top(e), float(e.max())
+    out = []
+    for e0, share, alpha in itertools.product((top, (high + top) / 2), (0.0, 0.8), (0.5, 2.0)):
+        c = share * float(e.min())
+        # log(E - c) - alpha log(e0 - E) = log a - b log x: a line in log x
+        slope, log_a = np.polyfit(np.log(x), np.log(e - c) - alpha * np.log(e0 - e), 1)
+        out.append(np.array([log_a, float(np.clip(-slope, 1e-3, MAX_EXPONENT)), c, alpha, e0]))
     return out
 
 
 def _bounds(x: np.ndarray, e: np.ndarray, form: str) -> tuple[list[float], list[float]]:
     lower, upper = [-50.0, 1e-3], [50.0, MAX_EXPONENT]
-    if form == "saturating":
-        # the floor stays below every observed error; the offset within the measured compute
+    floor_top = float(e.min()) * (1 - 1e-6)      # the floor stays below every observed error
+    if form == "saturating":                     # ... the offset within the measured compute
         lower += [0.0, 0.0]
-        upper += [float(e.min()) * (1 - 1e-6), float(x.max())]
+        upper += [floor_top, float(x.max())]
+    elif form == "knee":                         # the knee from far beyond the data to below its start
+        lower += [-math.log(x.max()) - 10.0]
+        upper += [-math.log(x.min()) + 5.0]
+    elif form == "sigmoid":                      # e0 above every observed error
+        lower += [0.0, 0.0, float(e.max()) * (1 + 1e-6)]
+        upper += [floor_top, MAX_ALPHA, _e0_top(e)]
     return lower, upper
 
 
 def _from_theta(name: str, value: float, b: float, scale: float) -> float:
-    """A value of parameter ``name`` in the solver's units (log a, normalized d) in data units."""
-    return {"a": lambda: math.exp(value + b * math.log(scale)), "d": lambda: value * scale}.get(name, lambda: value)()
+    """A value of parameter ``name`` in the solver's units (log a, normalized d, log of normalized g)
+    in data units."""
+    convert = {"a": lambda: math.exp(value + b * math.log(scale)), "d": lambda: value * scale,
+               "g": lambda: math.exp(value) / scale}
+    return convert.get(name, lambda: value)()
+
+
+def _to_theta(f: Fit, scale: float) -> np.ndarray:
+    """A fit's parameters in the solver's normalized units (compute / scale)."""
+    theta = {"a": math.log(f.a) - f.b * math.log(scale), "b": f.b, "c": f.c, "d": f.d / scale,
+             "g": math.log(max(f.g * scale, 1e-300)), "alpha": f.alpha, "e0": f.e0}
+    return np.array([theta[name] for name in PARAMS[f.form]])
 
 
 def at_bounds(f: Fit, compute, error) -> dict[str, tuple[str, float]]:
@@ -140,6 +286,12 @@ def at_bounds(f: Fit, compute, error) -> dict[str, tuple[str, float]]:
             if abs(value - bound) <= AT_BOUND * (upper[i] - lower[i]):
                 found[name] = (side, _from_theta(name, bound, f.b, scale))
     return found
+
+
+def degenerate(f: Fit, compute, error) -> dict[str, tuple[str, float]]:
+    """The parameters of ``f`` at a bound that makes it degenerate (``at_bounds`` less
+    ``BENIGN_BOUNDS``): the law describes the points it was fitted on and nothing beyond them."""
+    return {name: at for name, at in at_bounds(f, compute, error).items() if (name, at[0]) not in BENIGN_BOUNDS}
 
 
 def _solve(x, e, form, starts, huber_scale) -> np.ndarray:
@@ -160,28 +312,27 @@ def _scale(compute: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(compute))))
 
 
-def _to_theta(f: Fit, scale: float) -> np.ndarray:
-    """A fit's parameters in the solver's normalized units (compute / scale)."""
-    return np.array([math.log(f.a) - f.b * math.log(scale), f.b, f.c, f.d / scale][:len(PARAMS[f.form])])
-
-
 def log_error_jacobian(f: Fit, compute, scale: float) -> np.ndarray:
     """d log E / d theta of ``f`` at ``compute``, theta being the solver's parameters for compute
-    divided by ``scale`` (log a, b[, c, d]): one row per compute value."""
+    divided by ``scale`` (log a, b, ...): one row per compute value."""
     return _curve(_to_theta(f, scale), np.asarray(compute, dtype=float) / scale, f.form)[1]
+
+
+def _fit_of(form: str, theta: np.ndarray, scale: float, **extra) -> Fit:
+    values = {name: _from_theta(name, float(v), float(theta[1]), scale) for name, v in zip(PARAMS[form], theta)}
+    return Fit(form, **values, **extra)
 
 
 def shifted(f: Fit, step: np.ndarray, scale: float) -> Fit:
     """``f`` with its solver parameters (for compute divided by ``scale``) moved by ``step``."""
-    theta = _to_theta(f, scale) + step
-    values = {name: _from_theta(name, float(v), float(theta[1]), scale) for name, v in zip(PARAMS[f.form], theta)}
-    return Fit(f.form, n=f.n, rss=f.rss, **values)
+    return _fit_of(f.form, _to_theta(f, scale) + step, scale, n=f.n, rss=f.rss)
 
 
 def fit(compute, error, form: str = "saturating", *, huber_scale: float = HUBER_SCALE,
         warm_start: Fit | None = None) -> Fit:
-    """Fit one form to (compute, error) points; errors must lie in (0, 1]. With ``warm_start``
-    only that start is tried (bootstrap refits sit near the fit to all points)."""
+    """Fit one form to (compute, error) points; errors must be positive (fractions in (0, 1] for
+    the M4 form's e0 to mean random guessing). With ``warm_start`` only that start is tried
+    (bootstrap refits sit near the fit to all points)."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
     if form not in PARAMS:
         raise ValueError(f"unknown form {form!r}; forms are {FORMS}")
@@ -191,12 +342,12 @@ def fit(compute, error, form: str = "saturating", *, huber_scale: float = HUBER_
     x = compute / scale
     starts = [_to_theta(warm_start, scale)] if warm_start is not None else _starts(x, error, form)
     theta = _solve(x, error, form, starts, huber_scale)
+    if form in ("saturating", "sigmoid"):
+        theta[2] = 0.0 if theta[2] < 1e-9 else theta[2]      # at the bound: no floor
     if form == "saturating":
-        theta[2:] = np.where(theta[2:] < 1e-9, 0.0, theta[2:])   # at the bound: no floor / no offset
+        theta[3] = 0.0 if theta[3] < 1e-9 else theta[3]      # ... no offset
     residuals = np.log(_curve(theta, x, form)[0]) - np.log(error)
-    a = math.exp(theta[0] + theta[1] * math.log(scale))
-    extra = {"c": float(theta[2]), "d": float(theta[3]) * scale} if form == "saturating" else {}
-    return Fit(form, a=a, b=float(theta[1]), n=len(error), rss=float(residuals @ residuals), **extra)
+    return _fit_of(form, theta, scale, n=len(error), rss=float(residuals @ residuals))
 
 
 def distinct_points(compute) -> int:
@@ -234,6 +385,8 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
     if method == "residual":
         fitted, residuals = point.error(compute), modified_residuals(compute, error, point)
         replicates = [np.minimum(fitted * np.exp(rng.choice(residuals, size=n)), 1.0) for _ in range(n_boot)]
+        if form == "sigmoid":   # e0 must stay above every error of the replicate
+            replicates = [np.minimum(r, point.e0 * (1 - 1e-3)) for r in replicates]
         refit = functools.partial(fit, compute, form=form, huber_scale=huber_scale, warm_start=point)
         fits = _map(refit, replicates, REFIT_SECONDS[form])
     elif method == "pairs":
@@ -246,10 +399,9 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
     return fits
 
 
-# Seconds per bootstrap refit on one core of the dev machine (measured for issue 15; bench/RESULTS.md,
-# "The tiny study end to end"): the saturating form's 4 bounded parameters take ~10x the power law's
-# iterations.
-REFIT_SECONDS = {"power": 0.0015, "saturating": 0.016}
+# Seconds per bootstrap refit on one core of the dev machine (measured for issue 15 and issue 29; bench/RESULTS.md,
+# "The tiny study end to end" and "Extrapolation"): the bounded forms take several times the power law's iterations.
+REFIT_SECONDS = {"power": 0.0015, "saturating": 0.016, "knee": 0.006, "sigmoid": 0.03}
 PARALLEL_FROM_S = 4.0   # refits expected to take longer than this run on every core (a pool costs ~1 s to start)
 _pool = None
 
@@ -318,103 +470,176 @@ def curve_band(fits: list[Fit], compute, level: float, df: int | None = None) ->
     """Pointwise percentile band of the bootstrap curves at ``compute``."""
     curves = np.stack([f.error(compute) for f in fits])
     lo, hi = _tails(level, df)
-    return np.percentile(curves, lo, axis=0), np.percentile(curves, hi, axis=0)
+    return np.nanpercentile(curves, lo, axis=0), np.nanpercentile(curves, hi, axis=0)
 
 
-def backtest(compute, error, form: str, *, holdout: int | None = None,
-             huber_scale: float = HUBER_SCALE) -> dict | None:
-    """Fit without the ``holdout`` largest-compute points (default: a quarter, at least one) and
-    predict them. None when too few points remain to fit. Errors are in accuracy points (0-100)."""
+# ----------------------------------------------------------------------------- rolling origin
+
+def rolling_cuts(compute, forms=FORMS, *, most: int = ROLLING_CUTS) -> list[float]:
+    """The cut-offs at which every one of ``forms`` can be fitted on the points at or below the
+    cut-off and some point lies above it: the distinct compute values from the ``MIN_POINTS``-th of
+    the most demanding form (plus ``ROLLING_DOF``) to the second largest, those in the upper part of the compute range
+    (``ROLLING_FROM``; at least ``MIN_CUTS`` of them where there are), at most ``most`` of them
+    spread evenly in log compute (the largest always in)."""
+    values = np.unique(np.asarray(compute, dtype=float))
+    first = max(len(PARAMS[f]) for f in forms) + ROLLING_DOF - 1
+    valid = values[first:-1]
+    logs = np.log(values)
+    upper = valid[np.log(valid) >= logs[0] + ROLLING_FROM * (logs[-1] - logs[0])]
+    valid = upper if len(upper) >= MIN_CUTS else valid[-MIN_CUTS:]
+    if len(valid) <= most:
+        return valid.tolist()
+    targets = np.linspace(np.log(valid[0]), np.log(valid[-1]), most)
+    return sorted({float(valid[np.argmin(np.abs(np.log(valid) - t))]) for t in targets})
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a fit on the points at or below ``cut`` said of the points above it (one form, one cut)."""
+    form: str
+    cut: float
+    fitted: int                       # points fitted
+    compute: tuple[float, ...]        # the predicted points' compute ...
+    observed: tuple[float, ...]       # ... observed errors
+    predicted: tuple[float, ...]      # ... and predicted errors (NaN where the fit failed)
+
+    @property
+    def rmse_log(self) -> float:
+        gap = np.log(np.maximum(self.predicted, 1e-12)) - np.log(self.observed)
+        return float(np.sqrt(np.mean(gap ** 2)))
+
+    @property
+    def mae_points(self) -> float:
+        """Mean absolute error in accuracy points (0-100)."""
+        return float(np.mean(np.abs(np.subtract(self.predicted, self.observed)))) * 100
+
+
+def predict_beyond(compute, error, form: str, cut: float, *, huber_scale: float = HUBER_SCALE) -> Prediction:
+    """Fit ``form`` on the points at or below ``cut`` and predict those above it."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
-    values = np.unique(compute)
-    holdout = holdout if holdout is not None else max(1, len(values) // 4)
-    if holdout >= len(values):
-        return None
-    threshold = values[-holdout]   # every point at the held-out compute values is held out
-    train, test = compute < threshold, compute >= threshold
-    if not can_fit(compute[train], form):
-        return None
-    f = fit(compute[train], error[train], form, huber_scale=huber_scale)
-    predicted = f.error(compute[test])
-    gap = (predicted - error[test]) * 100
-    return {"fit": f, "train_points": int(train.sum()), "held_out": int(test.sum()),
-            "held_out_compute": compute[test].tolist(), "predicted_error": predicted.tolist(),
-            "observed_error": error[test].tolist(), "mae_points": float(np.mean(np.abs(gap))),
-            "max_points": float(np.max(np.abs(gap)))}
+    below = compute <= cut
+    f = fit(compute[below], error[below], form, huber_scale=huber_scale)
+    above = ~below
+    return Prediction(form, float(cut), int(below.sum()), tuple(compute[above].tolist()),
+                      tuple(error[above].tolist()), tuple(f.error(compute[above]).tolist()))
+
+
+def rolling_origin(compute, error, forms, *, huber_scale: float = HUBER_SCALE) -> dict[str, list[Prediction]]:
+    """Every form's predictions at the common cut-offs (``rolling_cuts``)."""
+    cuts = rolling_cuts(compute, forms)
+    return {form: [predict_beyond(compute, error, form, cut, huber_scale=huber_scale) for cut in cuts]
+            for form in forms}
+
+
+def rolling_score(predictions: list[Prediction]) -> float:
+    """A form's rolling-origin score: the mean over cut-offs of the RMSE of its log error."""
+    return float(np.mean([p.rmse_log for p in predictions])) if predictions else math.nan
 
 
 # ----------------------------------------------------------------------------- one family
 
 @dataclass
 class FamilyFit:
-    """Both forms fitted to one family: point fits, bootstrap refits, intervals, backtests."""
+    """Every form fitted to one family: point fits, which are degenerate, their rolling-origin
+    predictions and scores, the law chosen (``better``) with its bootstrap refits and intervals."""
     family: str
     compute: np.ndarray
     error: np.ndarray
     level: float
     fits: dict[str, Fit] = field(default_factory=dict)
-    boot: dict[str, list[Fit]] = field(default_factory=dict)
-    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
-    backtests: dict[str, dict | None] = field(default_factory=dict)
-    better: str | None = None   # "saturating" | "power" | None (cannot tell)
+    boot: dict[str, list[Fit]] = field(default_factory=dict)          # the law used only
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)   # the law used only
+    rolling: dict[str, list[Prediction]] = field(default_factory=dict)
+    degenerate: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    better: str | None = None   # the form chosen; None: too few points to choose (the power law is used)
     reason: str = ""
 
     @property
     def compute_range(self) -> tuple[float, float]:
         return float(self.compute.min()), float(self.compute.max())
 
+    def score(self, form: str) -> float:
+        """The form's rolling-origin score (NaN where it had no cut-off)."""
+        return rolling_score(self.rolling.get(form, []))
+
     def band(self, compute) -> tuple[np.ndarray, np.ndarray]:
         """The ``level`` band of the curve used downstream, at ``compute``."""
         point, boot = self.best()
         return curve_band(boot, compute, self.level, residual_df(point))
 
-    def best(self) -> tuple[Fit, list[Fit]] | None:
-        """The fit used downstream (multiplier, figure): the better form; when that cannot be told,
-        the simpler one (the power law)."""
-        for form in ([self.better] if self.better else []) + ["power", "saturating"]:
+    def law(self) -> str | None:
+        """The form used downstream: the chosen one; when none could be chosen, the power law."""
+        for form in ([self.better] if self.better else []) + ["power"]:
             if form in self.fits:
-                return self.fits[form], self.boot[form]
+                return form
         return None
+
+    def best(self) -> tuple[Fit, list[Fit]] | None:
+        """The fit used downstream (multiplier, figure, forecasts) and its bootstrap refits."""
+        form = self.law()
+        return None if form is None else (self.fits[form], self.boot.get(form, []))
+
+    @property
+    def used_degenerate(self) -> dict[str, tuple[str, float]]:
+        """The law used's parameters at a degenerate bound (empty: it is not degenerate)."""
+        form = self.law()
+        return self.degenerate.get(form, {}) if form else {}
 
 
 def fit_family(family: str, compute, accuracy, *, rng: np.random.Generator, n_boot: int = 1000,
-               level: float = 0.8, holdout: int | None = None, huber_scale: float = HUBER_SCALE) -> FamilyFit:
-    """Every form that the points can determine, with bootstrap intervals and a backtest."""
+               level: float = 0.8, huber_scale: float = HUBER_SCALE, forms=FORMS) -> FamilyFit:
+    """Every form that the points can determine, the law chosen by rolling origin, and its bootstrap."""
     compute, error = np.asarray(compute, dtype=float), 1.0 - np.asarray(accuracy, dtype=float)
     result = FamilyFit(family, compute, error, level)
-    for form in FORMS:
-        if not can_fit(compute, form):
-            continue
-        point = fit(compute, error, form, huber_scale=huber_scale)
-        result.fits[form] = point
-        result.boot[form] = bootstrap(compute, error, form, rng=rng, n_boot=n_boot, point=point,
-                                      huber_scale=huber_scale)
-        result.intervals[form] = param_intervals(result.boot[form], level, residual_df(point))
-        result.backtests[form] = backtest(compute, error, form, holdout=holdout, huber_scale=huber_scale)
-    result.better, result.reason = compare_forms(result)
+    for form in forms:
+        if can_fit(compute, form):
+            result.fits[form] = fit(compute, error, form, huber_scale=huber_scale)
+            result.degenerate[form] = degenerate(result.fits[form], compute, error)
+    result.rolling = rolling_predictions(compute, error, list(result.fits), huber_scale=huber_scale)
+    result.better, result.reason = choose_form(result)
+    used = result.best()
+    if used is not None and n_boot > 0:
+        point = used[0]
+        result.boot[point.form] = bootstrap(compute, error, point.form, rng=rng, n_boot=n_boot, point=point,
+                                            huber_scale=huber_scale)
+        result.intervals[point.form] = param_intervals(result.boot[point.form], level, residual_df(point))
     return result
 
 
-def compare_forms(result: FamilyFit) -> tuple[str | None, str]:
-    """Which form fits better, and on what evidence."""
-    if len(result.fits) < 2:
-        have = distinct_points(result.compute)
-        if not result.fits:
-            return None, f"{have} distinct compute value(s): too few to fit either form (power needs {MIN_POINTS['power']})"
+def rolling_predictions(compute, error, forms: list[str], *, huber_scale: float = HUBER_SCALE
+                        ) -> dict[str, list[Prediction]]:
+    """Rolling-origin predictions of the forms that have at least ``MIN_CUTS`` common cut-offs: the
+    most demanding forms are dropped until the rest share that many."""
+    ranked = sorted(forms, key=lambda f: MIN_POINTS[f])
+    while ranked and len(rolling_cuts(compute, ranked)) < MIN_CUTS:
+        ranked.pop()
+    return rolling_origin(compute, error, ranked, huber_scale=huber_scale) if len(ranked) >= 2 else {}
+
+
+def choose_form(result: FamilyFit) -> tuple[str | None, str]:
+    """Which form the family's law is, and on what evidence: the lowest rolling-origin score among
+    the forms that are not degenerate (all of them if every form is), else AICc, else none."""
+    have = distinct_points(result.compute)
+    if not result.fits:
+        return None, f"{have} distinct compute value(s): too few to fit any form (the power law needs {MIN_POINTS['power']})"
+    if len(result.fits) == 1:
         return None, (f"{have} distinct compute value(s): only the power law can be fitted "
-                      f"(the saturating form needs {MIN_POINTS['saturating']})")
-    tests = result.backtests
-    if all(tests.get(form) for form in FORMS):
-        maes = {form: tests[form]["mae_points"] for form in FORMS}
-        better = min(maes, key=maes.get)
-        return better, ("backtest on the {} largest-compute point(s): {}".format(
-            tests[better]["held_out"], ", ".join(f"{f} {m:.2f} pts" for f, m in maes.items())))
-    aiccs = {form: result.fits[form].aicc for form in FORMS}
-    if not any(math.isnan(v) for v in aiccs.values()):
+                      f"(the next form needs {sorted(MIN_POINTS.values())[1]})")
+    sound = [f for f in result.fits if not result.degenerate[f]] or list(result.fits)
+    scored = {f: result.score(f) for f in result.rolling if f in sound}
+    if scored:
+        best = min(scored.values())
+        better = min((f for f, v in scored.items() if v <= best * (1 + SIMPLER_WITHIN)), key=lambda f: MIN_POINTS[f])
+        cuts = len(result.rolling[better])
+        return better, (f"rolling origin over {cuts} cut-offs, mean RMSE of log error (a simpler law within "
+                        f"{SIMPLER_WITHIN:.0%} of the best preferred): "
+                        + ", ".join(f"{f} {v:.3f}" for f, v in sorted(scored.items(), key=lambda kv: kv[1])))
+    aiccs = {f: result.fits[f].aicc for f in sound if not math.isnan(result.fits[f].aicc)}
+    if len(aiccs) >= 2:
         better = min(aiccs, key=aiccs.get)
-        return better, "AICc (too few points to backtest the saturating form): " + \
-            ", ".join(f"{f} {v:.1f}" for f, v in aiccs.items())
-    return None, "too few points to backtest the saturating form or compute its AICc: cannot tell"
+        return better, ("AICc (too few points for two rolling-origin cut-offs): "
+                        + ", ".join(f"{f} {v:.1f}" for f, v in sorted(aiccs.items(), key=lambda kv: kv[1])))
+    return None, "too few points for two rolling-origin cut-offs or AICc: cannot tell, the power law is used"
 
 
 # ----------------------------------------------------------------------------- compute multiplier
@@ -440,6 +665,17 @@ def shared_errors(fx: Fit, range_x: tuple[float, float], fy: Fit, range_y: tuple
     return np.geomspace(lo, hi, points)
 
 
+def gap_errors(fx: Fit, range_x: tuple[float, float], fy: Fit, range_y: tuple[float, float],
+               points: int = 50) -> np.ndarray | None:
+    """Where two curves' error ranges do not overlap: the errors between them (from the lower range's
+    top to the upper range's bottom, log-spaced), which one family reaches only by extrapolation."""
+    (lx, hx), (ly, hy) = reached_errors(fx, range_x), reached_errors(fy, range_y)
+    lo, hi = (hy, lx) if hy < lx else (hx, ly) if hx < ly else (math.nan, math.nan)
+    if not lo < hi:
+        return None
+    return np.geomspace(lo, hi, points)
+
+
 def multiplier(fx: Fit, fy: Fit, errors: np.ndarray) -> float:
     """Geometric mean over ``errors`` of C_X(E) / C_Y(E); NaN where neither curve gets there."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -448,16 +684,21 @@ def multiplier(fx: Fit, fy: Fit, errors: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(ratio)))) if len(ratio) else math.nan
 
 
-def compute_multiplier(x: FamilyFit, y: FamilyFit, *, level: float | None = None) -> dict | None:
+def compute_multiplier(x: FamilyFit, y: FamilyFit, *, level: float | None = None,
+                       extrapolate: bool = True) -> dict | None:
     """How many times the compute of family ``y`` family ``x`` needs for the same error, over
     the errors both cover, with a bootstrap interval (the families' resamples are independent,
-    so replicate i pairs x's i-th refit with y's i-th). None if the curves share no error range."""
+    so replicate i pairs x's i-th refit with y's i-th). Where the curves share no error: with
+    ``extrapolate``, over the errors between their ranges (``extrapolated`` True: one family's law
+    is used beyond its runs, and the interval says how much less that is known); else None."""
     if x.best() is None or y.best() is None:
         return None
-    errors = common_errors(x, y)
+    (fx, boot_x), (fy, boot_y) = x.best(), y.best()
+    errors, extrapolated = common_errors(x, y), False
+    if errors is None and extrapolate:
+        errors, extrapolated = gap_errors(fx, x.compute_range, fy, y.compute_range), True
     if errors is None:
         return None
-    (fx, boot_x), (fy, boot_y) = x.best(), y.best()
     replicates = np.array([multiplier(bx, by, errors) for bx, by in zip(boot_x, boot_y)])
     level = level if level is not None else x.level
     df = residual_df(fx) + residual_df(fy)   # both families' noise scales were estimated
@@ -466,4 +707,5 @@ def compute_multiplier(x: FamilyFit, y: FamilyFit, *, level: float | None = None
             "accuracy_range": (float(1 - errors[-1]), float(1 - errors[0])),
             # the ratio is constant only if the curves are shifted copies: its value at either end
             "at_range_ends": (multiplier(fx, fy, errors[-1:]), multiplier(fx, fy, errors[:1])),
-            "undefined_replicates": int(np.isnan(replicates).sum()), "replicates": len(replicates)}
+            "undefined_replicates": int(np.isnan(replicates).sum()), "replicates": len(replicates),
+            "extrapolated": extrapolated}
