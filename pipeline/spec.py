@@ -224,6 +224,9 @@ class Preset(Frozen):
     seeds: list[int] = Field(default_factory=lambda: [0])
     transfer: TransferPlan = TransferPlan()
     candidates: CandidateGrid | None = Field(None, description="runs --suggest chooses among (none: no advice)")
+    forecast: list[RunEntry] = Field(default_factory=list, description=(
+        "configurations not run whose accuracy the report forecasts (model + epochs or steps, as runs:), "
+        "beside the preset's runs not yet finished"))
 
     @field_validator("subsets")
     @classmethod
@@ -235,7 +238,7 @@ class Preset(Frozen):
         exactly as runs; None without candidates."""
         if self.candidates is None:
             return None
-        return self.model_copy(update={"runs": self.candidates.runs, "candidates": None,
+        return self.model_copy(update={"runs": self.candidates.runs, "candidates": None, "forecast": [],
                                        "subsets": self.candidates.subsets or self.subsets})
 
 

@@ -221,6 +221,6 @@ def test_figure_fits_legend_and_no_overlap():
         used = [s for s in shown if s.startswith(f"{name} fit (")]
         assert used == ([f"{name} fit ({best[0].form}), 80% band"] if best else [])
         others = {s for s in shown if s.startswith(name) and s.endswith("(not used)")}
-        assert others == {f"{name} {form} (not used)" for form in ff.fits if best and form != best[0].form}
+        assert others == {f"{name} power (not used)" for form in ff.fits if best and form == "power" != best[0].form}
     assert {"not fitted: below the frontier", "not fitted: early checkpoint"} <= set(shown)
     assert "average of digits 5-shot and cifar 5-shot" in fig.axes[0].get_title().replace("\n", " ")

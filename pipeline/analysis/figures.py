@@ -377,8 +377,10 @@ def _draw_left_out(ax, left_out: pd.DataFrame, color: str, marker: str) -> set[b
 
 
 def _draw_family(ax, ff: scaling.FamilyFit, color: str, marker: str) -> list:
-    """One family of the fits figure: its points, the law used in its band, the other form dotted.
-    Its legend handles: the points, the law used (over its band), the other form where drawn."""
+    """One family of the fits figure: its points, the law used in its band and, dotted, the plain
+    power law where another law is used (the reference every reader knows; the other forms are in
+    the report's table). Its legend handles: the points, the law used (over its band), the power law
+    where drawn."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     name = family_name(ff.family)
@@ -394,7 +396,7 @@ def _draw_family(ax, ff: scaling.FamilyFit, color: str, marker: str) -> list:
     ax.plot(grid, point.error(grid) * 100, color=color, lw=1.8, label=used)
     handles.append((Patch(color=color, alpha=0.18, lw=0), Line2D([], [], color=color, lw=1.8, label=used)))
     for form, other in ff.fits.items():
-        if form != point.form:
+        if form == "power" and form != point.form:
             label = f"{name} {form} (not used)"
             ax.plot(grid, other.error(grid) * 100, color=color, lw=1, ls=":", label=label)
             handles.append(Line2D([], [], color=color, lw=1, ls=":", label=label))

@@ -9,6 +9,7 @@ import base64
 import html
 import math
 import re
+from dataclasses import asdict
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -18,6 +19,7 @@ from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_
                                       LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
                                       Fallback, FamilyVerdict, FitBasis, Fits, FitSource, Multiplier, Problem,
                                       ProblemKind, Report, Verdict, learned_margin)
+from pipeline.analysis.forecast import Forecast, TrackPoint
 from pipeline.analysis.table import family_name
 
 STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
@@ -29,11 +31,19 @@ CHECK_WORDS = {ProblemKind.NOT_LEARNED: ("val_prec1 vs the majority-class baseli
                ProblemKind.COMPUTE_MISMATCH: ("logged vs planned compute", "run", "runs"),
                ProblemKind.FIT_AT_BOUND: ("fitted parameters vs the fit's bounds", "fit", "fits"),
                ProblemKind.TOO_FEW_POINTS: ("points per family vs what a fit needs", "family", "families")}
-PARAMETER_NAMES = {"a": "scale", "b": "exponent", "c": "floor", "d": "offset"}   # of the laws' parameters
-PARAMETER_WORDS = {p: f"{p} ({name})" for p, name in PARAMETER_NAMES.items()}
+# The laws' parameters by name (MLflow metrics fit/<family>/<name>) and in words.
+PARAMETER_NAMES = {"a": "scale", "b": "exponent", "c": "floor", "d": "offset", "g": "knee", "alpha": "alpha",
+                   "e0": "start_error"}
+PARAMETER_WORDS = {p: f"{p} ({name.replace('_', ' ')})" for p, name in PARAMETER_NAMES.items()}
+LAWS = {"power": "E = a C^-b", "saturating": "E = a (C + d)^-b + c", "knee": "E = a (1/C + g)^b",
+        "sigmoid": "(E - c) / (e0 - E)^alpha = a C^-b"}
 BOUND_MEANING = {("b", "lower"): "error hardly falls with compute", ("b", "upper"): "error falls implausibly fast",
-                 ("c", "lower"): "no floor found", ("c", "upper"): "the floor is the best run's error",
-                 ("d", "lower"): "no offset found", ("d", "upper"): "the offset spans all the measured compute"}
+                 ("a", "lower"): "the scale is at the solver's limit", ("a", "upper"): "the scale is at the solver's limit",
+                 ("c", "lower"): "no floor found", ("c", "upper"): "the floor is the best point's error",
+                 ("d", "lower"): "no offset found", ("d", "upper"): "the offset spans all the measured compute",
+                 ("g", "upper"): "the knee lies before the smallest compute: the law is flat",
+                 ("alpha", "upper"): "the start bends implausibly sharply",
+                 ("e0", "lower"): "the start error is the worst point's error"}
 DATA_FIGURE_NOT_DRAWN = {"one_subset": "this preset has one data subset",
                          "no_subset_sizes": "no few-shot results with a known subset size"}
 FALLBACK_WORDS = {Fallback.NO_CURVES: "no run with finished pretraining logged a learning curve of it (`curve/...` "
@@ -76,7 +86,8 @@ def to_markdown(report: Report) -> str:
              "## Sanity checks", "", *sanity_section(report), "",
              "## Runs", "", *runs_section(report), "",
              "## Figures", "", *figures_section(report), "",
-             "## Scaling laws", "", *(fits_section(report.fits) if report.fits else ["No fit: no points."])]
+             "## Scaling laws", "", *(fits_section(report.fits) if report.fits else ["No fit: no points."]), "",
+             "## Forecasts", "", *(forecast_section(report.fits) if report.fits else ["No forecast: no points."])]
     return "\n".join(lines) + "\n"
 
 
@@ -147,9 +158,11 @@ def _compute_mismatch(p: Problem, report: Report) -> str:
 
 def _fit_at_bound(p: Problem, report: Report) -> str:
     meaning = BOUND_MEANING.get((p.parameter, p.bound), "")
+    role = ("**the law used**: every form fitted is degenerate, so its forecasts and multipliers describe the "
+            "points, not what lies beyond them" if p.used else "not used: a form that is not degenerate was chosen")
     return (f"{_named(p)}{family_name(p.family)}, {p.form} law: {PARAMETER_WORDS[p.parameter]} = "
             f"{p.value:.4g} sits at its {p.bound} bound {p.reference:.4g} ({meaning + ': ' if meaning else ''}the "
-            "bound, not the data, set it, and its interval is cut there).")
+            f"bound, not the data, set it); {role}.")
 
 
 def _too_few_points(p: Problem, report: Report) -> str:
@@ -236,20 +249,34 @@ def _points_cell(fits: Fits, family: str, n: int) -> str:
     return f"{n} ({used.loc[used['family'] == family, 'id'].nunique()} runs)"
 
 
+def _rolling_cell(ff: scaling.FamilyFit, form: str) -> str:
+    predictions = ff.rolling.get(form)
+    if not predictions:
+        return "-"
+    mae = sum(p.mae_points for p in predictions) / len(predictions)
+    return f"{ff.score(form):.3f} ({mae:.2f} pts, {len(predictions)} cut-offs)"
+
+
+def _form_note(ff: scaling.FamilyFit, form: str) -> str:
+    bound = ", ".join(f"{p} at its {side} bound" for p, (side, _) in ff.degenerate.get(form, {}).items())
+    used = "**used**" if form == ff.law() else ""
+    return "; ".join(x for x in (used, f"degenerate ({bound})" if bound else "") if x) or "-"
+
+
 def fits_table(fits: Fits) -> list[str]:
-    """A row per family and form: points used, parameters with their intervals, backtest, AICc."""
+    """A row per family and form: points used, parameters (the law used: with intervals), the
+    rolling-origin score, AICc, and whether it is used or degenerate."""
     rows = []
     for family, ff in fits.families.items():
         for form, f in ff.fits.items():
-            iv, bt = ff.intervals[form], ff.backtests[form]
-            rows.append([family_name(family), _points_cell(fits, family, f.n), form,
-                         *(_with_interval(getattr(f, p), iv.get(p)) if p in iv else "-" for p in ("a", "b", "c", "d")),
-                         f"{bt['mae_points']:.2f} ({bt['held_out']} held out)" if bt else "too few points",
-                         _fmt(f.aicc, ".1f")])
+            iv = ff.intervals.get(form, {})
+            params = ", ".join(f"{p} {_with_interval(v, iv.get(p))}" for p, v in f.params.items())
+            rows.append([family_name(family), _points_cell(fits, family, f.n), f"{form}: {LAWS[form]}", params,
+                         _rolling_cell(ff, form), _fmt(f.aicc, ".1f"), _form_note(ff, form)])
     if not rows:
         return []
-    return _md_table(["family", "points", "form", "a", "b (exponent)", "c (floor)", "d (offset)",
-                      "backtest MAE", "AICc"], rows) + [""]
+    return _md_table(["family", "points", "form", "parameters", "rolling origin: RMSE log E (MAE)", "AICc", "law"],
+                     rows) + [""]
 
 
 def verdict_lines(fits: Fits) -> list[str]:
@@ -260,7 +287,7 @@ def verdict_lines(fits: Fits) -> list[str]:
         if v.verdict == Verdict.NO_POINTS:
             lines.append(f"- {name}: no run with finished pretraining has {fits.metric.label}.")
             continue
-        said = {Verdict.BETTER: f"**{v.better}** fits better", Verdict.NO_VERDICT: "no verdict, the power law is used",
+        said = {Verdict.BETTER: f"the **{v.better}** law is used", Verdict.NO_VERDICT: "no verdict, the power law is used",
                 Verdict.NO_FIT: "no fit"}[v.verdict]
         lines.append(f"- {name}: {said} ({v.reason}).")
     return lines
@@ -274,6 +301,9 @@ def multiplier_line(m: Multiplier) -> str:
     (lo, hi), (acc_lo, acc_hi), (end_lo, end_hi) = m.interval, m.accuracy_range, m.at_range_ends
     dropped = (f"; {m.undefined_replicates}/{m.replicates} bootstrap replicates undefined"
                if m.undefined_replicates else "")
+    if m.extrapolated:
+        dropped += ("; **extrapolated**: the fitted curves share no accuracy range, so this compares them over the "
+                    "accuracies between their ranges, each law used beyond the compute it was measured at")
     return (f"- {x} needs **{m.multiplier:.2f}x** [{lo:.2f}, {hi:.2f}] the compute of {y} "
             f"for accuracies {acc_lo * 100:.1f}-{acc_hi * 100:.1f}% ({_fmt(end_lo, '.2f')}x at "
             f"{acc_lo * 100:.1f}%, {_fmt(end_hi, '.2f')}x at {acc_hi * 100:.1f}%; {m.form_x} vs "
@@ -325,11 +355,13 @@ def frontier_lines(fits: Fits) -> list[str]:
 
 def fits_section(fits: Fits) -> list[str]:
     """The scaling laws: method, the points, the fits table, verdicts, multipliers, the fits figure."""
-    lines = [(f"Error E = 1 - accuracy on **{fits.metric.label}** against pretraining compute C (exaFLOPs): "
-              "saturating E = a (C + d)^-b + c and power E = a C^-b, Huber loss in log space; "
-              f"[{_percent(fits.level)} intervals, residual bootstrap, t-expanded]; backtest = mean absolute error "
-              "(accuracy points) "
-              "predicting the largest-compute point(s) from a fit without them."), "",
+    lines = [(f"Error E = 1 - accuracy on **{fits.metric.label}** against pretraining compute C (exaFLOPs), four "
+              "forms (power, saturating, knee, sigmoid; `docs/analysis.md`), Huber loss in log space. The law used is "
+              "chosen by rolling origin: each form fitted on the points up to a cut-off predicts those above it, "
+              "over several cut-offs; the lowest mean RMSE of log error wins, a simpler form within "
+              f"{scaling.SIMPLER_WITHIN:.0%} of it preferred, a degenerate fit (a parameter at a bound) never chosen "
+              f"while another is sound. [{_percent(fits.level)} intervals: residual bootstrap of the law used, "
+              "t-expanded.]"), "",
              *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
         return [*lines, "", "Compute multiplier: not available, no family has a fit.", "",
@@ -341,6 +373,50 @@ def fits_section(fits: Fits) -> list[str]:
                          "measured compute):"), "",
             *(multiplier_line(m) for m in fits.multipliers),
             "", f"![scaling-law fits]({FIGURE_FITS}.png) (`{FIGURE_FITS}.svg`)"]
+
+
+def track_lines(fits: Fits) -> list[str]:
+    """How each family's law predicted its own next point, fitted on the points below."""
+    if not fits.track:
+        return ["Track record: no family has points enough to refit its law below its largest point."]
+    rows = [[family_name(p.family), p.form, f"{p.cut:.3g}", str(p.fitted), f"{p.exaflops:.3g}",
+             f"{p.observed * 100:.1f}", f"{p.predicted * 100:.1f}", f"{p.error_points:+.1f}"] for p in fits.track]
+    lines = ["Track record (rolling origin): each family's law, refitted on its points up to a cut-off, predicting "
+             "its next point; the error says how far the forecasts below can be trusted.", "",
+             *_md_table(["family", "law", "cut-off exaFLOPs", "points fitted", "next point exaFLOPs", "observed %",
+                         "predicted %", "error (points)"], rows), ""]
+    for family in dict.fromkeys(p.family for p in fits.track):
+        errors = [abs(p.error_points) for p in fits.track if p.family == family]
+        lines.append(f"- {family_name(family)}: mean absolute error {sum(errors) / len(errors):.2f} points over "
+                     f"{len(errors)} step(s), largest {max(errors):.2f}.")
+    return lines
+
+
+def _forecast_row(f: Forecast) -> list[str]:
+    t = f.target
+    source = {"missing": "run not finished", "preset": "preset's forecast", "named": "--forecast"}[t.source]
+    if f.law is None:
+        return [t.label, family_name(t.family), source, f"{t.exaflops:.4g}", "-", "-", f"no forecast: {f.reason}"]
+    interval = f"[{f.interval[0] * 100:.1f}, {f.interval[1] * 100:.1f}]" if f.interval else "-"
+    note = f"{f.beyond:.3g}x its family's largest compute" + ("; **degenerate law**" if f.degenerate else "")
+    return [t.label, family_name(t.family), source, f"{t.exaflops:.4g}", f"{f.accuracy * 100:.1f}", interval,
+            f"{f.law}; {note}"]
+
+
+def forecast_section(fits: Fits) -> list[str]:
+    """The forecasts of configurations not run, then the laws' track record."""
+    level = _percent(fits.level)
+    lines = [f"Accuracy on **{fits.metric.label}** that each family's law predicts for configurations not run "
+             f"(the preset's runs not finished, its `forecast:` entries, `--forecast`), with the {level} band of the "
+             "law's bootstrap refits. Beyond the largest compute a family was measured at, the band widens; a band "
+             "assumes the law's form holds there, which the track record below tests.", ""]
+    if fits.forecasts:
+        lines += _md_table(["configuration", "family", "from", "exaFLOPs", "forecast %", f"{level} interval", "law"],
+                           [_forecast_row(f) for f in fits.forecasts]) + [""]
+    else:
+        lines += ["No configuration to forecast: every run of the preset finished, and the preset names none "
+                  "(`forecast:` in the study file, or `--forecast MODEL@LENGTH`).", ""]
+    return lines + track_lines(fits)
 
 
 # ----------------------------------------------------------------------------- fits.json
@@ -364,10 +440,12 @@ def _family_json(ff: scaling.FamilyFit, used) -> dict[str, Any]:
             "points_used": [{"id": row["id"], "step": row["step"], "exaflops": row["exaflops"],
                              "accuracy": row["accuracy"] / 100, "source": row["source"]}
                             for _, row in points.iterrows()],
-            "better": ff.better, "reason": ff.reason,
-            "fits": {form: {"params": f.params, "intervals": ff.intervals[form], "aicc": f.aicc,
-                            "backtest": None if ff.backtests[form] is None else
-                            {k: v for k, v in ff.backtests[form].items() if k != "fit"}}
+            "better": ff.better, "law": ff.law(), "reason": ff.reason,
+            "fits": {form: {"params": f.params, "intervals": ff.intervals.get(form), "aicc": f.aicc,
+                            "degenerate": {p: {"bound": side, "value": bound}
+                                           for p, (side, bound) in ff.degenerate.get(form, {}).items()},
+                            "rolling_origin": None if form not in ff.rolling else
+                            {"rmse_log": ff.score(form), "predictions": [asdict(p) for p in ff.rolling[form]]}}
                      for form, f in ff.fits.items()}}
 
 
@@ -394,7 +472,9 @@ def to_fits_json(fits: Fits) -> dict[str, Any]:
                    "source": str(basis.source), "fallback": None if basis.fallback is None else str(basis.fallback),
                    "early_fraction": basis.early_fraction, "level": fits.level if fits.families else None,
                    "families": {family: _family_json(ff, basis.used) for family, ff in fits.families.items()},
-                   "multipliers": [_multiplier_json(m) for m in fits.multipliers]})
+                   "multipliers": [_multiplier_json(m) for m in fits.multipliers],
+                   "forecasts": [asdict(f) for f in fits.forecasts],
+                   "track_record": [{**asdict(p), "error_points": p.error_points} for p in fits.track]})
 
 
 # ----------------------------------------------------------------------------- report.html
@@ -440,7 +520,7 @@ def _family_summary(fits: Fits, v: FamilyVerdict) -> str:
         return f"{name}: no fit ({v.reason or f'no run with finished pretraining has {fits.metric.label}'})"
     ff = fits.families[v.family]
     fit, _ = ff.best()
-    said = ", ".join(f"{PARAMETER_NAMES[p]} {_with_interval(fit.params[p], ff.intervals[fit.form].get(p))}"
+    said = ", ".join(f"{PARAMETER_NAMES[p]} {_with_interval(fit.params[p], ff.intervals.get(fit.form, {}).get(p))}"
                      for p in ("b", "c") if p in fit.params)
     return f"{name}: {fit.form} law, {said}"
 

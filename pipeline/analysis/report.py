@@ -31,6 +31,7 @@ import pandas as pd
 
 from pipeline import fits as scaling
 from pipeline import tracking
+from pipeline.analysis.forecast import Forecast, Target, TrackPoint, forecast, missing_targets, named_targets, track_record
 from pipeline.analysis.curves import (EARLY_FRACTION, checkpoint_points, curve_lines, fit_metric, mark_frontier,
                                       read_curves)
 from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_order, points, pretrained,
@@ -50,9 +51,6 @@ LEARNED_MARGIN, LEARNED_MARGIN_REL = 0.02, 0.1
 # same family and subset with less compute is a finding. Small on purpose: on small downstream sets noise
 # alone can exceed it, and the line gives the gap so the reader can weigh it.
 DROP_TOLERANCE = 0.01
-# Parameters whose sitting at a bound is a finding: the exponent (the solver stopped it, the data did
-# not put it there). A floor c or offset d at 0 is a fit that found no floor or offset: a result.
-BOUND_CHECKED = ("b",)
 VAL_PREC1, VAL_BASELINE = "pretrain/val_prec1", "pretrain/val_prec1_baseline"
 FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS = "performance_vs_compute", "performance_vs_data", "scaling_fits"
 # Figure 5, small enough to show in the MLflow description of the study run (MLflow sizes no image)
@@ -61,12 +59,14 @@ FIGURE_PREVIEW = "performance_vs_compute_preview"
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """How the report is computed: the bootstrap's seed and replicates, the interval level, and
-    the few-shot shot count plotted (the largest measured where that one is absent)."""
+    """How the report is computed: the bootstrap's seed and replicates, the interval level, the
+    few-shot shot count plotted (the largest measured where that one is absent), and configurations
+    to forecast beside the preset's (``MODEL@LENGTH``, ``pipeline.analysis.forecast.parse_named``)."""
     seed: int = 0
     n_boot: int = 1000
     level: float = LEVEL
     shot: int = FEWSHOT_SHOT
+    forecast: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- the records
@@ -84,7 +84,7 @@ class ProblemKind(enum.StrEnum):
     NO_BASELINE = "no_baseline"            # the baseline was not logged (older run): NOT_LEARNED not checked
     FINETUNE_BELOW_FEWSHOT = "finetune_below_fewshot"  # fine-tuned accuracy below the best few-shot one
     ACCURACY_DROP = "accuracy_drop"        # headline accuracy below a cheaper run's of the family and subset
-    FIT_AT_BOUND = "fit_at_bound"          # a fitted parameter sits at a bound of the fit (family-level)
+    FIT_AT_BOUND = "fit_at_bound"          # a fitted law is degenerate: a parameter at a bound of the fit (family-level)
     TOO_FEW_POINTS = "too_few_points"      # a family has too few distinct compute values to fit (family-level)
 
 
@@ -122,9 +122,10 @@ class Problem:
                                           # the cheaper run's accuracy, the bound, the points the fit needs
     reference_metric: str | None = None   # FINETUNE_BELOW_FEWSHOT: the best few-shot metric
     reference_run: str | None = None      # ACCURACY_DROP: the id of the cheaper, better run
-    form: str | None = None               # FIT_AT_BOUND: the law ("saturating" | "power") ...
+    form: str | None = None               # FIT_AT_BOUND: the law (a form of pipeline.fits.FORMS) ...
     parameter: str | None = None          # ... and its parameter at the bound ...
     bound: str | None = None              # ... "lower" | "upper"
+    used: bool | None = None              # ... and whether it is the family's law used (else a form not chosen)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class FamilyVerdict:
     """What a family's fit came to, for the report."""
     family: str
     verdict: Verdict
-    better: str | None = None    # "saturating" | "power" where the verdict is BETTER
+    better: str | None = None    # the form chosen (pipeline.fits.FORMS) where the verdict is BETTER
     reason: str = ""             # pipeline.fits' reason for it
 
 
@@ -183,6 +184,7 @@ class Multiplier:
     at_range_ends: tuple[float, float] | None = None
     undefined_replicates: int | None = None
     replicates: int | None = None
+    extrapolated: bool | None = None   # the curves share no accuracy range: over the gap between them
 
     @property
     def available(self) -> bool:
@@ -234,6 +236,8 @@ class Fits:
     verdicts: tuple[FamilyVerdict, ...]      # every family with finished pretraining
     multipliers: tuple[Multiplier, ...]      # every pair of families with points, paper order
     basis: FitBasis                          # which points, and why
+    forecasts: tuple[Forecast, ...] = ()     # configurations not run: the preset's unfinished runs, then named ones
+    track: tuple[TrackPoint, ...] = ()       # each family's law predicting its own next point (rolling origin)
 
     @property
     def any_fit(self) -> bool:
@@ -397,8 +401,9 @@ def compute_mismatches(table: pd.DataFrame) -> tuple[list[Problem], int]:
 
 
 def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
-    """Fitted parameters at a bound of their fit (``pipeline.fits.at_bounds``), and families with
-    points but too few distinct compute values for any fit; the fits and the families examined."""
+    """Degenerate fits (a parameter at a bound of its fit, ``pipeline.fits.degenerate``; ``used``:
+    the family's law), and families with points but too few distinct compute values for any fit;
+    the fits and the families examined."""
     if fits is None:
         return [], 0, 0
     found, column = [], fits.metric.column
@@ -409,9 +414,8 @@ def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
                                  reference=float(scaling.MIN_POINTS["power"])))
         for form, f in ff.fits.items():
             found += [Problem(ProblemKind.FIT_AT_BOUND, family=family, metric=column, form=form, parameter=name,
-                              value=f.params[name], bound=side, reference=bound)
-                      for name, (side, bound) in scaling.at_bounds(f, ff.compute, ff.error).items()
-                      if name in BOUND_CHECKED]
+                              value=f.params[name], bound=side, reference=bound, used=form == ff.law())
+                      for name, (side, bound) in ff.degenerate.get(form, {}).items()]
     return found, sum(len(ff.fits) for ff in fits.families.values()), len(fits.families)
 
 
@@ -516,15 +520,17 @@ def fit_basis(plotted: pd.DataFrame, long: pd.DataFrame, metrics: list[Metric],
                     early_fraction=EARLY_FRACTION)
 
 
-def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions) -> Fits:
+def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions, targets: list[Target] = ()) -> Fits:
     """The fits of ``basis.metric`` on its used points, verdicts for ``families`` (those with
-    finished pretraining)."""
+    finished pretraining), each family's track record and the forecasts of ``targets``."""
     used = basis.used.assign(metric=basis.metric.label)
     family_fits, multipliers = scaling_fits(used, basis.metric.label, seed=options.seed, n_boot=options.n_boot,
                                             level=options.level)
     return Fits(basis.metric, options.level, family_fits,
                 verdicts=tuple(family_verdict(f, family_fits.get(f)) for f in family_order(families)),
-                multipliers=tuple(Multiplier(**m) for m in multipliers), basis=basis)
+                multipliers=tuple(Multiplier(**m) for m in multipliers), basis=basis,
+                forecasts=tuple(forecast(family_fits.get(t.family), t, options.level) for t in targets),
+                track=tuple(p for ff in family_fits.values() for p in track_record(ff)))
 
 
 def figure_entries(long: pd.DataFrame, data_long: pd.DataFrame, several_subsets: bool,
@@ -545,15 +551,19 @@ def plotted_points(table: pd.DataFrame, shot: int) -> tuple[pd.DataFrame, list[M
 
 
 def build_report(table: pd.DataFrame, *, title: str, expected: list[str], several_subsets: bool,
-                 options: ReportOptions = ReportOptions(), curves: pd.DataFrame | None = None) -> Report:
+                 options: ReportOptions = ReportOptions(), curves: pd.DataFrame | None = None,
+                 targets: list[Target] = ()) -> Report:
     """The Report of a run table (``run_table``'s columns): ``expected`` are the planned transfer
     metrics of every run, ``several_subsets`` whether the preset has several data subsets (Figure 4),
-    ``curves`` the learning curves (``curves.read_curves``; None: the fits use end-of-run points)."""
+    ``curves`` the learning curves (``curves.read_curves``; None: the fits use end-of-run points),
+    ``targets`` configurations to forecast beside the runs whose pretraining has not finished."""
     plotted, metrics, long = plotted_points(table, options.shot)
     data_metrics = [m for m in metrics if m.kind == "fewshot"]
     data_long = points(plotted, data_metrics).dropna(subset=["subset_images"]) if data_metrics else long[:0]
+    finished = pretrained(table)
     fits = None if long.empty else fit_headline(fit_basis(plotted, long, metrics, curves),
-                                                list(table.loc[pretrained(table), "family"]), options)
+                                                list(table.loc[finished, "family"]), options,
+                                                missing_targets(table, finished) + list(targets))
     sanity, checks = sanity_checks(plotted, metrics, fits)
     return Report(title=title, counts=status_counts(table), problems=tuple(find_problems(table, expected) + sanity),
                   checks=checks, metrics=tuple(metrics), runs=tuple(run_rows(plotted, metrics)),
@@ -566,10 +576,11 @@ def study_report(study: Study, preset: str, *, tracking_uri: str | None,
     """The Report of a preset of a study, from its plan and its MLflow runs (``run_table``) with
     their learning curves of the plotted few-shot metrics (``read_curves``)."""
     p = study.preset(preset)
+    targets = named_targets(study, preset, options.forecast)   # bad --forecast text fails before MLflow is read
     table, curves = table_and_curves(study, preset, tracking_uri=tracking_uri, shot=options.shot)
     return build_report(table, title=f"Study `{study.name}`, preset `{preset}`: {study.title}",
                         expected=expected_metrics(p), several_subsets=len(p.subsets) > 1, options=options,
-                        curves=curves)
+                        curves=curves, targets=targets)
 
 
 def table_and_curves(study: Study, preset: str, *, tracking_uri: str | None,

@@ -41,7 +41,7 @@ def family_metrics(ff: scaling.FamilyFit) -> dict[str, float]:
         return metrics
     fit, _ = ff.best()
     for p, value in fit.params.items():
-        metrics.update(_with_interval(f"{prefix}/{PARAMETER_NAMES[p]}", value, ff.intervals[fit.form].get(p)))
+        metrics.update(_with_interval(f"{prefix}/{PARAMETER_NAMES[p]}", value, ff.intervals.get(fit.form, {}).get(p)))
     return metrics
 
 
