@@ -141,17 +141,20 @@ def _sigmoid_logit(level: np.ndarray, alpha: float, iterations: int = 60) -> np.
     """t with log u - alpha log(1 - u) = ``level``, u = 1 / (1 + exp(-t)): Newton's method kept inside a
     bracket that shrinks by bisection (the left side increases with t)."""
     level = np.asarray(level, dtype=float)
-    lo = level - alpha - 1.0                               # left side < level here
-    hi = np.minimum(np.maximum((level + 1.0) / max(alpha, 1e-9), 1.0), 700.0)
+    # The left side h(t) = -softplus(-t) + alpha softplus(t) is below level at lo (t <= 0: h <= t + alpha log 2;
+    # t > 0: h <= alpha (t + log 2)) and above it at hi (h >= t - log 2 for t <= 0, >= alpha t - log 2 for t >= 0).
+    lo = np.minimum(level - alpha - 1.0, level / max(alpha, 1e-9) - 1.0)
+    hi = np.minimum(np.maximum(level + 1.0, (level + 1.0) / max(alpha, 1e-9)), 700.0)
     t = np.clip(np.where(level < 0, level, level / max(alpha, 1e-3)), lo, hi)
     for _ in range(iterations):
         value = -_softplus(-t) + alpha * _softplus(t) - level
+        done = (np.abs(value) <= 1e-13 * np.maximum(1.0, np.abs(level))) | (hi - lo <= 1e-13 * np.maximum(1.0, np.abs(t)))
+        if np.all(done):
+            break
         slope = 1.0 / (1.0 + np.exp(t)) + alpha / (1.0 + np.exp(-t))
         lo, hi = np.where(value < 0, t, lo), np.where(value > 0, t, hi)
         step = t - value / np.maximum(slope, 1e-300)
-        t = np.where((step > lo) & (step < hi), step, (lo + hi) / 2)
-        if np.all(np.abs(value) < 1e-12):
-            break
+        t = np.where(done, t, np.where((step > lo) & (step < hi), step, (lo + hi) / 2))
     return t
 
 

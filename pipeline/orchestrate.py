@@ -312,6 +312,7 @@ class StudyOptions:
     quiet: bool = False         # the study's own lines only (no steps, no transfer results)
     bars: bool | None = None    # a progress bar per run (None: when stdout is a terminal)
     system_metrics: bool = True  # CPU, memory (and GPU) of pretraining workers in MLflow
+    forecast: tuple[str, ...] = ()  # configurations the report forecasts beside the preset's (MODEL@LENGTH)
 
     def check(self) -> None:
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -413,7 +414,7 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
                "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
                "storage": ctx.storage, "results": results}
-    return finish_study(study, preset, summary, report=options.report, emit=board.line)
+    return finish_study(study, preset, summary, report=options.report, emit=board.line, forecast=options.forecast)
 
 
 def stopped(uri: str, study: str, spec_ids: set[str], study_run: str, emit: Callable[[str], None]) -> None:
@@ -467,7 +468,7 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
 
 
 def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: bool,
-                 emit: Callable[[str], None]) -> dict[str, Any]:
+                 emit: Callable[[str], None], forecast: tuple[str, ...] = ()) -> dict[str, Any]:
     """Log the study's counts, write its report, mark the study run FINISHED (FAILED if a run or
     the report failed) and say how it went."""
     uri, study_run, storage = summary["tracking_uri"], summary["study_run_id"], summary["storage"]
@@ -476,7 +477,8 @@ def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: 
     tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(done), "runs_failed": len(failures)})
     if report:
         try:
-            summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run)
+            summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run,
+                                             forecast=forecast)
             emit(f"[study] report: {store.join(report_dir(storage, study.name, preset), 'report.md')} (and in the MLflow run "
                  f"'study {study.name} / {preset}')")
         except Exception as err:  # the runs are safe in MLflow; only the report is missing
@@ -495,15 +497,16 @@ def report_dir(storage: str, study: str, preset: str) -> str:
 
 
 def write_report(study: Study, preset: str, *, storage: str, tracking_uri: str,
-                 study_run_id: str | None = None) -> dict[str, str]:
+                 study_run_id: str | None = None, forecast: tuple[str, ...] = ()) -> dict[str, str]:
     """The study's report (pipeline.analysis) in ``<storage>/reports/<study>-<preset>``, also logged
-    to the study-level MLflow run. Returns {file name: location}."""
+    to the study-level MLflow run; ``forecast``: configurations it forecasts beside the preset's
+    (``MODEL@LENGTH``). Returns {file name: location}."""
     from pipeline import analysis
     if study_run_id is None:
         study_run_id = tracking.find_study_run(tracking_uri, study.name, preset)
     target = report_dir(storage, study.name, preset)
     with store.folder_to_write(target) as folder:
         paths = analysis.write_report(study, preset, tracking_uri=tracking_uri, out_dir=folder,
-                                      study_run_id=study_run_id)
+                                      study_run_id=study_run_id, options=analysis.ReportOptions(forecast=forecast))
     return {name: store.join(target, path.name) for name, path in paths.items()}
 

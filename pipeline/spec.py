@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from models import model_spec
 from pipeline.compute import parse_count
@@ -274,6 +275,32 @@ class Study(Frozen):
         ``planning.plan`` then give the candidates' RunSpecs and costs); None without candidates."""
         grid = self.preset(preset).candidate_preset()
         return None if grid is None else self.model_copy(update={"presets": {**self.presets, preset: grid}})
+
+
+LENGTH = re.compile(r"^(?P<n>\d+(\.\d+)?)\s*(?P<unit>ep|epochs?|steps?)$")
+
+
+def named_entry(text: str, p: Preset) -> RunEntry:
+    """``MODEL@LENGTH`` as a run entry: MODEL a registry name (``ViT-H/14``) or the name of a custom
+    model of the preset's runs (its shape and recipe overrides are taken from that run); LENGTH
+    ``14ep`` / ``14epochs`` or ``800steps``."""
+    model, sep, length = text.rpartition("@")
+    match = LENGTH.match(length.strip().lower())
+    if not sep or not model.strip() or not match:
+        raise ValueError(f"--forecast {text!r}: give MODEL@LENGTH, e.g. 'ViT-H/14@14ep' or 'ViT-micro-M@800steps'")
+    n, unit = match["n"], match["unit"]
+    length_field = {"epochs": float(n)} if unit.startswith("ep") else {"steps": int(float(n))}
+    model = model.strip()
+    for entry in p.runs:
+        if isinstance(entry.model, dict) and entry.model.get("name") == model:
+            return RunEntry(model=entry.model, recipe=entry.recipe, **length_field)
+    try:
+        return RunEntry(model=model, **length_field)
+    except ValidationError as err:
+        custom = sorted({e.model["name"] for e in p.runs if isinstance(e.model, dict)})
+        said = err.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"--forecast {text!r}: {said}" + (f" (the preset's own models: {', '.join(custom)})"
+                                                          if custom else "")) from None
 
 
 def subset_images(subset: Union[str, float], full_images: int | None) -> int | None:

@@ -11,6 +11,10 @@ and each run's status in MLflow (done / partial / failed / new). With --data it 
 dataset's rows and classes (from its manifest alone, as pretraining does) rather than the preset's.
 --list shows the studies and their presets.
 
+--forecast MODEL@LENGTH (repeatable) adds a configuration to the report's forecasts, beside the
+preset's runs not yet finished and its `forecast:` entries: a registry model (ViT-H/14) or one of
+the preset's own models, at a length in epochs (14ep) or steps (800steps).
+
 --suggest K launches nothing either. From the runs so far and the preset's candidates grid, it
 prints the K runs that most narrow the interval of the compute multiplier (or of each family's
 predicted accuracy, where no multiplier is available), with their exaFLOPs and GPU-hours.
@@ -25,7 +29,7 @@ import sys
 from pipeline import cli, console, tracking
 from pipeline import storage as store
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
-from pipeline.spec import list_studies, load_study
+from pipeline.spec import list_studies, load_study, named_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", action="store_true", help="write the report of the runs so far; launch nothing")
     parser.add_argument("--suggest", type=int, metavar="K", help="print the K candidate runs that most narrow "
                         "the compute multiplier's interval; launch nothing")
+    parser.add_argument("--forecast", action="append", default=[], metavar="MODEL@LENGTH",
+                        help="forecast this configuration's accuracy in the report (repeatable), e.g. "
+                        "'ViT-H/14@14ep' or 'ViT-micro-M@800steps'")
     parser.add_argument("--data", default=None, help="pretraining dataset folder or URI (default: the preset's "
                         "built-in synthetic data, made on first use); with --plan, the plan counts its rows and classes")
     parser.add_argument("--storage", default=os.environ.get("VIT_SCALING_STORAGE", "runs"),
@@ -80,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mfu must be in (0, 1] and --gpu-peak-tflops positive")
     try:
         study = load_study(args.name)
+        for text in args.forecast:   # a typo is said now, not after the study ran
+            named_entry(text, study.preset(args.preset))
         study.preset(args.preset)
     except ValueError as err:
         parser.error(str(err))
@@ -106,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     try:
         if args.report:
-            orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri)
+            orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri,
+                                     forecast=tuple(args.forecast))
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
         options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run,
                                            on_bad_row=args.on_bad_row, quiet=args.quiet,
-                                           system_metrics=args.system_metrics)
+                                           system_metrics=args.system_metrics, forecast=tuple(args.forecast))
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         options=options)
     except orchestrate.StudyError as err:

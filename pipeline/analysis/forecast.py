@@ -3,8 +3,8 @@ kind of fit predicted the family's own larger points (its track record).
 
 - **Targets.** The preset's runs whose pretraining has not finished (``missing_targets``, at
   their planned compute), the preset's ``forecast:`` entries, and configurations named on the
-  command line (``--forecast "ViT-H/14@14ep"``, ``named_targets``): a model (a registry name, or a
-  custom model of the preset's runs) at a length in epochs (``14ep``) or steps (``800steps``),
+  command line (``--forecast "ViT-H/14@14ep"``, ``named_targets``, parsed by ``spec.named_entry``): a model (a registry
+  name, or a custom model of the preset's runs) at a length in epochs (``14ep``) or steps (``800steps``),
   costed by ``planning.run_numbers`` on the preset's data, crossed with its subsets.
 - **Forecast.** The family's law at the target's compute, with the pointwise band of its bootstrap
   refits (the report's level), and how far beyond the family's largest measured compute it is.
@@ -15,7 +15,6 @@ kind of fit predicted the family's own larger points (its track record).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +22,7 @@ import pandas as pd
 
 from pipeline import fits as scaling
 from pipeline.planning import data_sizes, run_numbers
-from pipeline.spec import Preset, Recipe, RunEntry, RunSpec, Study, subset_images
+from pipeline.spec import Recipe, RunEntry, RunSpec, Study, named_entry, subset_images
 
 TRACK_CUTS = 5   # the track record's cut-offs: the last ones at which the law's form can be fitted
 
@@ -119,31 +118,6 @@ def _number(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-LENGTH = re.compile(r"^(?P<n>\d+(\.\d+)?)\s*(?P<unit>ep|epochs?|steps?)$")
-
-
-def parse_named(text: str, p: Preset) -> RunEntry:
-    """``MODEL@LENGTH`` as a run entry: MODEL a registry name (``ViT-H/14``) or the name of a custom
-    model of the preset's runs (its shape and recipe overrides are taken from that run); LENGTH
-    ``14ep`` / ``14epochs`` or ``800steps``."""
-    model, sep, length = text.rpartition("@")
-    match = LENGTH.match(length.strip().lower())
-    if not sep or not model.strip() or not match:
-        raise ValueError(f"--forecast {text!r}: give MODEL@LENGTH, e.g. 'ViT-H/14@14ep' or 'ViT-micro-M@800steps'")
-    n, unit = match["n"], match["unit"]
-    length_field = {"epochs": float(n)} if unit.startswith("ep") else {"steps": int(float(n))}
-    model = model.strip()
-    for entry in p.runs:
-        if isinstance(entry.model, dict) and entry.model.get("name") == model:
-            return RunEntry(model=entry.model, recipe=entry.recipe, **length_field)
-    try:
-        return RunEntry(model=model, **length_field)
-    except ValueError as err:
-        custom = sorted({e.model["name"] for e in p.runs if isinstance(e.model, dict)})
-        raise ValueError(f"--forecast {text!r}: {err}" + (f" (the preset's own models: {', '.join(custom)})"
-                                                           if custom else "")) from None
-
-
 def entry_targets(study: Study, preset: str, entries: list[RunEntry], source: str) -> list[Target]:
     """Run entries costed as the preset's runs would be (its recipe, subsets, data size), seed 0."""
     p = study.preset(preset)
@@ -165,6 +139,6 @@ def entry_targets(study: Study, preset: str, entries: list[RunEntry], source: st
 def named_targets(study: Study, preset: str, named: tuple[str, ...]) -> list[Target]:
     """The preset's ``forecast:`` entries and the configurations named with ``--forecast``."""
     p = study.preset(preset)
-    entries = [parse_named(text, p) for text in named]
+    entries = [named_entry(text, p) for text in named]
     return (entry_targets(study, preset, list(p.forecast), "preset")
             + entry_targets(study, preset, entries, "named"))
