@@ -21,8 +21,7 @@ pretraining compute C (exaFLOPs) are fitted:
   it; a form's score is the mean over the cut-offs of the RMSE of its log error on the predicted
   points (the extrapolation it is used for; OLMo's ladder validates its fits the same way). The
   law with the lowest score is used, among those that do not sit at a bound of their fit
-  (``degenerate``), except that a simpler form whose score is within ``SIMPLER_WITHIN`` of it is
-  preferred. A form is scored only at cut-offs below which it has ``ROLLING_DOF`` more points than
+  (``degenerate``). A form is scored only at cut-offs below which it has ``ROLLING_DOF`` more points than
   parameters, and the forms are compared on common cut-offs (the most demanding dropped until two
   remain). Without two cut-offs for two forms, the choice falls back to the small-sample Akaike
   criterion (AICc), and with that undefined, to the power law.
@@ -72,9 +71,7 @@ MIN_CUTS = 2             # fewer cut-offs than this for every form: the law is c
 # A form is scored at a cut-off only where it is fitted on this many more points than it has parameters:
 # with fewer, its extrapolation measures the noise of a near-exact fit (bench/RESULTS.md, "Extrapolation").
 ROLLING_DOF = 3
-# A simpler form (fewer parameters) is chosen over the best-scoring one when its rolling-origin score is
-# within this relative margin of the best: a more complex law has to predict clearly better.
-SIMPLER_WITHIN = 0.2
+
 
 
 @dataclass(frozen=True)
@@ -631,11 +628,9 @@ def choose_form(result: FamilyFit) -> tuple[str | None, str]:
     sound = [f for f in result.fits if not result.degenerate[f]] or list(result.fits)
     scored = {f: result.score(f) for f in result.rolling if f in sound}
     if scored:
-        best = min(scored.values())
-        better = min((f for f, v in scored.items() if v <= best * (1 + SIMPLER_WITHIN)), key=lambda f: MIN_POINTS[f])
+        better = min(scored, key=lambda f: (scored[f], MIN_POINTS[f]))   # a tie goes to the simpler form
         cuts = len(result.rolling[better])
-        return better, (f"rolling origin over {cuts} cut-offs, mean RMSE of log error (a simpler law within "
-                        f"{SIMPLER_WITHIN:.0%} of the best preferred): "
+        return better, (f"rolling origin over {cuts} cut-offs, mean RMSE of log error: "
                         + ", ".join(f"{f} {v:.3f}" for f, v in sorted(scored.items(), key=lambda kv: kv[1])))
     aiccs = {f: result.fits[f].aicc for f in sound if not math.isnan(result.fits[f].aicc)}
     if len(aiccs) >= 2:

@@ -358,9 +358,9 @@ def fits_section(fits: Fits) -> list[str]:
     lines = [(f"Error E = 1 - accuracy on **{fits.metric.label}** against pretraining compute C (exaFLOPs), four "
               "forms (power, saturating, knee, sigmoid; `docs/analysis.md`), Huber loss in log space. The law used is "
               "chosen by rolling origin: each form fitted on the points up to a cut-off predicts those above it, "
-              "over several cut-offs; the lowest mean RMSE of log error wins, a simpler form within "
-              f"{scaling.SIMPLER_WITHIN:.0%} of it preferred, a degenerate fit (a parameter at a bound) never chosen "
-              f"while another is sound. [{_percent(fits.level)} intervals: residual bootstrap of the law used, "
+              "over several cut-offs; the lowest mean RMSE of log error wins, a degenerate fit (a parameter at a "
+              f"bound) never chosen while another is sound. [{_percent(fits.level)} intervals: residual bootstrap "
+              "of the law used, "
               "t-expanded.]"), "",
              *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
