@@ -1,11 +1,12 @@
 """How honest the scaling-law intervals are: coverage over many synthetic studies.
 
     python bench/bench_fits.py [--draws 200] [--boot 200] [--points 7 16] [--methods residual pairs]
-                               [--level 0.8] [--noise 0.03] [--seed 0]
+                               [--level 0.8] [--noise 0.03] [--seed 0] [--law fixed|chosen]
 
 Each draw is one synthetic family: ``--points`` runs log-spaced over 5 decades of compute, errors
 from the known law E(C) = 0.5 (C + 1)^-0.35 + 0.1 with log-normal noise (``--noise``, in log
-units). A second family needs 3x the compute for every error. For each draw the saturating law is
+units). A second family needs 3x the compute for every error. For each draw the saturating law
+(``--law fixed``) or the law the report chooses (``--law chosen``: model selection included) is
 fitted, bootstrapped (``--methods``) and the ``--level`` intervals checked against the truth: the
 parameters, the curve at the largest and a middle compute, and the compute multiplier; both plain
 percentile intervals and the t-expanded ones the report uses (``fits.percentile_level``).
@@ -36,8 +37,12 @@ def shifted(truth: fits.Fit, factor: float) -> fits.Fit:
 CALIBRATIONS = ("percentile", "t-expanded")
 
 
-def family(name, truth, compute, rng, noise, boot, method, level):
+def family(name, truth, compute, rng, noise, boot, method, level, law="fixed"):
+    """One synthetic family: with ``law`` "fixed" the true (saturating) form is fitted; with "chosen"
+    the report's own choice of law (``fits.fit_family``: rolling origin over the four forms)."""
     errors = truth.error(compute) * np.exp(rng.normal(0, noise, len(compute)))
+    if law == "chosen":
+        return fits.fit_family(name, compute, 1 - errors, rng=rng, n_boot=boot, level=level)
     result = fits.FamilyFit(name, compute, errors, level)
     point = fits.fit(compute, errors)
     result.fits["saturating"] = point
@@ -47,7 +52,8 @@ def family(name, truth, compute, rng, noise, boot, method, level):
 
 
 def coverage(points: int, method: str, args) -> dict[str, dict[str, float]]:
-    """Coverage per quantity, for plain and t-expanded percentile intervals of the same refits."""
+    """Coverage per quantity, for plain and t-expanded percentile intervals of the same refits. With
+    ``--law chosen`` the parameters are not compared (the law chosen may have others): NaN."""
     rng = np.random.default_rng(args.seed)
     compute = np.geomspace(0.1, 1e4, points)
     probes = {"E(C max)": compute[-1], "E(C mid)": float(np.sqrt(compute[0] * compute[-1]))}
@@ -55,15 +61,18 @@ def coverage(points: int, method: str, args) -> dict[str, dict[str, float]]:
     hits = {cal: dict.fromkeys(names, 0) for cal in CALIBRATIONS}
     widths = {cal: [] for cal in CALIBRATIONS}
     start = time.perf_counter()
+    laws = []
     for _ in range(args.draws):
-        x = family("x", TRUE, compute, rng, args.noise, args.boot, method, args.level)
-        y = family("y", shifted(TRUE, FACTOR), compute * FACTOR * 1.7, rng, args.noise, args.boot, method, args.level)
+        x = family("x", TRUE, compute, rng, args.noise, args.boot, method, args.level, args.law)
+        y = family("y", shifted(TRUE, FACTOR), compute * FACTOR * 1.7, rng, args.noise, args.boot, method, args.level,
+                   args.law)
         point, boot = x.best()
+        laws += [x.law(), y.law()]
         errors = fits.common_errors(y, x)
-        replicates = [fits.multiplier(by, bx, errors) for bx, by in zip(boot, y.boot["saturating"])]
+        replicates = [fits.multiplier(by, bx, errors) for bx, by in zip(boot, y.best()[1])]
         for cal in CALIBRATIONS:
             df = fits.residual_df(point) if cal == "t-expanded" else None
-            for name, (lo, hi) in fits.param_intervals(boot, args.level, df).items():
+            for name, (lo, hi) in fits.param_intervals(boot, args.level, df).items() if args.law == "fixed" else ():
                 hits[cal][name] += lo <= getattr(TRUE, name) <= hi
             for name, c in probes.items():
                 lo, hi = fits.curve_band(boot, [c], args.level, df)
@@ -72,6 +81,11 @@ def coverage(points: int, method: str, args) -> dict[str, dict[str, float]]:
             hits[cal]["multiplier"] += lo <= FACTOR <= hi
             widths[cal].append(hi / lo)
     ms = 1000 * (time.perf_counter() - start) / (args.draws * 2 * (args.boot + 1))
+    if args.law == "chosen":
+        print(f"laws chosen ({points} points): " + ", ".join(f"{law} {laws.count(law)}" for law in sorted(set(laws))),
+              flush=True)
+        for cal in CALIBRATIONS:
+            hits[cal].update({name: float("nan") for name in fits.PARAMS["saturating"]})
     return {cal: {**{k: v / args.draws for k, v in hits[cal].items()},
                   "multiplier hi/lo": float(np.median(widths[cal])), "ms per fit": ms} for cal in CALIBRATIONS}
 
@@ -85,9 +99,11 @@ def main() -> None:
     parser.add_argument("--level", type=float, default=0.8)
     parser.add_argument("--noise", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--law", choices=("fixed", "chosen"), default="fixed",
+                        help="fit the true (saturating) form, or the law the report chooses (fits.fit_family)")
     args = parser.parse_args()
     print(f"{args.draws} draws, {args.boot} bootstrap refits, {args.level:.0%} intervals, noise {args.noise} (log), "
-          f"true multiplier {FACTOR}")
+          f"true multiplier {FACTOR}, law {args.law}")
     header = False
     for p in args.points:
         for m in args.methods:

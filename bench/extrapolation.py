@@ -18,13 +18,17 @@ their sources, licences and checksums are in bench/data/README.md; the curves of
   epoch): the frontier over every (run, checkpoint) point, checkpoints below 20% of their run's
   compute left out (as the report does), per pretraining set and over all of them; fitted below a
   quarter of the largest compute.
-- ``clip-curves``: each model's own ImageNet zero-shot learning curve against samples seen, fitted
-  on the first half of its samples (as the ``lang`` curves are split), the second half predicted.
+- ``clip-curves`` (not in the default run, ``--datasets clip-curves``): each model's own ImageNet
+  zero-shot learning curve against samples seen, fitted on the first half of its samples, the
+  second half predicted. Every run follows a cosine schedule, so the predicted half is the
+  learning rate's decay, whose faster fall no law of samples seen describes; the report never
+  extrapolates within one run (its points are frontiers across runs). Its numbers are in
+  bench/RESULTS.md for what they show.
 
 Methods: the report's law (``pipeline.fits``: the law the report chooses and uses for a family's
 points), and the baselines of ``bench/scaling_baselines.py`` (M1-M4, a power law with a floor).
 
-    python bench/extrapolation.py                 # every dataset, the table; about N minutes on 2 cores
+    python bench/extrapolation.py                 # the default datasets, the table; about 2 minutes on 2 cores
     python bench/extrapolation.py --datasets lang --json /tmp/extrapolation.json
 """
 from __future__ import annotations
@@ -147,6 +151,7 @@ def clip_learning_curves() -> list[Curve]:
 
 DATASETS = {"lang": lang_curves, "clip-compute": clip_compute_curves, "clip-checkpoints": clip_checkpoint_curves,
             "clip-curves": clip_learning_curves}
+DEFAULT = ("lang", "clip-compute", "clip-checkpoints")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -207,7 +212,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DEFAULT))
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     parser.add_argument("--json", type=Path, help="write every curve's scores here")
     parser.add_argument("--per-curve", action="store_true", help="print every curve's scores")

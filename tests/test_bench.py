@@ -1,6 +1,7 @@
 """Bench scripts at toy sizes, so that they cannot rot between the runs that measure: the GPU
 check's CPU dry mode (bench/gpu_check.sh --dry; micro models, eager steps, the loader on photos alone and feeding a step, the tables)
-the real-photo loader bench (bench/bench_photos.py) and the conversion bench (bench/bench_convert.py)."""
+the real-photo loader bench (bench/bench_photos.py), the conversion bench (bench/bench_convert.py) and the
+extrapolation benchmark on its smallest dataset (bench/extrapolation.py)."""
 from __future__ import annotations
 
 import json
@@ -74,3 +75,28 @@ def test_bench_convert_smoke_run_times_every_phase_and_rate(tmp_path):
     assert result["rate"]["photos"] == 28 and len(result["rate"]["ms_per_image"]) == 5
     assert all(ms > 0 for ms in result["rate"]["ms_per_image"].values())
     assert "| into | conversion |" in done.stdout and "| step | CPU ms / image |" in done.stdout
+
+
+def test_extrapolation_benchmark_data_and_its_smallest_dataset(tmp_path):
+    """bench/extrapolation.py (issue 29): its published curves are the files the README lists (checksums),
+    split as documented; the smallest dataset runs end to end and scores every method on every curve."""
+    data = ROOT / "bench" / "data"
+    listed = (data / "README.md").read_text().split("## Checksums (sha256)\n```\n", 1)[1].split("```", 1)[0]
+    check = subprocess.run(["sha256sum", "-c", "-"], input=listed, cwd=data, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == 5, check.stdout + check.stderr
+    sys.path.insert(0, str(ROOT / "bench"))
+    import extrapolation
+    counts = {name: len(load()) for name, load in extrapolation.DATASETS.items()}
+    assert counts == {"lang": 20, "clip-compute": 28, "clip-checkpoints": 4, "clip-curves": 29}
+    for curve in extrapolation.lang_curves():      # fitted below, predicted above, as the file splits them
+        assert curve.x_fit.max() < curve.x_test.min()
+    out = tmp_path / "scores.json"
+    done = subprocess.run([sys.executable, "bench/extrapolation.py", "--datasets", "clip-checkpoints", "--workers", "2",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["curve"] for r in rows] == ["LAION-2B", "LAION-400M", "LAION-80M", "all"]
+    methods = ["M1", "M2", "M3", "M4", "floor", "report"]
+    assert all(r[m] > 0 for r in rows for m in methods) and all(r["law"] in ("power", "knee", "saturating", "sigmoid")
+                                                                  for r in rows)
+    assert "| clip-checkpoints | 4 |" in done.stdout
