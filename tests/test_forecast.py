@@ -116,3 +116,45 @@ def test_named_configurations_are_costed_like_the_presets_runs():
                        ("ViT-X@3ep", "unknown model 'ViT-X'")):
         with pytest.raises(ValueError, match=said):
             named_entry(text, tiny)
+
+
+def test_report_command_forecasts_the_presets_and_named_configurations(tmp_path):
+    """`python -m pipeline.study scaling --preset tiny --report --forecast ...` on a store of the
+    shipped tiny preset, every run finished with learning curves: report.md forecasts the preset's
+    three `forecast:` entries and the named one, each with an interval beyond its family's runs,
+    and shows each family's track record; a bad --forecast is refused before anything is read."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline import tracking
+    from test_analysis import log_curve_run
+
+    study = load_study("scaling")
+    uri = tracking.default_tracking_uri(tmp_path)
+    tracking.init_store(uri)
+    planned = analysis.run_table(study, "tiny", tracking_uri=None).set_index("id")["exaflops"]
+    for spec in study.expand("tiny"):
+        log_curve_run(uri, "scaling", spec, float(planned[spec.id]), curve=True)
+    command = [sys.executable, "-m", "pipeline.study", "scaling", "--preset", "tiny", "--storage", str(tmp_path),
+               "--report"]
+    root = Path(__file__).resolve().parents[1]
+    bad = subprocess.run([*command, "--forecast", "ViT-micro-M@soon"], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--forecast 'ViT-micro-M@soon': give MODEL@LENGTH" in bad.stderr
+    done = subprocess.run([*command, "--forecast", "ViT-micro-M@1600steps"], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    markdown = (tmp_path / "reports" / "scaling-tiny" / "report.md").read_text()
+    section = markdown.split("## Forecasts\n", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "exaFLOPs" not in line]
+    forecasts = [r for r in rows if "preset's forecast" in r or "--forecast" in r]
+    assert [r.split(" | ")[0] for r in forecasts] == ["| ViT-micro-M / full / 800 steps", "| BiT-micro-M / full / 800 steps",
+                                                       "| Hybrid-micro-M / full / 1200 steps",
+                                                       "| ViT-micro-M / full / 1600 steps"]
+    for row in forecasts:
+        cells = row.strip("| ").split(" | ")
+        lo, hi = (float(v) for v in cells[5].strip("[]").split(", "))
+        assert lo < float(cells[4]) < hi and "x its family's largest compute" in cells[6]
+    assert "Track record (rolling origin)" in section and "- ViT: mean absolute error" in section
+    saved = json.loads((tmp_path / "reports" / "scaling-tiny" / "fits.json").read_text())
+    assert len(saved["forecasts"]) == 4 and {p["family"] for p in saved["track_record"]} == {"vit", "resnet", "hybrid"}

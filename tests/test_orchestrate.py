@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from pipeline.fits import FORMS
 from pipeline.planning import plan
 from pipeline.spec import load_study
 
@@ -176,7 +177,7 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
     for family in fitted:   # every family the report fits on (smoke's have too few points: no law)
         key = family_key(family)
         assert study_run.data.metrics[f"fit/{key}/points"] == fitted[family]["points"]
-        assert study_run.data.tags[f"fit/{key}/law"] in ("saturating", "power", "none")
+        assert study_run.data.tags[f"fit/{key}/law"] in (*FORMS, "none")
     experiment = tracking.client(uri).get_experiment(study_run.info.experiment_id)
     view = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + "smoke"])   # the runs table's columns that matter
     assert {"params.`model`", "params.`steps`", "metrics.`compute/gflops`", "metrics.`fewshot/digits/5shot`"} \
