@@ -34,7 +34,8 @@ pretraining compute C (exaFLOPs) are fitted:
 - **Compute multiplier** of family X over family Y: C_X(E) / C_Y(E), the ratio of the compute each
   law needs to reach the same error E, averaged geometrically over the errors both families' laws
   reach within the compute they were measured at; where they share no error, over the errors
-  between the two families' ranges, extrapolated (``compute_multiplier`` says which).
+  between the two families' ranges, extrapolated (``compute_multiplier`` says which), provided
+  each law gets there within ``EXTRAPOLATION_LIMIT`` times its measured compute.
 
 Everything random takes a ``numpy.random.Generator``: the same seed gives the same intervals.
 """
@@ -663,15 +664,27 @@ def shared_errors(fx: Fit, range_x: tuple[float, float], fy: Fit, range_y: tuple
     return np.geomspace(lo, hi, points)
 
 
+# An extrapolated multiplier is given only where each law reaches the errors between the two families'
+# ranges within this factor of the compute it was measured at (one decade); beyond, not available.
+EXTRAPOLATION_LIMIT = 10.0
+
+
 def gap_errors(fx: Fit, range_x: tuple[float, float], fy: Fit, range_y: tuple[float, float],
                points: int = 50) -> np.ndarray | None:
     """Where two curves' error ranges do not overlap: the errors between them (from the lower range's
-    top to the upper range's bottom, log-spaced), which one family reaches only by extrapolation."""
+    top to the upper range's bottom, log-spaced), which both families reach only by extrapolation;
+    None where they overlap, or where a law would need more than ``EXTRAPOLATION_LIMIT`` times beyond
+    (or below) its measured compute to reach them."""
     (lx, hx), (ly, hy) = reached_errors(fx, range_x), reached_errors(fy, range_y)
     lo, hi = (hy, lx) if hy < lx else (hx, ly) if hx < ly else (math.nan, math.nan)
     if not lo < hi:
         return None
-    return np.geomspace(lo, hi, points)
+    errors = np.geomspace(lo, hi, points)
+    for f, (c_lo, c_hi) in ((fx, range_x), (fy, range_y)):
+        needed = f.compute_for(errors)
+        if not np.all((needed >= c_lo / EXTRAPOLATION_LIMIT) & (needed <= c_hi * EXTRAPOLATION_LIMIT)):
+            return None
+    return errors
 
 
 def multiplier(fx: Fit, fy: Fit, errors: np.ndarray) -> float:
@@ -687,8 +700,9 @@ def compute_multiplier(x: FamilyFit, y: FamilyFit, *, level: float | None = None
     """How many times the compute of family ``y`` family ``x`` needs for the same error, over
     the errors both cover, with a bootstrap interval (the families' resamples are independent,
     so replicate i pairs x's i-th refit with y's i-th). Where the curves share no error: with
-    ``extrapolate``, over the errors between their ranges (``extrapolated`` True: one family's law
-    is used beyond its runs, and the interval says how much less that is known); else None."""
+    ``extrapolate``, over the errors between their ranges (``extrapolated`` True: each law is used
+    beyond its runs, at most ``EXTRAPOLATION_LIMIT`` times, and the interval says how much less that
+    is known); else, or beyond that limit, None."""
     if x.best() is None or y.best() is None:
         return None
     (fx, boot_x), (fy, boot_y) = x.best(), y.best()

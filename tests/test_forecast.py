@@ -96,6 +96,8 @@ def test_multiplier_between_curves_that_share_no_accuracy_is_extrapolated_and_sa
     assert m.multiplier == pytest.approx(FACTORS["resnet"], rel=0.5) and m.interval[0] < m.multiplier < m.interval[1]
     overlapping = report_of(study_table(np.random.default_rng(2), lambda f: np.geomspace(0.1, 1e3, 10) * FACTORS[f]))
     assert overlapping.fits.multiplier("resnet", "vit").extrapolated is False
+    apart = {"vit": np.geomspace(1e3, 1e5, 10), "resnet": np.geomspace(1e-3, 1e-1, 10)}   # decades between them
+    assert not report_of(study_table(np.random.default_rng(2), apart.get)).fits.multiplier("resnet", "vit").available
     line = next(x for x in analysis.to_markdown(report).splitlines() if " needs **" in x)
     assert line.startswith("- ResNet (BiT) needs") and "**extrapolated**" in line
 

@@ -297,7 +297,9 @@ def multiplier_line(m: Multiplier) -> str:
     """One pair of families: the multiplier with its interval, range and ends, or not available."""
     x, y = family_name(m.x), family_name(m.y)
     if not m.available:
-        return f"- {x} vs {y}: not available (a family has no fit, or the fitted curves share no accuracy range)."
+        return (f"- {x} vs {y}: not available (a family has no fit, or the fitted curves share no accuracy range "
+                f"and one law would have to go more than {scaling.EXTRAPOLATION_LIMIT:g}x beyond its runs to reach "
+                "the other's).")
     (lo, hi), (acc_lo, acc_hi), (end_lo, end_hi) = m.interval, m.accuracy_range, m.at_range_ends
     dropped = (f"; {m.undefined_replicates}/{m.replicates} bootstrap replicates undefined"
                if m.undefined_replicates else "")
