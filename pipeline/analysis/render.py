@@ -466,7 +466,7 @@ def to_sanity_json(report: Report) -> dict[str, Any]:
 
 def to_fits_json(fits: Fits) -> dict[str, Any]:
     """fits.json: which points the fits are on (``source``, ``fallback``, ``early_fraction``, the
-    headline), every family's fits (points used, parameters, intervals, AICc, backtest, verdict) and
+    headline), every family's fits (points used, parameters, intervals, AICc, rolling origin, law) and
     the compute multipliers, JSON-safe."""
     basis = fits.basis
     return _plain({"metric": fits.metric.column, "label": fits.metric.label,

@@ -7,8 +7,9 @@ runs that did not learn, fine-tuning below few-shot, accuracy falling with compu
 that differs from the plan, fitted parameters at a bound, families with too few points to fit),
 how much each sanity check examined, which figures are drawn (and why not), and the scaling-law
 fits of the headline metric with the compute multipliers between families (``scaling_fits``, on
-``pipeline.fits``: per family the saturating law E(C) = a (C + d)^(-b) + c and the plain power
-law, bootstrap intervals and a backtest).
+``pipeline.fits``: per family four forms, the law used chosen by rolling origin, its bootstrap
+intervals), and the forecasts of configurations not run with each law's track record
+(``pipeline.analysis.forecast``).
 
 The fits are made on each family's compute-efficient frontier over every (run, checkpoint) point
 of the learning curves (``pipeline.analysis.curves``), checkpoints below ``EARLY_FRACTION`` of their
