@@ -45,7 +45,7 @@ def family(name, truth, compute, rng, noise, boot, method, level, law="fixed"):
         return fits.fit_family(name, compute, 1 - errors, rng=rng, n_boot=boot, level=level)
     result = fits.FamilyFit(name, compute, errors, level)
     point = fits.fit(compute, errors)
-    result.fits["saturating"] = point
+    result.fits["saturating"], result.better = point, "saturating"
     result.boot["saturating"] = fits.bootstrap(compute, errors, "saturating", rng=rng, n_boot=boot, point=point,
                                                method=method)
     return result
