@@ -20,8 +20,8 @@ pretraining compute C (exaFLOPs) are fitted:
   range, every form is fitted on the points at or below the cut-off and predicts the points above
   it; a form's score is the mean over the cut-offs of the RMSE of its log error on the predicted
   points (the extrapolation it is used for; OLMo's ladder validates its fits the same way). The
-  law with the lowest score is used, among those that do not sit at a bound of their fit
-  (``degenerate``). A form is scored only at cut-offs below which it has ``ROLLING_DOF`` more points than
+  law used averages the log errors of the ``BLEND`` (two) forms with the lowest scores (a ``Blend``,
+  named ``a+b``), among those that do not sit at a bound of their fit (``degenerate``). A form is scored only at cut-offs below which it has ``ROLLING_DOF`` more points than
   parameters, and the forms are compared on common cut-offs (the most demanding dropped until two
   remain). Without two cut-offs for two forms, the choice falls back to the small-sample Akaike
   criterion (AICc), and with that undefined, to the power law.
@@ -72,6 +72,9 @@ MIN_CUTS = 2             # fewer cut-offs than this for every form: the law is c
 # A form is scored at a cut-off only where it is fitted on this many more points than it has parameters:
 # with fewer, its extrapolation measures the noise of a near-exact fit (bench/RESULTS.md, "Extrapolation").
 ROLLING_DOF = 3
+# The law used averages the log errors of this many of the best-scoring sound forms, where rolling origin
+# scored that many (1: the best alone). Two: bench/RESULTS.md, "Extrapolation on published learning curves".
+BLEND = 2
 
 
 
@@ -127,6 +130,65 @@ class Fit:
         if self.n <= k + 1 or not self.rss > 0:
             return math.nan
         return self.n * math.log(self.rss / self.n) + 2 * k + 2 * k * (k + 1) / (self.n - k - 1)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A law that averages the log errors of two fitted forms: E = (E_1 E_2)^(1/2). Used where the
+    two forms that extrapolated best on the family's own points are both sound (``fit_family``):
+    where one bends too early and the other too late, their geometric mean errs less than either
+    (bench/RESULTS.md, "Extrapolation on published learning curves")."""
+    parts: tuple[Fit, ...]
+
+    @property
+    def form(self) -> str:
+        return "+".join(p.form for p in self.parts)
+
+    @property
+    def n(self) -> int:
+        return self.parts[0].n
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Every part's parameters, named ``<form>.<parameter>``."""
+        return {f"{p.form}.{name}": value for p in self.parts for name, value in p.params.items()}
+
+    @property
+    def aicc(self) -> float:
+        return math.nan
+
+    def error(self, compute) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.exp(np.mean([np.log(p.error(compute)) for p in self.parts], axis=0))
+
+    def compute_for(self, error) -> np.ndarray:
+        """Compute at which the blend reaches ``error``, by bisection in log compute over 1e-30-1e30
+        (the blend falls with compute): inf where it never gets that low, NaN where it starts below."""
+        error = np.asarray(error, dtype=float)
+        lo, hi = np.full(error.shape, -69.0), np.full(error.shape, 69.0)
+        with np.errstate(invalid="ignore"):
+            never, before = error <= self.error(np.exp(hi)), error >= self.error(np.exp(lo))
+            for _ in range(80):
+                mid = (lo + hi) / 2
+                above = self.error(np.exp(mid)) > error
+                lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        return np.where(never, np.inf, np.where(before, np.nan, np.exp((lo + hi) / 2)))
+
+
+Law = Fit | Blend
+
+
+def parts(law: Law) -> tuple[Fit, ...]:
+    return law.parts if isinstance(law, Blend) else (law,)
+
+
+def param_count(law: Law) -> int:
+    return sum(len(PARAMS[p.form]) for p in parts(law))
+
+
+def min_points(name: str) -> int:
+    """Distinct compute values a law needs (a blend ``a+b``: what its more demanding part needs)."""
+    return max(MIN_POINTS[form] for form in name.split("+"))
 
 
 # ----------------------------------------------------------------------------- the M4 form
@@ -313,10 +375,13 @@ def _scale(compute: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(compute))))
 
 
-def log_error_jacobian(f: Fit, compute, scale: float) -> np.ndarray:
+def log_error_jacobian(f: Law, compute, scale: float) -> np.ndarray:
     """d log E / d theta of ``f`` at ``compute``, theta being the solver's parameters for compute
-    divided by ``scale`` (log a, b, ...): one row per compute value."""
-    return _curve(_to_theta(f, scale), np.asarray(compute, dtype=float) / scale, f.form)[1]
+    divided by ``scale`` (log a, b, ...; a blend: its parts' in turn): one row per compute value."""
+    x = np.asarray(compute, dtype=float) / scale
+    if isinstance(f, Blend):
+        return np.hstack([log_error_jacobian(p, compute, scale) for p in f.parts]) / len(f.parts)
+    return _curve(_to_theta(f, scale), x, f.form)[1]
 
 
 def _fit_of(form: str, theta: np.ndarray, scale: float, **extra) -> Fit:
@@ -324,8 +389,11 @@ def _fit_of(form: str, theta: np.ndarray, scale: float, **extra) -> Fit:
     return Fit(form, **values, **extra)
 
 
-def shifted(f: Fit, step: np.ndarray, scale: float) -> Fit:
+def shifted(f: Law, step: np.ndarray, scale: float) -> Law:
     """``f`` with its solver parameters (for compute divided by ``scale``) moved by ``step``."""
+    if isinstance(f, Blend):
+        bounds = np.cumsum([0] + [len(PARAMS[p.form]) for p in f.parts])
+        return Blend(tuple(shifted(p, step[i:j], scale) for p, i, j in zip(f.parts, bounds[:-1], bounds[1:])))
     return _fit_of(f.form, _to_theta(f, scale) + step, scale, n=f.n, rss=f.rss)
 
 
@@ -356,7 +424,7 @@ def distinct_points(compute) -> int:
 
 
 def can_fit(compute, form: str) -> bool:
-    return distinct_points(compute) >= MIN_POINTS[form]
+    return distinct_points(compute) >= min_points(form)
 
 
 def modified_residuals(compute, error, point: Fit) -> np.ndarray:
@@ -364,37 +432,58 @@ def modified_residuals(compute, error, point: Fit) -> np.ndarray:
     are too small by the parameters they were fitted with, most at the ends of the compute range
     (Davison & Hinkley 1997, Sec. 6.2-6.4)."""
     scale = _scale(compute)
-    fitted, jac = _curve(_to_theta(point, scale), compute / scale, point.form)
+    fitted, jac = point.error(compute), log_error_jacobian(point, compute, scale)
     q, _ = np.linalg.qr(jac)
     leverage = np.minimum((q ** 2).sum(axis=1), 0.99)
     modified = (np.log(error) - np.log(fitted)) / np.sqrt(1 - leverage)
     return modified - modified.mean()
 
 
+def _refit(compute, replicates: tuple[np.ndarray, ...], *, point: Law, huber_scale: float) -> Law:
+    """One bootstrap replicate refitted: each part of ``point`` on its own replicate, from its own fit."""
+    fitted = [fit(compute, r, p.form, huber_scale=huber_scale, warm_start=p) for p, r in zip(parts(point), replicates)]
+    return Blend(tuple(fitted)) if isinstance(point, Blend) else fitted[0]
+
+
+def _replicates(compute, error, point: Law, rng: np.random.Generator, n_boot: int) -> list[tuple[np.ndarray, ...]]:
+    """Residual-bootstrap data: per replicate, each part's fitted curve times exp of its modified log
+    residuals, drawn with replacement, the same draw for every part (a blend's parts are bootstrapped
+    each as itself, their errors paired); capped at 1 (and below a sigmoid part's e0)."""
+    n, members = len(compute), parts(point)
+    curves = [(p.error(compute), modified_residuals(compute, error, p)) for p in members]
+    cap = [p.e0 * (1 - 1e-3) if p.form == "sigmoid" else 1.0 for p in members]
+    out = []
+    for _ in range(n_boot):
+        if len(members) == 1:
+            draws = [rng.choice(curves[0][1], size=n)]
+        else:
+            idx = rng.integers(0, n, size=n)
+            draws = [residuals[idx] for _, residuals in curves]
+        out.append(tuple(np.minimum(fitted * np.exp(d), top) for (fitted, _), d, top in zip(curves, draws, cap)))
+    return out
+
+
 def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: int = 1000,
-              point: Fit | None = None, method: str = "residual", huber_scale: float = HUBER_SCALE) -> list[Fit]:
+              point: Law | None = None, method: str = "residual", huber_scale: float = HUBER_SCALE) -> list[Law]:
     """``n_boot`` refits to data made like the observed data.
 
     ``residual`` (default): the fitted curve at the measured compute, times exp of modified log
-    residuals drawn with replacement: every replicate keeps every compute value, which matters
-    when a family has 5-7 runs. ``pairs``: the (compute, error) points drawn with replacement,
+    residuals drawn with replacement (``_replicates``; a blend: each part from its own curve and
+    residuals, the same draw): every replicate keeps every compute value, which matters when a
+    family has 5-7 runs. ``pairs``: the (compute, error) points drawn with replacement,
     which does not trust the curve's form but undercovers for small studies (see docs/analysis.md);
     draws with too few distinct compute values to determine the curve are drawn again."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
     point = point or fit(compute, error, form, huber_scale=huber_scale)
     fits, n = [], len(compute)
     if method == "residual":
-        fitted, residuals = point.error(compute), modified_residuals(compute, error, point)
-        replicates = [np.minimum(fitted * np.exp(rng.choice(residuals, size=n)), 1.0) for _ in range(n_boot)]
-        if form == "sigmoid":   # e0 must stay above every error of the replicate
-            replicates = [np.minimum(r, point.e0 * (1 - 1e-3)) for r in replicates]
-        refit = functools.partial(fit, compute, form=form, huber_scale=huber_scale, warm_start=point)
-        fits = _map(refit, replicates, REFIT_SECONDS[form])
+        refit = functools.partial(_refit, compute, point=point, huber_scale=huber_scale)
+        fits = _map(refit, _replicates(compute, error, point, rng, n_boot), sum(REFIT_SECONDS[p.form] for p in parts(point)))
     elif method == "pairs":
         while len(fits) < n_boot:
             idx = rng.integers(0, n, size=n)
             if can_fit(compute[idx], form):
-                fits.append(fit(compute[idx], error[idx], form, huber_scale=huber_scale, warm_start=point))
+                fits.append(_refit(compute[idx], (error[idx],) * len(parts(point)), point=point, huber_scale=huber_scale))
     else:
         raise ValueError(f"unknown bootstrap method {method!r}: 'residual' or 'pairs'")
     return fits
@@ -457,14 +546,14 @@ def interval(values, level: float, df: int | None = None) -> tuple[float, float]
     return (float(lo), float(hi))
 
 
-def residual_df(f: Fit) -> int:
-    return f.n - len(PARAMS[f.form])
+def residual_df(f: Law) -> int:
+    return f.n - param_count(f)
 
 
-def param_intervals(fits: list[Fit], level: float, df: int | None = None) -> dict[str, tuple[float, float]]:
+def param_intervals(fits: list[Law], level: float, df: int | None = None) -> dict[str, tuple[float, float]]:
     if not fits:
         return {}
-    return {name: interval([getattr(f, name) for f in fits], level, df) for name in PARAMS[fits[0].form]}
+    return {name: interval([f.params[name] for f in fits], level, df) for name in fits[0].params}
 
 
 def curve_band(fits: list[Fit], compute, level: float, df: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -516,10 +605,12 @@ class Prediction:
 
 
 def predict_beyond(compute, error, form: str, cut: float, *, huber_scale: float = HUBER_SCALE) -> Prediction:
-    """Fit ``form`` on the points at or below ``cut`` and predict those above it."""
+    """Fit ``form`` (a blend ``a+b``: both parts) on the points at or below ``cut`` and predict those
+    above it."""
     compute, error = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
     below = compute <= cut
-    f = fit(compute[below], error[below], form, huber_scale=huber_scale)
+    fitted = tuple(fit(compute[below], error[below], part, huber_scale=huber_scale) for part in form.split("+"))
+    f = Blend(fitted) if len(fitted) > 1 else fitted[0]
     above = ~below
     return Prediction(form, float(cut), int(below.sum()), tuple(compute[above].tolist()),
                       tuple(error[above].tolist()), tuple(f.error(compute[above]).tolist()))
@@ -552,8 +643,9 @@ class FamilyFit:
     intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)   # the law used only
     rolling: dict[str, list[Prediction]] = field(default_factory=dict)
     degenerate: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
-    better: str | None = None   # the form chosen; None: too few points to choose (the power law is used)
+    better: str | None = None   # the law chosen (a form, or a blend "a+b"); None: could not choose (power used)
     reason: str = ""
+    used: Law | None = None     # the law used downstream (set by fit_family; None: derived from better)
 
     @property
     def compute_range(self) -> tuple[float, float]:
@@ -569,22 +661,32 @@ class FamilyFit:
         return curve_band(boot, compute, self.level, residual_df(point))
 
     def law(self) -> str | None:
-        """The form used downstream: the chosen one; when none could be chosen, the power law."""
+        """The law used downstream: the chosen one (a form, or a blend ``a+b``); when none could be
+        chosen, the power law."""
+        if self.used is not None:
+            return self.used.form
         for form in ([self.better] if self.better else []) + ["power"]:
             if form in self.fits:
                 return form
         return None
 
-    def best(self) -> tuple[Fit, list[Fit]] | None:
-        """The fit used downstream (multiplier, figure, forecasts) and its bootstrap refits."""
+    def best(self) -> tuple[Law, list[Law]] | None:
+        """The law used downstream (multiplier, figure, forecasts) and its bootstrap refits."""
+        if self.used is not None:
+            return self.used, self.boot.get(self.used.form, [])
         form = self.law()
         return None if form is None else (self.fits[form], self.boot.get(form, []))
 
     @property
     def used_degenerate(self) -> dict[str, tuple[str, float]]:
         """The law used's parameters at a degenerate bound (empty: it is not degenerate)."""
-        form = self.law()
-        return self.degenerate.get(form, {}) if form else {}
+        law = self.law()
+        return {name: at for form in (law.split("+") if law else ()) for name, at in self.degenerate.get(form, {}).items()}
+
+    def ranked(self) -> list[str]:
+        """The sound forms rolling origin scored, best first (a tie to the simpler form)."""
+        sound = [f for f in self.rolling if f in self.fits and not self.degenerate.get(f)]
+        return sorted(sound, key=lambda f: (self.score(f), MIN_POINTS[f]))
 
 
 def fit_family(family: str, compute, accuracy, *, rng: np.random.Generator, n_boot: int = 1000,
@@ -598,6 +700,9 @@ def fit_family(family: str, compute, accuracy, *, rng: np.random.Generator, n_bo
             result.degenerate[form] = degenerate(result.fits[form], compute, error)
     result.rolling = rolling_predictions(compute, error, list(result.fits), huber_scale=huber_scale)
     result.better, result.reason = choose_form(result)
+    result.used = law_used(result)
+    if result.better is not None:
+        result.better = result.used.form
     used = result.best()
     if used is not None and n_boot > 0:
         point = used[0]
@@ -605,6 +710,16 @@ def fit_family(family: str, compute, accuracy, *, rng: np.random.Generator, n_bo
                                             huber_scale=huber_scale)
         result.intervals[point.form] = param_intervals(result.boot[point.form], level, residual_df(point))
     return result
+
+
+def law_used(result: FamilyFit) -> Law | None:
+    """The chosen form; where rolling origin scored ``BLEND`` sound forms or more, the blend of the
+    ``BLEND`` best (the chosen one first). None without a fit."""
+    ranked = result.ranked()
+    if result.better is not None and len(ranked) >= BLEND > 1 and ranked[0] == result.better:
+        return Blend(tuple(result.fits[f] for f in ranked[:BLEND]))
+    form = result.law()
+    return None if form is None else result.fits[form]
 
 
 def rolling_predictions(compute, error, forms: list[str], *, huber_scale: float = HUBER_SCALE
@@ -631,8 +746,9 @@ def choose_form(result: FamilyFit) -> tuple[str | None, str]:
     if scored:
         better = min(scored, key=lambda f: (scored[f], MIN_POINTS[f]))   # a tie goes to the simpler form
         cuts = len(result.rolling[better])
-        return better, (f"rolling origin over {cuts} cut-offs, mean RMSE of log error: "
-                        + ", ".join(f"{f} {v:.3f}" for f, v in sorted(scored.items(), key=lambda kv: kv[1])))
+        said = ", ".join(f"{f} {v:.3f}" for f, v in sorted(scored.items(), key=lambda kv: kv[1]))
+        blended = f"; the law used averages the log errors of the {BLEND} best" if len(scored) >= BLEND > 1 else ""
+        return better, f"rolling origin over {cuts} cut-offs, mean RMSE of log error: {said}{blended}"
     aiccs = {f: result.fits[f].aicc for f in sound if not math.isnan(result.fits[f].aicc)}
     if len(aiccs) >= 2:
         better = min(aiccs, key=aiccs.get)

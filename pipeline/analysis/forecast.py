@@ -93,7 +93,7 @@ def track_record(ff: scaling.FamilyFit, most: int = TRACK_CUTS) -> list[TrackPoi
         return []
     form = ff.best()[0].form
     values = np.unique(ff.compute)
-    cuts = values[scaling.MIN_POINTS[form] - 1:-1][-most:]
+    cuts = values[scaling.min_points(form) - 1:-1][-most:]
     out = []
     for cut in cuts:
         prediction = scaling.predict_beyond(ff.compute, ff.error, form, float(cut))

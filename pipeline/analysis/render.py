@@ -35,8 +35,15 @@ CHECK_WORDS = {ProblemKind.NOT_LEARNED: ("val_prec1 vs the majority-class baseli
 PARAMETER_NAMES = {"a": "scale", "b": "exponent", "c": "floor", "d": "offset", "g": "knee", "alpha": "alpha",
                    "e0": "start_error"}
 PARAMETER_WORDS = {p: f"{p} ({name.replace('_', ' ')})" for p, name in PARAMETER_NAMES.items()}
+
+
+def metric_parameter(p: str) -> str:
+    """A law's parameter as its MLflow metric name: ``b`` -> ``exponent``; a blend's ``knee.b`` ->
+    ``knee_exponent``."""
+    form, _, name = p.rpartition(".")
+    return f"{form}_{PARAMETER_NAMES[name]}" if form else PARAMETER_NAMES[name]
 LAWS = {"power": "E = a C^-b", "saturating": "E = a (C + d)^-b + c", "knee": "E = a (1/C + g)^b",
-        "sigmoid": "(E - c) / (e0 - E)^alpha = a C^-b"}
+        "sigmoid": "(E - c) / (e0 - E)^alpha = a C^-b"}   # a blend "a+b" of two: E = (E_a E_b)^(1/2)
 BOUND_MEANING = {("b", "lower"): "error hardly falls with compute", ("b", "upper"): "error falls implausibly fast",
                  ("a", "lower"): "the scale is at the solver's limit", ("a", "upper"): "the scale is at the solver's limit",
                  ("c", "lower"): "no floor found", ("c", "upper"): "the floor is the best point's error",
@@ -259,8 +266,16 @@ def _rolling_cell(ff: scaling.FamilyFit, form: str) -> str:
 
 def _form_note(ff: scaling.FamilyFit, form: str) -> str:
     bound = ", ".join(f"{p} at its {side} bound" for p, (side, _) in ff.degenerate.get(form, {}).items())
-    used = "**used**" if form == ff.law() else ""
+    law = ff.law() or ""
+    used = "**used**" if form == law else f"**used**, in the blend {law}" if form in law.split("+") else ""
     return "; ".join(x for x in (used, f"degenerate ({bound})" if bound else "") if x) or "-"
+
+
+def _interval_of(ff: scaling.FamilyFit, form: str, p: str) -> tuple[float, float] | None:
+    """The interval of parameter ``p`` of ``form`` where it is (part of) the law used."""
+    law = ff.law() or ""
+    intervals = ff.intervals.get(law, {})
+    return intervals.get(p) if form == law else intervals.get(f"{form}.{p}")
 
 
 def fits_table(fits: Fits) -> list[str]:
@@ -269,8 +284,7 @@ def fits_table(fits: Fits) -> list[str]:
     rows = []
     for family, ff in fits.families.items():
         for form, f in ff.fits.items():
-            iv = ff.intervals.get(form, {})
-            params = ", ".join(f"{p} {_with_interval(v, iv.get(p))}" for p, v in f.params.items())
+            params = ", ".join(f"{p} {_with_interval(v, _interval_of(ff, form, p))}" for p, v in f.params.items())
             rows.append([family_name(family), _points_cell(fits, family, f.n), f"{form}: {LAWS[form]}", params,
                          _rolling_cell(ff, form), _fmt(f.aicc, ".1f"), _form_note(ff, form)])
     if not rows:
@@ -287,7 +301,9 @@ def verdict_lines(fits: Fits) -> list[str]:
         if v.verdict == Verdict.NO_POINTS:
             lines.append(f"- {name}: no run with finished pretraining has {fits.metric.label}.")
             continue
-        said = {Verdict.BETTER: f"the **{v.better}** law is used", Verdict.NO_VERDICT: "no verdict, the power law is used",
+        said = {Verdict.BETTER: (f"the **{v.better}** law is used" + (" (the geometric mean of the two forms' errors)"
+                                                                      if v.better and "+" in v.better else "")),
+                Verdict.NO_VERDICT: "no verdict, the power law is used",
                 Verdict.NO_FIT: "no fit"}[v.verdict]
         lines.append(f"- {name}: {said} ({v.reason}).")
     return lines
@@ -360,9 +376,9 @@ def fits_section(fits: Fits) -> list[str]:
     lines = [(f"Error E = 1 - accuracy on **{fits.metric.label}** against pretraining compute C (exaFLOPs), four "
               "forms (power, saturating, knee, sigmoid; `docs/analysis.md`), Huber loss in log space. The law used is "
               "chosen by rolling origin: each form fitted on the points up to a cut-off predicts those above it, "
-              "over several cut-offs; the lowest mean RMSE of log error wins, a degenerate fit (a parameter at a "
-              f"bound) never chosen while another is sound. [{_percent(fits.level)} intervals: residual bootstrap "
-              "of the law used, "
+              "over several cut-offs; the two forms with the lowest mean RMSE of log error are averaged (log errors; "
+              "a blend `a+b`), a degenerate fit (a parameter at a bound) never chosen while another is sound. "
+              f"[{_percent(fits.level)} intervals: residual bootstrap of the law used, "
               "t-expanded.]"), "",
              *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
@@ -522,8 +538,9 @@ def _family_summary(fits: Fits, v: FamilyVerdict) -> str:
         return f"{name}: no fit ({v.reason or f'no run with finished pretraining has {fits.metric.label}'})"
     ff = fits.families[v.family]
     fit, _ = ff.best()
-    said = ", ".join(f"{PARAMETER_NAMES[p]} {_with_interval(fit.params[p], ff.intervals.get(fit.form, {}).get(p))}"
-                     for p in ("b", "c") if p in fit.params)
+    intervals = ff.intervals.get(fit.form, {})
+    said = ", ".join(f"{metric_parameter(p).replace('_', ' ')} {_with_interval(value, intervals.get(p))}"
+                     for p, value in fit.params.items() if p.rpartition(".")[2] in ("b", "c"))
     return f"{name}: {fit.form} law, {said}"
 
 

@@ -415,7 +415,8 @@ def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
                                  reference=float(scaling.MIN_POINTS["power"])))
         for form, f in ff.fits.items():
             found += [Problem(ProblemKind.FIT_AT_BOUND, family=family, metric=column, form=form, parameter=name,
-                              value=f.params[name], bound=side, reference=bound, used=form == ff.law())
+                              value=f.params[name], bound=side, reference=bound,
+                              used=form in (ff.law() or "").split("+"))
                       for name, (side, bound) in ff.degenerate.get(form, {}).items()]
     return found, sum(len(ff.fits) for ff in fits.families.values()), len(fits.families)
 

@@ -3,12 +3,14 @@ answers the study's question without opening a file:
 
 - metrics (step 0; a re-written report logs them again, and MLflow shows the latest):
   ``fit/level``; per family with points, ``fit/<family>/points`` and, where it has a fit, the
-  parameters of the law used, ``fit/<family>/{exponent,scale}`` and for the saturating law
-  ``fit/<family>/{floor,offset}``, each with ``_lo`` and ``_hi`` (its interval); per pair of
+  parameters of the law used by name (``fit/<family>/{exponent,scale}``, the saturating law's
+  ``floor`` and ``offset``, ...; a blend of two forms: ``fit/<family>/<form>_<name>``, e.g.
+  ``knee_exponent``), each with ``_lo`` and ``_hi`` (its interval); per pair of
   families whose multiplier is available, ``multiplier/<x>_vs_<y>`` with ``_lo`` and ``_hi``. A
   metric of an earlier report that this one has no value for is set to NaN (``outdated``);
 - tags (they may change from one report to the next, which MLflow params may not): ``fit/metric``
-  (the metric fitted), ``fit/<family>/law`` (``saturating``, ``power`` or ``none``) and the run's
+  (the metric fitted), ``fit/<family>/law`` (a form of ``pipeline.fits.FORMS``, a blend ``a+b``, or
+  ``none``) and the run's
   description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview).
 
 The experiment's description (``render.experiment_description``) is set when a study starts
@@ -22,7 +24,7 @@ import math
 
 from pipeline import fits as scaling
 from pipeline import tracking
-from pipeline.analysis.render import PARAMETER_NAMES, to_description
+from pipeline.analysis.render import metric_parameter, to_description
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
 from pipeline.analysis.table import family_key
 
@@ -41,7 +43,7 @@ def family_metrics(ff: scaling.FamilyFit) -> dict[str, float]:
         return metrics
     fit, _ = ff.best()
     for p, value in fit.params.items():
-        metrics.update(_with_interval(f"{prefix}/{PARAMETER_NAMES[p]}", value, ff.intervals.get(fit.form, {}).get(p)))
+        metrics.update(_with_interval(f"{prefix}/{metric_parameter(p)}", value, ff.intervals.get(fit.form, {}).get(p)))
     return metrics
 
 

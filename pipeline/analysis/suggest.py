@@ -124,7 +124,7 @@ class FamilyState:
     points, and the information J^T J of its log errors about the curve's parameters (``scale``: the
     compute unit those parameters are in). A simulated run adds its row to J and its compute."""
     family: str
-    curve: scaling.Fit
+    curve: scaling.Law
     compute: np.ndarray
     info: np.ndarray
     scale: float
@@ -138,7 +138,7 @@ class FamilyState:
 
     @property
     def df(self) -> int:
-        return len(self.compute) - len(scaling.PARAMS[self.curve.form])
+        return len(self.compute) - scaling.param_count(self.curve)
 
     @property
     def compute_range(self) -> tuple[float, float]:
@@ -170,7 +170,7 @@ def pooled_noise(family_fits: dict[str, scaling.FamilyFit]) -> float:
 
 def _gradient(value, state: FamilyState) -> np.ndarray:
     """d value(curve) / d parameters, by central differences."""
-    p = len(scaling.PARAMS[state.curve.form])
+    p = scaling.param_count(state.curve)
     grad = np.zeros(p)
     for i in range(p):
         step = np.zeros(p)
