@@ -139,10 +139,16 @@ class Blend:
     where one bends too early and the other too late, their geometric mean errs less than either
     (bench/RESULTS.md, "Extrapolation on published learning curves")."""
     parts: tuple[Fit, ...]
+    weights: tuple[float, ...] | None = None   # of the parts' log errors (None: equal); a bootstrap
+    # replicate is one part alone (weights 1 and 0), so that the band spans the choice between them
 
     @property
     def form(self) -> str:
         return "+".join(p.form for p in self.parts)
+
+    @property
+    def w(self) -> np.ndarray:
+        return np.full(len(self.parts), 1 / len(self.parts)) if self.weights is None else np.asarray(self.weights)
 
     @property
     def n(self) -> int:
@@ -158,8 +164,8 @@ class Blend:
         return math.nan
 
     def error(self, compute) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return np.exp(np.mean([np.log(p.error(compute)) for p in self.parts], axis=0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.exp(sum(w * np.log(p.error(compute)) for w, p in zip(self.w, self.parts) if w))
 
     def compute_for(self, error) -> np.ndarray:
         """Compute at which the blend reaches ``error``, by bisection in log compute over 1e-30-1e30
@@ -380,7 +386,7 @@ def log_error_jacobian(f: Law, compute, scale: float) -> np.ndarray:
     divided by ``scale`` (log a, b, ...; a blend: its parts' in turn): one row per compute value."""
     x = np.asarray(compute, dtype=float) / scale
     if isinstance(f, Blend):
-        return np.hstack([log_error_jacobian(p, compute, scale) for p in f.parts]) / len(f.parts)
+        return np.hstack([w * log_error_jacobian(p, compute, scale) for w, p in zip(f.w, f.parts)])
     return _curve(_to_theta(f, scale), x, f.form)[1]
 
 
@@ -393,7 +399,7 @@ def shifted(f: Law, step: np.ndarray, scale: float) -> Law:
     """``f`` with its solver parameters (for compute divided by ``scale``) moved by ``step``."""
     if isinstance(f, Blend):
         bounds = np.cumsum([0] + [len(PARAMS[p.form]) for p in f.parts])
-        return Blend(tuple(shifted(p, step[i:j], scale) for p, i, j in zip(f.parts, bounds[:-1], bounds[1:])))
+        return Blend(tuple(shifted(p, step[i:j], scale) for p, i, j in zip(f.parts, bounds[:-1], bounds[1:])), f.weights)
     return _fit_of(f.form, _to_theta(f, scale) + step, scale, n=f.n, rss=f.rss)
 
 
@@ -439,27 +445,35 @@ def modified_residuals(compute, error, point: Fit) -> np.ndarray:
     return modified - modified.mean()
 
 
-def _refit(compute, replicates: tuple[np.ndarray, ...], *, point: Law, huber_scale: float) -> Law:
-    """One bootstrap replicate refitted: each part of ``point`` on its own replicate, from its own fit."""
-    fitted = [fit(compute, r, p.form, huber_scale=huber_scale, warm_start=p) for p, r in zip(parts(point), replicates)]
-    return Blend(tuple(fitted)) if isinstance(point, Blend) else fitted[0]
+def _refit(compute, replicate: tuple[tuple[np.ndarray, ...], tuple[float, ...]], *, point: Law,
+           huber_scale: float) -> Law:
+    """One bootstrap replicate refitted: each part of ``point`` on its own data, from its own fit; a
+    blend's replicate with the weights drawn for it."""
+    data, weights = replicate
+    fitted = [fit(compute, r, p.form, huber_scale=huber_scale, warm_start=p) for p, r in zip(parts(point), data)]
+    return Blend(tuple(fitted), weights) if isinstance(point, Blend) else fitted[0]
 
 
-def _replicates(compute, error, point: Law, rng: np.random.Generator, n_boot: int) -> list[tuple[np.ndarray, ...]]:
+def _replicates(compute, error, point: Law, rng: np.random.Generator, n_boot: int) -> list[tuple]:
     """Residual-bootstrap data: per replicate, each part's fitted curve times exp of its modified log
     residuals, drawn with replacement, the same draw for every part (a blend's parts are bootstrapped
-    each as itself, their errors paired); capped at 1 (and below a sigmoid part's e0)."""
+    each as itself, their errors paired), capped at 1 (and below a sigmoid part's e0); and, for a
+    blend, which part the replicate stands for (one-hot weights, drawn at random): the law's
+    uncertainty then includes the choice between its two forms."""
     n, members = len(compute), parts(point)
     curves = [(p.error(compute), modified_residuals(compute, error, p)) for p in members]
     cap = [p.e0 * (1 - 1e-3) if p.form == "sigmoid" else 1.0 for p in members]
     out = []
     for _ in range(n_boot):
         if len(members) == 1:
-            draws = [rng.choice(curves[0][1], size=n)]
+            draws, weights = [rng.choice(curves[0][1], size=n)], None
         else:
             idx = rng.integers(0, n, size=n)
             draws = [residuals[idx] for _, residuals in curves]
-        out.append(tuple(np.minimum(fitted * np.exp(d), top) for (fitted, _), d, top in zip(curves, draws, cap)))
+            pick = rng.integers(len(members))
+            weights = tuple(float(k == pick) for k in range(len(members)))
+        out.append((tuple(np.minimum(fitted * np.exp(d), top) for (fitted, _), d, top in zip(curves, draws, cap)),
+                    weights))
     return out
 
 
@@ -483,7 +497,8 @@ def bootstrap(compute, error, form: str, *, rng: np.random.Generator, n_boot: in
         while len(fits) < n_boot:
             idx = rng.integers(0, n, size=n)
             if can_fit(compute[idx], form):
-                fits.append(_refit(compute[idx], (error[idx],) * len(parts(point)), point=point, huber_scale=huber_scale))
+                fits.append(_refit(compute[idx], ((error[idx],) * len(parts(point)), None), point=point,
+                                   huber_scale=huber_scale))
     else:
         raise ValueError(f"unknown bootstrap method {method!r}: 'residual' or 'pairs'")
     return fits
