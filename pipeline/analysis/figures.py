@@ -408,11 +408,11 @@ def _handle_label(handle) -> str:
 
 
 def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str, points: pd.DataFrame | None = None):
-    """Per-family scaling laws over the points: error against compute, log-log, the better form
-    solid in its bootstrap band, the other form dotted. ``points`` (``FitBasis.points``): the
-    candidate points, those not ``used`` drawn hollow. ``label``: the metric's name (in full, see
-    ``metric_name``). The legend, beside the axes, has an entry per family's points, law used and
-    other form, each only where drawn."""
+    """Per-family scaling laws over the points: error against compute, log-log, the law used
+    solid in its bootstrap band, the power law dotted where another law is used. ``points``
+    (``FitBasis.points``): the candidate points, those not ``used`` drawn hollow. ``label``: the
+    metric's name (in full, see ``metric_name``). The legend, beside the axes, has an entry per
+    family's points, law used and power law, each only where drawn."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     _style()

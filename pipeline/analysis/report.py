@@ -62,7 +62,7 @@ FIGURE_PREVIEW = "performance_vs_compute_preview"
 class ReportOptions:
     """How the report is computed: the bootstrap's seed and replicates, the interval level, the
     few-shot shot count plotted (the largest measured where that one is absent), and configurations
-    to forecast beside the preset's (``MODEL@LENGTH``, ``pipeline.analysis.forecast.parse_named``)."""
+    to forecast beside the preset's (``MODEL@LENGTH``, ``pipeline.spec.named_entry``)."""
     seed: int = 0
     n_boot: int = 1000
     level: float = LEVEL
@@ -166,7 +166,7 @@ class FamilyVerdict:
     """What a family's fit came to, for the report."""
     family: str
     verdict: Verdict
-    better: str | None = None    # the form chosen (pipeline.fits.FORMS) where the verdict is BETTER
+    better: str | None = None    # the law chosen (a form of pipeline.fits.FORMS, or a blend a+b) where BETTER
     reason: str = ""             # pipeline.fits' reason for it
 
 
