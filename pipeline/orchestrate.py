@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipeline import console, tracking
+from pipeline import console, hardware, tracking
 from pipeline import storage as store
 from pipeline.cli import Interrupted
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
@@ -191,6 +191,8 @@ class ChainContext:
     study_run_id: str
     on_bad_row: str = "raise"
     system_metrics: bool = True
+    compile: str = "auto"       # torch.compile: auto | on | off (pipeline.hardware)
+    cpus_per_gpu: int = 1       # CPUs each GPU worker asks for (its loader's processes and itself)
 
 
 def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
@@ -204,7 +206,8 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
     else:
         out = pretrain(spec, ctx.data_path, storage=ctx.storage, tracking_uri=uri,
                        launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0, on_bad_row=ctx.on_bad_row,
-                                     system_metrics=ctx.system_metrics),
+                                     system_metrics=ctx.system_metrics, compile=ctx.compile,
+                                     cpus_per_worker=ctx.cpus_per_gpu if ctx.gpus else 1.0),
                        hooks=Hooks(probes=curve_probes(ctx)), finish=False,
                        parent_run_id=ctx.study_run_id)
         run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
@@ -313,12 +316,16 @@ class StudyOptions:
     bars: bool | None = None    # a progress bar per run (None: when stdout is a terminal)
     system_metrics: bool = True  # CPU, memory (and GPU) of pretraining workers in MLflow
     forecast: tuple[str, ...] = ()  # configurations the report forecasts beside the preset's (MODEL@LENGTH)
+    compile: str = "auto"       # torch.compile of pretraining: auto (on a GPU when it repays) | on | off
+    cpus_per_gpu: int | None = None  # CPUs a GPU worker asks for (None: from the cluster's GPU nodes)
 
     def check(self) -> None:
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise StudyError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
         if self.gpus_per_run < 0:
             raise StudyError(f"--gpus-per-run must be 0 (CPU) or more, got {self.gpus_per_run}")
+        if self.cpus_per_gpu is not None and self.cpus_per_gpu < 1:
+            raise StudyError(f"--cpus-per-gpu must be at least 1, got {self.cpus_per_gpu}")
 
 
 RUN_COLUMNS = ("model", "subset", "length", "steps", "epochs", "gflops")  # the runs table's view in MLflow
@@ -357,7 +364,8 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
             ctx = ChainContext(data_path=data or prepare_data(p, None, storage, bars, emit=board.line),
                                storage=storage, tracking_uri=uri, downstream=downstream, transfer=p.transfer,
                                gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
-                               system_metrics=options.system_metrics)
+                               system_metrics=options.system_metrics, compile=options.compile,
+                               cpus_per_gpu=gpu_worker_cpus(options))
             return drive_study(study, preset, ctx, planned, options, board)
 
 
@@ -379,6 +387,17 @@ def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
     tracking.describe_experiment(uri, study.name, experiment_description(study.name, study.title) +
                                  f" These columns, sorted by compute: [the {preset} preset's view]({view}).")
     return view
+
+
+def gpu_worker_cpus(options: StudyOptions) -> int:
+    """CPUs each GPU worker asks Ray for: ``--cpus-per-gpu``, else what the cluster's GPU nodes hold
+    per GPU less one (``hardware.cpus_per_gpu``); 1 for CPU studies."""
+    import ray
+    if not options.gpus_per_run:
+        return 1
+    if options.cpus_per_gpu is not None:
+        return options.cpus_per_gpu
+    return hardware.cpus_per_gpu([node["Resources"] for node in ray.nodes() if node["Alive"]])
 
 
 def ray_where() -> str:

@@ -44,15 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline import cli, compute, console, tracking
+from pipeline import cli, compute, console, hardware, tracking
 from pipeline import storage as store
 from pipeline.fewshot import DEFAULT_SHOTS
 from pipeline.planning import RunNumbers, run_numbers
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import Recipe, RunSpec
 
-# Dense bf16 peak per device (TFLOP/s) for MFU; unknown devices get no MFU.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 STATE_FILE = "state.pt"
 
 
@@ -121,13 +119,6 @@ def precision_at_1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return targets.gather(1, top[:, None]).squeeze(1).gt(0).sum()
 
 
-def peak_tflops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda" or precision != "bf16":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
 def rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors and plain values (what a ``weights_only`` load reads back)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -146,25 +137,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def use_assigned_cpus() -> int | None:
-    """In a Ray task or actor, let torch use as many threads as CPUs Ray gave it (at least one).
-    Threads beyond a worker's share spin-wait on cores that other workers hold: two Train workers
-    of 2 threads each on 2 cores trained a micro ViT 2.2x slower than with 1 thread each (106 s vs
-    47 s, tests/test_pretrain.py). Elsewhere (the driver, a zero-CPU task) nothing changes."""
-    try:
-        import ray
-        if not ray.is_initialized():
-            return None
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    except Exception:  # not in a Ray worker
-        return None
-    if not cpus:
-        return None
-    threads = max(1, int(cpus))
-    torch.set_num_threads(threads)
-    return threads
 
 
 # ----------------------------------------------------------------------------- the worker loop
@@ -286,6 +258,9 @@ class PretrainPlan:
     checksum_marks: str | None = None  # where shards whose checksum was checked are marked (None: not checked)
     subset_cache: str | None = None    # where the training subset is kept once built (format.cached_subset)
     system_metrics: bool = True  # rank 0 logs MLflow's system metrics (tracking.system_metrics)
+    compile: str = "auto"        # torch.compile: "auto" (on CUDA when it repays, pipeline.hardware) | "on" | "off"
+    loader_workers: int | None = None  # decode processes a rank (None: from the CPUs Ray gives it, else the
+                                       # loader's default; hardware.loader_workers)
 
 
 @dataclass(frozen=True)
@@ -336,6 +311,7 @@ class Launch:
     in_process: bool = False
     on_bad_row: str = "raise"   # a row that cannot be decoded or labelled: "raise" (stop at once) | "skip" (count it)
     system_metrics: bool = True  # rank 0 logs its machine's CPU, memory (GPU) use to MLflow every 10 s
+    compile: str = "auto"        # torch.compile: "auto" (on CUDA when the run is long enough to repay it) | "on" | "off"
 
 
 class Trainer:
@@ -364,8 +340,16 @@ class Trainer:
         self.probe_sets: dict[str, tuple] = {}  # Probes' datasets, decoded once (probe_data)
         self.restore()
         self.train_model = session.wrap(self.model)
-        if recipe.compile:
+        self.compiled, self.compile_reason = hardware.should_compile(
+            plan.compile, self.device, self.remaining_flops() / session.world,
+            hardware.peak_tflops(self.device, self.precision))
+        if self.compiled:
             self.train_model = torch.compile(self.train_model)
+
+    def remaining_flops(self) -> float:
+        """Training FLOPs from the current step to the end of the run (every rank together)."""
+        images = (self.plan.numbers.steps - self.step) * self.recipe.batch_size
+        return compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * self.plan.numbers.forward_macs * images
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -401,7 +385,8 @@ class Trainer:
                           world_size=self.session.world, seed=self.plan.spec.seed, epoch=epoch,
                           label_format="multi_hot", min_crop_area=self.recipe.min_crop_area, image_dtype="uint8",
                           on_bad_row=self.plan.on_bad_row, subset_cache=self.plan.subset_cache, **self.plan.subset)
-        return make_loader(spec, start_step=position, pin_memory=self.device.type == "cuda")
+        return make_loader(spec, start_step=position, pin_memory=self.device.type == "cuda",
+                           num_workers=self.plan.loader_workers)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Gradients of the batch's mean loss, accumulated over ``accum_steps`` micro-batches, each
@@ -516,13 +501,19 @@ class Trainer:
 
 class Progress:
     """The loop's logging: loss and gradient norm averaged over a window of steps and over ranks,
-    throughput, MFU and compute so far; rank 0 sends metrics to MLflow in batches (steps an
+    throughput (images/s, MFU, the share of time spent waiting for data, peak memory, the time to
+    the first step) and compute so far; rank 0 sends metrics to MLflow in batches (steps an
     interrupted attempt already logged are not logged twice) and prints one line per window."""
 
-    def __init__(self, plan: PretrainPlan, trainer: Trainer, stop_at: int) -> None:
-        self.plan, self.trainer, self.stop_at = plan, trainer, stop_at
+    def __init__(self, plan: PretrainPlan, trainer: Trainer, stop_at: int, started: float) -> None:
+        self.plan, self.trainer, self.stop_at, self.started = plan, trainer, stop_at, started
+        self.first_step_s: float | None = None  # from the worker's start to the end of its first step
+        # this attempt after its first step (the steady state): from when, steps and data waits to the
+        # last window (whose all-reduce waited for the device), and data waits since
+        self.steady = {"from": 0.0, "to": 0.0, "steps": 0, "waited": 0.0}
+        self.steady_waited = 0.0
         self.rank, self.world = trainer.session.rank, trainer.session.world
-        self.peak = peak_tflops(trainer.device, trainer.precision)
+        self.peak = hardware.peak_tflops(trainer.device, trainer.precision)
         self.logger, self.skipped_total = None, 0
         if self.rank == 0 and plan.mlflow_run_id:
             logged = tracking.last_step(plan.tracking_uri, plan.mlflow_run_id, "pretrain/loss")
@@ -534,7 +525,20 @@ class Progress:
     def _new_window(self) -> None:
         device = self.trainer.device
         self.loss, self.grad_norm = (torch.zeros((), dtype=torch.float32, device=device) for _ in range(2))
-        self.steps, self.skipped, self.start = 0, 0, time.perf_counter()
+        self.steps, self.skipped, self.waited, self.start = 0, 0, 0.0, time.perf_counter()
+
+    def batches(self, loader):
+        """``loader``'s batches, timing how long each was waited for (``throughput/data_wait``)."""
+        batches = iter(loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            waited = time.perf_counter() - start
+            self.waited += waited
+            self.steady_waited += waited if self.first_step_s is not None else 0.0
+            yield batch
 
     def _print(self, text: str, **progress: int) -> None:
         console.say(self.plan.spec.label, text, **progress)
@@ -544,18 +548,28 @@ class Progress:
         self.grad_norm += grad_norm
         self.skipped += len(batch.bad_rows)
         self.steps += 1
+        if self.first_step_s is None:  # compiling, the loader's start and the first batch are in it
+            if self.trainer.device.type == "cuda":
+                torch.cuda.synchronize(self.trainer.device)
+            self.steady["from"] = time.perf_counter()
+            self.first_step_s = self.steady["from"] - self.started
 
     def window(self) -> dict[str, float]:
         """The window's metrics (every rank must call this at the same step), then a new window."""
         step, batch, macs = self.trainer.step, self.plan.spec.recipe.batch_size, self.plan.numbers.forward_macs
         elapsed = time.perf_counter() - self.start
         loss_sum, norm_sum, skipped = _all_reduce_sum([self.loss, self.grad_norm, self.skipped], self.trainer.device)
+        self.steady.update(to=time.perf_counter(), steps=self.steady["steps"] + self.steps - (self.steady["to"] == 0),
+                           waited=self.steady_waited)
         images_per_s = self.steps * batch / max(elapsed, 1e-9)
-        achieved = compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * macs * images_per_s / 1e12
+        achieved = self.tflops(images_per_s)
         metrics = {"pretrain/loss": loss_sum / self.world / self.steps,
                    "pretrain/lr": self.trainer.schedule.get_last_lr()[0],
                    "pretrain/grad_norm": norm_sum / self.world / self.steps,
                    "throughput/images_per_s": images_per_s, "throughput/tflops": achieved,
+                   "throughput/data_wait": self.waited / max(elapsed, 1e-9),
+                   "throughput/peak_memory_gib": hardware.peak_memory_gib(self.trainer.device),
+                   "throughput/first_step_s": self.first_step_s or 0.0,
                    "compute/images_seen": step * batch,
                    "compute/exaflops": compute.pretrain_exaflops(macs, step * batch),
                    "compute/gflops": compute.pretrain_exaflops(macs, step * batch) * GFLOPS_PER_EXAFLOP,
@@ -567,6 +581,38 @@ class Progress:
             metrics["data/skipped_rows"] = self.skipped_total
         self._new_window()
         return metrics
+
+    def tflops(self, images_per_s: float) -> float:
+        """Training TFLOP/s at ``images_per_s`` (forward and backward, every rank together)."""
+        macs = self.plan.numbers.forward_macs
+        return compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * macs * images_per_s / 1e12
+
+    def summary(self) -> dict[str, Any]:
+        """This attempt's throughput in the steady state (after its first step, to its last window),
+        the time to its first step, its peak memory and whether it was compiled."""
+        trainer, steady = self.trainer, self.steady
+        seconds = steady["to"] - steady["from"]
+        out: dict[str, Any] = {"first_step_s": self.first_step_s, "compiled": trainer.compiled,
+                               "compile_reason": trainer.compile_reason,
+                               "peak_memory_gib": hardware.peak_memory_gib(trainer.device)}
+        if steady["steps"] > 0 and seconds > 0:
+            images_per_s = steady["steps"] * self.plan.spec.recipe.batch_size / seconds
+            out.update(images_per_s=images_per_s, data_wait=steady["waited"] / seconds)
+            if self.peak:
+                out["mfu"] = self.tflops(images_per_s) / (self.peak * self.world)
+        return out
+
+    def say_summary(self, summary: dict[str, Any]) -> None:
+        """Rank 0: one line with :meth:`summary`'s numbers."""
+        if self.rank != 0 or summary["first_step_s"] is None:
+            return
+        parts = [f"{summary['images_per_s']:,.0f} img/s" if "images_per_s" in summary else "too few steps to time",
+                 f"MFU {summary['mfu']:.1%}" if "mfu" in summary else "",
+                 f"first step {summary['first_step_s']:.1f} s",
+                 f"waiting for data {summary['data_wait']:.0%}" if "data_wait" in summary else "",
+                 f"peak memory {summary['peak_memory_gib']:.1f} GiB",
+                 f"torch.compile {'on' if summary['compiled'] else 'off'} ({summary['compile_reason']})"]
+        self._print("throughput: " + ", ".join(p for p in parts if p))
 
     def emit(self, metrics: dict[str, float]) -> None:
         """Rank 0: ``metrics`` to MLflow; after a window, send the batch and print a line."""
@@ -592,22 +638,30 @@ class Progress:
 def train_loop_per_worker(config: dict) -> dict[str, Any]:
     """The Ray Train entry point of :func:`train_loop`: ``config`` is {"plan": ..., "hooks": ...}."""
     quiet_ray_train_logs()
-    use_assigned_cpus()
-    return train_loop(config["plan"], RaySession(), config.get("hooks") or Hooks())
+    session, plan = RaySession(), config["plan"]
+    if plan.loader_workers is None:  # from the CPUs Ray gave this worker, the rest train (torch threads)
+        plan = dataclasses.replace(plan, loader_workers=hardware.loader_workers(hardware.assigned_cpus(),
+                                                                                session.device))
+    hardware.use_assigned_cpus(plan.loader_workers or 0)
+    return train_loop(plan, session, config.get("hooks") or Hooks())
 
 
 def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Hooks = Hooks()) -> dict[str, Any]:
     """Pretrain from the session's last checkpoint (or from scratch) to the plan's last step."""
+    started = time.perf_counter()
     trainer, recipe, total = Trainer(plan, session), plan.spec.recipe, plan.numbers.steps
     trainer.check_shards()
     stop_at = min(total, hooks.stop_after_steps or total)
-    progress = Progress(plan, trainer, stop_at)
+    progress = Progress(plan, trainer, stop_at, started)
     monitored = plan.system_metrics and session.rank == 0 and plan.mlflow_run_id is not None
     with tracking.system_metrics(plan.tracking_uri, plan.mlflow_run_id, enabled=monitored):
         train_steps(plan, trainer, session, hooks, progress, stop_at)
     progress.flush()
+    throughput = progress.summary()
+    progress.say_summary(throughput)
     return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,
-            "resumed_from": trainer.resumed_from, "best": trainer.best, "skipped_rows": progress.skipped_total}
+            "resumed_from": trainer.resumed_from, "best": trainer.best, "skipped_rows": progress.skipped_total,
+            "throughput": throughput}
 
 
 def train_steps(plan: PretrainPlan, trainer: Trainer, session: RaySession | LocalSession, hooks: Hooks,
@@ -615,7 +669,7 @@ def train_steps(plan: PretrainPlan, trainer: Trainer, session: RaySession | Loca
     """The loop itself: steps, and at their intervals logs, validation, probes and checkpoints."""
     recipe, total = plan.spec.recipe, plan.numbers.steps
     while trainer.step < stop_at:
-        for batch in trainer.batches():
+        for batch in progress.batches(trainer.batches()):
             if hooks.on_batch is not None:
                 hooks.on_batch(session.rank, trainer.step, batch)
             progress.add(*trainer.train_step(batch), batch)
@@ -646,6 +700,8 @@ def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
     rows = dataset.subset_rows("train", **subset)
     if launch.on_bad_row not in ("raise", "skip"):
         raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {launch.on_bad_row!r}")
+    if launch.compile not in hardware.COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(hardware.COMPILE_MODES)}, got {launch.compile!r}")
     if recipe.batch_size % workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {workers} workers")
     per_rank = recipe.batch_size // workers
@@ -660,7 +716,7 @@ def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
                         numbers=run_numbers(spec, rows, dataset.num_classes), micro_batch=micro,
                         accum_steps=per_rank // micro, base_lr=base_lr, base_lr_source=lr_source,
                         val_split="val" if "val" in dataset.splits else None, subset=subset,
-                        on_bad_row=launch.on_bad_row, system_metrics=launch.system_metrics)
+                        on_bad_row=launch.on_bad_row, system_metrics=launch.system_metrics, compile=launch.compile)
 
 
 GFLOPS_PER_EXAFLOP = 1e9  # compute/gflops: micro runs read 443.5, not 4.435e-07 cut off in MLflow's table
@@ -867,7 +923,9 @@ def build_parser() -> argparse.ArgumentParser:
         aliases = ("--lr",) if field == "base_lr" else ()
         parser.add_argument(flag, *aliases, dest=field, type=kind,
                             help=f"{info.description or field.replace('_', ' ')}{default}")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (on GPUs)")
+    parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=hardware.COMPILE_MODES,
+                        help="torch.compile the model: auto (default: on a GPU when the run is long enough to repay "
+                        "the compile time, pipeline/hardware.py), on (--compile alone) or off")
     parser.add_argument("--on-bad-row", choices=("raise", "skip"), default=Launch.on_bad_row,
                         help="a row that cannot be decoded or labelled: stop the run at once (raise), or drop it and "
                         "count it (skip: data/skipped_rows in MLflow)")
@@ -892,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = json.loads(args.model) if args.model.lstrip().startswith("{") else args.model
         given = {field: getattr(args, field) for field, _ in RECIPE_FLAGS.values() if getattr(args, field) is not None}
-        recipe = Recipe(**given, compile=args.compile)
+        recipe = Recipe(**given)
         from pipeline.data import open_dataset
         spec = RunSpec(study=args.study, model=model, dataset=open_dataset(args.data).name, subset=args.subset,
                        epochs=args.epochs, steps=args.steps, recipe=recipe, seed=args.seed)
@@ -906,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     with console.Board(quiet=args.quiet):
         summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
                            launch=Launch(workers=args.workers, use_gpu=args.gpu, on_bad_row=args.on_bad_row,
+                                         compile=args.compile,
                                          system_metrics=args.system_metrics))
     print(json.dumps(summary, indent=2, default=str))
     return 0

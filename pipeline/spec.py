@@ -58,7 +58,18 @@ class Recipe(Frozen):
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1, description="steps between metric logs")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_compile(cls, data):
+        """``compile`` was a recipe field; it is a launch option now (it does not change what is
+        learned): records that say ``compile: false`` still read, ``true`` says where it went."""
+        if isinstance(data, dict) and "compile" in data:
+            data = dict(data)
+            if data.pop("compile"):
+                raise ValueError("compile is no longer a recipe field (it does not change what is learned): pass "
+                                 "--compile on to python -m pipeline.pretrain or python -m pipeline.study")
+        return data
 
 
 class RunSpec(Frozen):
@@ -116,6 +127,7 @@ class RunSpec(Frozen):
     @property
     def id(self) -> str:
         payload = self.model_dump(mode="json", exclude={"study"})
+        payload["recipe"]["compile"] = False  # a recipe field until issue 30: kept so that ids stay the same
         payload["model"] = model_spec(self.model).to_dict() if isinstance(self.model, dict) else self.model
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:12]

@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-from pipeline import cli, console, tracking
+from pipeline import cli, console, hardware, tracking
 from pipeline import storage as store
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
 from pipeline.spec import list_studies, load_study, named_entry
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="runs at once (default: the cluster's GPUs / --gpus-per-run, or its CPUs + 1 for CPU runs)")
     parser.add_argument("--gpus-per-run", type=int, default=0, help="GPU workers per pretraining run (0: one CPU worker)")
+    parser.add_argument("--cpus-per-gpu", type=int, help="CPUs each GPU worker asks for, most of them decoding images "
+                        "(default: what the cluster's GPU nodes hold per GPU, less one; give it on an autoscaling "
+                        "cluster whose GPU nodes are not up yet)")
+    parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=hardware.COMPILE_MODES,
+                        help="torch.compile pretraining: auto (default: on a GPU when a run is long enough to repay "
+                        "the compile time), on (--compile alone) or off")
     parser.add_argument("--on-bad-row", choices=("raise", "skip"), default="raise",
                         help="a pretraining row that cannot be decoded or labelled: fail the run at once (raise), or "
                         "drop it and count it (skip)")
@@ -121,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run,
                                            on_bad_row=args.on_bad_row, quiet=args.quiet,
-                                           system_metrics=args.system_metrics, forecast=tuple(args.forecast))
+                                           system_metrics=args.system_metrics, forecast=tuple(args.forecast),
+                                           compile=args.compile, cpus_per_gpu=args.cpus_per_gpu)
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         options=options)
     except orchestrate.StudyError as err:

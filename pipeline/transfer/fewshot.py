@@ -11,6 +11,7 @@ import torch
 
 from pipeline import fewshot
 from pipeline import storage as store
+from pipeline.hardware import use_assigned_cpus
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.checkpoints import cached_features, load_checkpoint
@@ -29,7 +30,6 @@ def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = Few
     """Few-shot accuracies on the dataset's test split, probes fit on its train split. ``model``:
     evaluate this module instead of loading ``checkpoint`` (which then only names the cache)."""
     from pipeline.data import num_classes
-    from pipeline.pretrain import use_assigned_cpus
     use_assigned_cpus()
     if model is None:
         model, info = load_checkpoint(checkpoint, timm_name)
