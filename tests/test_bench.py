@@ -101,3 +101,21 @@ def test_extrapolation_benchmark_data_and_its_smallest_dataset(tmp_path):
     assert all(r[m] > 0 for r in rows for m in methods) and all(set(r["law"].split("+")) <= set(forms) for r in rows)
     assert all("+" in r["law"] for r in rows)      # 13-57 points: two forms scored, the law is their blend
     assert "| clip-checkpoints | 4 |" in done.stdout
+
+
+def test_gpu_e2e_dry_mode_runs_every_step_on_the_cpu(tmp_path):
+    """bench/gpu_e2e.sh --dry (issue 30): the smoke study twice (found done), killed at its first
+    checkpoint and resumed, pipeline.pretrain --compile; every run's throughput in MLflow."""
+    out = tmp_path / "e2e.json"
+    done = subprocess.run(["bash", "bench/gpu_e2e.sh", "--dry", "--work", str(tmp_path / "work"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["seconds"]) == ["smoke", "smoke again", "smoke until killed", "smoke resumed",
+                                       "pretrain --compile"]
+    runs = {r["run"]: r for r in result["runs"]}
+    assert set(runs) == {"ViT-nano / full / 40 steps", "BiT-nano / full / 40 steps", "ViT-nano / 60 steps, compiled"}
+    for row in runs.values():  # on a CPU: no MFU (no known peak), every other number measured
+        assert row["mfu"] is None and row["images_per_s"] > 0 and row["first_step_s"] > 0
+        assert 0 <= row["data_wait"] < 1 and row["peak_memory_gib"] > 0
+    assert "| run | img/s | MFU | first step s | waiting for data | peak GiB |" in done.stdout

@@ -77,6 +77,8 @@ def assert_learned_and_logged(out: dict, spec: RunSpec, synth, workers: int) -> 
     expected = 6 * float(params["forward_gmacs"]) * 1e9 * steps * BATCH / 1e18
     assert metrics["compute/exaflops"] == pytest.approx(expected, rel=1e-6)
     assert metrics["compute/images_seen"] == steps * BATCH and metrics["throughput/images_per_s"] > 0
+    assert metrics["throughput/first_step_s"] > 0 and 0 <= metrics["throughput/data_wait"] < 1
+    assert metrics["throughput/peak_memory_gib"] > 0 and "throughput/mfu" not in metrics  # no peak known for CPUs
     checkpoint = Path(run.data.tags["checkpoint_uri"])
     assert (checkpoint / STATE_FILE).is_file()
     state = load_state(checkpoint)  # as data: weights_only
@@ -102,6 +104,16 @@ def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, t
     assert_learned_and_logged(out, spec, synth, workers=1)
     kept = sorted(p.name for p in (tmp_path / f"pretrain-{spec.id}").iterdir())
     assert kept == [f"checkpoint_{spec.steps // 2:09d}", f"checkpoint_{spec.steps:09d}"]
+
+
+def test_bf16_autocast_trains_on_a_cpu_as_on_a_gpu(synth, tmp_path, two_torch_threads):
+    """The precision GPU runs use (bf16 autocast, float32 loss) through the loop, validation and
+    checkpoint on the CPU's autocast path: the loss falls, the run says how fast it went."""
+    out = pretrain(micro_spec("vit", 60, precision="bf16", log_every=20), synth, storage=str(tmp_path / "runs"),
+                   launch=LOCAL)
+    losses = tracking.metric_history(out["tracking_uri"], out["mlflow_run_id"], "pretrain/loss")
+    assert out["done"] and [s for s, _ in losses] == [20, 40, 60] and losses[-1][1] < losses[0][1]
+    assert out["throughput"]["compiled"] is False and out["throughput"]["images_per_s"] > 0
 
 
 def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, two_torch_threads):
