@@ -62,13 +62,13 @@ def use_assigned_cpus(loader_workers: int = 0) -> int | None:
     return threads
 
 
-def loader_workers(cpus: int | None, device: torch.device) -> int | None:
+def loader_workers(cpus: int | None, device_type: str) -> int | None:
     """Decode processes for a training loader, from the CPUs Ray gave the worker: none on a CPU
     worker (its CPUs train) or with 2 CPUs or fewer; on a GPU worker all but one (the process that
     drives the GPU). None outside Ray: the loader's own default (by the machine's CPU count)."""
     if cpus is None:
         return None
-    if device.type == "cpu" or cpus <= 2:
+    if device_type == "cpu" or cpus <= 2:
         return 0
     return min(MAX_LOADER_WORKERS, cpus - 1)
 

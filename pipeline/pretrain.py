@@ -641,7 +641,7 @@ def train_loop_per_worker(config: dict) -> dict[str, Any]:
     session, plan = RaySession(), config["plan"]
     if plan.loader_workers is None:  # from the CPUs Ray gave this worker, the rest train (torch threads)
         plan = dataclasses.replace(plan, loader_workers=hardware.loader_workers(hardware.assigned_cpus(),
-                                                                                session.device))
+                                                                                session.device.type))
     hardware.use_assigned_cpus(plan.loader_workers or 0)
     return train_loop(plan, session, config.get("hooks") or Hooks())
 

@@ -43,11 +43,11 @@ def test_compile_auto_compiles_a_gpu_run_only_when_it_is_long_enough_to_repay_it
 
 
 def test_a_gpu_worker_decodes_on_all_its_cpus_but_one_and_a_cpu_worker_on_none():
-    assert hardware.loader_workers(None, CUDA) is None  # outside Ray: the loader's own default
-    assert hardware.loader_workers(16, CUDA) == 15
-    assert hardware.loader_workers(2, CUDA) == 0
-    assert hardware.loader_workers(200, CUDA) == hardware.MAX_LOADER_WORKERS
-    assert hardware.loader_workers(8, CPU) == 0  # its CPUs train
+    assert hardware.loader_workers(None, "cuda") is None  # outside Ray: the loader's own default
+    assert hardware.loader_workers(16, "cuda") == 15
+    assert hardware.loader_workers(2, "cuda") == 0
+    assert hardware.loader_workers(200, "cuda") == hardware.MAX_LOADER_WORKERS
+    assert hardware.loader_workers(8, "cpu") == 0  # its CPUs train
     # the CPUs a GPU worker asks for: the GPU nodes' fewest per GPU, one left for transfer tasks
     assert hardware.cpus_per_gpu([{"CPU": 16.0, "GPU": 1.0}]) == 15
     assert hardware.cpus_per_gpu([{"CPU": 4.0}, {"CPU": 96.0, "GPU": 8.0}, {"CPU": 208.0, "GPU": 8.0}]) == 11
