@@ -223,8 +223,8 @@ def time_models(args, image_size: int, device: torch.device) -> tuple[list[dict]
     for name in args.models:
         family = model_spec(model_arg(name)).family
         modes = [(False, False)] + ([(False, True)] if family == "resnet" else [])
-        if not args.no_compile:
-            modes.append((True, family == "resnet"))
+        if not args.no_compile:  # BiT compiled both ways: the pipeline turns channels-last on where it helps
+            modes += [(True, False)] + ([(True, True)] if family == "resnet" else [])
         for compile_, channels_last in modes:
             try:
                 row, step = time_model(name, batch=args.batch_size, image_size=image_size, device=device,
