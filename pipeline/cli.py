@@ -2,13 +2,22 @@
 to do) on stderr and exit 1, never a traceback unless asked for (``--debug`` or
 ``VIT_SCALING_DEBUG=1``); Ctrl-C ends with exit 130 and one line, no traceback.
 
+Ctrl-C is recorded before it is raised (:func:`interrupted`): a library may catch the
+KeyboardInterrupt (Ray's blocking calls turn it into a status, and one path loses it), so loops
+that wait check the record too (:func:`check_interrupt`), and a command that returns after a
+Ctrl-C still ends with 130. Ray Tune's own SIGINT handler is turned off (it would end a grid
+quietly and carry on); Ray Train's is kept out by running ``fit`` off the main thread
+(``pretrain.fit_on_ray``).
+
 Errors raised on Ray workers reach the driver wrapped, with the worker's traceback inside the
 message; their last line is the worker's own error, which is what the line shows."""
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 DEBUG_FLAG = "--debug"
@@ -16,6 +25,32 @@ DEBUG_FLAG = "--debug"
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after the command has said what it means (e.g. how to resume)."""
+
+
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C came since the command started (whatever became of its KeyboardInterrupt)."""
+    return _INTERRUPTED.is_set()
+
+
+def check_interrupt() -> None:
+    """KeyboardInterrupt if Ctrl-C came, even where a library swallowed the first one."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
+def catch_ctrl_c() -> None:
+    """Record Ctrl-C before raising it (:func:`interrupted`); keep Ray Tune's handler out."""
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +71,11 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     """``main(argv)``, with its errors and Ctrl-C said in one line."""
     argv = sys.argv[1:] if argv is None else argv
     debug = DEBUG_FLAG in argv or os.environ.get("VIT_SCALING_DEBUG") == "1"
+    catch_ctrl_c()
     try:
-        return main([a for a in argv if a != DEBUG_FLAG])  # anywhere on the line, subcommands too
+        status = main([a for a in argv if a != DEBUG_FLAG])  # anywhere on the line, subcommands too
+        check_interrupt()  # a Ctrl-C that something swallowed still ends the command with 130
+        return status
     except KeyboardInterrupt as interrupt:
         if debug:
             raise

@@ -22,6 +22,7 @@ The data of presets with a ``synth`` dataset (``tiny``, ``smoke``) is generated 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline import console, hardware, tracking
 from pipeline import storage as store
-from pipeline.cli import Interrupted
+from pipeline.cli import Interrupted, check_interrupt
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
 
 if TYPE_CHECKING:  # pretraining (torch) is imported where runs train, not by the driver
@@ -328,6 +329,8 @@ class StudyOptions:
             raise StudyError(f"--cpus-per-gpu must be at least 1, got {self.cpus_per_gpu}")
 
 
+POLL_S = 1.0  # seconds between looks at the chains (and at Ctrl-C) while they run
+
 RUN_COLUMNS = ("model", "subset", "length", "steps", "epochs", "gflops")  # the runs table's view in MLflow
 
 
@@ -355,7 +358,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     # One driver per study: a second one started while this one lives is refused with its name
     # (after a kill, the next one takes over at once: a dead holder's lease is taken).
     bars = sys.stderr.isatty() and not options.quiet  # data made on first use: a bar in a terminal only
-    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"):
+    with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"), interrupts_said(uri, study.name, study_run):
         view = record_study(study, preset, uri, study_run)
         downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
         with console.Board(quiet=options.quiet, bars=options.bars) as board:
@@ -430,25 +433,41 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     todo = sorted((s for s in specs if s.id not in done), key=lambda s: -exaflops.get(s.id, 0.0))
     limit = options.max_concurrent or default_concurrency(gpus)
     progress = Progress(specs, exaflops, done, board, limit)
-    try:  # from the line that says what will run, Ctrl-C is answered by `stopped`
+    try:  # from the line that says what will run to the end of the report, Ctrl-C is answered by `stopped`
         board.line(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
                    f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
                    f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
         results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
+        check_interrupt()
+        summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
+                   "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
+                   "storage": ctx.storage, "results": results}
+        return finish_study(study, preset, summary, report=options.report, emit=board.line,
+                            forecast=options.forecast)
     except KeyboardInterrupt:
         stopped(uri, study.name, {s.id for s in todo}, study_run, board.line)
         raise Interrupted from None
-    summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
-               "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
-               "storage": ctx.storage, "results": results}
-    return finish_study(study, preset, summary, report=options.report, emit=board.line, forecast=options.forecast)
+
+
+@contextlib.contextmanager
+def interrupts_said(uri: str, study: str, study_run: str):
+    """Ctrl-C before the runs are launched (data, Ray's start): the study run marked KILLED and one
+    line; later ones are answered by :func:`drive_study`, which knows the runs it stopped."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        stopped(uri, study, set(), study_run, print)
+        raise Interrupted from None
 
 
 def stopped(uri: str, study: str, spec_ids: set[str], study_run: str, emit: Callable[[str], None]) -> None:
     """After Ctrl-C: the runs it stopped marked KILLED (best effort: a second Ctrl-C or an MLflow
     error skips it), then the one line that says how to resume."""
     try:
-        killed = f" ({tracking.mark_killed(uri, study, spec_ids, study_run)} run(s) marked KILLED in MLflow)"
+        count = tracking.mark_killed(uri, study, spec_ids, study_run)
+        killed = f" ({count} run(s) marked KILLED in MLflow)" if count else ""
     except (Exception, KeyboardInterrupt):
         killed = ""
     emit(f"[study] interrupted{killed}: run the same command again to resume (finished runs are kept)")
@@ -475,10 +494,14 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
             progress.launched(spec)
 
     launch()
+    said = time.monotonic()
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=heartbeat_s)
-        if not ready:
+        # short waits: a Ctrl-C that Ray's wait swallowed is seen within a second (cli.check_interrupt)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(POLL_S, heartbeat_s))
+        check_interrupt()
+        if not ready and time.monotonic() - said >= heartbeat_s:
             progress.line(len(pending))
+            said = time.monotonic()
         for ref in ready:
             spec = pending.pop(ref)
             try:
@@ -491,6 +514,7 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
                 note = f" ({spec.label} [{spec.id}] FAILED: {failures[spec.id]})"
             launch()
             progress.line(len(pending), note)
+            said = time.monotonic()
     return results, failures
 
 
@@ -503,6 +527,7 @@ def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: 
     complete = not failures and len(done) == summary["runs"]
     tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(done), "runs_failed": len(failures)})
     if report:
+        emit("[study] writing the report")
         try:
             summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run,
                                              forecast=forecast)

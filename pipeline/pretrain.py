@@ -34,6 +34,7 @@ import pickle
 import random
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -786,7 +787,7 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
                                  failure_config=FailureConfig(max_failures=0),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))
         try:
-            result = trainer.fit()
+            result = fit_off_main_thread(trainer)
             break
         except Exception as err:
             permanent = data_error_of(err)
@@ -799,6 +800,28 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
     summary = dict(getattr(result, "return_value", None) or {})
     checkpoint_uri = store.with_scheme_of(storage, result.checkpoint.path) if result.checkpoint else None
     return summary, checkpoint_uri
+
+
+def fit_off_main_thread(trainer) -> Any:
+    """``trainer.fit()`` on a helper thread, this one waiting: on the main thread, Ray Train puts
+    its own SIGINT handler in place of the command's (it aborts the run and the command ends with
+    exit 1 and no word), so Ctrl-C would not say how to resume."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # handed to the waiting thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+        cli.check_interrupt()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def fit_in_process(plan: PretrainPlan, hooks: Hooks, storage: str) -> tuple[dict[str, Any], str | None]:
@@ -883,6 +906,9 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
             build_subset(plan)
             summary, checkpoint_uri = (fit_in_process(plan, hooks, storage) if launch.in_process
                                        else fit_on_ray(plan, hooks, storage, launch))
+        except KeyboardInterrupt:  # its checkpoints are kept: the same command resumes it
+            tracking.finish_run(tracking_uri, run_id, "KILLED")
+            raise
         except Exception:
             tracking.set_tags(tracking_uri, run_id, {tracking.PRETRAIN_STATUS_TAG: tracking.Status.FAILED})
             tracking.finish_run(tracking_uri, run_id, "FAILED")
@@ -961,11 +987,14 @@ def main(argv: list[str] | None = None) -> int:
         spec.base_lr()
     except ValueError:  # the message names the study key; here it is a flag
         parser.error(f"Table 3 gives no learning rate for {spec.model_name}: give one with --base-lr")
-    with console.Board(quiet=args.quiet):
-        summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
-                           launch=Launch(workers=args.workers, use_gpu=args.gpu, on_bad_row=args.on_bad_row,
-                                         compile=args.compile,
-                                         system_metrics=args.system_metrics))
+    try:
+        with console.Board(quiet=args.quiet):
+            summary = pretrain(spec, args.data, storage=args.storage, tracking_uri=uri,
+                               launch=Launch(workers=args.workers, use_gpu=args.gpu, on_bad_row=args.on_bad_row,
+                                             compile=args.compile, system_metrics=args.system_metrics))
+    except KeyboardInterrupt:
+        print("[pretrain] interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        raise cli.Interrupted from None
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -96,20 +96,65 @@ def test_debug_shows_the_traceback(tmp_path, small, truncated):
     assert done.returncode == 1 and "Traceback" in done.stderr and "DataError" in done.stderr
 
 
-def test_ctrl_c_says_one_line_and_marks_the_study_run_killed(tmp_path):
-    storage = tmp_path / "runs"
+def interrupt_study_at(storage: Path, line: str) -> tuple[str, str]:
+    """The smoke study in ``storage``, sent SIGINT (a Ctrl-C) the moment it prints ``line``; its
+    output until then and after. Our handler is in place before the first line is printed."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     study = subprocess.Popen([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage",
                               str(storage)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.monotonic() + 180, ""
-    while "to run" not in seen and time.monotonic() < deadline:  # the chains are launched
+    deadline, seen = time.monotonic() + 240, ""
+    while line not in seen and time.monotonic() < deadline and study.poll() is None:
         seen += study.stdout.readline()
-    assert "to run" in seen, seen
+    assert line in seen, seen
     study.send_signal(signal.SIGINT)
     out, err = study.communicate(timeout=120)
-    assert study.returncode == 130, err[-2000:]
+    assert study.returncode == 130, f"exit {study.returncode} after a Ctrl-C at {line!r}:\n{out[-2000:]}\n{err[-2000:]}"
     assert "Traceback" not in err + out and (seen + out).count("[study] interrupted") == 1, \
-        f"stdout after the SIGINT:\n{out[-2000:]}\nstderr:\n{err[-2000:]}"
+        f"after a Ctrl-C at {line!r}, stdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}"
+    return seen, out
+
+
+def test_ctrl_c_at_every_moment_says_one_line_marks_the_study_run_killed_and_the_command_resumes(tmp_path):
+    """Ctrl-C before the runs start (Ray up, data not made), right as they are launched, and while
+    the report is written: exit 130, one line, the study run KILLED each time; then the same
+    command finishes the study with one MLflow run per RunSpec."""
+    storage = tmp_path / "runs"
     uri = tracking.default_tracking_uri(storage)
-    study_run = tracking.find_study_run(uri, "scaling", "smoke")
-    assert tracking.client(uri).get_run(study_run).info.status == "KILLED"
+    for line in ("[study] on Ray", "to run", "[study] writing the report"):
+        interrupt_study_at(storage, line)
+        study_run = tracking.find_study_run(uri, "scaling", "smoke")
+        assert tracking.client(uri).get_run(study_run).info.status == "KILLED", line
+    again = run("pipeline.study", "scaling", "--preset", "smoke", "--storage", str(storage))
+    assert again.returncode == 0 and "2 done, 0 to run" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    runs = [r for r in tracking.runs_of_study(uri, "scaling")
+            if r.data.tags.get(tracking.RUN_SPEC_TAG) and tracking.NESTED_KEY_TAG not in r.data.tags]
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke")).info.status == "FINISHED"
+
+
+def test_ctrl_c_of_pretraining_says_one_line_marks_the_run_killed_and_the_command_resumes(small, tmp_path):
+    """Ray Train's fit puts its own SIGINT handler on the main thread (it ended the command with
+    exit 1 and no word); fit runs off it, so Ctrl-C is the command's: 130, one line, KILLED."""
+    storage = tmp_path / "runs"
+    command = [sys.executable, "-m", "pipeline.pretrain", "--model", json.dumps(MICRO["vit"]), "--data", small,
+               "--steps", "400", "--batch-size", "8", "--image-size", "16", "--lr", "1e-3", "--log-every", "10",
+               "--checkpoint-every", "10", "--val-every", "400", "--storage", str(storage), "--no-system-metrics"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VIT_SCALING_DEBUG")}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + 240
+    while "step 20/400" not in seen and time.monotonic() < deadline and first.poll() is None:
+        seen += first.stdout.readline()
+    assert "step 20/400" in seen, seen
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "Traceback" not in err, err[-3000:]
+    said = [line for line in said_lines(err) if not line.startswith("[compute]")]  # the MAC count, said once
+    assert said == ["[pretrain] interrupted: run the same command again to resume from the last checkpoint"]
+    uri = tracking.default_tracking_uri(storage)
+    (record,) = tracking.runs_of_study(uri, "adhoc")
+    assert record.info.status == "KILLED"
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from the checkpoint at step" in again.stdout + again.stderr
+    (record,) = tracking.runs_of_study(uri, "adhoc")
+    assert record.info.status == "FINISHED" and json.loads(again.stdout[again.stdout.index("\n{") + 1:])["done"]
