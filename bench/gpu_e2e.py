@@ -9,8 +9,9 @@
 Then it checks MLflow (one finished run per RunSpec in both studies, both reports written) and
 prints, per run, images/s, MFU, the time to the first step, the share of time spent waiting for
 data and the peak memory, as the runs logged them (``throughput/*``); a JSON of everything goes to
-``--out``. ``--dry``: the same steps on the CPU with the smoke preset in place of ``gpu`` and a
-nano ViT (CI runs it: tests/test_bench.py).
+``--out``. ``--dry``: on the CPU, steps 2 and 1 on one storage with the smoke preset in place of
+``gpu`` (killed, resumed, then found done), and step 3 with a nano ViT (CI runs it:
+tests/test_bench.py).
 
     bash bench/gpu_e2e.sh [--out FILE]     # on a GPU machine (budget: 6 minutes)
     bash bench/gpu_e2e.sh --dry            # on a CPU
@@ -144,6 +145,28 @@ def check_study(storage: Path, preset: str) -> list[dict]:
     return rows
 
 
+def study_twice(storage: Path, gpus: int, seconds: dict, first: bool = True) -> list[dict]:
+    """The smoke study (``first``), then the same command again, which must find both runs done."""
+    command = study_command("smoke", storage, gpus)
+    if first:
+        _, seconds["smoke"] = run(command, storage.parent / "smoke-1.log", 600)
+    again, seconds["smoke again"] = run(command, storage.parent / "smoke-again.log", 300)
+    if not re.search(r"\b2 done, 0 to run\b", again):
+        raise Failed(f"the smoke study run again did not find its 2 runs done:\n{again[-3000:]}")
+    return check_study(storage, "smoke")
+
+
+def killed_and_resumed(preset: str, storage: Path, gpus: int, seconds: dict) -> list[dict]:
+    """``preset``'s study SIGKILLed at its first checkpoint, then the same command: it must resume."""
+    command, work = study_command(preset, storage, gpus), storage.parent
+    seconds[f"{preset} until killed"] = run_and_kill(command, work / f"{preset}-killed.log", storage, 600)
+    resumed, seconds[f"{preset} resumed"] = run(command, work / f"{preset}-resumed.log", 600)
+    if not re.search(r"\(([1-9]\d*) to resume\)", resumed) or "resumed from the checkpoint at step" not in resumed:
+        raise Failed(f"the {preset} study run again did not resume the killed run from its checkpoint:\n"
+                     f"{resumed[-3000:]}")
+    return check_study(storage, preset)
+
+
 def table(rows: list[dict]) -> str:
     def cell(value, spec):
         return "n/a" if value is None else format(value, spec)
@@ -165,21 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     say(f"{'dry run on the CPU' if args.dry else 'on the GPU'}; storages and logs in {work}")
     result: dict = {"dry": args.dry, "work": str(work), "seconds": {}}
-    smoke, main_storage = work / "smoke", work / f"{preset}-killed"
-
-    _, result["seconds"]["smoke"] = run(study_command("smoke", smoke, gpus), work / "smoke-1.log", 600)
-    again, result["seconds"]["smoke again"] = run(study_command("smoke", smoke, gpus), work / "smoke-2.log", 300)
-    if not re.search(r"\b2 done, 0 to run\b", again):
-        raise Failed(f"the smoke study run again did not find its 2 runs done:\n{again[-3000:]}")
-    rows = check_study(smoke, "smoke")
-
-    command = study_command(preset, main_storage, gpus)
-    result["seconds"][f"{preset} until killed"] = run_and_kill(command, work / f"{preset}-killed.log", main_storage, 600)
-    resumed, result["seconds"][f"{preset} resumed"] = run(command, work / f"{preset}-resumed.log", 600)
-    if not re.search(r"\(([1-9]\d*) to resume\)", resumed) or "resumed from the checkpoint at step" not in resumed:
-        raise Failed(f"the {preset} study run again did not resume the killed run from its checkpoint:\n"
-                     f"{resumed[-3000:]}")
-    rows += check_study(main_storage, preset) if not args.dry else []  # dry: the smoke rows again
+    main_storage = work / f"{preset}-killed"
+    rows = [] if args.dry else study_twice(work / "smoke", gpus, result["seconds"])
+    rows += killed_and_resumed(preset, main_storage, gpus, result["seconds"])
+    if args.dry:  # the smoke study's second command, on the storage the kill left finished
+        rows = study_twice(main_storage, gpus, result["seconds"], first=False)
 
     data = main_storage / "data" / load_study("scaling").preset(preset).dataset.name
     model, size, batch = (NANO_VIT, 16, 32) if args.dry else ("ViT-S/16", 96, 256)

@@ -104,15 +104,14 @@ def test_extrapolation_benchmark_data_and_its_smallest_dataset(tmp_path):
 
 
 def test_gpu_e2e_dry_mode_runs_every_step_on_the_cpu(tmp_path):
-    """bench/gpu_e2e.sh --dry (issue 30): the smoke study twice (found done), killed at its first
-    checkpoint and resumed, pipeline.pretrain --compile; every run's throughput in MLflow."""
+    """bench/gpu_e2e.sh --dry (issue 30): the smoke study killed at its first checkpoint, resumed,
+    then found done; pipeline.pretrain --compile; every run's throughput in MLflow."""
     out = tmp_path / "e2e.json"
     done = subprocess.run(["bash", "bench/gpu_e2e.sh", "--dry", "--work", str(tmp_path / "work"), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert list(result["seconds"]) == ["smoke", "smoke again", "smoke until killed", "smoke resumed",
-                                       "pretrain --compile"]
+    assert list(result["seconds"]) == ["smoke until killed", "smoke resumed", "smoke again", "pretrain --compile"]
     runs = {r["run"]: r for r in result["runs"]}
     assert set(runs) == {"ViT-nano / full / 40 steps", "BiT-nano / full / 40 steps", "ViT-nano / 60 steps, compiled"}
     for row in runs.values():  # on a CPU: no MFU (no known peak), every other number measured

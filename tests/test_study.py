@@ -103,7 +103,7 @@ def test_bad_study_files_fail_with_file_field_and_allowed_values(tmp_path, text,
 
 @pytest.mark.parametrize("argv,message", [
     (["nosuchstudy", "--plan"], "available: data, scaling"),
-    (["scaling", "--preset", "huge", "--plan"], "its presets are ['in21k', 'paper', 'smoke', 'tiny']"),
+    (["scaling", "--preset", "huge", "--plan"], "its presets are ['gpu', 'in21k', 'paper', 'smoke', 'tiny']"),
     (["scaling", "--plan", "--mfu", "3"], "--mfu must be in (0, 1]"),
     ([], "give a study name"),
 ])
