@@ -14,6 +14,7 @@ message; their last line is the worker's own error, which is what the line shows
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -28,11 +29,33 @@ class Interrupted(KeyboardInterrupt):
 
 
 _INTERRUPTED = threading.Event()
+_DEFERRED = {"depth": 0, "pending": False}  # the main thread inside deferred_interrupts(); a Ctrl-C held
 
 
 def _on_sigint(signum, frame) -> None:
     _INTERRUPTED.set()
+    if _DEFERRED["depth"]:
+        _DEFERRED["pending"] = True
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """A Ctrl-C that comes inside the block is raised when it ends: for writes that must not be
+    cut in half (an SQLite transaction interrupted midway kept the database locked for the
+    process's next write, the one that marks the study KILLED)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+    if not _DEFERRED["depth"] and _DEFERRED["pending"]:
+        _DEFERRED["pending"] = False
+        raise KeyboardInterrupt
 
 
 def interrupted() -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pipeline import cli
 from pipeline import storage as store
 
 RUN_SPEC_TAG = "run_spec_id"
@@ -64,11 +65,34 @@ HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQU
 
 @functools.lru_cache(maxsize=8)
 def client(tracking_uri: str):
-    """One client per tracking URI and process (every metric flush goes through it)."""
+    """One client per tracking URI and process (every metric flush goes through it); on SQLite,
+    each call finishes before a Ctrl-C is raised (:class:`_WholeCalls`)."""
     from mlflow.tracking import MlflowClient
     for name, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    return MlflowClient(tracking_uri=tracking_uri)
+    found = MlflowClient(tracking_uri=tracking_uri)
+    return _WholeCalls(found) if tracking_uri.startswith("sqlite:") else found
+
+
+class _WholeCalls:
+    """An MlflowClient whose calls are not cut by Ctrl-C (``cli.deferred_interrupts``): an SQLite
+    write interrupted midway kept the database locked, and the study could not mark itself KILLED.
+    A server's client is left as it is (its retries can last 30 s; the server keeps its own
+    transactions whole)."""
+
+    def __init__(self, wrapped) -> None:
+        self._wrapped = wrapped
+
+    def __getattr__(self, name: str):
+        found = getattr(self._wrapped, name)
+        if not callable(found):
+            return found
+
+        @functools.wraps(found)
+        def whole(*args, **kwargs):
+            with cli.deferred_interrupts():
+                return found(*args, **kwargs)
+        return whole
 
 
 def server_problem(tracking_uri: str) -> str | None:

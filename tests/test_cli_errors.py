@@ -158,3 +158,27 @@ def test_ctrl_c_of_pretraining_says_one_line_marks_the_run_killed_and_the_comman
     assert "resumed from the checkpoint at step" in again.stdout + again.stderr
     (record,) = tracking.runs_of_study(uri, "adhoc")
     assert record.info.status == "FINISHED" and json.loads(again.stdout[again.stdout.index("\n{") + 1:])["done"]
+
+
+def test_a_ctrl_c_inside_a_whole_write_waits_for_it_and_is_recorded():
+    """cli.deferred_interrupts (SQLite writes through tracking.client): the write finishes, then the
+    KeyboardInterrupt comes; outside such a block it comes at once; either way cli.interrupted()."""
+    from pipeline import cli
+    before = signal.getsignal(signal.SIGINT)
+    cli.catch_ctrl_c()
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with cli.deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run by now, and not raised
+                finished.append("write")
+        assert finished == ["write"] and cli.interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+            finished.append("not reached")
+        assert finished == ["write"]
+    finally:
+        signal.signal(signal.SIGINT, before)
+        cli._INTERRUPTED.clear()
