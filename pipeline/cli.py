@@ -1,6 +1,7 @@
 """The edge every ``python -m pipeline.<command>`` shares: an error is one line (what, where, what
 to do) on stderr and exit 1, never a traceback unless asked for (``--debug`` or
-``VIT_SCALING_DEBUG=1``); Ctrl-C ends with exit 130 and one line, no traceback.
+``VIT_SCALING_DEBUG=1``); Ctrl-C ends with exit 130 and one line, no traceback; SIGTERM (``kill``,
+``timeout``, Slurm, Kubernetes) is answered the same way, with exit 143.
 
 Ctrl-C is recorded before it is raised (:func:`interrupted`): a library may catch the
 KeyboardInterrupt (Ray's blocking calls turn it into a status, and one path loses it), so loops
@@ -30,10 +31,13 @@ class Interrupted(KeyboardInterrupt):
 
 _INTERRUPTED = threading.Event()
 _DEFERRED = {"depth": 0, "pending": False}  # the main thread inside deferred_interrupts(); a Ctrl-C held
+_CAUGHT = {"installed": False, "signal": signal.SIGINT}  # our handlers are in place; the last signal caught
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _on_sigint(signum, frame) -> None:
     _INTERRUPTED.set()
+    _CAUGHT["signal"] = signum
     if _DEFERRED["depth"]:
         _DEFERRED["pending"] = True
         return
@@ -70,10 +74,20 @@ def check_interrupt() -> None:
 
 
 def catch_ctrl_c() -> None:
-    """Record Ctrl-C before raising it (:func:`interrupted`); keep Ray Tune's handler out."""
+    """Ctrl-C and SIGTERM recorded before they are raised as KeyboardInterrupt (:func:`interrupted`);
+    Ray Tune's handler kept out."""
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_sigint)
+        for number in STOP_SIGNALS:
+            signal.signal(number, _on_sigint)
+        _CAUGHT["installed"] = True
+
+
+def catch_again() -> None:
+    """After ``ray.init``, which puts its own SIGTERM handler in place (it kills the local Ray and
+    exits 1, the runs left RUNNING in MLflow): ours again, where a command had put them."""
+    if _CAUGHT["installed"]:
+        catch_ctrl_c()
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +118,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
             raise
         if not isinstance(interrupt, Interrupted):
             print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + int(_CAUGHT["signal"])
     except Exception as err:
         if debug:
             raise

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from pipeline import cli
+
 # Seconds between Ray Train's checks of its workers (its default is 2). A local cluster inherits
 # this process's environment, so its Train controllers notice a finished or failed worker group
 # sooner: timed on this 2-core box, TorchTrainer.fit of a 20-step micro run took 16-19 s instead
@@ -24,3 +26,4 @@ def ensure_ray(log_to_driver: bool = True) -> None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
     ray.init(address=address, log_to_driver=log_to_driver,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
+    cli.catch_again()  # SIGTERM as Ctrl-C, not Ray's exit 1 (pipeline.cli)

@@ -96,9 +96,9 @@ def test_debug_shows_the_traceback(tmp_path, small, truncated):
     assert done.returncode == 1 and "Traceback" in done.stderr and "DataError" in done.stderr
 
 
-def interrupt_study_at(storage: Path, line: str) -> tuple[str, str]:
-    """The smoke study in ``storage``, sent SIGINT (a Ctrl-C) the moment it prints ``line``; its
-    output until then and after. Our handler is in place before the first line is printed."""
+def interrupt_study_at(storage: Path, line: str, sig: int = signal.SIGINT) -> tuple[str, str]:
+    """The smoke study in ``storage``, sent ``sig`` (SIGINT: a Ctrl-C) the moment it prints ``line``;
+    its output until then and after. Our handler is in place before the first line is printed."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     study = subprocess.Popen([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage",
                               str(storage)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -106,9 +106,9 @@ def interrupt_study_at(storage: Path, line: str) -> tuple[str, str]:
     while line not in seen and time.monotonic() < deadline and study.poll() is None:
         seen += study.stdout.readline()
     assert line in seen, seen
-    study.send_signal(signal.SIGINT)
+    study.send_signal(sig)
     out, err = study.communicate(timeout=120)
-    assert study.returncode == 130, f"exit {study.returncode} after a Ctrl-C at {line!r}:\n{out[-2000:]}\n{err[-2000:]}"
+    assert study.returncode == 128 + sig, f"exit {study.returncode} after {sig!r} at {line!r}:\n{out[-2000:]}\n{err[-2000:]}"
     assert "Traceback" not in err + out and (seen + out).count("[study] interrupted") == 1, \
         f"after a Ctrl-C at {line!r}, stdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}"
     return seen, out
@@ -116,12 +116,14 @@ def interrupt_study_at(storage: Path, line: str) -> tuple[str, str]:
 
 def test_ctrl_c_at_every_moment_says_one_line_marks_the_study_run_killed_and_the_command_resumes(tmp_path):
     """Ctrl-C before the runs start (Ray up, data not made), right as they are launched, and while
-    the report is written: exit 130, one line, the study run KILLED each time; then the same
-    command finishes the study with one MLflow run per RunSpec."""
+    the report is written, and a SIGTERM (kill, timeout, Slurm) while a run trains: exit 130 (143),
+    one line, the study run KILLED each time; then the same command finishes the study with one
+    MLflow run per RunSpec."""
     storage = tmp_path / "runs"
     uri = tracking.default_tracking_uri(storage)
-    for line in ("[study] on Ray", "to run", "[study] writing the report"):
-        interrupt_study_at(storage, line)
+    for line, sig in (("[study] on Ray", signal.SIGINT), ("to run", signal.SIGINT), ("step 10/40", signal.SIGTERM),
+                      ("[study] writing the report", signal.SIGINT)):
+        interrupt_study_at(storage, line, sig)
         study_run = tracking.find_study_run(uri, "scaling", "smoke")
         assert tracking.client(uri).get_run(study_run).info.status == "KILLED", line
     again = run("pipeline.study", "scaling", "--preset", "smoke", "--storage", str(storage))
