@@ -14,6 +14,7 @@ import functools
 import os
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -40,7 +41,10 @@ def default_tracking_uri(storage_root: str | os.PathLike) -> str:
         raise TrackingError(f"storage {storage_root} is remote, and MLflow's default store is a SQLite file under the "
                             "storage: give the MLflow server with --tracking-uri or MLFLOW_TRACKING_URI "
                             "(e.g. http://HEAD:5000, see docs/cluster.md)")
-    return f"sqlite:///{Path(store.resolve(storage_root)) / 'mlflow.db'}"
+    # '%' and '?' percent-encoded: a '?' ended the path (--storage 'runs/q?x' put the database in the
+    # file 'runs/q'), a '%' escaped what followed; SQLAlchemy decodes them (see init_store)
+    path = str(Path(store.resolve(storage_root)) / "mlflow.db")
+    return f"sqlite:///{path.replace('%', '%25').replace('?', '%3F')}"
 
 
 def existing_default_uri(storage_root: str) -> str | None:
@@ -127,6 +131,12 @@ def init_store(tracking_uri: str) -> None:
     studies started together on a new storage)."""
     with _store_lock(tracking_uri):
         client(tracking_uri).search_experiments(max_results=1)
+    if tracking_uri.startswith("sqlite:///") and "%" in tracking_uri:
+        # MLflow makes the database's folder from the URI without decoding it: an empty stray
+        # folder ('q%3Fx' beside 'q?x'), removed here
+        stray = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        with contextlib.suppress(OSError):
+            stray.rmdir()  # only when empty, and never the storage itself (its name has no '%xx')
 
 
 @contextlib.contextmanager
@@ -137,7 +147,7 @@ def _store_lock(tracking_uri: str):
         yield
         return
     import fcntl
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = Path(urllib.parse.unquote(tracking_uri.removeprefix("sqlite:///").split("?")[0]))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

@@ -181,3 +181,16 @@ def test_planned_numbers_are_what_pretraining_derives(subset, tmp_path):
     from_plan = run_numbers(spec, subset_images(spec.subset, 512), preset.dataset.head_classes)
     from_data = plan_run(spec, data, Launch()).numbers
     assert from_data == from_plan and from_data.steps == -(-3 * from_data.subset_images // 32)
+
+
+@pytest.mark.parametrize("name", ["q?x", "p%20x", "with space#1"])
+def test_the_mlflow_database_stays_inside_a_storage_whose_path_has_url_characters(tmp_path, name):
+    """A '?' ended the SQLite URI's path (the database went to 'q', shared by 'q?a' and 'q?b');
+    a '%' was decoded. Now the database is <storage>/mlflow.db whatever the path holds."""
+    from pipeline import tracking
+    storage = tmp_path / name
+    uri = tracking.default_tracking_uri(storage)
+    tracking.init_store(uri)
+    run_id = tracking.start_run(uri, "probe", "0123456789ab", run_name="probe", tags={}, params={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert (storage / "mlflow.db").is_file() and tracking.client(uri).get_run(run_id).info.run_name == "probe"
