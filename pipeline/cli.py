@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -94,10 +95,23 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an error")
 
 
+# Lines that only point elsewhere: SQLAlchemy's and pydantic's links to their docs
+LINK_LINE = re.compile(r"^\(Background on this error at: \S+\)$|^For further information visit \S+$")
+
+
 def one_line(err: BaseException) -> str:
     """The error in one line: its message's last line (the worker's own error when Ray wrapped
-    it), named by its type unless that line names one already."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    it), named by its type unless that line names one already; never only a link: a pydantic
+    error says which field and why, a database error what the database said."""
+    if callable(getattr(err, "errors", None)) and hasattr(err, "title"):  # pydantic's ValidationError
+        try:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors())
+            return f"invalid {err.title}: {fields}"
+        except Exception:  # a look-alike (Ray's wrapper of a worker's error): its lines below
+            pass
+    if isinstance(getattr(err, "orig", None), Exception):  # SQLAlchemy's wrapper of the database's error
+        return f"{type(err).__name__}: {str(err.orig).strip() or type(err.orig).__name__}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not LINK_LINE.match(line.strip())]
     text = lines[-1] if lines else ""
     head = text.split(":", 1)[0]
     named = head.endswith(("Error", "Exception")) and " " not in head

@@ -184,3 +184,20 @@ def test_a_ctrl_c_inside_a_whole_write_waits_for_it_and_is_recorded():
     finally:
         signal.signal(signal.SIGINT, before)
         cli._INTERRUPTED.clear()
+
+
+def test_one_line_errors_keep_their_cause_not_a_link(tmp_path):
+    """SQLAlchemy's and pydantic's messages end with a link to their docs; the line says what the
+    database said and which field is wrong (issue 33, probe 2)."""
+    import sqlite3
+
+    import sqlalchemy
+
+    from pipeline import cli
+    full = sqlalchemy.exc.OperationalError("INSERT INTO metrics VALUES (?)", (1,), sqlite3.OperationalError(
+        "database or disk is full"))
+    assert "sqlalche.me" in str(full)
+    assert cli.one_line(full) == "OperationalError: database or disk is full"
+    done = run("pipeline.data", "synth", str(tmp_path / "x"), "--images", "0", "--classes", "2")
+    assert done.returncode == 1 and said_lines(done.stderr) == [
+        "error: invalid SynthSpec: images: Input should be greater than or equal to 1 (add --debug for the traceback)"]
