@@ -355,13 +355,23 @@ def load_study(name_or_path: str) -> Study:
     try:
         study = Study.model_validate(data)
         for preset in study.presets:
-            study.expand(preset)  # model names, subsets and lengths of every run
+            _once_each(study.expand(preset), f"{path}: preset {preset!r}")  # model names, subsets, lengths
             if study.presets[preset].candidates is not None:
                 study.with_candidates(preset).expand(preset)   # and of every candidate
     except ValidationError as err:
         raise ValueError(_format_error(err, str(path))) from None
     study._file = path
     return study
+
+
+def _once_each(specs: list[RunSpec], where: str) -> None:
+    """A run listed twice would be launched twice (one copy refused as held by another study)
+    and counted twice in the report."""
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.id in seen:
+            raise ValueError(f"{where} lists the run {spec.label} twice (RunSpec {spec.id}): remove one of them")
+        seen.add(spec.id)
 
 
 def list_studies() -> list[str]:

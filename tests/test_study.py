@@ -194,3 +194,18 @@ def test_the_mlflow_database_stays_inside_a_storage_whose_path_has_url_character
     run_id = tracking.start_run(uri, "probe", "0123456789ab", run_name="probe", tags={}, params={})
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
     assert (storage / "mlflow.db").is_file() and tracking.client(uri).get_run(run_id).info.run_name == "probe"
+
+
+def test_a_run_listed_twice_is_refused_before_anything_runs(tmp_path, capsys):
+    """It was launched twice, one copy refused as held by 'another study', and counted twice in the
+    report (issue 33, probe 6)."""
+    study = load_study("scaling").preset("smoke")
+    entry = study.runs[0].model_dump(mode="json", exclude_none=True)
+    text = json.dumps({"name": "twice", "presets": {"smoke": {
+        **study.model_dump(mode="json", exclude_none=True, exclude={"runs"}), "runs": [entry, entry]}}})
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)  # JSON is YAML
+    with pytest.raises(SystemExit) as exit_info:
+        study_cli.main([str(path), "--preset", "smoke", "--plan"])
+    assert exit_info.value.code == 2
+    assert "preset 'smoke' lists the run ViT-nano / full / 40 steps twice" in capsys.readouterr().err
