@@ -68,9 +68,10 @@ def data_sizes(p: Preset, data: str | None) -> tuple[int | None, int, str | None
 
 
 def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DEFAULT_MFU,
-         peak_tflops: float = DEFAULT_PEAK_TFLOPS, data: str | None = None) -> dict[str, Any]:
+         peak_tflops: float = DEFAULT_PEAK_TFLOPS, data: str | None = None, no_store: bool = False) -> dict[str, Any]:
     """Every run of the preset with its numbers and status. ``data``: a dataset (folder or URI)
-    whose manifest gives the full set's rows and the head's classes, instead of the preset's."""
+    whose manifest gives the full set's rows and the head's classes, instead of the preset's.
+    ``no_store``: there is no MLflow store yet (a new local storage), so every run is new."""
     p = study.preset(preset)
     full, head_classes, location = data_sizes(p, data)
     statuses, status_error = {}, None
@@ -81,7 +82,7 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
         except Exception as err:  # the plan still shows the compute; the statuses are unknown
             status_error = str(err)
             print(f"warning: could not read run status from {tracking_uri}: {err}", file=sys.stderr)
-    unread = "unknown" if status_error or not tracking_uri else tracking.Status.NEW
+    unread = tracking.Status.NEW if no_store or (tracking_uri and not status_error) else "unknown"
     runs = []
     for spec in study.expand(preset):
         spec_id = spec.id  # a hash of the spec, made anew at each use

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.data import DataError
         try:
             result = plan(study, args.preset, tracking_uri=uri, mfu=args.mfu, peak_tflops=args.gpu_peak_tflops,
-                          data=args.data)
+                          data=args.data, no_store=uri is None and not store.is_remote(args.storage))
         except (DataError, ValueError, OSError) as err:
             if args.data is None:
                 raise

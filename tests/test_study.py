@@ -209,3 +209,11 @@ def test_a_run_listed_twice_is_refused_before_anything_runs(tmp_path, capsys):
         study_cli.main([str(path), "--preset", "smoke", "--plan"])
     assert exit_info.value.code == 2
     assert "preset 'smoke' lists the run ViT-nano / full / 40 steps twice" in capsys.readouterr().err
+
+
+def test_plan_of_a_new_storage_lists_every_run_as_new(tmp_path, capsys):
+    """No store yet means nothing has run: 'new', not 'unknown' (issue 33, walk point 6)."""
+    assert study_cli.main(["scaling", "--preset", "smoke", "--plan", "--json", "--storage", str(tmp_path / "fresh")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in plan["runs"]] == ["new", "new"] and plan["totals"]["unknown"] == 0
+    assert not (tmp_path / "fresh").exists()  # planning writes nothing
