@@ -103,6 +103,8 @@ _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 def parse_count(text: str | int) -> int:
     """'303M' -> 303_000_000, '1.3M' -> 1_300_000, '9M', '14k', '1000', 1000."""
     if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"count {text} is negative: give a whole, non-negative number of items")
         return text
     m = _SIZE_RE.match(str(text).replace("_", "").replace(",", ""))
     if not m:

@@ -233,7 +233,7 @@ class Preset(Frozen):
     dataset: DatasetRef
     subsets: list[Union[str, float]] = Field(default_factory=lambda: ["full"])
     recipe: Recipe = Recipe()
-    runs: list[RunEntry]
+    runs: list[RunEntry] = Field(min_length=1, description="at least one run")
     seeds: list[int] = Field(default_factory=lambda: [0])
     transfer: TransferPlan = TransferPlan()
     candidates: CandidateGrid | None = Field(None, description="runs --suggest chooses among (none: no advice)")

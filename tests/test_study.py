@@ -85,6 +85,10 @@ BAD_STUDIES = [
      ["cannot read 'lots' as a count"]),
     ("name: s\npresets: {p: {dataset: {name: d}, recipe: {batch_size: -1}, runs: [{model: R50x1, epochs: 7}]}}",
      ["presets.p.recipe.batch_size", "greater than or equal to 1"]),
+    # issue 33, probe 11: a preset without runs crashed --plan; a negative image count was taken
+    ("name: s\npresets: {p: {dataset: {name: d}, runs: []}}", ["presets.p.runs", "at least 1 item"]),
+    ("name: s\npresets: {p: {dataset: {name: d, images: -1}, runs: [{model: R50x1, epochs: 7}]}}",
+     ["presets.p.dataset.images", "count -1 is negative"]),
     ("name: s\npresets: [not, a, mapping]", ["presets", "dictionary"]),
     ("name: [unclosed", ["not valid YAML"]),
 ]
