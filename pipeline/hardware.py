@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -79,6 +79,26 @@ def cpus_per_gpu(resources_by_node: list[dict[str, float]]) -> int:
     autoscaling cluster: pass ``--cpus-per-gpu`` to say what its GPU nodes hold)."""
     ratios = [r.get("CPU", 0) / r["GPU"] for r in resources_by_node if r.get("GPU")]
     return max(1, int(min(ratios)) - 1) if ratios else 1
+
+
+def gpu_worker_cpus(gpus_per_run: int, given: int | None, emit: Callable[[str], None]) -> int:
+    """CPUs each GPU worker of a study asks Ray for (said with ``emit``): ``given``
+    (``--cpus-per-gpu``), else what the cluster's GPU nodes hold per GPU less one
+    (:func:`cpus_per_gpu`); 1 for CPU studies (``gpus_per_run`` 0)."""
+    import ray  # the driver's Ray, up by now; workers never call this
+    if not gpus_per_run:
+        return 1
+    if given is not None:
+        cpus, source = given, "--cpus-per-gpu"
+    else:
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        cpus = cpus_per_gpu(nodes)
+        source = ("the GPU nodes' CPUs per GPU, less one" if any(n.get("GPU") for n in nodes) else
+                  "no GPU node is up yet: give --cpus-per-gpu (what a GPU node holds per GPU, less one) so that "
+                  "the loader decodes on more than the training process")
+    emit(f"[study] each GPU worker asks for {cpus} CPU(s), {loader_workers(cpus, 'cuda')} of them "
+         f"decoding images ({source})")
+    return cpus
 
 
 def should_compile(mode: str, device: torch.device, remaining_flops: float, peak: float | None) -> tuple[bool, str]:

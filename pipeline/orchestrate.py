@@ -368,7 +368,8 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                                storage=storage, tracking_uri=uri, downstream=downstream, transfer=p.transfer,
                                gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
                                system_metrics=options.system_metrics, compile=options.compile,
-                               cpus_per_gpu=gpu_worker_cpus(options, board.line))
+                               cpus_per_gpu=hardware.gpu_worker_cpus(options.gpus_per_run, options.cpus_per_gpu,
+                                                                        board.line))
             return drive_study(study, preset, ctx, planned, options, board)
 
 
@@ -390,25 +391,6 @@ def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
     tracking.describe_experiment(uri, study.name, experiment_description(study.name, study.title) +
                                  f" These columns, sorted by compute: [the {preset} preset's view]({view}).")
     return view
-
-
-def gpu_worker_cpus(options: StudyOptions, emit: Callable[[str], None]) -> int:
-    """CPUs each GPU worker asks Ray for (said with ``emit``): ``--cpus-per-gpu``, else what the
-    cluster's GPU nodes hold per GPU less one (``hardware.cpus_per_gpu``); 1 for CPU studies."""
-    import ray
-    if not options.gpus_per_run:
-        return 1
-    if options.cpus_per_gpu is not None:
-        cpus, source = options.cpus_per_gpu, "--cpus-per-gpu"
-    else:
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        cpus = hardware.cpus_per_gpu(nodes)
-        source = ("the GPU nodes' CPUs per GPU, less one" if any(n.get("GPU") for n in nodes) else
-                  "no GPU node is up yet: give --cpus-per-gpu (what a GPU node holds per GPU, less one) so that "
-                  "the loader decodes on more than the training process")
-    emit(f"[study] each GPU worker asks for {cpus} CPU(s), {hardware.loader_workers(cpus, 'cuda')} of them "
-         f"decoding images ({source})")
-    return cpus
 
 
 def ray_where() -> str:

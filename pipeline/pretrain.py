@@ -34,7 +34,6 @@ import pickle
 import random
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,9 @@ from pipeline import cli, compute, console, hardware, tracking
 from pipeline import storage as store
 from pipeline.fewshot import DEFAULT_SHOTS
 from pipeline.planning import RunNumbers, run_numbers
-from pipeline.raycluster import ensure_ray
+from pipeline.raycluster import ensure_ray, fit_off_main_thread
 from pipeline.spec import Recipe, RunSpec
+from pipeline.throughput import StepClock, summary_line
 
 STATE_FILE = "state.pt"
 
@@ -507,12 +507,8 @@ class Progress:
     interrupted attempt already logged are not logged twice) and prints one line per window."""
 
     def __init__(self, plan: PretrainPlan, trainer: Trainer, stop_at: int, started: float) -> None:
-        self.plan, self.trainer, self.stop_at, self.started = plan, trainer, stop_at, started
-        self.first_step_s: float | None = None  # from the worker's start to the end of its first step
-        # this attempt after its first step (the steady state): from when, steps and data waits to the
-        # last window (whose all-reduce waited for the device), and data waits since
-        self.steady = {"from": 0.0, "to": 0.0, "steps": 0, "waited": 0.0}
-        self.steady_waited = 0.0
+        self.plan, self.trainer, self.stop_at = plan, trainer, stop_at
+        self.clock = StepClock(started, trainer.device)
         self.rank, self.world = trainer.session.rank, trainer.session.world
         self.peak = hardware.peak_tflops(trainer.device, trainer.precision)
         self.logger, self.skipped_total = None, 0
@@ -526,20 +522,7 @@ class Progress:
     def _new_window(self) -> None:
         device = self.trainer.device
         self.loss, self.grad_norm = (torch.zeros((), dtype=torch.float32, device=device) for _ in range(2))
-        self.steps, self.skipped, self.waited, self.start = 0, 0, 0.0, time.perf_counter()
-
-    def batches(self, loader):
-        """``loader``'s batches, timing how long each was waited for (``throughput/data_wait``)."""
-        batches = iter(loader)
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                return
-            waited = time.perf_counter() - start
-            self.waited += waited
-            self.steady_waited += waited if self.first_step_s is not None else 0.0
-            yield batch
+        self.steps, self.skipped, self.start = 0, 0, time.perf_counter()
 
     def _print(self, text: str, **progress: int) -> None:
         console.say(self.plan.spec.label, text, **progress)
@@ -549,28 +532,24 @@ class Progress:
         self.grad_norm += grad_norm
         self.skipped += len(batch.bad_rows)
         self.steps += 1
-        if self.first_step_s is None:  # compiling, the loader's start and the first batch are in it
-            if self.trainer.device.type == "cuda":
-                torch.cuda.synchronize(self.trainer.device)
-            self.steady["from"] = time.perf_counter()
-            self.first_step_s = self.steady["from"] - self.started
+        self.clock.stepped()
 
     def window(self) -> dict[str, float]:
         """The window's metrics (every rank must call this at the same step), then a new window."""
         step, batch, macs = self.trainer.step, self.plan.spec.recipe.batch_size, self.plan.numbers.forward_macs
         elapsed = time.perf_counter() - self.start
         loss_sum, norm_sum, skipped = _all_reduce_sum([self.loss, self.grad_norm, self.skipped], self.trainer.device)
-        self.steady.update(to=time.perf_counter(), steps=self.steady["steps"] + self.steps - (self.steady["to"] == 0),
-                           waited=self.steady_waited)
+        waited = self.clock.window_waited
+        self.clock.synced(self.steps)
         images_per_s = self.steps * batch / max(elapsed, 1e-9)
         achieved = self.tflops(images_per_s)
         metrics = {"pretrain/loss": loss_sum / self.world / self.steps,
                    "pretrain/lr": self.trainer.schedule.get_last_lr()[0],
                    "pretrain/grad_norm": norm_sum / self.world / self.steps,
                    "throughput/images_per_s": images_per_s, "throughput/tflops": achieved,
-                   "throughput/data_wait": self.waited / max(elapsed, 1e-9),
+                   "throughput/data_wait": waited / max(elapsed, 1e-9),
                    "throughput/peak_memory_gib": hardware.peak_memory_gib(self.trainer.device),
-                   "throughput/first_step_s": self.first_step_s or 0.0,
+                   "throughput/first_step_s": self.clock.first_step_s or 0.0,
                    "compute/images_seen": step * batch,
                    "compute/exaflops": compute.pretrain_exaflops(macs, step * batch),
                    "compute/gflops": compute.pretrain_exaflops(macs, step * batch) * GFLOPS_PER_EXAFLOP,
@@ -589,31 +568,16 @@ class Progress:
         return compute.FLOPS_PER_MAC * compute.FORWARD_AND_BACKWARD * macs * images_per_s / 1e12
 
     def summary(self) -> dict[str, Any]:
-        """This attempt's throughput in the steady state (after its first step, to its last window),
-        the time to its first step, its peak memory and whether it was compiled."""
-        trainer, steady = self.trainer, self.steady
-        seconds = steady["to"] - steady["from"]
-        out: dict[str, Any] = {"first_step_s": self.first_step_s, "compiled": trainer.compiled,
-                               "compile_reason": trainer.compile_reason,
-                               "peak_memory_gib": hardware.peak_memory_gib(trainer.device)}
-        if steady["steps"] > 0 and seconds > 0:
-            images_per_s = steady["steps"] * self.plan.spec.recipe.batch_size / seconds
-            out.update(images_per_s=images_per_s, data_wait=steady["waited"] / seconds)
-            if self.peak:
-                out["mfu"] = self.tflops(images_per_s) / (self.peak * self.world)
-        return out
+        """This attempt's throughput (``StepClock.summary``) and whether it was compiled."""
+        trainer = self.trainer
+        out = self.clock.summary(self.plan.spec.recipe.batch_size, self.tflops,
+                                 self.peak * self.world if self.peak else None)
+        return {**out, "compiled": trainer.compiled, "compile_reason": trainer.compile_reason}
 
     def say_summary(self, summary: dict[str, Any]) -> None:
         """Rank 0: one line with :meth:`summary`'s numbers."""
-        if self.rank != 0 or summary["first_step_s"] is None:
-            return
-        parts = [f"{summary['images_per_s']:,.0f} img/s" if "images_per_s" in summary else "too few steps to time",
-                 f"MFU {summary['mfu']:.1%}" if "mfu" in summary else "",
-                 f"first step {summary['first_step_s']:.1f} s",
-                 f"waiting for data {summary['data_wait']:.0%}" if "data_wait" in summary else "",
-                 f"peak memory {summary['peak_memory_gib']:.1f} GiB",
-                 f"torch.compile {'on' if summary['compiled'] else 'off'} ({summary['compile_reason']})"]
-        self._print("throughput: " + ", ".join(p for p in parts if p))
+        if self.rank == 0 and summary["first_step_s"] is not None:
+            self._print(summary_line(summary))
 
     def emit(self, metrics: dict[str, float]) -> None:
         """Rank 0: ``metrics`` to MLflow; after a window, send the batch and print a line."""
@@ -670,7 +634,7 @@ def train_steps(plan: PretrainPlan, trainer: Trainer, session: RaySession | Loca
     """The loop itself: steps, and at their intervals logs, validation, probes and checkpoints."""
     recipe, total = plan.spec.recipe, plan.numbers.steps
     while trainer.step < stop_at:
-        for batch in progress.batches(trainer.batches()):
+        for batch in progress.clock.batches(trainer.batches()):
             if hooks.on_batch is not None:
                 hooks.on_batch(session.rank, trainer.step, batch)
             progress.add(*trainer.train_step(batch), batch)
@@ -800,28 +764,6 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
     summary = dict(getattr(result, "return_value", None) or {})
     checkpoint_uri = store.with_scheme_of(storage, result.checkpoint.path) if result.checkpoint else None
     return summary, checkpoint_uri
-
-
-def fit_off_main_thread(trainer) -> Any:
-    """``trainer.fit()`` on a helper thread, this one waiting: on the main thread, Ray Train puts
-    its own SIGINT handler in place of the command's (it aborts the run and the command ends with
-    exit 1 and no word), so Ctrl-C would not say how to resume."""
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as err:  # handed to the waiting thread below
-            outcome["error"] = err
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=0.5)
-        cli.check_interrupt()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 def fit_in_process(plan: PretrainPlan, hooks: Hooks, storage: str) -> tuple[dict[str, Any], str | None]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 from pipeline import cli
 
@@ -27,3 +29,25 @@ def ensure_ray(log_to_driver: bool = True) -> None:
     ray.init(address=address, log_to_driver=log_to_driver,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
     cli.catch_again()  # SIGTERM as Ctrl-C, not Ray's exit 1 (pipeline.cli)
+
+
+def fit_off_main_thread(trainer) -> Any:
+    """``trainer.fit()`` on a helper thread, this one waiting: on the main thread, Ray Train puts
+    its own SIGINT handler in place of the command's (it aborts the run and the command ends with
+    exit 1 and no word), so Ctrl-C would not say how to resume."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # handed to the waiting thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+        cli.check_interrupt()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
