@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline.trace import TRACE_ENV
 
 STUDY = """
 name: fixedcost
@@ -61,6 +65,56 @@ def tree_cpu_seconds() -> float:
     return total
 
 
+# (phase, from event, to event): the trace's events (pipeline/trace.py), in a chain's order
+PHASES = [("chain start -> pretraining run tracked", "chain started", "pretraining run tracked"),
+          ("tracked -> fit started (subset)", "pretraining run tracked", "fit started"),
+          ("fit started -> worker process spawned", "fit started", "train worker process started"),
+          ("worker process spawned -> its function entered", "train worker process started",
+           "train worker function entered"),
+          ("function entered -> trainer built", "train worker function entered", "trainer built"),
+          ("trainer built -> first step done", "trainer built", "first step done"),
+          ("first step -> last step done", "first step done", "last step done"),
+          ("last step -> fit returned", "last step done", "fit returned"),
+          ("fit returned -> chain pretrained", "fit returned", "chain pretrained"),
+          ("pretrained -> few-shot started", "chain pretrained", "fewshot digits started"),
+          ("few-shot", "fewshot digits started", "fewshot digits done"),
+          ("few-shot done -> fine-tuning started", "fewshot digits done", "finetune digits started"),
+          ("fine-tuning started -> first trial entered", "finetune digits started", "trial dev"),
+          ("trials (2 dev, 1 final)", "trial dev", "trial done"),
+          ("last trial -> fine-tuning done", "trial done", "finetune digits done"),
+          ("fine-tuning done -> chain transferred", "finetune digits done", "chain transferred")]
+
+
+def phases(trace_text: str) -> dict[str, list[float]]:
+    """Seconds of each of PHASES per chain, from the trace: the events between a chain's "started"
+    and "transferred" marks belong to it (chains run one at a time); "trial dev" is the first dev
+    trial's start, "trial done" the last trial's end."""
+    events = sorted((float(t), name) for t, _, name in (line.split(" ", 2) for line in trace_text.splitlines()))
+    chains: list[dict[str, float]] = []
+    for t, name in events:
+        key = re.sub(r"^chain \w+ ", "chain ", name)
+        if key == "chain started":
+            chains.append({})
+        if not chains:
+            continue
+        if key.startswith("trial ") and key.endswith(" finished"):
+            chains[-1]["trial done"] = t
+        else:
+            chains[-1].setdefault("trial dev" if key.startswith("trial dev") else key, t)
+    out: dict[str, list[float]] = {}
+    for chain in chains:
+        for label, a, b in PHASES:
+            if a in chain and b in chain:
+                out.setdefault(label, []).append(chain[b] - chain[a])
+    return out
+
+
+def phase_table(found: dict[str, list[float]]) -> str:
+    lines = ["| phase | median s | per chain |", "|---|---|---|"]
+    lines += [f"| {label} | {statistics.median(v):.2f} | {', '.join(f'{x:.2f}' for x in v)} |" for label, v in found.items()]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=4, help="chains to time, one at a time (default 4)")
@@ -81,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     storage.mkdir(parents=True)
     study_file = storage / "fixedcost.yaml"
     study_file.write_text(STUDY.replace("SEEDS", json.dumps(list(range(args.runs)))))
+    trace_file = storage / "trace.txt"
+    os.environ[TRACE_ENV] = str(trace_file)  # before Ray starts: its workers inherit it
     ensure_ray(log_to_driver=False)  # as the study CLI starts a local Ray
     cpu0 = tree_cpu_seconds()
     t0 = time.perf_counter()
@@ -100,9 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"failed: {summary['failed'] or 'none'}")
     print(f"CPU seconds of the study (driver, Ray and its workers): {cpu:.0f}, {cpu / len(rows):.1f} per chain")
     out = {"chains": [{k: r[k] for k in ("id", "seconds", "pretrain_seconds")} for r in rows], "median": med, "cpu_seconds": cpu, "wall_seconds": wall}
+    ray.shutdown()
+    out["phases"] = phases(trace_file.read_text())
+    print(phase_table(out["phases"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
-    ray.shutdown()
     return out
 
 

@@ -50,30 +50,35 @@ def study_command(preset: str, storage: Path, gpus: int) -> list[str]:
 
 
 def run(command: list[str], log: Path, timeout: float) -> tuple[str, float]:
-    """``command`` to completion, its output to ``log``; (output, seconds). Fails on a non-zero exit."""
+    """``command`` to completion, its output to ``log`` and its standard error to ``log``.err;
+    (output, seconds). Fails on a non-zero exit."""
     start = time.perf_counter()
-    with open(log, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=local_env(),
-                              cwd=log.parent)
+    with open(log, "w") as out, open(errors_of(log), "w") as err:
+        done = subprocess.run(command, stdout=out, stderr=err, timeout=timeout, env=local_env(), cwd=log.parent)
     text, seconds = log.read_text(), time.perf_counter() - start
     if done.returncode != 0:
-        raise Failed(f"{' '.join(command)} exited {done.returncode} after {seconds:.0f} s:\n{text[-3000:]}")
+        raise Failed(f"{' '.join(command)} exited {done.returncode} after {seconds:.0f} s:\n{text[-3000:]}\n"
+                     f"{errors_of(log).read_text()[-3000:]}")
     say(f"{' '.join(command[2:])}: exit 0 in {seconds:.1f} s")
     return text, seconds
+
+
+def errors_of(log: Path) -> Path:
+    return log.with_suffix(".err")
 
 
 def run_and_kill(command: list[str], log: Path, storage: Path, timeout: float) -> float:
     """``command`` in its own session, SIGKILLed with every process of that session (its local
     Ray too, as a lost machine) once a pretraining checkpoint is registered; seconds until then."""
     start = time.perf_counter()
-    with open(log, "w") as out:
-        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=local_env(), cwd=log.parent,
+    with open(log, "w") as out, open(errors_of(log), "w") as err:
+        driver = subprocess.Popen(command, stdout=out, stderr=err, env=local_env(), cwd=log.parent,
                                   start_new_session=True)
     try:
         while not list(storage.glob("pretrain-*/checkpoint_manager_snapshot.json")):
             if driver.poll() is not None:
                 raise Failed(f"the study ended (exit {driver.returncode}) before a checkpoint to kill it at:\n"
-                             f"{log.read_text()[-3000:]}")
+                             f"{log.read_text()[-3000:]}\n{errors_of(log).read_text()[-3000:]}")
             if time.perf_counter() - start > timeout:
                 raise Failed(f"no checkpoint within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
@@ -116,16 +121,21 @@ def say(text: str) -> None:
     print(f"[gpu_e2e] {text}", flush=True)
 
 
-def check_study(storage: Path, preset: str) -> list[dict]:
-    """One FINISHED MLflow run per RunSpec of ``preset``, pretrained and transferred, and the report
-    written; returns each run's label and last ``throughput/*`` values."""
-    uri = tracking.default_tracking_uri(storage)
-    specs = {spec.id: spec for spec in load_study("scaling").expand(preset)}
+def spec_runs(storage: Path) -> dict[str, list]:
+    """RunSpec id -> its MLflow runs (the nested fine-tuning trials and the study run left out)."""
     found: dict[str, list] = {}
-    for record in tracking.runs_of_study(uri, "scaling"):
+    for record in tracking.runs_of_study(tracking.default_tracking_uri(storage), "scaling"):
         spec_id = record.data.tags.get(tracking.RUN_SPEC_TAG)
         if spec_id and tracking.NESTED_KEY_TAG not in record.data.tags:
             found.setdefault(spec_id, []).append(record)
+    return found
+
+
+def check_study(storage: Path, preset: str) -> list[dict]:
+    """One FINISHED MLflow run per RunSpec of ``preset``, pretrained and transferred, and the report
+    written; returns each run's label and last ``throughput/*`` values."""
+    specs = {spec.id: spec for spec in load_study("scaling").expand(preset)}
+    found = spec_runs(storage)
     if set(found) != set(specs) or any(len(v) != 1 for v in found.values()):
         raise Failed(f"{preset}: MLflow runs per RunSpec {({k: len(v) for k, v in found.items()})}, "
                      f"expected one for each of {sorted(specs)}")
@@ -156,10 +166,12 @@ def study_twice(storage: Path, gpus: int, seconds: dict, first: bool = True) -> 
     return check_study(storage, "smoke")
 
 
-def killed_and_resumed(preset: str, storage: Path, gpus: int, seconds: dict) -> list[dict]:
-    """``preset``'s study SIGKILLed at its first checkpoint, then the same command: it must resume."""
-    command, work = study_command(preset, storage, gpus), storage.parent
+def killed_and_resumed(preset: str, storage: Path, gpus: int, result: dict) -> list[dict]:
+    """``preset``'s study SIGKILLed at its first checkpoint, then the same command: it must resume.
+    ``result["interrupted"]``: each RunSpec's MLflow run statuses as the kill left them."""
+    command, work, seconds = study_command(preset, storage, gpus), storage.parent, result["seconds"]
     seconds[f"{preset} until killed"] = run_and_kill(command, work / f"{preset}-killed.log", storage, 600)
+    result["interrupted"] = {spec_id: [r.info.status for r in runs] for spec_id, runs in spec_runs(storage).items()}
     resumed, seconds[f"{preset} resumed"] = run(command, work / f"{preset}-resumed.log", 600)
     if not re.search(r"\(([1-9]\d*) to resume\)", resumed) or "resumed from the checkpoint at step" not in resumed:
         raise Failed(f"the {preset} study run again did not resume the killed run from its checkpoint:\n"
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"dry": args.dry, "work": str(work), "seconds": {}}
     main_storage = work / f"{preset}-killed"
     rows = [] if args.dry else study_twice(work / "smoke", gpus, result["seconds"])
-    rows += killed_and_resumed(preset, main_storage, gpus, result["seconds"])
+    rows += killed_and_resumed(preset, main_storage, gpus, result)
     if args.dry:  # the smoke study's second command, on the storage the kill left finished
         rows = study_twice(main_storage, gpus, result["seconds"], first=False)
 

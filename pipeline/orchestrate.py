@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipeline import console, hardware, tracking
+from pipeline import console, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.cli import Interrupted, check_interrupt
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
@@ -202,6 +202,7 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
     from pipeline.pretrain import Hooks, Launch, pretrain
     from pipeline.transfer import Target, evaluate, evaluators_for
     uri, start = ctx.tracking_uri, time.perf_counter()
+    trace.mark(f"chain {spec.id} started")
     if previous is not None and previous.pretrained:
         run_id, checkpoint, resumed = previous.run_id, previous.checkpoint_uri, "finished"
     else:
@@ -215,6 +216,7 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
         if not out["done"]:
             raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
     pretrain_s = time.perf_counter() - start
+    trace.mark(f"chain {spec.id} pretrained")
     # CPU chains share the cores with each other: their fine-tuning trials run one after another in
     # one process (bench/fixed_cost.py); a GPU chain's grid runs on as many GPUs as are free
     target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True,
@@ -229,6 +231,7 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
             raise
         tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.DONE})
         tracking.finish_run(uri, run_id)
+    trace.mark(f"chain {spec.id} transferred")
     return {"id": spec.id, "run_id": run_id, "metrics": metrics, "resumed_from": resumed,
             "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
 

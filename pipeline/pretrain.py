@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline import cli, compute, console, hardware, tracking
+from pipeline import cli, compute, console, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.fewshot import DEFAULT_SHOTS
 from pipeline.planning import RunNumbers, run_numbers
@@ -602,6 +602,8 @@ class Progress:
 
 def train_loop_per_worker(config: dict) -> dict[str, Any]:
     """The Ray Train entry point of :func:`train_loop`: ``config`` is {"plan": ..., "hooks": ...}."""
+    trace.mark_process_start("train worker process started")
+    trace.mark("train worker function entered")
     quiet_ray_train_logs()
     session, plan = RaySession(), config["plan"]
     if plan.loader_workers is None:  # from the CPUs Ray gave this worker, the rest train (torch threads)
@@ -615,6 +617,7 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
     """Pretrain from the session's last checkpoint (or from scratch) to the plan's last step."""
     started = time.perf_counter()
     trainer, recipe, total = Trainer(plan, session), plan.spec.recipe, plan.numbers.steps
+    trace.mark("trainer built")
     trainer.check_shards()
     stop_at = min(total, hooks.stop_after_steps or total)
     progress = Progress(plan, trainer, stop_at, started)
@@ -622,6 +625,7 @@ def train_loop(plan: PretrainPlan, session: RaySession | LocalSession, hooks: Ho
     with tracking.system_metrics(plan.tracking_uri, plan.mlflow_run_id, enabled=monitored):
         train_steps(plan, trainer, session, hooks, progress, stop_at)
     progress.flush()
+    trace.mark("last step done")
     throughput = progress.summary()
     progress.say_summary(throughput)
     return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,
@@ -842,10 +846,12 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
     plan = dataclasses.replace(plan_run(spec, data_path, launch), checksum_marks=checksum_marks(storage, data_path),
                                subset_cache=store.join(storage, "subsets"))
     plan = start_tracking(plan, storage, tracking_uri, launch, parent_run_id)
+    trace.mark("pretraining run tracked")
     run_id, total = plan.mlflow_run_id, plan.numbers.steps
     with tracking.lease(tracking_uri, run_id):  # one writer: another live process holding it raises RunHeld
         try:
             build_subset(plan)
+            trace.mark("fit started")
             summary, checkpoint_uri = (fit_in_process(plan, hooks, storage) if launch.in_process
                                        else fit_on_ray(plan, hooks, storage, launch))
         except KeyboardInterrupt:  # its checkpoints are kept: the same command resumes it
@@ -855,6 +861,7 @@ def pretrain(spec: RunSpec, data_path: str, *, storage: str, tracking_uri: str |
             tracking.set_tags(tracking_uri, run_id, {tracking.PRETRAIN_STATUS_TAG: tracking.Status.FAILED})
             tracking.finish_run(tracking_uri, run_id, "FAILED")
             raise
+        trace.mark("fit returned")
         done = summary.get("step") == total
         tracking.set_tags(tracking_uri, run_id, {tracking.CHECKPOINT_TAG: checkpoint_uri, tracking.PRETRAIN_STATUS_TAG:
                                                  tracking.Status.DONE if done else tracking.Status.PARTIAL})

@@ -10,9 +10,10 @@ from pipeline import cli
 # Seconds between Ray Train's checks of its workers (its default is 2). A local cluster inherits
 # this process's environment, so its Train controllers notice a finished or failed worker group
 # sooner: timed on this 2-core box, TorchTrainer.fit of a 20-step micro run took 16-19 s instead
-# of 20 s (bench/bench_pretrain.py sets the same for its timings). On a
-# cluster started elsewhere, set RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in its nodes' environment.
-TRAIN_HEALTH_CHECK_S = "0.5"
+# of 20 s at 0.5; 0.1 took a further 0.3 s off the end of every run (bench/fixed_cost.py, issue
+# 31), for 10 status calls a second to one idle actor. On a cluster started elsewhere, set
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S in its nodes' environment.
+TRAIN_HEALTH_CHECK_S = "0.1"
 
 
 def ensure_ray(log_to_driver: bool = True) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from pipeline import hardware
+from pipeline import hardware, trace
 
 
 class StepClock:
@@ -45,6 +45,7 @@ class StepClock:
             torch.cuda.synchronize(self.device)
         self.steady["from"] = time.perf_counter()
         self.first_step_s = self.steady["from"] - self.started
+        trace.mark("first step done")
 
     def synced(self, window_steps: int) -> None:
         """After a window's all-reduce: the steady state runs to here (the first step excluded)."""

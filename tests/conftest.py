@@ -29,7 +29,8 @@ def ray_cluster(request):
     """Local Ray on 2 CPUs for one test module. A module that needs the dashboard (it serves
     ray.util.state) sets ``RAY_DASHBOARD = True``; it costs a few seconds otherwise spared."""
     import ray
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # the default costs seconds per run
+    from pipeline.raycluster import TRAIN_HEALTH_CHECK_S
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = TRAIN_HEALTH_CHECK_S  # the default costs seconds per run
     ray.init(num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", False), log_to_driver=False)
     yield
     ray.shutdown()
@@ -80,3 +81,21 @@ def mlflow_http(object_store, tmp_path_factory):
     artifacts = f"s3://{object_store['bucket']}/mlflow"
     with mlflow_server(tmp_path_factory.mktemp("mlflow"), artifacts, object_store["env"]) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def smoke_killed_and_resumed(tmp_path_factory) -> dict:
+    """``bash bench/gpu_e2e.sh --dry`` once per session: the smoke study from an empty storage,
+    SIGKILLed (driver and its local Ray) once a pretraining checkpoint is registered, the same
+    command again (it resumes and finishes), then once more (it finds both runs done); then
+    ``pipeline.pretrain --compile``. Its checks (tests/test_bench.py) and the study it leaves
+    (tests/test_orchestrate.py) are read by several tests: {work, storage, done (the script's
+    CompletedProcess), result (its JSON)}."""
+    import json
+    import subprocess
+    work = tmp_path_factory.mktemp("gpu_e2e") / "work"
+    out = work.parent / "e2e.json"
+    done = subprocess.run(["bash", "bench/gpu_e2e.sh", "--dry", "--work", str(work), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    return {"work": work, "storage": work / "smoke-killed", "done": done, "result": json.loads(out.read_text())}

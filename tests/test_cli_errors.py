@@ -96,11 +96,23 @@ def test_debug_shows_the_traceback(tmp_path, small, truncated):
     assert done.returncode == 1 and "Traceback" in done.stderr and "DataError" in done.stderr
 
 
-def interrupt_study_at(storage: Path, line: str, sig: int = signal.SIGINT) -> tuple[str, str]:
-    """The smoke study in ``storage``, sent ``sig`` (SIGINT: a Ctrl-C) the moment it prints ``line``;
-    its output until then and after. Our handler is in place before the first line is printed."""
+def one_run_smoke(path: Path) -> Path:
+    """The smoke preset cut to its ViT run and its few-shot probes, as a study file of its own
+    (``ctrlc``): every stage a Ctrl-C can land in, at half the smoke study's seconds."""
+    import yaml
+    data = yaml.safe_load((ROOT / "studies" / "scaling.yaml").read_text())
+    smoke = data["presets"]["smoke"]
+    smoke["runs"], smoke["transfer"]["finetune"] = smoke["runs"][:1], []
+    path.write_text(yaml.safe_dump({"name": "ctrlc", "title": "Ctrl-C at every moment", "presets": {"smoke": smoke}}))
+    return path
+
+
+def interrupt_study_at(study_file: Path, storage: Path, line: str, sig: int = signal.SIGINT) -> tuple[str, str]:
+    """The study in ``study_file`` (its ``smoke`` preset) in ``storage``, sent ``sig`` (SIGINT: a
+    Ctrl-C) the moment it prints ``line``; its output until then and after. Our handler is in place
+    before the first line is printed."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    study = subprocess.Popen([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage",
+    study = subprocess.Popen([sys.executable, "-m", "pipeline.study", str(study_file), "--preset", "smoke", "--storage",
                               str(storage)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, seen = time.monotonic() + 240, ""
     while line not in seen and time.monotonic() < deadline and study.poll() is None:
@@ -119,19 +131,19 @@ def test_ctrl_c_at_every_moment_says_one_line_marks_the_study_run_killed_and_the
     the report is written, and a SIGTERM (kill, timeout, Slurm) while a run trains: exit 130 (143),
     one line, the study run KILLED each time; then the same command finishes the study with one
     MLflow run per RunSpec."""
-    storage = tmp_path / "runs"
+    storage, study_file = tmp_path / "runs", one_run_smoke(tmp_path / "ctrlc.yaml")
     uri = tracking.default_tracking_uri(storage)
     for line, sig in (("[study] on Ray", signal.SIGINT), ("to run", signal.SIGINT), ("step 10/40", signal.SIGTERM),
                       ("[study] writing the report", signal.SIGINT)):
-        interrupt_study_at(storage, line, sig)
-        study_run = tracking.find_study_run(uri, "scaling", "smoke")
+        interrupt_study_at(study_file, storage, line, sig)
+        study_run = tracking.find_study_run(uri, "ctrlc", "smoke")
         assert tracking.client(uri).get_run(study_run).info.status == "KILLED", line
-    again = run("pipeline.study", "scaling", "--preset", "smoke", "--storage", str(storage))
-    assert again.returncode == 0 and "2 done, 0 to run" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
-    runs = [r for r in tracking.runs_of_study(uri, "scaling")
+    again = run("pipeline.study", str(study_file), "--preset", "smoke", "--storage", str(storage))
+    assert again.returncode == 0 and "1 done, 0 to run" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    runs = [r for r in tracking.runs_of_study(uri, "ctrlc")
             if r.data.tags.get(tracking.RUN_SPEC_TAG) and tracking.NESTED_KEY_TAG not in r.data.tags]
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    assert tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke")).info.status == "FINISHED"
+    assert len(runs) == 1 and {r.info.status for r in runs} == {"FINISHED"}
+    assert tracking.client(uri).get_run(tracking.find_study_run(uri, "ctrlc", "smoke")).info.status == "FINISHED"
 
 
 def test_ctrl_c_of_pretraining_says_one_line_marks_the_run_killed_and_the_command_resumes(small, tmp_path):
@@ -139,14 +151,14 @@ def test_ctrl_c_of_pretraining_says_one_line_marks_the_run_killed_and_the_comman
     exit 1 and no word); fit runs off it, so Ctrl-C is the command's: 130, one line, KILLED."""
     storage = tmp_path / "runs"
     command = [sys.executable, "-m", "pipeline.pretrain", "--model", json.dumps(MICRO["vit"]), "--data", small,
-               "--steps", "400", "--batch-size", "8", "--image-size", "16", "--lr", "1e-3", "--log-every", "10",
-               "--checkpoint-every", "10", "--val-every", "400", "--storage", str(storage), "--no-system-metrics"]
+               "--steps", "120", "--batch-size", "8", "--image-size", "16", "--lr", "1e-3", "--log-every", "10",
+               "--checkpoint-every", "10", "--val-every", "120", "--storage", str(storage), "--no-system-metrics"]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VIT_SCALING_DEBUG")}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, deadline = "", time.monotonic() + 240
-    while "step 20/400" not in seen and time.monotonic() < deadline and first.poll() is None:
+    while "step 20/120" not in seen and time.monotonic() < deadline and first.poll() is None:
         seen += first.stdout.readline()
-    assert "step 20/400" in seen, seen
+    assert "step 20/120" in seen, seen
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 130 and "Traceback" not in err, err[-3000:]

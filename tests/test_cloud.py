@@ -18,6 +18,7 @@ from pipeline import storage, tracking
 from pipeline.data import DataError, LoaderSpec, make_loader, open_dataset
 from pipeline.data.format import copy_dataset
 from pipeline.spec import load_study
+from pipeline.raycluster import TRAIN_HEALTH_CHECK_S
 
 from ray_head import free_port
 
@@ -251,7 +252,7 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
     folders = {name: tmp_path / name for name in ("head", "worker-1", "worker-2")}
     for folder in folders.values():
         folder.mkdir()
-    node_env = {**object_store["env"], "PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    node_env = {**object_store["env"], "PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_HEALTH_CHECK_S,
                 # a dead node is noticed within seconds (default: 5 missed checks 3 s apart)
                 "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     with ray_head(num_cpus=0, extra_env=node_env, cwd=folders["head"]) as head:

@@ -1,17 +1,14 @@
 """The study front door end to end, as users run it: `python -m pipeline.study scaling --preset
-smoke` on local Ray, killed with SIGKILL mid-study, then run again. Real Ray, real SQLite MLflow,
+smoke` on local Ray, killed with SIGKILL mid-study, then run again (as bench/gpu_e2e.sh --dry runs
+it, once per test session: tests/conftest.py). Real Ray, real SQLite MLflow,
 real Parquet data made on first use. (`ray job submit` to a `ray start --head` cluster, submitted
 twice, is in tests/test_cloud.py, with a worker node preempted.) The same two invocations' console
 output and the MLflow store they leave are then checked as a researcher reads them."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,23 +18,11 @@ from pipeline.fits import FORMS
 from pipeline.planning import plan
 from pipeline.spec import load_study
 
-from ray_head import end_processes
-
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = load_study("scaling").expand("smoke")
 PLANNED = {r["id"]: r for r in plan(load_study("scaling"), "smoke", tracking_uri=None)["runs"]}
-
-
-def study_command(storage: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage", str(storage)]
-
-
-def local_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def spec_runs(storage: Path) -> dict[str, list]:
@@ -75,42 +60,23 @@ def assert_study_complete(storage: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def killed_then_finished(tmp_path_factory) -> dict:
-    """The smoke study killed mid-pretraining (SIGKILL), then the same command again: {storage,
-    first: its console until the kill, again: the second run's CompletedProcess, interrupted:
-    the runs as the kill left them}."""
-    tmp_path = tmp_path_factory.mktemp("study")
-    storage = tmp_path / "runs"
-    log_path = tmp_path / "first.log"
-    with open(log_path, "w") as log:
-        driver = subprocess.Popen(study_command(storage), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                  env=local_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        # mid-pretraining: the first checkpoint of some run is registered
-        while not list(storage.glob("pretrain-*/checkpoint_manager_snapshot.json")):
-            assert driver.poll() is None, f"the study ended before the kill:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no checkpoint within 5 minutes:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.2)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    # the local Ray the driver started is orphaned: kill what is left of its session, as the
-    # machine's loss would (the re-run must not need any of it)
-    end_processes(driver.pid, str(tmp_path), term_grace=0)
-
-    interrupted = spec_runs(storage)
-    again = subprocess.run(study_command(storage), capture_output=True, text=True, cwd=tmp_path, env=local_env(),
-                           timeout=600)
-    return {"storage": storage, "first": log_path.read_text(), "again": again, "interrupted": interrupted}
+def killed_then_finished(smoke_killed_and_resumed) -> dict:
+    """The smoke study killed mid-pretraining (SIGKILL of the driver and of the local Ray it
+    started, as a lost machine), then the same command again, as ``bench/gpu_e2e.sh --dry`` runs
+    them (tests/conftest.py): {storage, first: its console until the kill, again: the second
+    run's output, interrupted: each RunSpec's MLflow run statuses as the kill left them}."""
+    work = smoke_killed_and_resumed["work"]
+    killed, resumed = work / "smoke-killed.log", work / "smoke-resumed.log"
+    return {"storage": smoke_killed_and_resumed["storage"],
+            "first": killed.read_text() + killed.with_suffix(".err").read_text(),
+            "again": subprocess.CompletedProcess([], 0, resumed.read_text(), resumed.with_suffix(".err").read_text()),
+            "interrupted": smoke_killed_and_resumed["result"]["interrupted"]}
 
 
 def test_sigkill_of_the_driver_mid_study_then_the_same_command_finishes_it(killed_then_finished):
     storage, interrupted, again = (killed_then_finished[k] for k in ("storage", "interrupted", "again"))
     assert interrupted and all(len(r) == 1 for r in interrupted.values())
-    assert any(r[0].info.status != "FINISHED" for r in interrupted.values())
+    assert any(r[0] != "FINISHED" for r in interrupted.values())
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-4000:]
     resumed = re.search(r"(\d+) done, (\d+) to run \((\d+) to resume\)", output)

@@ -89,13 +89,6 @@ def assert_learned_and_logged(out: dict, spec: RunSpec, synth, workers: int) -> 
     assert metrics["pretrain/val_prec1_best"] > baseline + 0.05, (metrics["pretrain/val_prec1_best"], baseline)
 
 
-def test_micro_vit_trains_with_two_workers_on_ray_and_logs_to_mlflow(ray_cluster, synth, tmp_path):
-    spec = micro_spec("vit", steps=LEARNING_STEPS["vit"])
-    out = pretrain(spec, str(synth), storage=str(tmp_path), launch=Launch(workers=2))
-    assert_learned_and_logged(out, spec, synth, workers=2)
-    assert len(list((tmp_path / "subsets").glob("*-train-*.npz"))) == 1  # built once, read by both ranks
-
-
 @pytest.mark.parametrize("family", ["resnet", "hybrid"])
 def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, two_torch_threads):
     """The same loop without Ray (one worker): what each family learns, without Ray's start-up."""
@@ -142,11 +135,14 @@ def _registered_steps(snapshot: Path) -> list[int]:
         return []
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, synth, tmp_path):
-    # Long enough (about 20 s of training on 2 idle cores) that the kill lands mid-run, right after
-    # the first registered checkpoint; the state API is warmed up first so finding workers is quick.
-    steps = 800
-    spec = micro_spec("vit", steps=steps, checkpoint_every=25, val_every=10_000, log_every=200)
+def test_micro_vit_on_two_ray_workers_resumes_after_a_worker_is_killed_learns_and_logs_to_mlflow(
+        ray_cluster, synth, tmp_path):
+    """Two Ray Train workers (gloo), one SIGKILLed right after the first registered checkpoint: the
+    run resumes from it (not from step 0), finishes, has learned, and its MLflow run holds what the
+    compare view needs, each step's loss logged once. The kill lands mid-run: 800 steps are about
+    20 s of training on 2 idle cores; the state API is warmed up first so finding workers is quick."""
+    steps = LEARNING_STEPS["vit"]
+    spec = micro_spec("vit", steps=steps, checkpoint_every=25)
     assert _ray_train_worker_pids() == []
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(pretrain(spec, str(synth), storage=str(tmp_path),
@@ -166,9 +162,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, synth, tmp_path
     assert not runner.is_alive()
     assert result["done"], result
     assert result["resumed_from"] is not None and result["resumed_from"] >= 25  # not from step 0
-    assert result["images_seen"] == steps * BATCH
-    metrics = tracking.client(result["tracking_uri"]).get_run(result["mlflow_run_id"]).data.metrics
-    assert metrics["compute/images_seen"] == steps * BATCH
+    assert_learned_and_logged(result, spec, synth, workers=2)
+    assert len(list((tmp_path / "subsets").glob("*-train-*.npz"))) == 1  # built once, read by both ranks
 
 
 def _last_keys_per_step(trace_dir: Path) -> dict[tuple[int, int], str]:

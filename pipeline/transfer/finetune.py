@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import storage as store
-from pipeline import console, tracking
+from pipeline import console, trace, tracking
 from pipeline.hardware import use_assigned_cpus
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import TransferPlan
@@ -163,8 +163,11 @@ def _tune_trial(config: dict) -> None:
     """One trial of the fine-tuning Tune run: an LR of the grid scored on the dev slice, or the final
     retrain (``phase`` "test")."""
     import ray.tune
+    trace.mark_process_start("trial process started")
+    trace.mark(f"trial {config['phase']} lr {config['lr']:g} entered")
     out = finetune_recorded(config["target"], config["data_path"], config["dataset"], config["lr"],
                             config["settings"], config["phase"])
+    trace.mark(f"trial {config['phase']} lr {config['lr']:g} finished")
     ray.tune.report({"accuracy": out["accuracy"], "examples": out["examples"], "resolution": out["resolution"],
                      "seconds": out["seconds"]})
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from pipeline import console, tracking
+from pipeline import console, trace, tracking
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.fewshot import FewShot
@@ -59,7 +59,9 @@ def evaluate(target: Target, evaluators: Sequence[Evaluator], paths: Mapping[str
                 continue
             if target.recorded:
                 record_input(target, evaluator.name, paths[name])
+            trace.mark(f"{evaluator.name} {name} started")
             new = evaluator.run(target, name, paths[name])
+            trace.mark(f"{evaluator.name} {name} done")
             metrics.update(new)
             console.say(target.name, ", ".join(f"{key} {value:.4g}" for key, value in new.items()
                                                if not key.endswith("_std")))
