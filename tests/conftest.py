@@ -11,29 +11,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-# The suite runs on 2 pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject.toml): each test
-# module is one group (its module fixtures are made once, on one worker), and modules that share a
-# session fixture are one group, so that the fixture is made once (the smoke study of
-# bench/gpu_e2e.sh --dry; the S3 store and the MLflow server). The slowest groups are handed out
-# first, so that the last minutes are not one long module on one worker while the other idles
-# (seconds per group measured on 2 idle cores, bench/RESULTS.md "The suite on two workers").
-SHARED_GROUPS = {"test_bench": "smoke_e2e", "test_orchestrate": "smoke_e2e", "test_cloud": "servers",
-                 "test_servers": "servers"}
-SLOWEST_FIRST = ("servers", "smoke_e2e", "test_cli_errors", "test_pretrain", "test_transfer_pretrained",
-                 "test_forecast", "test_transfer", "test_one_writer", "test_cluster", "test_study")
-
-
-def pytest_collection_modifyitems(config, items):
-    def group(item) -> str:
-        module = item.module.__name__.rpartition(".")[2]
-        return SHARED_GROUPS.get(module, module)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    if hasattr(config, "workerinput"):  # an xdist worker; a run in one process keeps the file order
-        rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-        items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: file order otherwise
-
-
 @pytest.fixture(scope="session", autouse=True)
 def own_mac_cache(tmp_path_factory):
     """Forward MACs are counted into a cache of the test session's own, empty at the start (as on
