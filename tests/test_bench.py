@@ -115,3 +115,29 @@ def test_gpu_e2e_dry_mode_runs_every_step_on_the_cpu(smoke_killed_and_resumed):
         assert row["mfu"] is None and row["images_per_s"] > 0 and row["first_step_s"] > 0
         assert 0 <= row["data_wait"] < 1 and row["peak_memory_gib"] > 0
     assert "| run | img/s | MFU | first step s | waiting for data | peak GiB |" in done.stdout
+
+
+def test_fixed_cost_reads_each_chains_phases_from_the_trace(tmp_path, monkeypatch):
+    """pipeline.trace marks (on when PIPELINE_TRACE names a file) become bench/fixed_cost.py's
+    per-phase seconds, chain by chain."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import fixed_cost
+    from pipeline import trace
+    monkeypatch.setenv(trace.TRACE_ENV, str(tmp_path / "trace.txt"))
+    trace.mark("chain abc started", at=100.0)
+    trace.mark("pretraining run tracked", at=100.5)
+    trace.mark("fit started", at=101.0)
+    trace.mark("train worker process started", at=103.0)
+    trace.mark("trial dev lr 0.1 entered", at=110.0)
+    trace.mark("trial dev lr 0.1 finished", at=111.0)
+    trace.mark("trial test lr 0.1 finished", at=112.5)
+    trace.mark("chain abc transferred", at=113.0)
+    trace.mark("chain def started", at=120.0)
+    trace.mark("pretraining run tracked", at=121.0)
+    found = fixed_cost.phases((tmp_path / "trace.txt").read_text())
+    assert found["chain start -> pretraining run tracked"] == [0.5, 1.0]
+    assert found["fit started -> worker process spawned"] == [2.0]
+    assert found["trials (2 dev, 1 final)"] == [2.5]
+    monkeypatch.delenv(trace.TRACE_ENV)
+    trace.mark("not written")
+    assert "not written" not in (tmp_path / "trace.txt").read_text()
