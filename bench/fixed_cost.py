@@ -4,7 +4,9 @@ A study of ``--runs`` chains of a one-block ViT pretrained for 2 steps on the sm
 probed (1-shot) and fine-tuned (an LR grid of two on Ray Tune, then the final retrain, 2 steps each),
 one chain at a time on local Ray: a chain's seconds are then almost all fixed cost (process starts,
 Train and Tune controllers, MLflow, checkpoints). Prints each chain's seconds (pretraining /
-transfer) and the medians.
+transfer) and the medians, then where each chain's seconds went: the phases between the marks
+that ``pipeline/trace.py`` writes when ``PIPELINE_TRACE`` names a file (set here before Ray starts,
+so that its workers write them too).
 
     python bench/fixed_cost.py [--runs 4] [--storage /tmp/fixed_cost]
 
