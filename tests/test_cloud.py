@@ -359,7 +359,7 @@ def test_tracking_server_errors_are_retried_without_duplicates(mlflow_http):
 def test_a_tracking_server_that_stays_down_stops_the_study_clearly_and_the_same_command_resumes(
         object_store, mlflow_http, s3, tmp_path):
     from servers import FaultyProxy
-    study_file = tmp_path / preempt_study(tmp_path / "outage.yaml", vit_steps=300, name="cloud-outage")
+    study_file = tmp_path / preempt_study(tmp_path / "outage.yaml", vit_steps=40, name="cloud-outage")  # the outage comes at launch
     study = load_study(str(study_file))
     proxy = FaultyProxy(mlflow_http).up()
     # Few retries, so that the outage is given up on in seconds (the defaults ride out ~30 s).
