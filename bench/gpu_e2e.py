@@ -121,10 +121,11 @@ def say(text: str) -> None:
     print(f"[gpu_e2e] {text}", flush=True)
 
 
-def spec_runs(storage: Path) -> dict[str, list]:
-    """RunSpec id -> its MLflow runs (the nested fine-tuning trials and the study run left out)."""
+def spec_runs(storage: Path, study: str = "scaling") -> dict[str, list]:
+    """RunSpec id -> its MLflow runs, all of them (the nested fine-tuning trials and the study run
+    left out): a RunSpec with two runs shows as such (tests use it too)."""
     found: dict[str, list] = {}
-    for record in tracking.runs_of_study(tracking.default_tracking_uri(storage), "scaling"):
+    for record in tracking.runs_of_study(tracking.default_tracking_uri(storage), study):
         spec_id = record.data.tags.get(tracking.RUN_SPEC_TAG)
         if spec_id and tracking.NESTED_KEY_TAG not in record.data.tags:
             found.setdefault(spec_id, []).append(record)

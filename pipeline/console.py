@@ -71,6 +71,12 @@ def _looked_up():
         return None
 
 
+def clock(seconds: float) -> str:
+    """Seconds as a short clock: 4m05s, or 2h07m from an hour up."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def say(run: str, text: str, *, step: int | None = None, total: int | None = None) -> None:
     """Say ``text`` about ``run``: to the driver's Board when one is open, else printed here. The
     call waits for the Board to have it (about a millisecond), so lines keep their order with the

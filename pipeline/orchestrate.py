@@ -245,11 +245,6 @@ def curve_probes(ctx: ChainContext) -> "Probes":
 
 # ----------------------------------------------------------------------------- the study
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def run_cost(seconds: dict[str, float], exaflops: dict[str, float]) -> Callable[[float], float] | None:
     """A run's seconds as a function of its exaFLOPs, from the runs finished so far: a fixed cost
     plus a cost per exaFLOP, fitted by non-negative least squares once two runs of different
@@ -294,7 +289,7 @@ class Progress:
         eta = self.eta()
         failed = f", {len(self.failed)} failed" if self.failed else ""
         self.board.line(f"[study] {len(self.done)}/{self.total} runs done{failed}, {running} running, elapsed "
-                        f"{_clock(time.perf_counter() - self.start)}, ETA {'-' if eta is None else _clock(eta)}{note}")
+                        f"{console.clock(time.perf_counter() - self.start)}, ETA {'-' if eta is None else console.clock(eta)}{note}")
 
     def launched(self, spec: RunSpec) -> None:
         self.started[spec.id] = time.perf_counter()
@@ -492,7 +487,7 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
             try:
                 results[spec.id] = ray.get(ref)
                 progress.finished(spec, True, results[spec.id]["seconds"])
-                note = f" ({spec.label} finished in {_clock(results[spec.id]['seconds'])})"
+                note = f" ({spec.label} finished in {console.clock(results[spec.id]['seconds'])})"
             except Exception as err:  # one failed run does not stop the study
                 failures[spec.id] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
                 progress.finished(spec, False)

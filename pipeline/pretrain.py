@@ -48,7 +48,7 @@ from pipeline import cli, compute, console, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.fewshot import DEFAULT_SHOTS
 from pipeline.planning import RunNumbers, run_numbers
-from pipeline.raycluster import ensure_ray, fit_off_main_thread
+from pipeline.raycluster import ensure_ray, fit_off_main_thread, quiet_ray_train_logs
 from pipeline.spec import Recipe, RunSpec
 from pipeline.throughput import StepClock, summary_line
 
@@ -164,18 +164,6 @@ def _gather(obj):
     out = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
-
-
-def quiet_ray_train_logs() -> None:
-    """Ray Train V2 logs every report and checkpoint at INFO on each worker; the rank-0 progress
-    line already says what matters. (Its loggers are named after module files, hence the lookup.)"""
-    import logging
-    try:
-        from ray.train.v2._internal.execution import context, storage
-    except ImportError:  # another Ray version: keep its logs
-        return
-    for name in (context.__file__, storage.__name__):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RaySession:

@@ -1,4 +1,5 @@
-"""Joining Ray: the cluster ``RAY_ADDRESS`` names, or a local one started by this process."""
+"""Joining Ray (the cluster ``RAY_ADDRESS`` names, or a local one started by this process), and
+living with Ray Train on it: its fit off the main thread, its logs kept quiet."""
 from __future__ import annotations
 
 import os
@@ -52,3 +53,15 @@ def fit_off_main_thread(trainer) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def quiet_ray_train_logs() -> None:
+    """Ray Train V2 logs every report and checkpoint at INFO on each worker; the rank-0 progress
+    line already says what matters. (Its loggers are named after module files, hence the lookup.)"""
+    import logging
+    try:
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:  # another Ray version: keep its logs
+        return
+    for name in (context.__file__, storage.__name__):
+        logging.getLogger(name).setLevel(logging.WARNING)

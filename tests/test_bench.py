@@ -120,7 +120,7 @@ def test_gpu_e2e_dry_mode_runs_every_step_on_the_cpu(smoke_killed_and_resumed):
 def test_fixed_cost_reads_each_chains_phases_from_the_trace(tmp_path, monkeypatch):
     """pipeline.trace marks (on when PIPELINE_TRACE names a file) become bench/fixed_cost.py's
     per-phase seconds, chain by chain."""
-    sys.path.insert(0, str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import fixed_cost
     from pipeline import trace
     monkeypatch.setenv(trace.TRACE_ENV, str(tmp_path / "trace.txt"))

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.gpu_e2e import spec_runs
 from micro_models import MICRO
 from pipeline import tracking
 from pipeline.data.synth import SynthSpec, generate
+from study_files import smoke_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,12 +101,9 @@ def test_debug_shows_the_traceback(tmp_path, small, truncated):
 def one_run_smoke(path: Path) -> Path:
     """The smoke preset cut to its ViT run and its few-shot probes, as a study file of its own
     (``ctrlc``): every stage a Ctrl-C can land in, at half the smoke study's seconds."""
-    import yaml
-    data = yaml.safe_load((ROOT / "studies" / "scaling.yaml").read_text())
-    smoke = data["presets"]["smoke"]
-    smoke["runs"], smoke["transfer"]["finetune"] = smoke["runs"][:1], []
-    path.write_text(yaml.safe_dump({"name": "ctrlc", "title": "Ctrl-C at every moment", "presets": {"smoke": smoke}}))
-    return path
+    def one_run(smoke: dict) -> None:
+        smoke["runs"], smoke["transfer"]["finetune"] = smoke["runs"][:1], []
+    return smoke_variant(path, "ctrlc", one_run, title="Ctrl-C at every moment")
 
 
 def interrupt_study_at(study_file: Path, storage: Path, line: str, sig: int = signal.SIGINT) -> tuple[str, str]:
@@ -140,8 +139,7 @@ def test_ctrl_c_at_every_moment_says_one_line_marks_the_study_run_killed_and_the
         assert tracking.client(uri).get_run(study_run).info.status == "KILLED", line
     again = run("pipeline.study", str(study_file), "--preset", "smoke", "--storage", str(storage))
     assert again.returncode == 0 and "1 done, 0 to run" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
-    runs = [r for r in tracking.runs_of_study(uri, "ctrlc")
-            if r.data.tags.get(tracking.RUN_SPEC_TAG) and tracking.NESTED_KEY_TAG not in r.data.tags]
+    (runs,) = spec_runs(storage, "ctrlc").values()
     assert len(runs) == 1 and {r.info.status for r in runs} == {"FINISHED"}
     assert tracking.client(uri).get_run(tracking.find_study_run(uri, "ctrlc", "smoke")).info.status == "FINISHED"
 

@@ -17,10 +17,11 @@ import pytest
 from pipeline import storage, tracking
 from pipeline.data import DataError, LoaderSpec, make_loader, open_dataset
 from pipeline.data.format import copy_dataset
-from pipeline.spec import load_study
 from pipeline.raycluster import TRAIN_HEALTH_CHECK_S
+from pipeline.spec import load_study
 
 from ray_head import free_port
+from study_files import smoke_variant
 
 pytestmark = pytest.mark.slow
 
@@ -231,16 +232,12 @@ def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(obj
 # ----------------------------------------------------------------------------- several Ray nodes, one preempted
 
 def preempt_study(path: Path, vit_steps: int, name: str = "cloud-preempt") -> str:
-    """The smoke preset as its own study (its own MLflow experiment), with a longer ViT run so that
-    a node or a server can be killed while it pretrains."""
-    import yaml
-    data = yaml.safe_load((ROOT / "studies" / "scaling.yaml").read_text())
-    smoke = data["presets"]["smoke"]
-    smoke["runs"][0]["steps"] = vit_steps
-    smoke["recipe"].update(checkpoint_every=50, log_every=25, val_every=500)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"name": name, "title": data["title"], "presets": {"smoke": smoke}}))
-    return path.name
+    """The smoke preset as its own study (its own MLflow experiment), its ViT run ``vit_steps`` long
+    (long enough that a node can be killed while it pretrains), a checkpoint every 50 steps."""
+    def longer(smoke: dict) -> None:
+        smoke["runs"][0]["steps"] = vit_steps
+        smoke["recipe"].update(checkpoint_every=50, log_every=25, val_every=500)
+    return smoke_variant(path, name, longer).name
 
 
 def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http, s3, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.gpu_e2e import spec_runs
 from pipeline import tracking
 from pipeline.fits import FORMS
 from pipeline.planning import plan
@@ -23,16 +24,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = load_study("scaling").expand("smoke")
 PLANNED = {r["id"]: r for r in plan(load_study("scaling"), "smoke", tracking_uri=None)["runs"]}
-
-
-def spec_runs(storage: Path) -> dict[str, list]:
-    """RunSpec id -> its MLflow runs (nested fine-tuning trials and the study run excluded)."""
-    found: dict[str, list] = {}
-    for run in tracking.runs_of_study(tracking.default_tracking_uri(storage), "scaling"):
-        spec_id = run.data.tags.get(tracking.RUN_SPEC_TAG)
-        if spec_id and tracking.NESTED_KEY_TAG not in run.data.tags:
-            found.setdefault(spec_id, []).append(run)
-    return found
 
 
 def assert_study_complete(storage: Path) -> dict[str, str]:

@@ -163,7 +163,6 @@ def _tune_trial(config: dict) -> None:
     """One trial of the fine-tuning Tune run: an LR of the grid scored on the dev slice, or the final
     retrain (``phase`` "test")."""
     import ray.tune
-    trace.mark_process_start("trial process started")
     trace.mark(f"trial {config['phase']} lr {config['lr']:g} entered")
     out = finetune_recorded(config["target"], config["data_path"], config["dataset"], config["lr"],
                             config["settings"], config["phase"])
