@@ -105,7 +105,7 @@ def part_manifest(root: Path) -> list[dict]:
 
 
 def part_listing(root: Path) -> list[dict]:
-    """The driver's check before a run (pretrain.plan_run): every shard there with its size, by
+    """The driver's check before a run (pipeline.pretrain.launch.plan_run): every shard there with its size, by
     one listing of the folder. 100,000 empty files stand for the shards (sizes 0 in the manifest)."""
     from pipeline.data.format import Dataset
     manifest_only(root)

@@ -25,7 +25,8 @@ from models import build_model  # noqa: E402
 from pipeline import tracking  # noqa: E402
 from pipeline.data import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
-from pipeline.pretrain import Launch, lr_factor, param_groups, pretrain, sigmoid_xent  # noqa: E402
+from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
+from pipeline.pretrain.recipe import lr_factor, param_groups, sigmoid_xent  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
 
 MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from pipeline import fewshot, transfer  # noqa: E402
 from pipeline.data.convert import convert_digits  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
-from pipeline.pretrain import pretrain  # noqa: E402
+from pipeline.pretrain.launch import pretrain  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
 
 MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128,

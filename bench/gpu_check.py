@@ -35,7 +35,7 @@ from models import build_model, model_spec  # noqa: E402
 from pipeline.compute import FLOPS_PER_MAC, FORWARD_AND_BACKWARD, model_counts  # noqa: E402
 from pipeline.data.images import normalize_images  # noqa: E402
 from pipeline.hardware import peak_tflops  # noqa: E402
-from pipeline.pretrain import param_groups, sigmoid_xent  # noqa: E402
+from pipeline.pretrain.recipe import param_groups, sigmoid_xent  # noqa: E402
 
 DRY_MODELS = ['{"name": "vit-micro", "family": "vit", "depth": 2, "width": 64, "heads": 4, "mlp_dim": 128, '
               '"patch_size": 8}',

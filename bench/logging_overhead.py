@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
 from pipeline.orchestrate import prepare_data  # noqa: E402
-from pipeline.pretrain import Launch, pretrain  # noqa: E402
+from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.spec import load_study  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Cost of the learning curves' few-shot probes (issue 15: at most 5% of pretraining time on the
-tiny preset): tiny-preset runs pretrained in-process with and without ``pretrain.Probes`` on
+tiny preset): tiny-preset runs pretrained in-process with and without ``pipeline.pretrain.loop.Probes`` on
 digits, in one process, one torch thread, alternating so that drift hits both alike.
 
     python bench/probe_cost.py                       # ViT-micro-S and BiT-micro-M, 400 steps
@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline.data.convert import convert_digits  # noqa: E402
-from pipeline.pretrain import Hooks, Launch, Probes, pretrain  # noqa: E402
+from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
+from pipeline.pretrain.loop import Hooks, Probes  # noqa: E402
+from pipeline.transfer.fewshot import FewShot, FewshotSettings  # noqa: E402
 from pipeline.spec import load_study  # noqa: E402
 from pipeline.orchestrate import prepare_data  # noqa: E402
 
@@ -38,17 +40,16 @@ def timed(spec, data: str, hooks: Hooks) -> float:
 
 def per_probe(study, digits: Path, shots: tuple[int, ...]) -> None:
     from models import build_model
-    from pipeline.fewshot import fewshot_accuracy
-    from pipeline.features import features_of, probe_sets
+    from pipeline.features import probe_sets
     cpu, start = torch.device("cpu"), time.perf_counter()
-    (train_x, train_y), (test_x, test_y), _ = probe_sets(str(digits), 32, max(shots))   # what Trainer.probe_data does
+    probe_sets(str(digits), 32, max(shots))   # decoded once per process: what the first probe of a run pays
+    fewshot = FewShot(datasets=("digits",), settings=FewshotSettings(shots=shots))
     print(f"decode once per run: {time.perf_counter() - start:.2f} s\n| model | steps | one probe (s) |\n|---|---|---|")
     for spec in study.expand("tiny"):
         model, times = build_model(spec.model, num_classes=32, image_size=32), []
         for _ in range(3):
             start = time.perf_counter()
-            fewshot_accuracy(features_of(model, train_x, cpu), train_y, features_of(model, test_x, cpu), test_y, 10,
-                             shots=shots, seeds=Probes().seeds)
+            fewshot.probe_live(model, cpu, 32, "digits", str(digits))
             times.append(time.perf_counter() - start)
         print(f"| {spec.model_name} | {spec.steps} | {min(times):.3f} |", flush=True)
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_probe:
         per_probe(study, digits, shots)
         return 0
-    probes = Probes(datasets=(("digits", str(digits)),), shots=shots)
+    probes = Probes(datasets=(("digits", str(digits)),), settings=FewshotSettings(shots=shots))
     specs = {s.model_name: s for s in study.expand("tiny") if s.steps == 400}
     print("| model | val_every | without probes (s) | with probes (s) | probes' share |\n|---|---|---|---|---|")
     for name in args.models:

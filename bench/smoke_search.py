@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
 from pipeline.orchestrate import prepare_data  # noqa: E402
-from pipeline.pretrain import Launch, pretrain  # noqa: E402
+from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.spec import load_study  # noqa: E402
 
 OLD_DATA = {"style": "shapes", "exponent": 1.0, "max_objects": 3, "val_images": 64}   # before issue 15

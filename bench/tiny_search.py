@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
-from pipeline.pretrain import Launch, pretrain  # noqa: E402
+from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402
 
 MODELS = {  # the tiny preset's models

@@ -5,7 +5,7 @@ pipeline's pieces (the loader, ``sigmoid_xent``, ``param_groups``, ``lr_factor``
 1, the model zoo), then probes 5/10/25-shot digits on pre-logits features (``run_fewshot``, 3
 seeds) next to random initializations of the same shape. One JSON line per run on stdout.
 The acceptance test (tests/test_transfer_pretrained.py) runs the pipeline's own loop in process
-(pipeline.pretrain.pretrain(..., launch=Launch(in_process=True))); bench/transfer_pretrained_spread.py measures its spread.
+(pipeline.pretrain.launch.pretrain(..., launch=Launch(in_process=True))); bench/transfer_pretrained_spread.py measures its spread.
 
     OMP_NUM_THREADS=1 python bench/transfer_vs_random.py --model BiT-micro-S --style glyphs \\
         --classes 1000 --images 10000 --max-objects 1 --steps 1000 --lr 1e-3 --warmup 20
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import build_model
 from pipeline.data import LoaderSpec, make_loader, num_classes
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import lr_factor, param_groups, sigmoid_xent
+from pipeline.pretrain.recipe import lr_factor, param_groups, sigmoid_xent
 from pipeline.transfer import FewshotSettings, resolve_dataset, run_fewshot
 
 # The micro models of studies/scaling.yaml's tiny preset.

@@ -8,7 +8,7 @@ KeyboardInterrupt (Ray's blocking calls turn it into a status, and one path lose
 that wait check the record too (:func:`check_interrupt`), and a command that returns after a
 Ctrl-C still ends with 130. Ray Tune's own SIGINT handler is turned off (it would end a grid
 quietly and carry on); Ray Train's is kept out by running ``fit`` off the main thread
-(``pretrain.fit_on_ray``).
+(``pipeline.pretrain.launch.fit_on_ray``).
 
 Errors raised on Ray workers reach the driver wrapped, with the worker's traceback inside the
 message; their last line is the worker's own error, which is what the line shows."""

@@ -34,6 +34,7 @@ from pipeline import cli
 FLOPS_PER_MAC = 2
 FORWARD_AND_BACKWARD = 3
 JFT_IMAGES = 303_000_000
+GFLOPS_PER_EXAFLOP = 1e9  # compute/gflops: micro runs read 443.5, not 4.435e-07 cut off in MLflow's table
 
 # Ops fvcore does not count that cost nothing next to the matmuls and convolutions: element-wise
 # arithmetic and activations, reductions over activations (pooling, weight standardization over

@@ -1,6 +1,8 @@
 """Pre-logits features of a model on a dataset split: what the few-shot probes fit, after
-pretraining (``pipeline.transfer``) and during it (``pretrain.Probes``)."""
+pretraining and during it (``pipeline.transfer.fewshot``)."""
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ def extract_features(model: torch.nn.Module, data_path: str, split: str, image_s
 def load_split(data_path: str, split: str, image_size: int, fraction: float | None = None
                ) -> tuple[torch.Tensor, np.ndarray]:
     """Every image of a split (or of its nested random ``fraction``; resize + center crop) in one
-    tensor, with integer labels: for small sets probed many times (``pretrain.Probes``), decoded once."""
+    tensor, with integer labels: for small sets probed many times (``probe_sets``), decoded once."""
     from pipeline.data import LoaderSpec, make_loader
     batches = list(make_loader(LoaderSpec(data_path, split=split, train=False, batch_size=256, image_size=image_size,
                                           label_format="index", fraction=fraction)))
@@ -42,10 +44,12 @@ def load_split(data_path: str, split: str, image_size: int, fraction: float | No
 PROBE_POOL_FRACTION = 0.3
 
 
+@functools.lru_cache(maxsize=8)
 def probe_sets(data_path: str, image_size: int, shots: int) -> tuple[tuple, tuple, int]:
     """What a run's few-shot probes of one set need, decoded once: ``shots`` train images per class
     (drawn once, seed 0, from the nested ``PROBE_POOL_FRACTION`` of the train split when that has
-    enough of every class, else from all of it), the whole test split, and the class count."""
+    enough of every class, else from all of it), the whole test split, and the class count. Kept for
+    the process (a run probes its sets at every validation): callers must not change the tensors."""
     from pipeline.data import num_classes
     from pipeline.fewshot import sample_shots
     classes = num_classes(data_path)

@@ -36,7 +36,7 @@ from pipeline.cli import Interrupted, check_interrupt
 from pipeline.spec import Preset, RunSpec, Study, TransferPlan
 
 if TYPE_CHECKING:  # pretraining (torch) is imported where runs train, not by the driver
-    from pipeline.pretrain import Probes
+    from pipeline.pretrain.loop import Probes
 
 
 class StudyError(ValueError):
@@ -199,7 +199,8 @@ class ChainContext:
 def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
     """Pretrain one RunSpec (or resume it, or skip it when finished), then run its transfer stages,
     then mark its MLflow run FINISHED. Runs as a Ray task."""
-    from pipeline.pretrain import Hooks, Launch, pretrain
+    from pipeline.pretrain.launch import Launch, pretrain
+    from pipeline.pretrain.loop import Hooks
     from pipeline.transfer import Target, evaluate, evaluators_for
     uri, start = ctx.tracking_uri, time.perf_counter()
     trace.mark(f"chain {spec.id} started")
@@ -237,10 +238,11 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
 
 
 def curve_probes(ctx: ChainContext) -> "Probes":
-    """The learning curves' probes: the preset's few-shot sets and shots (``pretrain.Probes``)."""
-    from pipeline.pretrain import Probes
+    """The learning curves' probes: the preset's few-shot sets and shots (``pipeline.pretrain.loop.Probes``)."""
+    from pipeline.pretrain.loop import Probes
+    from pipeline.transfer.fewshot import FewshotSettings
     return Probes(datasets=tuple((name, ctx.downstream[name]) for name in ctx.transfer.fewshot),
-                  shots=tuple(ctx.transfer.shots))
+                  settings=FewshotSettings(shots=tuple(ctx.transfer.shots)))
 
 
 # ----------------------------------------------------------------------------- the study

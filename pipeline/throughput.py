@@ -1,7 +1,7 @@
 """How fast a training loop runs, as one worker measures it: the time to its first step (model,
 restore, compiling, the loader's start and the first batch), the time spent waiting for data, and
 the steady state after the first step, timed to the last logging window (whose all-reduce waited
-for the device). ``pretrain.Progress`` logs the window numbers (``throughput/*``) and the run's
+for the device). ``pipeline.pretrain.loop.Progress`` logs the window numbers (``throughput/*``) and the run's
 summary line; ``bench/gpu_e2e.py`` reads both."""
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from pipeline import compute, pretrain, study
+from pipeline import compute, study
+from pipeline.pretrain import __main__ as pretrain
 from pipeline.data import __main__ as data_cli
 from pipeline.transfer import cli as transfer_cli
 

@@ -46,7 +46,7 @@ def test_no_function_over_80_lines_or_8_parameters():
 
 
 def test_the_pretraining_loop_fits_on_a_screen():
-    loop = [node for name, node in functions() if name.startswith("pipeline/pretrain.py") and node.name == "train_loop"]
+    loop = [node for name, node in functions() if name.startswith("pipeline/pretrain/loop.py") and node.name == "train_loop"]
     assert len(loop) == 1 and lines(loop[0]) <= MAX_LOOP_LINES
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pipeline import hardware
 from pipeline.data import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import STATE_FILE, load_state
+from pipeline.pretrain.checkpoint import STATE_FILE, load_state
 from pipeline.spec import Recipe, load_study
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

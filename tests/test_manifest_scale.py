@@ -99,7 +99,7 @@ def test_a_1000_run_plan_over_it_sizes_runs_from_the_manifest(big, tmp_path, cap
     ds = Dataset(root)
     by_subset = {r["subset"]: r["subset_images"] for r in plan["runs"]}
     assert len(by_subset) == 10 and all(r["subset_images"] == by_subset[r["subset"]] for r in plan["runs"])
-    for spec in specs[:10]:   # what pretraining derives (pretrain.plan_run), one run of each subset
+    for spec in specs[:10]:   # what pretraining derives (pipeline.pretrain.launch.plan_run), one run of each subset
         assert by_subset[spec.subset] == ds.subset_rows("train", **spec.subset_selector(usable))
     assert by_subset[0.03] == round(0.03 * usable) and by_subset["full"] == usable and by_subset["9M"] == 9_000_000
     expected = run_numbers(specs[0], by_subset[specs[0].subset], 18291)

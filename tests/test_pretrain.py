@@ -15,7 +15,9 @@ import torch
 from pipeline import tracking
 from pipeline.data import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import STATE_FILE, Hooks, KeyTrace, Launch, load_state, pretrain
+from pipeline.pretrain.checkpoint import STATE_FILE, load_state
+from pipeline.pretrain.launch import Launch, pretrain
+from pipeline.pretrain.loop import Hooks, KeyTrace
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO
@@ -203,7 +205,7 @@ def test_stop_and_resume_equals_uninterrupted_run(ray_cluster, synth, tmp_path):
 def test_cli_maps_its_flags_onto_the_recipe(ray_cluster, synth, tmp_path, capsys):
     """`python -m pipeline.pretrain`: flags given reach the run's recipe; flags not given keep the
     Recipe's own defaults (Table 3's), which the CLI does not restate."""
-    from pipeline.pretrain import main
+    from pipeline.pretrain.__main__ import main
     argv = ["--model", json.dumps(MICRO["vit"]), "--data", str(synth), "--steps", "4", "--workers", "2",
             "--batch-size", "32", "--micro-batch-size", "8", "--base-lr", "0.002", "--warmup-steps", "2",
             "--image-size", "32", "--min-crop-area", "1.0", "--checkpoint-every", "2", "--val-every", "4",
@@ -271,11 +273,12 @@ def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_pat
     """Learning curves: at each validation step and at the end, the few-shot accuracies of the
     model being trained, with the compute spent so far, are logged at that step."""
     from pipeline.data.convert import convert_digits
-    from pipeline.pretrain import Probes
+    from pipeline.pretrain.loop import Probes
+    from pipeline.transfer.fewshot import FewshotSettings
     convert_digits(tmp_path / "digits", progress=False)
     digits = tmp_path / "digits"
     spec = micro_spec("vit", steps=30, checkpoint_every=30, val_every=10, log_every=10)
-    probes = Probes(datasets=(("digits", str(digits)),), shots=(1, 5))
+    probes = Probes(datasets=(("digits", str(digits)),), settings=FewshotSettings(shots=(1, 5)))
     out = pretrain(spec, str(synth), storage=str(tmp_path / "runs"), launch=LOCAL, hooks=Hooks(probes=probes))
     history = {key: tracking.metric_history(out["tracking_uri"], out["mlflow_run_id"], key)
                for key in ("curve/fewshot/digits/1shot", "curve/fewshot/digits/5shot", "curve/exaflops")}

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from models import build_model
 from pipeline.planning import run_numbers
-from pipeline.pretrain import (LocalSession, PretrainPlan, Trainer, lr_factor, param_groups, precision_at_1,
-                               sigmoid_xent)
+from pipeline.pretrain.loop import PretrainPlan, Trainer
+from pipeline.pretrain.recipe import lr_factor, param_groups, precision_at_1, sigmoid_xent
+from pipeline.pretrain.session import LocalSession
 from pipeline.spec import Recipe, RunSpec
 
 MICRO_VIT = {"name": "vit-micro", "family": "vit", "depth": 1, "width": 32, "heads": 2, "mlp_dim": 64,

@@ -12,7 +12,7 @@ import torch
 from pipeline import transfer
 from pipeline.data.convert import ConversionError, convert_cifar
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import STATE_FILE, CheckpointError, load_state
+from pipeline.pretrain.checkpoint import STATE_FILE, CheckpointError, load_state
 
 
 class Payload:

@@ -176,7 +176,7 @@ def test_planned_numbers_are_what_pretraining_derives(subset, tmp_path):
     """For a run given in epochs, the plan (the preset's sizes) and the pretraining (the data
     itself) derive the same steps, images and exaFLOPs, fraction subsets included."""
     from pipeline.planning import run_numbers
-    from pipeline.pretrain import Launch, plan_run
+    from pipeline.pretrain.launch import Launch, plan_run
     from pipeline.spec import RunSpec, subset_images
     study = load_study("data")
     preset = study.preset("smoke")

@@ -8,7 +8,7 @@ import pytest
 from pipeline import tracking, transfer
 from pipeline.data.convert import convert_digits
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import Launch, pretrain
+from pipeline.pretrain.launch import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO

@@ -25,7 +25,7 @@ from models import build_model
 from pipeline import transfer
 from pipeline.data.convert import convert_digits
 from pipeline.data.synth import SynthSpec, generate
-from pipeline.pretrain import Launch, pretrain
+from pipeline.pretrain.launch import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
 
 from micro_models import MICRO

@@ -20,7 +20,7 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
     ``path``: a pretraining checkpoint of this pipeline (the Ray Train checkpoint folder, or its
     ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
     from models import build_model
-    from pipeline.pretrain import STATE_FILE, load_state, state_file
+    from pipeline.pretrain.checkpoint import STATE_FILE, load_state, state_file
     path = store.fetch(path, "checkpoints")  # a remote checkpoint: this node's cached copy
     if timm_name:
         from models.timm_import import load_timm

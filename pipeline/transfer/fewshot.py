@@ -1,6 +1,8 @@
 """The few-shot linear protocol (paper Sec. 4.1): closed-form least-squares probes
 (``pipeline.fewshot``) on frozen pre-logits features of the dataset's train split, scored on its
-test split; ``fewshot/<dataset>/<k>shot`` is the mean accuracy over seeds, ``..._std`` its spread."""
+test split; ``fewshot/<dataset>/<k>shot`` is the mean accuracy over seeds, ``..._std`` its spread.
+The same evaluator draws the learning curves during pretraining (:meth:`FewShot.probe_live`, on
+the live model: ``curve/fewshot/<dataset>/<k>shot``)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +14,7 @@ import torch
 from pipeline import fewshot
 from pipeline import storage as store
 from pipeline.hardware import use_assigned_cpus
+from pipeline.features import features_of, probe_sets
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.checkpoints import cached_features, load_checkpoint
@@ -79,3 +82,17 @@ class FewShot(Evaluator):
         else:
             out = run_fewshot(target.checkpoint, path, self.settings, **kwargs)
         return fewshot_metrics(dataset, out, self.settings.l2_regs[0])
+
+    def probe_live(self, model: torch.nn.Module, device: torch.device, image_size: int, dataset: str,
+                   path: str) -> dict[str, float]:
+        """A learning curve's point: the probe on ``model`` as it trains (its current weights, no
+        checkpoint, no feature cache), fit on the largest shot count's examples per class of the train
+        split (drawn once, ``features.probe_sets``, decoded once per process) and scored on the whole
+        test split. Metrics ``curve/fewshot/<dataset>/<k>shot`` (means over seeds); leaves the model
+        in eval mode."""
+        (train_x, train_y), (test_x, test_y), classes = probe_sets(path, image_size, max(self.settings.shots))
+        found = fewshot.fewshot_accuracy(features_of(model, train_x, device), train_y,
+                                         features_of(model, test_x, device), test_y, classes,
+                                         shots=self.settings.shots, seeds=self.settings.seeds,
+                                         l2_regs=self.settings.l2_regs)
+        return {f"curve/fewshot/{dataset}/{k}shot": r["mean"] for (k, _), r in found.items()}

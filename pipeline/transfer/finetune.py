@@ -70,7 +70,7 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     (for choosing the LR). evaluate_on="test": train on the whole training split, score on test.
     """
     from pipeline.data import LoaderSpec, make_loader, num_classes
-    from pipeline.pretrain import lr_factor
+    from pipeline.pretrain.recipe import lr_factor
     if evaluate_on not in ("dev", "test"):
         raise ValueError("evaluate_on must be 'dev' or 'test'")
     device = device or default_device()
