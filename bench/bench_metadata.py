@@ -18,7 +18,7 @@ Parts:
   them: seconds a shard, then times 100,000. Requests a shard are counted (a size check, a file open,
   every ranged read), and with ``--latency-ms`` each of them sleeps that long (an object store's
   first-byte latency), which is where reading shards concurrently pays. Then a rank's load of the
-  subset the driver kept (``format.cached_subset``): its shard requests and seconds.
+  subset the driver kept (``subsets.cached_subset``): its shard requests and seconds.
 - ``kept``: a kept subset at 100k shards (1 and 10 blocks a shard) over the manifest-only
   dataset: the file's size and the seconds to open the dataset and load it.
 
@@ -84,7 +84,7 @@ def emit(row: dict) -> dict:
 
 def part_manifest(root: Path) -> list[dict]:
     from pipeline.data import subset_size
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
     start = time.perf_counter()
     usable = manifest_only(root)
     made = time.perf_counter() - start
@@ -107,7 +107,7 @@ def part_manifest(root: Path) -> list[dict]:
 def part_listing(root: Path) -> list[dict]:
     """The driver's check before a run (pipeline.pretrain.launch.plan_run): every shard there with its size, by
     one listing of the folder. 100,000 empty files stand for the shards (sizes 0 in the manifest)."""
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
     manifest_only(root)
     manifest = json.loads((root / "manifest.json").read_text())
     for entry in manifest["splits"]["train"]["shards"]:
@@ -132,7 +132,7 @@ def study_file(path: Path, images: int, name: str = "jft-300m-sim") -> Path:
 
 
 def part_plan(root: Path, work: Path) -> list[dict]:
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
     from pipeline.planning import plan
     from pipeline.spec import load_study
     os.environ.setdefault("VIT_SCALING_CACHE", str(work / "mac-cache"))
@@ -220,10 +220,11 @@ def _rss_kib() -> int:
 def _one_build(code: str, root: str, want: int, out) -> None:
     import gc
     sys.path.insert(0, code)
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
+    from pipeline.data.subsets import Subset
     ds = Dataset(root)
     before = _rss_kib()
-    subset = ds.subset(count=want)
+    subset = Subset.build(ds, count=want)
     gc.collect()
     out.put((_rss_kib() - before, subset.num_rows))
 
@@ -248,7 +249,7 @@ def counting_dataset(latency_s: float):
     import threading
 
     import pyarrow as pa
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
 
     class Requests:
         def __init__(self):
@@ -302,14 +303,15 @@ def counting_dataset(latency_s: float):
 
 
 def part_worker(work: Path, shards: int, latency_ms: float) -> list[dict]:
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
+    from pipeline.data.subsets import Subset
     entries = real_shards(work / "shards", shards)
     rows, held = [], []
     for count in sorted({max(1, shards // 4), max(1, shards // 2), shards}):
         root = dataset_of(work / "shards", entries, count)
         usable = sum(e["num_rows"] for e in entries[:count]) - len(entries[:count:50])
         want = round(FRACTION * usable)
-        times, subset = timed(lambda: Dataset(root).subset(count=want))
+        times, subset = timed(lambda: Subset.build(Dataset(root), count=want))
         assert subset.num_rows == want
         held.append((count, memory_of_one_build(root, want)))
         row = {"what": "Subset.build, 3% count subset, local disk", "shards": count, "s": times,
@@ -320,7 +322,7 @@ def part_worker(work: Path, shards: int, latency_ms: float) -> list[dict]:
     cls = counting_dataset(latency_ms / 1000)
     ds = cls(root)
     start = time.perf_counter()
-    subset = ds.subset(count=want)
+    subset = Subset.build(ds, count=want)
     took = time.perf_counter() - start
     rows.append(emit({"what": f"Subset.build, 3% count subset, {latency_ms:g} ms a request", "shards": shards,
                       "s": [took], "requests_per_shard": ds.requests.n / shards, "s_per_shard": took / shards,
@@ -330,9 +332,9 @@ def part_worker(work: Path, shards: int, latency_ms: float) -> list[dict]:
 
 
 def kept_on_a_rank(cls, root: Path, cache: Path, want: int, shards: int, latency_ms: float) -> dict:
-    """What a rank pays to plan its epoch when the driver kept the subset (format.cached_subset):
+    """What a rank pays to plan its epoch when the driver kept the subset (subsets.cached_subset):
     the shard requests and seconds of loading it, the same blocks as a build."""
-    from pipeline.data.format import cached_subset
+    from pipeline.data.subsets import cached_subset
     built = cached_subset(cls(root), str(cache), count=want)          # the driver: builds and keeps
     ds = cls(root)
     start = time.perf_counter()
@@ -346,7 +348,8 @@ def kept_on_a_rank(cls, root: Path, cache: Path, want: int, shards: int, latency
 def part_kept(root: Path, work: Path) -> list[dict]:
     """A kept subset at 100k shards, over the manifest-only dataset: one block a shard (what a 3%
     subset of 3,000-row shards is) and ten (a 30% one): its file's size and a rank's load."""
-    from pipeline.data.format import Block, Dataset, Subset
+    from pipeline.data.dataset import Dataset
+    from pipeline.data.subsets import Block, Subset
     if not (root / "manifest.json").exists():
         manifest_only(root)
     ds, rows = Dataset(root), []

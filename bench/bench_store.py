@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/servers.py starts the real store
 
 from pipeline.data import LoaderSpec, make_loader  # noqa: E402
-from pipeline.data.format import Dataset, copy_dataset, iter_blocks  # noqa: E402
+from pipeline.data.dataset import Dataset, copy_dataset  # noqa: E402
+from pipeline.data.subsets import Subset, iter_blocks  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 
 
@@ -68,7 +69,7 @@ class CountingDataset(Dataset):
 def subset_bytes(location: str, fraction: float) -> tuple[int, int, int]:
     """(bytes read, bytes of all shards, rows) for reading every image of a nested subset."""
     ds = CountingDataset(location)
-    subset = ds.subset(fraction)
+    subset = Subset.build(ds, fraction=fraction)
     rows = sum(t.num_rows for _, t in iter_blocks(subset, subset.blocks, ["key", "image", "labels"]))
     return ds.bytes_read[0], sum(s.bytes for s in ds.shards()), rows
 

@@ -16,7 +16,8 @@ import pytest
 
 from pipeline import storage, tracking
 from pipeline.data import DataError, LoaderSpec, make_loader, open_dataset
-from pipeline.data.format import copy_dataset
+from pipeline.data.dataset import copy_dataset
+from pipeline.data.subsets import Subset
 from pipeline.raycluster import TRAIN_HEALTH_CHECK_S
 from pipeline.spec import load_study
 
@@ -58,7 +59,7 @@ def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
     assert remote == f"{s3}/synth" and len(written) == 4 and written["manifest.json"] == max(written.values())
     ds, same = open_dataset(remote), open_dataset(local)
     assert ds.manifest["splits"] == same.manifest["splits"]   # byte-identical shards (sha256 in the manifest)
-    assert ds.subset(0.1).keys() == same.subset(0.1).keys()
+    assert Subset.build(ds, fraction=0.1).keys() == Subset.build(same, fraction=0.1).keys()
     a = next(iter(make_loader(LoaderSpec(remote, batch_size=16, image_size=16, fraction=0.5, seed=1),
                               num_workers=0)))
     b = next(iter(make_loader(LoaderSpec(local, batch_size=16, image_size=16, fraction=0.5, seed=1),

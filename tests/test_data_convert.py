@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.data import DataError, LoaderSpec, make_loader
 from pipeline.data.convert import ConvertOptions, convert_digits
 from pipeline.data.converters import convert
-from pipeline.data.format import Dataset
+from pipeline.data.dataset import Dataset
 from pipeline.data.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]

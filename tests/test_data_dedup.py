@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipeline.data import LoaderSpec, make_loader, subset_size
 from pipeline.data.dedup import dedup
-from pipeline.data.format import Dataset, Row, write_manifest, write_shard
+from pipeline.data.dataset import Dataset
+from pipeline.data.format import Row, write_manifest, write_shard
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.data.verify import verify
 

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.format import (DataError, Dataset, Row, iter_blocks, subset_priority,
-                                  write_manifest, write_shard)
+from pipeline.data.dataset import Dataset
+from pipeline.data.format import DataError, Row, subset_priority, write_manifest, write_shard
+from pipeline.data.subsets import Subset, iter_blocks
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.data.verify import verify
 
@@ -171,16 +172,16 @@ def test_subsets_nest_and_are_exactly_the_low_priority_rows(large_shards):
     assert all(r["priority"] == subset_priority(k, seed) for k, r in rows.items())
     previous: set[str] = set()
     for fraction in (0.03, 0.1, 0.3, 1.0):
-        keys = set(ds.subset(fraction).keys())
+        keys = set(Subset.build(ds, fraction=fraction).keys())
         assert keys == {k for k, r in rows.items() if r["priority"] < fraction}
         assert previous <= keys
         previous = keys
-    by_count = [set(ds.subset(count=n).keys()) for n in (7, 100, 1999)]
+    by_count = [set(Subset.build(ds, count=n).keys()) for n in (7, 100, 1999)]
     assert [len(k) for k in by_count] == [7, 100, 1999]
     assert by_count[0] <= by_count[1] <= by_count[2]
     assert by_count[1] == set(sorted(rows, key=lambda k: rows[k]["priority"])[:100])
     with pytest.raises(DataError, match="only 2000 usable rows"):
-        ds.subset(count=2001)
+        Subset.build(ds, count=2001)
 
 
 class _CountingFile(io.RawIOBase):
@@ -223,7 +224,7 @@ class _ByteCountingDataset(Dataset):
 def test_three_percent_subset_reads_at_most_five_percent_of_the_bytes(large_shards):
     ds = _ByteCountingDataset(large_shards)
     total = sum(s.bytes for s in ds.shards())
-    subset = ds.subset(0.03)
+    subset = Subset.build(ds, fraction=0.03)
     keys = []
     for _, table in iter_blocks(subset, subset.blocks, ["key", "image", "labels"]):
         keys += table.column("key").to_pylist()
@@ -277,7 +278,7 @@ def test_truncated_shard_is_named(synth, tmp_path):
     assert [(p.shard, "truncated" in p.message) for p in report.problems] == [(shard.path, True)]
     assert report.rows == {"train": 400 - shard.num_rows}   # the other shards are still checked
     with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes, the manifest says \d+ \(truncated\)"):
-        Dataset(bad).subset(1.0).keys()
+        Subset.build(Dataset(bad), fraction=1.0).keys()
     # the driver's check before a run: one listing of the folder, no shard opened
     with pytest.raises(DataError, match=rf"shard {shard.path}: file is \d+ bytes, the manifest says \d+ \(truncated\)"):
         Dataset(bad).check_listed_sizes("train")
@@ -345,14 +346,14 @@ def test_exclude_fraction_is_the_exact_complement_of_a_dev_slice(tmp_path):
     path = generate(tmp_path / "ds", SynthSpec(images=300, classes=5, image_size=16, shards=3),
                     executor="inline", progress=False)
     ds = Dataset(path)
-    dev = set(ds.subset(fraction=0.1).keys())
-    rest = set(ds.subset(exclude_fraction=0.1).keys())
-    assert dev and rest and not dev & rest and dev | rest == set(ds.subset().keys())
+    dev = set(Subset.build(ds, fraction=0.1).keys())
+    rest = set(Subset.build(ds, exclude_fraction=0.1).keys())
+    assert dev and rest and not dev & rest and dev | rest == set(Subset.build(ds).keys())
     seen = [k for b in make_loader(LoaderSpec(path, batch_size=50, image_size=16, train=False,
                                               exclude_fraction=0.1), num_workers=0) for k in b.keys]
     assert sorted(seen) == sorted(rest)
     with pytest.raises(ValueError, match="exclude_fraction"):
-        ds.subset(fraction=0.1, exclude_fraction=0.2)
+        Subset.build(ds, fraction=0.1, exclude_fraction=0.2)
 
 
 # -- metadata at scale (issue 17): what a count subset reads ------------------------------------
@@ -379,18 +380,18 @@ def test_a_count_subset_opens_each_shard_once_and_reads_its_boundary_group_once(
     """The threshold search and the subset's prefixes share one footer read and one read of the
     boundary row group a shard (before: up to four reads of it), shards read META_THREADS at a time;
     the rows are the same whatever the number of threads."""
-    from pipeline.data import format as fmt
+    from pipeline.data import dataset as fmt
     ds = _OpenCountingDataset(large_shards)
-    subset = ds.subset(count=60)
+    subset = Subset.build(ds, count=60)
     assert subset.num_rows == 60 and ds.opened == {s.path: 1 for s in ds.shards()}
     assert len(set(ds.groups_read)) == len(ds.groups_read) > 0   # no row group read twice
     monkeypatch.setattr(fmt, "META_THREADS", 1)
-    one = Dataset(large_shards).subset(count=60)
+    one = Subset.build(Dataset(large_shards), count=60)
     assert (one.threshold, one.prefix_rows, one.blocks) == (subset.threshold, subset.prefix_rows, subset.blocks)
 
 
 def test_each_shard_keeps_order_and_raises_the_first_error_in_order():
-    from pipeline.data.format import each_shard
+    from pipeline.data.dataset import each_shard
     assert each_shard(lambda i: i * i, range(10_000)) == [i * i for i in range(10_000)]
 
     def fails(i):
@@ -408,5 +409,5 @@ def test_sizes_from_the_manifest_match_the_built_subsets(synth, tmp_path):
     manifest["exclusions"] = {"train": [{"shard": first, "row": r, "key": "k"} for r in (0, 3, 3, 40)]}
     (data / "manifest.json").write_text(json.dumps(manifest))
     ds = Dataset(data)
-    assert ds.usable_rows("train") == ds.subset_rows("train") == ds.subset().num_rows == 397
-    assert ds.subset_rows("train", count=123) == ds.subset(count=123).num_rows == 123
+    assert ds.usable_rows("train") == ds.subset_rows("train") == Subset.build(ds).num_rows == 397
+    assert ds.subset_rows("train", count=123) == Subset.build(ds, count=123).num_rows == 123

@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.data import DataError, hfparquet
 from pipeline.data.convert import ConvertOptions
 from pipeline.data.converters import convert
-from pipeline.data.format import Dataset
+from pipeline.data.dataset import Dataset
 from pipeline.data.verify import verify
 
 from test_data_convert import pixels, stored

@@ -17,7 +17,7 @@ from pipeline.data import DataError
 from pipeline.data.__main__ import main
 from pipeline.data.convert import ConvertOptions
 from pipeline.data.converters import convert
-from pipeline.data.format import Dataset
+from pipeline.data.dataset import Dataset
 from pipeline.data.verify import verify
 
 from test_data_convert import stored

@@ -12,7 +12,8 @@ import torch
 
 from pipeline.data import (DataError, LoaderSpec, make_loader, normalize_images, num_classes,
                            subset_size)
-from pipeline.data.format import Dataset
+from pipeline.data.dataset import Dataset
+from pipeline.data.subsets import Subset
 from pipeline.data.synth import SynthSpec, generate
 
 from test_data_format import rewrite_row
@@ -38,7 +39,7 @@ def keys_of(loader) -> list[str]:
 
 
 def test_eval_rank_shares_are_disjoint_and_cover_the_subset(synth):
-    expected = set(Dataset(synth).subset(0.5).keys())
+    expected = set(Subset.build(Dataset(synth), fraction=0.5).keys())
     assert subset_size(synth, 0.5) == len(expected)
     shares = [keys_of(make_loader(LoaderSpec(synth, fraction=0.5, rank=r, world_size=3, batch_size=16,
                                              image_size=16, train=False), num_workers=0)) for r in range(3)]
@@ -62,7 +63,7 @@ def test_order_depends_on_seed_and_epoch_only(synth):
                                    num_workers=0))
     base = order(seed=0, epoch=0)
     assert base == order(seed=0, epoch=0)
-    assert sorted(base) == sorted(Dataset(synth).subset(1.0).keys())
+    assert sorted(base) == sorted(Subset.build(Dataset(synth), fraction=1.0).keys())
     assert base != order(seed=0, epoch=1) and base != order(seed=1, epoch=0)
     assert sorted(base) == sorted(order(seed=0, epoch=1))      # an epoch is a permutation
 
@@ -123,7 +124,7 @@ def test_a_rank_with_the_kept_subset_reads_only_its_own_shards_footers(tmp_path,
     nothing, reads the footers of the shards its batches come from and no other, and yields
     exactly what the rank that built the subset yielded."""
     import pyarrow.parquet as pq
-    from pipeline.data import format as fmt, loader
+    from pipeline.data import dataset, loader, subsets
     data = Path(generate(tmp_path / "many", SynthSpec(images=300, classes=10, image_size=20, shards=12, seed=2),
                          executor="inline", progress=False))
     cache = tmp_path / "subsets"
@@ -133,10 +134,10 @@ def test_a_rank_with_the_kept_subset_reads_only_its_own_shards_footers(tmp_path,
     assert len(list(cache.glob("*-train-*.npz"))) == 1
     loader._SUBSETS.clear()
     footers = []
-    read_footer = fmt.Dataset._footer
-    monkeypatch.setattr(fmt.Dataset, "_footer", lambda self, shard, *a: footers.append(shard.path) or
+    read_footer = dataset.Dataset._footer
+    monkeypatch.setattr(dataset.Dataset, "_footer", lambda self, shard, *a: footers.append(shard.path) or
                         read_footer(self, shard, *a))
-    monkeypatch.setattr(fmt.Subset, "build", lambda *a, **k: pytest.fail("the kept subset was built again"))
+    monkeypatch.setattr(subsets.Subset, "build", lambda *a, **k: pytest.fail("the kept subset was built again"))
     assert keys_of(make_loader(spec, num_workers=0)) == expected and len(expected) == 12
     shards = Dataset(data).shards("train")
     shard_of = {k: s.path for s in shards for k in pq.read_table(data / s.path, columns=["key"])["key"].to_pylist()}
@@ -192,7 +193,7 @@ def test_excluded_rows_are_never_yielded(synth, tmp_path):
                                         for r in (0, 1, 17)]}
     (data / "manifest.json").write_text(json.dumps(manifest))
     assert subset_size(data) == 297
-    by_count = Dataset(data).subset(count=290).keys()          # counts are of usable rows
+    by_count = Subset.build(Dataset(data), count=290).keys()          # counts are of usable rows
     assert len(by_count) == 290 and not {keys[0], keys[1], keys[17]} & set(by_count)
     seen = keys_of(make_loader(LoaderSpec(data, batch_size=10, image_size=16, train=False), num_workers=0))
     assert len(seen) == 297 and not {keys[0], keys[1], keys[17]} & set(seen)

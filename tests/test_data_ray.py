@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.format import Dataset
+from pipeline.data.dataset import Dataset
+from pipeline.data.subsets import Subset
 from pipeline.data.synth import SynthSpec, generate
 
 ray = pytest.importorskip("ray")
@@ -48,7 +49,7 @@ def test_loader_runs_in_ray_train_workers_holding_all_cpus(ray_cluster, tmp_path
         run_config=RunConfig(name="data-loader", storage_path=str(tmp_path / "ray")))
     trainer.fit()
     per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    subset = set(Dataset(data).subset(0.5).keys())
+    subset = set(Subset.build(Dataset(data), fraction=0.5).keys())
     for epoch in range(2):
         shares = [{k for e, keys in seen if e == epoch for k in keys} for seen in per_rank]
         assert not shares[0] & shares[1]

@@ -12,7 +12,9 @@ import pytest
 
 from pipeline import study as study_cli
 from pipeline.data import subset_size
-from pipeline.data.format import DataError, Dataset, new_manifest, shard_name, write_manifest
+from pipeline.data.dataset import Dataset
+from pipeline.data.subsets import Subset
+from pipeline.data.format import DataError, new_manifest, shard_name, write_manifest
 from pipeline.planning import run_numbers
 from pipeline.spec import load_study
 
@@ -44,8 +46,9 @@ def big(tmp_path_factory):
 def no_shard_reads(monkeypatch):
     def refuse(self, *args, **kwargs):
         raise AssertionError("a shard was read")
-    for method in ("open_shard", "checked_size", "parquet_file", "subset"):
+    for method in ("open_shard", "checked_size", "parquet_file"):
         monkeypatch.setattr(Dataset, method, refuse)
+    monkeypatch.setattr(Subset, "build", refuse)
 
 
 def test_open_and_size_a_3_percent_subset_from_the_manifest_alone(big, no_shard_reads):

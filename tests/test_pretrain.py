@@ -248,7 +248,7 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
     naming it); a shard once checked is marked in the storage and not read again for it."""
     import shutil
     from pipeline.data import DataError
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
     from pipeline.data.verify import check_checksums
     bad = Path(shutil.copytree(synth, tmp_path / "flipped"))
     shard = Dataset(bad).shards()[1]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.data.format import DataError, Dataset, Subset
+from pipeline.data.dataset import Dataset
+from pipeline.data.format import DataError
+from pipeline.data.subsets import Subset
 from pipeline.data.images import normalize_images
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ def subset_size(path, fraction: float | None = None, count: int | None = None,
     split and ``count=`` subsets; a fraction below 1 reads the shards' footers (no image bytes)."""
     ds = Dataset(path)
     if count is None and fraction is not None and float(fraction) != 1.0:
-        return ds.subset(fraction=fraction, split=split).num_rows
+        return Subset.build(ds, fraction=fraction, split=split).num_rows
     return ds.subset_rows(split, fraction=fraction, count=count)
 
 

@@ -23,7 +23,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _summary(path) -> int:
-    from pipeline.data.format import Dataset
+    from pipeline.data.dataset import Dataset
     ds = Dataset(path)
     counts = {split: ds.num_rows(split) for split in ds.splits}
     print(f"wrote {ds.root}: {counts} rows, {ds.num_classes} classes, "
@@ -66,7 +66,7 @@ def _digits(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from pipeline.data.format import copy_dataset
+    from pipeline.data.dataset import copy_dataset
     return _summary(copy_dataset(args.src, args.out))
 
 

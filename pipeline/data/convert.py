@@ -57,8 +57,8 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.cli import Interrupted
-from pipeline.data.format import (FORMAT_VERSION, MANIFEST_NAME, DataError, Row, each_shard,
-                                  new_manifest, shard_name, write_shard)
+from pipeline.data.dataset import each_shard
+from pipeline.data.format import FORMAT_VERSION, MANIFEST_NAME, DataError, Row, new_manifest, shard_name, write_shard
 from pipeline.data.format import write_manifest as write_manifest_file
 from pipeline.data.images import UndecodableImage, decode_rgb
 from pipeline.data.parallel import run_jobs

@@ -29,7 +29,8 @@ from PIL import Image
 from scipy.fft import dctn
 
 from pipeline import storage
-from pipeline.data.format import DataError, Dataset, write_manifest
+from pipeline.data.dataset import Dataset
+from pipeline.data.format import DataError, write_manifest
 from pipeline.data.images import UndecodableImage, decode_rgb
 from pipeline.data.parallel import run_jobs
 

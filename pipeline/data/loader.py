@@ -36,7 +36,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline import storage
-from pipeline.data.format import DataError, Dataset, Subset, cached_subset, iter_blocks
+from pipeline.data.dataset import Dataset
+from pipeline.data.format import DataError
+from pipeline.data.subsets import Subset, cached_subset, iter_blocks
 from pipeline.data.images import (UndecodableImage, decode_rgb, decode_train, eval_transform,
                                   normalize_images, to_nchw_uint8)
 
@@ -78,7 +80,7 @@ class LoaderSpec:
     :func:`normalize_images` there (saves CPU time and host memory bandwidth).
     ``on_bad_row="skip"`` drops undecodable/mislabelled rows, listed in ``batch.bad_rows`` and
     ``loader.skipped``, instead of raising :class:`DataError`. ``subset_cache``: a folder (or URI)
-    where the built subset is kept for the next rank, epoch or run (``format.cached_subset``):
+    where the built subset is kept for the next rank, epoch or run (``subsets.cached_subset``):
     with it, a rank reads the footers of its own shards only.
     """
     path: str                          # a folder or a URI; an os.PathLike is kept as its str

@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from pipeline import storage
-from pipeline.data.format import (DataError, Dataset, labels_in_range,
-                                  subset_priority)
+from pipeline.data.dataset import Dataset
+from pipeline.data.format import DataError, labels_in_range, subset_priority
 from pipeline.data.images import UndecodableImage, decode_rgb
 
 

@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 from pipeline import cli, compute, console, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.data import DataError, open_dataset
-from pipeline.data.format import cached_subset
+from pipeline.data.subsets import cached_subset
 from pipeline.planning import run_numbers
 from pipeline.pretrain.loop import Hooks, PretrainPlan, train_loop, train_loop_per_worker
 from pipeline.pretrain.session import LocalSession

@@ -54,7 +54,7 @@ class PretrainPlan:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     checksum_marks: str | None = None  # where shards whose checksum was checked are marked (None: not checked)
-    subset_cache: str | None = None    # where the training subset is kept once built (format.cached_subset)
+    subset_cache: str | None = None    # where the training subset is kept once built (subsets.cached_subset)
     system_metrics: bool = True  # rank 0 logs MLflow's system metrics (tracking.system_metrics)
     compile: str = "auto"        # torch.compile: "auto" (on CUDA when it repays, pipeline.hardware) | "on" | "off"
     loader_workers: int | None = None  # decode processes a rank (None: from the CPUs Ray gives it, else the
