@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # tests/: 
 
 from pipeline.data import convert as conversion, imagenet  # noqa: E402
 from pipeline.data.convert import ConvertOptions  # noqa: E402
-from pipeline.data.converters import convert  # noqa: E402
+from pipeline.data.convert import convert  # noqa: E402
 from pipeline.data.dataset import Dataset  # noqa: E402
 from pipeline.data.images import _turbo_rgb, decode_rgb  # noqa: E402
 from test_data_imagenet import add_bytes, jpeg  # noqa: E402

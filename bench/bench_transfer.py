@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import fewshot, transfer  # noqa: E402
-from pipeline.data.convert import convert_digits  # noqa: E402
+from pipeline.data.digits import convert_digits  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain.launch import pretrain  # noqa: E402
 from pipeline.spec import Recipe, RunSpec  # noqa: E402

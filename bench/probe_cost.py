@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pipeline.data.convert import convert_digits  # noqa: E402
+from pipeline.data.digits import convert_digits  # noqa: E402
 from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.pretrain.loop import Hooks, Probes  # noqa: E402
 from pipeline.transfer.fewshot import FewShot, FewshotSettings  # noqa: E402

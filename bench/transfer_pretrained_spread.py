@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from models import build_model  # noqa: E402
-from pipeline.data.convert import convert_digits  # noqa: E402
+from pipeline.data.digits import convert_digits  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 import test_transfer_pretrained as t  # noqa: E402

@@ -79,7 +79,7 @@ def test_datasets_are_written_to_and_read_from_the_store(s3, tmp_path):
 def test_a_failed_conversion_into_the_store_leaves_no_dataset_and_resumes(s3, tmp_path, capsys):
     from PIL import Image
     from pipeline.data.convert import ConversionError, ConvertOptions
-    from pipeline.data.converters import convert
+    from pipeline.data.convert import convert
     for c in ("cat", "dog"):
         (tmp_path / "src" / c).mkdir(parents=True)
         for i in range(3):

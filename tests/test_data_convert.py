@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from pipeline.data import DataError, LoaderSpec, make_loader
-from pipeline.data.convert import ConvertOptions, convert_digits
-from pipeline.data.converters import convert
+from pipeline.data.convert import ConvertOptions
+from pipeline.data.digits import convert_digits
+from pipeline.data.convert import convert
 from pipeline.data.dataset import Dataset
 from pipeline.data.verify import verify
 
@@ -343,7 +344,7 @@ def identity(path: Path) -> tuple[int, int]:
 
 
 def test_an_interrupted_conversion_continues_where_it_stopped(tmp_path, capsys, monkeypatch):
-    import pipeline.data.convert as conversion
+    import pipeline.data.webdataset as conversion
     src, out = tmp_path / "wds", tmp_path / "resumed" / "ds"
     write_wds(src)
     tar3, tar4 = src / "part-003.tar", src / "part-004.tar"
@@ -417,7 +418,7 @@ def test_a_conversion_stopped_before_its_manifest_resumes_without_rewriting_a_sh
         raise OSError("killed")
     out = tmp_path / "a" / "ds"
     with monkeypatch.context() as m, pytest.raises(OSError, match="killed"):
-        m.setattr(conversion, "write_manifest_file", killed)
+        m.setattr(conversion, "write_manifest", killed)
         convert("webdataset", src, out, executor="inline", progress=False)
     shards = [f"train-{i:05d}-of-00006.parquet" for i in range(6)]
     assert "manifest.json" not in files(out) and set(shards) <= set(files(out))
@@ -443,7 +444,7 @@ def test_a_conversion_stopped_before_its_manifest_resumes_without_rewriting_a_sh
 
     write_cifar(tmp_path / "c10", "cifar10", np.random.default_rng(0))
     with monkeypatch.context() as m, pytest.raises(OSError, match="killed"):
-        m.setattr(conversion, "write_manifest_file", killed)         # after both splits' jobs
+        m.setattr(conversion, "write_manifest", killed)         # after both splits' jobs
         convert("cifar", tmp_path / "c10", tmp_path / "c" / "ds", executor="inline", progress=False)
     assert {"train-00000-of-00001.parquet", "test-00000-of-00001.parquet"} <= set(files(tmp_path / "c" / "ds"))
     convert("cifar", tmp_path / "c10", tmp_path / "c" / "ds", executor="inline", progress=False)

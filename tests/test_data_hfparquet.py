@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.data import DataError, hfparquet
 from pipeline.data.convert import ConvertOptions
-from pipeline.data.converters import convert
+from pipeline.data.convert import convert
 from pipeline.data.dataset import Dataset
 from pipeline.data.verify import verify
 

@@ -62,7 +62,7 @@ def test_an_imagenet21k_conversion_runs_as_ray_tasks_and_makes_what_processes_ma
     its resume record shipped by reference) and write the same dataset as one process does."""
     import tarfile
     from pipeline.data.convert import ConvertOptions
-    from pipeline.data.converters import convert
+    from pipeline.data.convert import convert
     from test_data_imagenet import add_bytes, jpeg
     src = tmp_path / "synsets"
     src.mkdir()

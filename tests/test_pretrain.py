@@ -272,7 +272,7 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
 def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_path, two_torch_threads):
     """Learning curves: at each validation step and at the end, the few-shot accuracies of the
     model being trained, with the compute spent so far, are logged at that step."""
-    from pipeline.data.convert import convert_digits
+    from pipeline.data.digits import convert_digits
     from pipeline.pretrain.loop import Probes
     from pipeline.transfer.fewshot import FewshotSettings
     convert_digits(tmp_path / "digits", progress=False)

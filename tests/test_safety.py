@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline import transfer
-from pipeline.data.convert import ConversionError, convert_cifar
+from pipeline.data.cifar import convert_cifar
+from pipeline.data.convert import ConversionError, ConvertOptions
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.checkpoint import STATE_FILE, CheckpointError, load_state
 
@@ -76,5 +77,5 @@ def test_a_cifar_pickle_that_names_code_is_refused(tmp_path):
     (src / "data_batch_1").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0],
                                                      b"extra": Payload(marker)}))
     with pytest.raises(ConversionError, match="pathlib.Path.touch, which a CIFAR batch never holds"):
-        convert_cifar(src, tmp_path / "out", split="train", executor="inline", progress=False)
+        convert_cifar(src, tmp_path / "out", ConvertOptions(split="train"), executor="inline", progress=False)
     assert not marker.exists()

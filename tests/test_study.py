@@ -132,7 +132,7 @@ def launch_errors(argv, capsys) -> str:
 
 def test_bad_launch_values_fail_before_anything_launches(tmp_path, capsys, monkeypatch):
     import ray
-    from pipeline.data.convert import convert_digits
+    from pipeline.data.digits import convert_digits
     storage = str(tmp_path / "runs")
     smoke = ["scaling", "--preset", "smoke", "--storage", storage]
     assert "--max-concurrent must be at least 1, got 0" in launch_errors([*smoke, "--max-concurrent", "0"], capsys)

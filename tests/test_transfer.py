@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import tracking, transfer
-from pipeline.data.convert import convert_digits
+from pipeline.data.digits import convert_digits
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.launch import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec

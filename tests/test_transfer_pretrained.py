@@ -23,7 +23,7 @@ import torch
 
 from models import build_model
 from pipeline import transfer
-from pipeline.data.convert import convert_digits
+from pipeline.data.digits import convert_digits
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.launch import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec

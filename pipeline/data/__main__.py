@@ -47,7 +47,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pipeline.data.converters import convert
+    from pipeline.data.convert import convert
     from pipeline.data.convert import ConvertOptions
     options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
                              skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side,
@@ -59,7 +59,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _digits(args: argparse.Namespace) -> int:
-    from pipeline.data.convert import convert_digits
+    from pipeline.data.digits import convert_digits
     result = convert_digits(args.out)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
@@ -151,7 +151,7 @@ def add_synth(sub) -> None:
 
 
 def add_convert(sub) -> None:
-    from pipeline.data.converters import FORMATS
+    from pipeline.data.convert import FORMATS
     p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles, WebDataset tars, "
                                        "Hugging Face Parquet or ImageNet(-21k) archives")
     p.add_argument("format", choices=FORMATS, help="the source's layout")

@@ -42,9 +42,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.data.convert import (ROWS_PER_SHARD, ConversionError, ConvertOptions, ShardResult,
-                                   _add_row, _chunks, _finish_shard, _open_output, _record_split,
-                                   _run_split_jobs, shard_jobs, write_manifest)
+from pipeline.data.convert import (ROWS_PER_SHARD, ConversionError, ConvertOptions, ShardResult, add_row, chunks,
+                                   finish_shard, open_output, publish_manifest, record_split, run_split_jobs,
+                                   shard_jobs)
 from pipeline.data.format import MANIFEST_NAME
 
 BATCH_ROWS = 256                       # rows decoded from Parquet at a time
@@ -92,9 +92,9 @@ def _hfparquet_job(out: str, name: str, pieces: list[Piece], columns: Columns) -
                                           hint="fix the source, or pass --skip-bad to skip such rows") from e
                 result.skipped.append((where, str(e)))
                 continue
-            _add_row(rows, result, f"{piece.key_prefix}/{row}", data, labels, where,
+            add_row(rows, result, f"{piece.key_prefix}/{row}", data, labels, where,
                      columns.skip_bad, columns.max_short_side)
-    return _finish_shard(out, name, rows, columns.subset_seed, result)
+    return finish_shard(out, name, rows, columns.subset_seed, result)
 
 
 def _read_rows(piece: Piece, columns: Columns) -> Iterator[tuple[int, Any, Any]]:
@@ -311,7 +311,7 @@ def plan_jobs(out: str, split: str, files: list[Path], base: Path, columns: Colu
     sizes = [pq.ParquetFile(p).metadata.num_rows for p in files]
     starts = [sum(sizes[:i]) for i in range(len(files))]
     jobs = []
-    for a, b in _chunks(sum(sizes), ROWS_PER_SHARD):
+    for a, b in chunks(sum(sizes), ROWS_PER_SHARD):
         pieces = [Piece(str(p), _key_prefix(p, base), max(a - s, 0), min(b - s, n))
                   for p, s, n in zip(files, starts, sizes) if s < b and s + n > a]
         jobs.append((pieces, columns))
@@ -344,7 +344,7 @@ def convert_hfparquet(src, out, options: ConvertOptions = ConvertOptions(), *,
     results = {}
     for split, group in splits.items():
         jobs = plan_jobs(out, split, group, base, columns)
-        results[split] = _run_split_jobs(
+        results[split] = run_split_jobs(
             out, split, _hfparquet_job, jobs, weights=[sum(p.stop - p.start for p in j[2]) for j in jobs],
             desc=f"hfparquet {split}", unit="img", executor=executor, progress=progress)
         if not any(r.entry for r in results[split]):
@@ -356,12 +356,12 @@ def convert_hfparquet(src, out, options: ConvertOptions = ConvertOptions(), *,
               "max_short_side": options.max_short_side}
     manifest, reports = None, []
     for split, split_results in results.items():
-        manifest = _open_output(out, split, num_classes=num_classes, multi_label=found.multi_label,
+        manifest = open_output(out, split, num_classes=num_classes, multi_label=found.multi_label,
                                 class_names=found.class_names, source=source,
                                 subset_seed=options.seed, manifest=manifest)
         manifest["multi_label"] = manifest.get("multi_label", False) or found.multi_label
-        reports.append(_record_split(out, manifest, split, split_results, write=False))
-    write_manifest(out, manifest)  # every split there: the dataset opens from now on
+        reports.append(record_split(out, manifest, split, split_results, write=False))
+    publish_manifest(out, manifest)  # every split there: the dataset opens from now on
     return {"splits": reports, "image_column": found.image, "label_column": found.label}
 
 

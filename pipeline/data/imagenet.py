@@ -60,10 +60,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from pipeline import storage
-from pipeline.data.convert import (IMAGE_EXTENSIONS, ROWS_PER_SHARD, ConversionError,
-                                   ConvertOptions, ShardResult, _add_row, _chunks, _finish_shard,
-                                   _imagefolder_job, _open_output, _record_split, _run_split_jobs,
-                                   shard_jobs, write_manifest)
+from pipeline.data.convert import (ROWS_PER_SHARD, ConversionError, ConvertOptions, ShardResult, add_row, chunks,
+                                   finish_shard, open_output, publish_manifest, record_split, run_split_jobs,
+                                   shard_jobs)
+from pipeline.data.imagefolder import IMAGE_EXTENSIONS, imagefolder_job
 from pipeline.data.format import MANIFEST_NAME, holdout_draw
 
 WNID = re.compile(r"n\d{8}")
@@ -145,9 +145,9 @@ def _synset_job(out: str, name: str, synsets: list[tuple[SynsetTar, int]], subse
                                           hint="re-download it, or pass --skip-bad") from e
                 result.skipped.append((synset.where, f"not a readable synset tar: {e}"))
                 break
-            _add_row(rows, result, f"{synset.wnid}/{member}", data, [label],
+            add_row(rows, result, f"{synset.wnid}/{member}", data, [label],
                      f"{synset.where}:{member}", skip_bad, max_short_side)
-    return _finish_shard(out, name, rows, subset_seed, result)
+    return finish_shard(out, name, rows, subset_seed, result)
 
 
 def _synset_images(synset: SynsetTar, wanted=None) -> Iterator[tuple[str, bytes]]:
@@ -267,15 +267,15 @@ def _convert_synset_tars(src: Path, out: str, options: ConvertOptions, converter
               "max_short_side": options.max_short_side, "val_fraction": options.val_fraction}
     manifest, reports = None, []
     for name, holdout in _holdout_splits(split, options.val_fraction, out):
-        manifest = _open_output(out, name, num_classes=len(wnids), multi_label=False, class_names=wnids,
+        manifest = open_output(out, name, num_classes=len(wnids), multi_label=False, class_names=wnids,
                                 subset_seed=options.seed, source=source, manifest=manifest)
         jobs = shard_jobs(out, name, [(group, options.seed, options.skip_bad, options.max_short_side, holdout)
                                       for group in groups])
-        results = _run_split_jobs(out, name, _synset_job, jobs,
+        results = run_split_jobs(out, name, _synset_job, jobs,
                                   weights=[sum(s.size for s, _ in g) for g in groups],
                                   desc=f"{converter} {name}", unit="B", executor=executor,
                                   progress=progress)
-        reports.append(_record_split(out, manifest, name, results, write=False))
+        reports.append(record_split(out, manifest, name, results, write=False))
         if holdout and holdout[1] and not reports[-1]["rows"]:
             raise ConversionError(f"--val-fraction {options.val_fraction} held out no image", source=src,
                                   hint="SRC has too few images for that fraction: pass a larger one, or leave "
@@ -283,7 +283,7 @@ def _convert_synset_tars(src: Path, out: str, options: ConvertOptions, converter
     if words_file is not None:
         words = read_words(words_file)
         manifest["class_descriptions"] = [words.get(w) for w in wnids]
-    write_manifest(out, manifest)   # every split there: the dataset opens from now on
+    publish_manifest(out, manifest)   # every split there: the dataset opens from now on
     report = reports[0] if len(reports) == 1 else {"splits": reports}
     with_rows = set().union(*(r["rows_per_class"] for r in reports))
     report.update(synsets=len(synsets), empty_synsets=len(synsets) - len(with_rows), ignored_files=ignored)
@@ -368,7 +368,7 @@ def _convert_train_folders(src: Path, out: str, options: ConvertOptions, executo
                 ignored += 1
     if not items:
         raise ConversionError("has no image files in its class subfolders", source=src)
-    manifest = _open_output(out, split, num_classes=len(wnids), multi_label=False,
+    manifest = open_output(out, split, num_classes=len(wnids), multi_label=False,
                             class_names=wnids, subset_seed=options.seed,
                             source={"converter": "imagenet", "src": str(src.resolve()),
                                     "layout": "class folders",
@@ -386,11 +386,11 @@ def _run_items(out: str, split: str, items: list[tuple[str, str, int]], manifest
                options: ConvertOptions, executor: str, progress: bool) -> dict[str, Any]:
     per = math.ceil(len(items) / options.shards) if options.shards else ROWS_PER_SHARD
     jobs = shard_jobs(out, split, [(items[a:b], split, options.seed, options.skip_bad, options.max_short_side)
-                                   for a, b in _chunks(len(items), per)])
-    results = _run_split_jobs(out, split, _imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
+                                   for a, b in chunks(len(items), per)])
+    results = run_split_jobs(out, split, imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
                               desc=f"imagenet {split}", unit="img", executor=executor,
                               progress=progress)
-    return _record_split(out, manifest, split, results)
+    return record_split(out, manifest, split, results)
 
 
 def read_val_labels(path: Path) -> list[tuple[int, str, str | int]]:
@@ -501,7 +501,7 @@ def _convert_val_folder(src: Path, out: str, options: ConvertOptions, executor: 
     skipped += unmatched
     if not items:
         raise ConversionError("has no labelled images", source=src, hint=f"check --labels {labels_path}")
-    manifest = _open_output(out, split, num_classes=len(class_names), multi_label=False,
+    manifest = open_output(out, split, num_classes=len(class_names), multi_label=False,
                             class_names=class_names, subset_seed=options.seed,
                             source={"converter": "imagenet", "src": str(src.resolve()),
                                     "layout": "val folder", "labels": str(labels_path.resolve()),

@@ -206,3 +206,36 @@ def normalize_images(images: "torch.Tensor") -> "torch.Tensor":
     import torch
     # copy=True: a float32 input is not scaled in place (its owner keeps it); uint8 is copied anyway
     return images.to(torch.float32, copy=True).mul_(2.0 / 255.0).sub_(1.0)
+
+
+STORED_JPEG_QUALITY = 90   # what resized JPEG sources are re-encoded with (max_short_side)
+
+
+def normalize_image(data: bytes, max_short_side: int | None = None) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes to store, "jpeg"|"png", (width, height)). Raises UndecodableImage.
+
+    With ``max_short_side``, an image whose shorter side is longer is resized (Lanczos) to have
+    exactly that shorter side: JPEG sources are re-encoded as JPEG (quality 90), others as PNG."""
+    img = decode_rgb(data)  # full decode: validates the file
+    original = Image.open(io.BytesIO(data))
+    if max_short_side is not None and min(img.size) > max_short_side:
+        img = img.resize(shorter_side_size(img.size, max_short_side), Image.LANCZOS)
+        buf = io.BytesIO()
+        if original.format == "JPEG":
+            img.save(buf, format="JPEG", quality=STORED_JPEG_QUALITY)
+            return buf.getvalue(), "jpeg", img.size
+        img.save(buf, format="PNG", compress_level=6)
+        return buf.getvalue(), "png", img.size
+    if original.format in ("JPEG", "PNG") and original.mode == "RGB":
+        return data, original.format.lower(), img.size
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue(), "png", img.size
+
+
+def shorter_side_size(size: tuple[int, int], short: int) -> tuple[int, int]:
+    """(width, height) scaled so that the shorter side is ``short`` (the aspect ratio kept)."""
+    w, h = size
+    if w <= h:
+        return short, max(short, round(h * short / w))
+    return max(short, round(w * short / h)), short

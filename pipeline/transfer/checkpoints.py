@@ -75,7 +75,7 @@ def builtin_dataset(name: str, data_root: str, progress: bool = True) -> str | N
         return None
     target = store.join(data_root, "digits")
     if not store.is_file(store.join(target, "manifest.json")):  # written last: complete
-        from pipeline.data.convert import convert_digits
+        from pipeline.data.digits import convert_digits
         convert_digits(target, progress=progress)
     return target
 
