@@ -9,7 +9,7 @@ units). A second family needs 3x the compute for every error. For each draw the 
 (``--law fixed``) or the law the report chooses (``--law chosen``: model selection included) is
 fitted, bootstrapped (``--methods``) and the ``--level`` intervals checked against the truth: the
 parameters, the curve at the largest and a middle compute, and the compute multiplier; both plain
-percentile intervals and the t-expanded ones the report uses (``fits.percentile_level``).
+percentile intervals and the t-expanded ones the report uses (``law_bootstrap.percentile_level``).
 A calibrated interval covers the truth in a fraction ``--level`` of the draws (binomial spread
 about sqrt(level (1 - level) / draws)). Prints a Markdown table and the time per fit.
 """
@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from pipeline import fits  # noqa: E402
+from pipeline.analysis import law_bootstrap, law_choice, multipliers, scaling_laws  # noqa: E402
 
-TRUE = fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)
+TRUE = scaling_laws.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)
 FACTOR = 3.0
 
 
-def shifted(truth: fits.Fit, factor: float) -> fits.Fit:
-    return fits.Fit("saturating", a=truth.a * factor ** truth.b, b=truth.b, c=truth.c, d=truth.d * factor)
+def shifted(truth: scaling_laws.Fit, factor: float) -> scaling_laws.Fit:
+    return scaling_laws.Fit("saturating", a=truth.a * factor ** truth.b, b=truth.b, c=truth.c, d=truth.d * factor)
 
 
 CALIBRATIONS = ("percentile", "t-expanded")
@@ -39,14 +39,14 @@ CALIBRATIONS = ("percentile", "t-expanded")
 
 def family(name, truth, compute, rng, noise, boot, method, level, law="fixed"):
     """One synthetic family: with ``law`` "fixed" the true (saturating) form is fitted; with "chosen"
-    the report's own choice of law (``fits.fit_family``: rolling origin over the four forms)."""
+    the report's own choice of law (``law_choice.fit_family``: rolling origin over the four forms)."""
     errors = truth.error(compute) * np.exp(rng.normal(0, noise, len(compute)))
     if law == "chosen":
-        return fits.fit_family(name, compute, 1 - errors, rng=rng, n_boot=boot, level=level)
-    result = fits.FamilyFit(name, compute, errors, level)
-    point = fits.fit(compute, errors)
+        return law_choice.fit_family(name, compute, 1 - errors, rng=rng, n_boot=boot, level=level)
+    result = law_choice.FamilyFit(name, compute, errors, level)
+    point = scaling_laws.fit(compute, errors)
     result.fits["saturating"], result.better = point, "saturating"
-    result.boot["saturating"] = fits.bootstrap(compute, errors, "saturating", rng=rng, n_boot=boot, point=point,
+    result.boot["saturating"] = law_bootstrap.bootstrap(compute, errors, "saturating", rng=rng, n_boot=boot, point=point,
                                                method=method)
     return result
 
@@ -57,7 +57,7 @@ def coverage(points: int, method: str, args) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(args.seed)
     compute = np.geomspace(0.1, 1e4, points)
     probes = {"E(C max)": compute[-1], "E(C mid)": float(np.sqrt(compute[0] * compute[-1]))}
-    names = [*fits.PARAMS["saturating"], *probes, "multiplier"]
+    names = [*scaling_laws.PARAMS["saturating"], *probes, "multiplier"]
     hits = {cal: dict.fromkeys(names, 0) for cal in CALIBRATIONS}
     widths = {cal: [] for cal in CALIBRATIONS}
     start = time.perf_counter()
@@ -68,16 +68,16 @@ def coverage(points: int, method: str, args) -> dict[str, dict[str, float]]:
                    args.law)
         point, boot = x.best()
         laws += [x.law(), y.law()]
-        errors = fits.common_errors(y, x)
-        replicates = [fits.multiplier(by, bx, errors) for bx, by in zip(boot, y.best()[1])]
+        errors = multipliers.common_errors(y, x)
+        replicates = [multipliers.multiplier(by, bx, errors) for bx, by in zip(boot, y.best()[1])]
         for cal in CALIBRATIONS:
-            df = fits.residual_df(point) if cal == "t-expanded" else None
-            for name, (lo, hi) in fits.param_intervals(boot, args.level, df).items() if args.law == "fixed" else ():
+            df = law_bootstrap.residual_df(point) if cal == "t-expanded" else None
+            for name, (lo, hi) in law_bootstrap.param_intervals(boot, args.level, df).items() if args.law == "fixed" else ():
                 hits[cal][name] += lo <= getattr(TRUE, name) <= hi
             for name, c in probes.items():
-                lo, hi = fits.curve_band(boot, [c], args.level, df)
+                lo, hi = law_bootstrap.curve_band(boot, [c], args.level, df)
                 hits[cal][name] += lo[0] <= TRUE.error(c) <= hi[0]
-            lo, hi = fits.interval(replicates, args.level, None if df is None else 2 * df)
+            lo, hi = law_bootstrap.interval(replicates, args.level, None if df is None else 2 * df)
             hits[cal]["multiplier"] += lo <= FACTOR <= hi
             widths[cal].append(hi / lo)
     ms = 1000 * (time.perf_counter() - start) / (args.draws * 2 * (args.boot + 1))
@@ -85,7 +85,7 @@ def coverage(points: int, method: str, args) -> dict[str, dict[str, float]]:
         print(f"laws chosen ({points} points): " + ", ".join(f"{law} {laws.count(law)}" for law in sorted(set(laws))),
               flush=True)
         for cal in CALIBRATIONS:
-            hits[cal].update({name: float("nan") for name in fits.PARAMS["saturating"]})
+            hits[cal].update({name: float("nan") for name in scaling_laws.PARAMS["saturating"]})
     return {cal: {**{k: v / args.draws for k, v in hits[cal].items()},
                   "multiplier hi/lo": float(np.median(widths[cal])), "ms per fit": ms} for cal in CALIBRATIONS}
 
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--law", choices=("fixed", "chosen"), default="fixed",
-                        help="fit the true (saturating) form, or the law the report chooses (fits.fit_family)")
+                        help="fit the true (saturating) form, or the law the report chooses (law_choice.fit_family)")
     args = parser.parse_args()
     print(f"{args.draws} draws, {args.boot} bootstrap refits, {args.level:.0%} intervals, noise {args.noise} (log), "
           f"true multiplier {FACTOR}, law {args.law}")

@@ -25,7 +25,7 @@ their sources, licences and checksums are in bench/data/README.md; the curves of
   extrapolates within one run (its points are frontiers across runs). Its numbers are in
   bench/RESULTS.md for what they show.
 
-Methods: the report's law (``pipeline.fits``: the law the report chooses and uses for a family's
+Methods: the report's law (``pipeline.analysis.scaling_laws``: the law the report chooses and uses for a family's
 points), and the baselines of ``bench/scaling_baselines.py`` (M1-M4, a power law with a floor).
 
     python bench/extrapolation.py                 # the default datasets, the table; about 2 minutes on 2 cores
@@ -48,7 +48,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import fits  # noqa: E402
+from pipeline.analysis import law_choice  # noqa: E402
 from scaling_baselines import BASELINES  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -156,9 +156,9 @@ DEFAULT = ("lang", "clip-compute", "clip-checkpoints")
 
 # ----------------------------------------------------------------------------- methods
 
-def report_family(x, e) -> fits.FamilyFit:
+def report_family(x, e) -> law_choice.FamilyFit:
     """What the report makes of a family with these points (no bootstrap: the law is what is scored)."""
-    return fits.fit_family("curve", x, 1 - np.asarray(e, dtype=float), rng=np.random.default_rng(0), n_boot=0)
+    return law_choice.fit_family("curve", x, 1 - np.asarray(e, dtype=float), rng=np.random.default_rng(0), n_boot=0)
 
 
 def rmse_log(predicted, observed) -> float:

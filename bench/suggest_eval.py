@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import fits  # noqa: E402
+from pipeline.analysis import law_choice, multipliers, scaling_laws  # noqa: E402
 from pipeline.analysis.suggest import Candidate, SuggestSettings, suggest  # noqa: E402
 
-LAWS = {"power": fits.Fit("power", a=0.6, b=0.2), "saturating": fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)}
+LAWS = {"power": scaling_laws.Fit("power", a=0.6, b=0.2), "saturating": scaling_laws.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)}
 FACTOR = 3.0
 MEASURED = {"vit": np.array([1.0, 3.0, 10.0, 30.0]), "resnet": np.array([1.0, 3.0, 10.0, 30.0])}
 GRID = np.array([0.1, 0.3, 2.0, 6.0, 20.0, 100.0, 300.0])
@@ -39,12 +39,12 @@ BASE = {"vit": 1.0, "resnet": 1.0}   # the families' compute units
 NOISE = 0.03
 
 
-def truth(family: str, law: str) -> fits.Fit:
+def truth(family: str, law: str) -> scaling_laws.Fit:
     """The family's true law: ResNet needs FACTOR times ViT's compute for every error."""
     f = LAWS[law]
     if family == "vit":
         return f
-    return fits.Fit(f.form, a=f.a * FACTOR ** f.b, b=f.b, c=f.c, d=f.d * FACTOR)
+    return scaling_laws.Fit(f.form, a=f.a * FACTOR ** f.b, b=f.b, c=f.c, d=f.d * FACTOR)
 
 
 def outcome(rng: np.random.Generator, family: str, compute, law: str) -> np.ndarray:
@@ -87,8 +87,8 @@ def width_after(draw: Draw, added: list[Candidate], n_boot: int, seed: int) -> f
         extra = [c for c in added if c.family == family]
         c_all = np.append(compute, [c.exaflops for c in extra])
         a_all = np.append(accuracy, [draw.outcomes[c.id] for c in extra])
-        family_fits[family] = fits.fit_family(family, c_all, a_all, rng=rng, n_boot=n_boot)
-    m = fits.compute_multiplier(family_fits["resnet"], family_fits["vit"])
+        family_fits[family] = law_choice.fit_family(family, c_all, a_all, rng=rng, n_boot=n_boot)
+    m = multipliers.compute_multiplier(family_fits["resnet"], family_fits["vit"])
     return m["interval"][1] / m["interval"][0] if m else float("nan")
 
 

@@ -16,7 +16,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from pipeline import fits as scaling  # noqa: E402
+from pipeline.analysis import law_choice, scaling_laws  # noqa: E402
 from pipeline.analysis import figures  # noqa: E402
 from pipeline.analysis.curves import FEWSHOT_AVERAGE  # noqa: E402
 from pipeline.analysis.table import AVERAGE, Metric, family_name  # noqa: E402
@@ -186,15 +186,15 @@ def test_figure_data_close_lines_nothing_overlaps():
     assert shown == {"Family", "model"} | {family_name(f) for f in FAMILIES} | models
 
 
-def family_fit(family: str, compute: np.ndarray, forms: tuple[str, ...]) -> scaling.FamilyFit:
+def family_fit(family: str, compute: np.ndarray, forms: tuple[str, ...]) -> law_choice.FamilyFit:
     """A family's fits made by hand (fitting is slow and not what is tested): the power law used, the
     saturating law where asked; bootstrap curves a little above and below."""
     error = 0.7 * (compute / 1e-7) ** -0.1
-    laws = {"power": scaling.Fit("power", 0.7 * 1e-7 ** 0.1, 0.1, n=len(compute)),
-            "saturating": scaling.Fit("saturating", 0.5 * 1e-7 ** 0.12, 0.12, c=0.2, n=len(compute))}
+    laws = {"power": scaling_laws.Fit("power", 0.7 * 1e-7 ** 0.1, 0.1, n=len(compute)),
+            "saturating": scaling_laws.Fit("saturating", 0.5 * 1e-7 ** 0.12, 0.12, c=0.2, n=len(compute))}
     fits = {form: laws[form] for form in forms}
-    boot = {form: [scaling.Fit(form, f.a * s, f.b, c=f.c, n=f.n) for s in (0.95, 1.0, 1.05)] for form, f in fits.items()}
-    return scaling.FamilyFit(family, compute, error, 0.8, fits=fits, boot=boot, better="power" if fits else None)
+    boot = {form: [scaling_laws.Fit(form, f.a * s, f.b, c=f.c, n=f.n) for s in (0.95, 1.0, 1.05)] for form, f in fits.items()}
+    return law_choice.FamilyFit(family, compute, error, 0.8, fits=fits, boot=boot, better="power" if fits else None)
 
 
 def test_figure_fits_legend_and_no_overlap():

@@ -15,7 +15,7 @@ import pytest
 
 from bench.gpu_e2e import spec_runs
 from pipeline import tracking
-from pipeline.fits import FORMS
+from pipeline.analysis.scaling_laws import FORMS
 from pipeline.planning import plan
 from pipeline.spec import load_study
 

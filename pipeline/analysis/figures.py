@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from pipeline import fits as scaling
+import pipeline.analysis.law_choice as law_choice
 from pipeline.analysis.curves import FEWSHOT_AVERAGE
 from pipeline.analysis.table import AVERAGE, Metric, family_name, family_order, pareto_frontier
 
@@ -376,7 +376,7 @@ def _draw_left_out(ax, left_out: pd.DataFrame, color: str, marker: str) -> set[b
     return {bool(e) for e in left_out["early"]} if not left_out.empty else set()
 
 
-def _draw_family(ax, ff: scaling.FamilyFit, color: str, marker: str) -> list:
+def _draw_family(ax, ff: law_choice.FamilyFit, color: str, marker: str) -> list:
     """One family of the fits figure: its points, the law used in its band and, dotted, the plain
     power law where another law is used (the reference every reader knows; the other forms are in
     the report's table). Its legend handles: the points, the law used (over its band), the power law
@@ -407,7 +407,7 @@ def _handle_label(handle) -> str:
     return (handle[-1] if isinstance(handle, tuple) else handle).get_label()
 
 
-def figure_fits(family_fits: dict[str, scaling.FamilyFit], label: str, points: pd.DataFrame | None = None):
+def figure_fits(family_fits: dict[str, law_choice.FamilyFit], label: str, points: pd.DataFrame | None = None):
     """Per-family scaling laws over the points: error against compute, log-log, the law used
     solid in its bootstrap band, the power law dotted where another law is used. ``points``
     (``FitBasis.points``): the candidate points, those not ``used`` drawn hollow. ``label``: the

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline import fits as scaling
+import pipeline.analysis.law_bootstrap as law_bootstrap
+import pipeline.analysis.law_choice as law_choice
+import pipeline.analysis.scaling_laws as scaling_laws
 from pipeline.planning import data_sizes, run_numbers
 from pipeline.spec import Recipe, RunEntry, RunSpec, Study, named_entry, subset_images
 
@@ -71,7 +73,7 @@ class TrackPoint:
         return (self.predicted - self.observed) * 100
 
 
-def forecast(ff: scaling.FamilyFit | None, target: Target, level: float) -> Forecast:
+def forecast(ff: law_choice.FamilyFit | None, target: Target, level: float) -> Forecast:
     """The target's accuracy by its family's law, with the law's bootstrap band."""
     if ff is None or ff.best() is None:
         return Forecast(target, reason="its family has no fit" if ff is not None else "its family has no points")
@@ -80,23 +82,23 @@ def forecast(ff: scaling.FamilyFit | None, target: Target, level: float) -> Fore
     accuracy = float(1 - point.error(compute)[0])
     interval = None
     if boot:
-        lo, hi = scaling.curve_band(boot, compute, level, scaling.residual_df(point))
+        lo, hi = law_bootstrap.curve_band(boot, compute, level, law_bootstrap.residual_df(point))
         interval = (float(1 - hi[0]), float(1 - lo[0]))
     return Forecast(target, point.form, accuracy, interval, level, target.exaflops / ff.compute_range[1],
                     degenerate=bool(ff.used_degenerate))
 
 
-def track_record(ff: scaling.FamilyFit, most: int = TRACK_CUTS) -> list[TrackPoint]:
+def track_record(ff: law_choice.FamilyFit, most: int = TRACK_CUTS) -> list[TrackPoint]:
     """The law's form refitted on the family's points up to each of its last ``most`` cut-offs
     (distinct compute values below which it can be fitted), each predicting the next point."""
     if ff.best() is None:
         return []
     form = ff.best()[0].form
     values = np.unique(ff.compute)
-    cuts = values[scaling.min_points(form) - 1:-1][-most:]
+    cuts = values[scaling_laws.min_points(form) - 1:-1][-most:]
     out = []
     for cut in cuts:
-        prediction = scaling.predict_beyond(ff.compute, ff.error, form, float(cut))
+        prediction = law_choice.predict_beyond(ff.compute, ff.error, form, float(cut))
         nxt = int(np.argmin(prediction.compute))
         out.append(TrackPoint(ff.family, form, float(cut), prediction.fitted, prediction.compute[nxt],
                               1 - prediction.observed[nxt], 1 - prediction.predicted[nxt]))

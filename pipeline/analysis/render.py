@@ -14,7 +14,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from pipeline import fits as scaling
+import pipeline.analysis.law_choice as law_choice
+import pipeline.analysis.multipliers as multipliers
+import pipeline.analysis.scaling_laws as scaling_laws
 from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
                                       LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
                                       Fallback, FamilyVerdict, FitBasis, Fits, FitSource, Multiplier, Problem,
@@ -175,7 +177,7 @@ def _fit_at_bound(p: Problem, report: Report) -> str:
 def _too_few_points(p: Problem, report: Report) -> str:
     return (f"{_named(p)}{family_name(p.family)} has {p.value:g} distinct compute value(s) with "
             f"`{p.metric}`; a fit needs {p.reference:g} (the power law; the saturating law "
-            f"{scaling.MIN_POINTS['saturating']}).")
+            f"{scaling_laws.MIN_POINTS['saturating']}).")
 
 
 FINDING_LINES = {ProblemKind.NOT_LEARNED: _not_learned, ProblemKind.FINETUNE_BELOW_FEWSHOT: _below_fewshot,
@@ -256,7 +258,7 @@ def _points_cell(fits: Fits, family: str, n: int) -> str:
     return f"{n} ({used.loc[used['family'] == family, 'id'].nunique()} runs)"
 
 
-def _rolling_cell(ff: scaling.FamilyFit, form: str) -> str:
+def _rolling_cell(ff: law_choice.FamilyFit, form: str) -> str:
     predictions = ff.rolling.get(form)
     if not predictions:
         return "-"
@@ -264,14 +266,14 @@ def _rolling_cell(ff: scaling.FamilyFit, form: str) -> str:
     return f"{ff.score(form):.3f} ({mae:.2f} pts, {len(predictions)} cut-offs)"
 
 
-def _form_note(ff: scaling.FamilyFit, form: str) -> str:
+def _form_note(ff: law_choice.FamilyFit, form: str) -> str:
     bound = ", ".join(f"{p} at its {side} bound" for p, (side, _) in ff.degenerate.get(form, {}).items())
     law = ff.law() or ""
     used = "**used**" if form == law else f"**used**, in the blend {law}" if form in law.split("+") else ""
     return "; ".join(x for x in (used, f"degenerate ({bound})" if bound else "") if x) or "-"
 
 
-def _interval_of(ff: scaling.FamilyFit, form: str, p: str) -> tuple[float, float] | None:
+def _interval_of(ff: law_choice.FamilyFit, form: str, p: str) -> tuple[float, float] | None:
     """The interval of parameter ``p`` of ``form`` where it is (part of) the law used."""
     law = ff.law() or ""
     intervals = ff.intervals.get(law, {})
@@ -314,7 +316,7 @@ def multiplier_line(m: Multiplier) -> str:
     x, y = family_name(m.x), family_name(m.y)
     if not m.available:
         return (f"- {x} vs {y}: not available (a family has no fit, or the fitted curves share no accuracy range "
-                f"and one law would have to go more than {scaling.EXTRAPOLATION_LIMIT:g}x beyond its runs to reach "
+                f"and one law would have to go more than {multipliers.EXTRAPOLATION_LIMIT:g}x beyond its runs to reach "
                 "the other's).")
     (lo, hi), (acc_lo, acc_hi), (end_lo, end_hi) = m.interval, m.accuracy_range, m.at_range_ends
     dropped = (f"; {m.undefined_replicates}/{m.replicates} bootstrap replicates undefined"
@@ -384,8 +386,8 @@ def fits_section(fits: Fits) -> list[str]:
     if not fits.any_fit:
         return [*lines, "", "Compute multiplier: not available, no family has a fit.", "",
                 ("No fit figure: no family has enough points at distinct compute "
-                 f"(the power law needs {scaling.MIN_POINTS['power']}, the saturating law "
-                 f"{scaling.MIN_POINTS['saturating']}).")]
+                 f"(the power law needs {scaling_laws.MIN_POINTS['power']}, the saturating law "
+                 f"{scaling_laws.MIN_POINTS['saturating']}).")]
     return [*lines, "", ("Compute multiplier (how many times the compute one family needs for the same accuracy "
                          "as another, geometric mean over the accuracies both fitted curves reach within their "
                          "measured compute):"), "",
@@ -452,7 +454,7 @@ def _plain(value):
     return value
 
 
-def _family_json(ff: scaling.FamilyFit, used) -> dict[str, Any]:
+def _family_json(ff: law_choice.FamilyFit, used) -> dict[str, Any]:
     points = used[used["family"] == ff.family]
     return {"points": len(ff.compute), "runs": int(points["id"].nunique()),
             "points_used": [{"id": row["id"], "step": row["step"], "exaflops": row["exaflops"],
@@ -468,7 +470,7 @@ def _family_json(ff: scaling.FamilyFit, used) -> dict[str, Any]:
 
 
 def _multiplier_json(m: Multiplier) -> dict[str, Any]:
-    """As ``pipeline.fits.compute_multiplier`` gives it; only the pair where not available."""
+    """As ``pipeline.analysis.multipliers.compute_multiplier`` gives it; only the pair where not available."""
     if m.form_x is None:
         return {"x": m.x, "y": m.y, "multiplier": m.multiplier}
     return {k: getattr(m, k) for k in Multiplier.__dataclass_fields__}

@@ -7,7 +7,7 @@ runs that did not learn, fine-tuning below few-shot, accuracy falling with compu
 that differs from the plan, fitted parameters at a bound, families with too few points to fit),
 how much each sanity check examined, which figures are drawn (and why not), and the scaling-law
 fits of the headline metric with the compute multipliers between families (``scaling_fits``, on
-``pipeline.fits``: per family four forms, the law used chosen by rolling origin, its bootstrap
+``pipeline.analysis.scaling_laws``: per family four forms, the law used chosen by rolling origin, its bootstrap
 intervals), and the forecasts of configurations not run with each law's track record
 (``pipeline.analysis.forecast``).
 
@@ -30,7 +30,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from pipeline import fits as scaling
+import pipeline.analysis.law_choice as law_choice
+import pipeline.analysis.scaling_laws as scaling_laws
+from pipeline.analysis.multipliers import compute_multiplier
 from pipeline import tracking
 from pipeline.analysis.forecast import Forecast, Target, TrackPoint, forecast, missing_targets, named_targets, track_record
 from pipeline.analysis.curves import (EARLY_FRACTION, checkpoint_points, curve_lines, fit_metric, mark_frontier,
@@ -123,7 +125,7 @@ class Problem:
                                           # the cheaper run's accuracy, the bound, the points the fit needs
     reference_metric: str | None = None   # FINETUNE_BELOW_FEWSHOT: the best few-shot metric
     reference_run: str | None = None      # ACCURACY_DROP: the id of the cheaper, better run
-    form: str | None = None               # FIT_AT_BOUND: the law (a form of pipeline.fits.FORMS) ...
+    form: str | None = None               # FIT_AT_BOUND: the law (a form of pipeline.analysis.scaling_laws.FORMS) ...
     parameter: str | None = None          # ... and its parameter at the bound ...
     bound: str | None = None              # ... "lower" | "upper"
     used: bool | None = None              # ... and whether it is the family's law used (else a form not chosen)
@@ -166,14 +168,14 @@ class FamilyVerdict:
     """What a family's fit came to, for the report."""
     family: str
     verdict: Verdict
-    better: str | None = None    # the law chosen (a form of pipeline.fits.FORMS, or a blend a+b) where BETTER
-    reason: str = ""             # pipeline.fits' reason for it
+    better: str | None = None    # the law chosen (a form of pipeline.analysis.scaling_laws.FORMS, or a blend a+b) where BETTER
+    reason: str = ""             # pipeline.analysis.law_choice's reason for it
 
 
 @dataclass(frozen=True)
 class Multiplier:
     """How many times the compute of family ``y`` family ``x`` needs for the same accuracy
-    (``pipeline.fits.compute_multiplier``); ``multiplier`` None where not available."""
+    (``pipeline.analysis.multipliers.compute_multiplier``); ``multiplier`` None where not available."""
     x: str
     y: str
     form_x: str | None = None
@@ -233,7 +235,7 @@ class Fits:
     """The scaling-law fits of the headline metric (or of its few-shot part: ``basis``)."""
     metric: Metric                           # the metric fitted (``basis.metric``)
     level: float
-    families: dict[str, scaling.FamilyFit]   # every family with points, in the paper's order
+    families: dict[str, law_choice.FamilyFit]   # every family with points, in the paper's order
     verdicts: tuple[FamilyVerdict, ...]      # every family with finished pretraining
     multipliers: tuple[Multiplier, ...]      # every pair of families with points, paper order
     basis: FitBasis                          # which points, and why
@@ -402,7 +404,7 @@ def compute_mismatches(table: pd.DataFrame) -> tuple[list[Problem], int]:
 
 
 def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
-    """Degenerate fits (a parameter at a bound of its fit, ``pipeline.fits.degenerate``; ``used``:
+    """Degenerate fits (a parameter at a bound of its fit, ``pipeline.analysis.scaling_laws.degenerate``; ``used``:
     the family's law), and families with points but too few distinct compute values for any fit;
     the fits and the families examined."""
     if fits is None:
@@ -411,8 +413,8 @@ def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
     for family, ff in fits.families.items():
         if not ff.fits:
             found.append(Problem(ProblemKind.TOO_FEW_POINTS, family=family, metric=column,
-                                 value=float(scaling.distinct_points(ff.compute)),
-                                 reference=float(scaling.MIN_POINTS["power"])))
+                                 value=float(scaling_laws.distinct_points(ff.compute)),
+                                 reference=float(scaling_laws.MIN_POINTS["power"])))
         for form, f in ff.fits.items():
             found += [Problem(ProblemKind.FIT_AT_BOUND, family=family, metric=column, form=form, parameter=name,
                               value=f.params[name], bound=side, reference=bound,
@@ -468,15 +470,15 @@ def family_points(long: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def fit_families(points: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int = 0, n_boot: int = 1000,
-                 level: float = LEVEL) -> dict[str, scaling.FamilyFit]:
+                 level: float = LEVEL) -> dict[str, law_choice.FamilyFit]:
     """Every family's fit (``fit_family``) from ``family_points``, one generator in family order."""
     rng = np.random.default_rng(seed)
-    return {family: scaling.fit_family(family, compute, accuracy, rng=rng, n_boot=n_boot, level=level)
+    return {family: law_choice.fit_family(family, compute, accuracy, rng=rng, n_boot=n_boot, level=level)
             for family, (compute, accuracy) in points.items()}
 
 
 def scaling_fits(long: pd.DataFrame, metric_label: str, *, seed: int = 0, n_boot: int = 1000,
-                 level: float = LEVEL) -> tuple[dict[str, scaling.FamilyFit], list[dict]]:
+                 level: float = LEVEL) -> tuple[dict[str, law_choice.FamilyFit], list[dict]]:
     """Fits per family on one metric, and the compute multiplier of every pair of fitted families
     (in the paper's order: how much more compute than ViT the others need)."""
     family_fits = fit_families(family_points(long[long["metric"] == metric_label]), seed=seed, n_boot=n_boot,
@@ -485,12 +487,12 @@ def scaling_fits(long: pd.DataFrame, metric_label: str, *, seed: int = 0, n_boot
     multipliers = []
     for i, y in enumerate(order):
         for x in order[i + 1:]:
-            result = scaling.compute_multiplier(family_fits[x], family_fits[y])
+            result = compute_multiplier(family_fits[x], family_fits[y])
             multipliers.append(result or {"x": x, "y": y, "multiplier": None})
     return family_fits, multipliers
 
 
-def family_verdict(family: str, ff: scaling.FamilyFit | None) -> FamilyVerdict:
+def family_verdict(family: str, ff: law_choice.FamilyFit | None) -> FamilyVerdict:
     """Which law a family's fit (None: the family has no point) came to, and why."""
     if ff is None:
         return FamilyVerdict(family, Verdict.NO_POINTS)

@@ -9,7 +9,7 @@ answers the study's question without opening a file:
   families whose multiplier is available, ``multiplier/<x>_vs_<y>`` with ``_lo`` and ``_hi``. A
   metric of an earlier report that this one has no value for is set to NaN (``outdated``);
 - tags (they may change from one report to the next, which MLflow params may not): ``fit/metric``
-  (the metric fitted), ``fit/<family>/law`` (a form of ``pipeline.fits.FORMS``, a blend ``a+b``, or
+  (the metric fitted), ``fit/<family>/law`` (a form of ``pipeline.analysis.scaling_laws.FORMS``, a blend ``a+b``, or
   ``none``) and the run's
   description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview).
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline import fits as scaling
+import pipeline.analysis.law_choice as law_choice
 from pipeline import tracking
 from pipeline.analysis.render import metric_parameter, to_description
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
@@ -35,7 +35,7 @@ def _with_interval(name: str, value: float, interval: tuple[float, float] | None
     return {name: value, **({f"{name}_lo": interval[0], f"{name}_hi": interval[1]} if interval else {})}
 
 
-def family_metrics(ff: scaling.FamilyFit) -> dict[str, float]:
+def family_metrics(ff: law_choice.FamilyFit) -> dict[str, float]:
     """``fit/<family>/...``: the points fitted, and every parameter of the law used with its interval."""
     prefix = f"fit/{family_key(ff.family)}"
     metrics = {f"{prefix}/points": float(len(ff.compute))}

@@ -9,7 +9,7 @@ target is each fitted family's **predicted error at its largest candidate comput
 
 How (``suggest``), on the points the report fits on (``report.study_basis``):
 
-1. Fit every family as the report does (``pipeline.fits.fit_family``): the "now" intervals are the
+1. Fit every family as the report does (``pipeline.analysis.law_choice.fit_family``): the "now" intervals are the
    report's bootstrap intervals.
 2. Each family's curve (the form the report uses) gets the Gauss-Newton covariance of its
    parameters, noise^2 (J^T J)^-1, J being d log E / d parameters at its points and the noise of a
@@ -40,7 +40,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline import fits as scaling
+import pipeline.analysis.law_bootstrap as law_bootstrap
+import pipeline.analysis.law_choice as law_choice
+import pipeline.analysis.multipliers as multipliers
+import pipeline.analysis.scaling_laws as scaling_laws
 from pipeline.analysis.report import LEVEL, family_points, fit_families, study_basis
 from pipeline.analysis.table import family_name
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, plan
@@ -124,21 +127,21 @@ class FamilyState:
     points, and the information J^T J of its log errors about the curve's parameters (``scale``: the
     compute unit those parameters are in). A simulated run adds its row to J and its compute."""
     family: str
-    curve: scaling.Law
+    curve: scaling_laws.Law
     compute: np.ndarray
     info: np.ndarray
     scale: float
 
     @classmethod
-    def of(cls, ff: scaling.FamilyFit) -> "FamilyState":
+    def of(cls, ff: law_choice.FamilyFit) -> "FamilyState":
         curve = ff.best()[0]
         scale = float(np.exp(np.mean(np.log(ff.compute))))
-        jac = scaling.log_error_jacobian(curve, ff.compute, scale)
+        jac = scaling_laws.log_error_jacobian(curve, ff.compute, scale)
         return cls(ff.family, curve, ff.compute, jac.T @ jac, scale)
 
     @property
     def df(self) -> int:
-        return len(self.compute) - scaling.param_count(self.curve)
+        return len(self.compute) - scaling_laws.param_count(self.curve)
 
     @property
     def compute_range(self) -> tuple[float, float]:
@@ -147,7 +150,7 @@ class FamilyState:
     def with_run(self, compute: float) -> "FamilyState":
         """This family after a run at ``compute`` whose outcome is the curve's own prediction there
         (the expected outcome: refitting leaves the curve where it is and adds the run's information)."""
-        row = scaling.log_error_jacobian(self.curve, [compute], self.scale)
+        row = scaling_laws.log_error_jacobian(self.curve, [compute], self.scale)
         return replace(self, compute=np.append(self.compute, compute), info=self.info + row.T @ row)
 
     def covariance(self, noise: float) -> np.ndarray:
@@ -158,11 +161,11 @@ class FamilyState:
 World = dict[str, FamilyState]
 
 
-def pooled_noise(family_fits: dict[str, scaling.FamilyFit]) -> float:
+def pooled_noise(family_fits: dict[str, law_choice.FamilyFit]) -> float:
     """The noise of a point in log error, pooled over the fitted families (every family is measured
     by the same evaluation): sqrt(sum of squared log residuals / residual degrees of freedom)."""
     used = [ff.best()[0] for ff in family_fits.values() if ff.best() is not None]
-    df = sum(scaling.residual_df(f) for f in used)
+    df = sum(law_bootstrap.residual_df(f) for f in used)
     if df <= 0:
         return math.nan
     return max(math.sqrt(sum(f.rss for f in used) / df), MIN_NOISE)
@@ -170,12 +173,12 @@ def pooled_noise(family_fits: dict[str, scaling.FamilyFit]) -> float:
 
 def _gradient(value, state: FamilyState) -> np.ndarray:
     """d value(curve) / d parameters, by central differences."""
-    p = scaling.param_count(state.curve)
+    p = scaling_laws.param_count(state.curve)
     grad = np.zeros(p)
     for i in range(p):
         step = np.zeros(p)
         step[i] = STEP
-        up, down = (value(scaling.shifted(state.curve, s, state.scale)) for s in (step, -step))
+        up, down = (value(scaling_laws.shifted(state.curve, s, state.scale)) for s in (step, -step))
         grad[i] = (up - down) / (2 * STEP)
     return grad
 
@@ -187,16 +190,16 @@ def log_interval(world: World, target: Target, noise: float, level: float) -> tu
     from scipy.stats import t
     if target.kind == "prediction":
         state = world[target.x]
-        grads = [(state, scaling.log_error_jacobian(state.curve, [target.compute], state.scale)[0])]
+        grads = [(state, scaling_laws.log_error_jacobian(state.curve, [target.compute], state.scale)[0])]
         estimate, df = math.log(float(state.curve.error(target.compute))), state.df
     else:
         x, y = world[target.x], world[target.y]
-        errors = scaling.shared_errors(x.curve, x.compute_range, y.curve, y.compute_range)
+        errors = multipliers.shared_errors(x.curve, x.compute_range, y.curve, y.compute_range)
         if errors is None:
             return math.nan, math.nan
-        estimate = math.log(scaling.multiplier(x.curve, y.curve, errors))
-        grads = [(x, _gradient(lambda f: math.log(scaling.multiplier(f, y.curve, errors)), x)),
-                 (y, _gradient(lambda f: math.log(scaling.multiplier(x.curve, f, errors)), y))]
+        estimate = math.log(multipliers.multiplier(x.curve, y.curve, errors))
+        grads = [(x, _gradient(lambda f: math.log(multipliers.multiplier(f, y.curve, errors)), x)),
+                 (y, _gradient(lambda f: math.log(multipliers.multiplier(x.curve, f, errors)), y))]
         df = x.df + y.df
     variance = sum(float(g @ s.covariance(noise) @ g) for s, g in grads)
     if not (df > 0 and math.isfinite(variance)):
@@ -204,12 +207,12 @@ def log_interval(world: World, target: Target, noise: float, level: float) -> tu
     return estimate, 2 * float(t.ppf((1 + level) / 2, df)) * math.sqrt(variance)
 
 
-def choose_targets(family_fits: dict[str, scaling.FamilyFit], world: World, candidates: list[Candidate]) -> list[Target]:
+def choose_targets(family_fits: dict[str, law_choice.FamilyFit], world: World, candidates: list[Candidate]) -> list[Target]:
     """Every available multiplier between fitted families (paper order); without one, each fitted
     family's predicted error at its largest candidate compute (its largest measured one if none)."""
     fitted = list(world)
     pairs = [Target("multiplier", x, y) for i, y in enumerate(fitted) for x in fitted[i + 1:]]
-    pairs = [p for p in pairs if scaling.compute_multiplier(family_fits[p.x], family_fits[p.y]) is not None]
+    pairs = [p for p in pairs if multipliers.compute_multiplier(family_fits[p.x], family_fits[p.y]) is not None]
     if pairs:
         return pairs
     return [Target("prediction", f, compute=max([c.exaflops for c in candidates if c.family == f],
@@ -222,16 +225,16 @@ def objective(world: World, targets: list[Target], noise: float, level: float, b
     return np.where(np.isnan(widths), base, widths)
 
 
-def too_few_message(family_fits: dict[str, scaling.FamilyFit]) -> str:
-    have = ", ".join(f"{f} {scaling.distinct_points(ff.compute)}" for f, ff in family_fits.items())
-    return (f"too few runs to fit: a family needs points at {scaling.MIN_POINTS['power']} distinct compute values "
+def too_few_message(family_fits: dict[str, law_choice.FamilyFit]) -> str:
+    have = ", ".join(f"{f} {scaling_laws.distinct_points(ff.compute)}" for f, ff in family_fits.items())
+    return (f"too few runs to fit: a family needs points at {scaling_laws.MIN_POINTS['power']} distinct compute values "
             f"(the power law) before runs can be suggested; distinct compute values now: {have}")
 
 
-def bootstrap_interval(family_fits: dict[str, scaling.FamilyFit], target: Target) -> tuple[float, float, float]:
+def bootstrap_interval(family_fits: dict[str, law_choice.FamilyFit], target: Target) -> tuple[float, float, float]:
     """(estimate, lo, hi) of a target as the report states it (its bootstrap interval)."""
     if target.kind == "multiplier":
-        m = scaling.compute_multiplier(family_fits[target.x], family_fits[target.y])
+        m = multipliers.compute_multiplier(family_fits[target.x], family_fits[target.y])
         return (m["multiplier"], *m["interval"]) if m else (math.nan, math.nan, math.nan)
     ff = family_fits[target.x]
     lo, hi = ff.band([target.compute])
@@ -296,7 +299,7 @@ def study_advice(study: Study, preset: str, k: int, *, tracking_uri: str | None,
     basis = study_basis(study, preset, tracking_uri=tracking_uri)
     if basis is None or basis.used.empty:
         raise SuggestError("no run has finished pretraining with transfer results yet: too few runs to fit "
-                           f"(a family needs points at {scaling.MIN_POINTS['power']} distinct compute values)")
+                           f"(a family needs points at {scaling_laws.MIN_POINTS['power']} distinct compute values)")
     advice = suggest(family_points(basis.used), candidates, k, settings)
     return replace(advice, skipped=skipped, about={
         "study": study.name, "preset": preset, "metric": basis.metric.label, "source": str(basis.source),
