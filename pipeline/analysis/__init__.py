@@ -8,8 +8,12 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
 - ``figures``: Figure 5 (accuracy against compute), Figure 4 (against data set size) and the
   scaling-law fits, as PNG and SVG.
 - ``report``: the :class:`Report`, what the report says as data (counts, typed problems and the
-  sanity checks' findings, runs, figures drawn, fits, verdicts and compute multipliers), built from
-  a table by ``build_report``.
+  sanity checks' findings, runs, figures drawn, fits, verdicts and compute multipliers);
+  ``build`` makes it from a run table (``build_report``, ``study_report``), with the problems and
+  sanity checks of ``sanity``.
+- ``scaling_laws`` (the forms of a law and their robust fit), ``law_choice`` (which law a family
+  uses: rolling origin), ``law_bootstrap`` (intervals) and ``multipliers`` (compute multipliers
+  between families): the scaling-law maths; ``forecast`` and ``suggest`` use it for runs not made.
 - ``render``: the Report as report.md (``to_markdown``), report.html (``to_html``), fits.json
   (``to_fits_json``, ``to_sanity_json``) and the MLflow descriptions of the study run
   (``to_description``) and its experiment (``experiment_description``).
@@ -26,9 +30,10 @@ from pipeline.analysis.figures import family_styles, figure_compute, figure_data
 from pipeline.analysis.files import write_files, write_report
 from pipeline.analysis.render import (experiment_description, to_description, to_fits_json, to_html, to_markdown,
                                       to_sanity_json)
+from pipeline.analysis.build import build_report, scaling_fits, study_report
 from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, Fallback, FamilyVerdict, FigureEntry,
                                       FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
-                                      ReportOptions, RunRow, Verdict, build_report, scaling_fits, study_report)
+                                      ReportOptions, RunRow, Verdict)
 from pipeline.analysis.study_run import log_study_run, study_run_metrics
 from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_key, family_name, family_order,
                                      pareto_frontier, points, pretrained, run_labels, run_table, transfer_metrics,

@@ -1,15 +1,16 @@
 """Which scaling law a family's report uses, and every form fitted to one family
-(:func:`fit_family`, :class:`FamilyFit`):
+(:func:`fit_family`, :class:`FamilyFit`; the forms are ``pipeline.analysis.scaling_laws``').
 
-- **Choice of the law: rolling origin.** For several cut-offs in the upper half of the compute
-  range, every form is fitted on the points at or below the cut-off and predicts the points above
-  it; a form's score is the mean over the cut-offs of the RMSE of its log error on the predicted
-  points (the extrapolation it is used for; OLMo's ladder validates its fits the same way). The
-  law used averages the log errors of the ``BLEND`` (two) forms with the lowest scores (a ``Blend``,
-  named ``a+b``), among those that do not sit at a bound of their fit (``degenerate``). A form is scored only at cut-offs below which it has ``ROLLING_DOF`` more points than
-  parameters, and the forms are compared on common cut-offs (the most demanding dropped until two
-  remain). Without two cut-offs for two forms, the choice falls back to the small-sample Akaike
-  criterion (AICc), and with that undefined, to the power law.
+The choice is by rolling origin. For several cut-offs in the upper half of the compute range,
+every form is fitted on the points at or below the cut-off and predicts the points above it; a
+form's score is the mean over the cut-offs of the RMSE of its log error on the predicted points
+(the extrapolation it is used for; OLMo's ladder validates its fits the same way). The law used
+averages the log errors of the ``BLEND`` (two) forms with the lowest scores (a ``Blend``, named
+``a+b``), among those that do not sit at a bound of their fit (``degenerate``). A form is scored
+only at cut-offs below which it has ``ROLLING_DOF`` more points than parameters, and the forms are
+compared on common cut-offs (the most demanding dropped until two remain). Without two cut-offs
+for two forms, the choice falls back to the small-sample Akaike criterion (AICc), and with that
+undefined, to the power law. The law used is bootstrapped (``pipeline.analysis.law_bootstrap``).
 """
 from __future__ import annotations
 

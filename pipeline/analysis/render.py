@@ -20,7 +20,8 @@ import pipeline.analysis.scaling_laws as scaling_laws
 from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
                                       LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
                                       Fallback, FamilyVerdict, FitBasis, Fits, FitSource, Multiplier, Problem,
-                                      ProblemKind, Report, Verdict, learned_margin)
+                                      ProblemKind, Report, Verdict)
+from pipeline.analysis.sanity import learned_margin
 from pipeline.analysis.forecast import Forecast, TrackPoint
 from pipeline.analysis.table import family_name
 

@@ -7,7 +7,7 @@ interval of the **compute multiplier** between families, with their cost in exaF
 GPU-hours. Where no multiplier is available (no two fitted families share an error range), the
 target is each fitted family's **predicted error at its largest candidate compute** instead.
 
-How (``suggest``), on the points the report fits on (``report.study_basis``):
+How (``suggest``), on the points the report fits on (``build.study_basis``):
 
 1. Fit every family as the report does (``pipeline.analysis.law_choice.fit_family``): the "now" intervals are the
    report's bootstrap intervals.
@@ -44,7 +44,8 @@ import pipeline.analysis.law_bootstrap as law_bootstrap
 import pipeline.analysis.law_choice as law_choice
 import pipeline.analysis.multipliers as multipliers
 import pipeline.analysis.scaling_laws as scaling_laws
-from pipeline.analysis.report import LEVEL, family_points, fit_families, study_basis
+from pipeline.analysis.build import family_points, fit_families, study_basis
+from pipeline.analysis.report import LEVEL
 from pipeline.analysis.table import family_name
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, plan
 from pipeline.spec import Study

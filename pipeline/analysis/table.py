@@ -175,3 +175,18 @@ def family_order(families: Iterable[str]) -> list[str]:
     """The distinct families in the paper's order (ViT, ResNet, hybrid), any others after, sorted."""
     present = set(families)
     return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
+
+
+def table_rows(table: pd.DataFrame):
+    """The table's rows, as Series, in order."""
+    return (row for _, row in table.iterrows())
+
+
+def float_or_none(value) -> float | None:
+    """A table cell as a float; None where it is empty (NaN or None)."""
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def headline(metrics: list[Metric]) -> Metric:
+    """The metric the fits are on: the average where there is one, else the first."""
+    return metrics[-1] if metrics[-1].kind == "average" else metrics[0]
