@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
-from pipeline.orchestrate import prepare_data  # noqa: E402
+from pipeline.preflight import prepare_data  # noqa: E402
 from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.spec import load_study  # noqa: E402
 

@@ -28,7 +28,7 @@ from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.pretrain.loop import Hooks, Probes  # noqa: E402
 from pipeline.transfer.fewshot import FewShot, FewshotSettings  # noqa: E402
 from pipeline.spec import load_study  # noqa: E402
-from pipeline.orchestrate import prepare_data  # noqa: E402
+from pipeline.preflight import prepare_data  # noqa: E402
 
 
 def timed(spec, data: str, hooks: Hooks) -> float:

@@ -27,140 +27,15 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from pipeline import console, hardware, trace, tracking
+from pipeline import console, hardware, tracking
 from pipeline import storage as store
+from pipeline.chain import ChainContext, run_chain
 from pipeline.cli import Interrupted, check_interrupt
-from pipeline.spec import Preset, RunSpec, Study, TransferPlan
-
-if TYPE_CHECKING:  # pretraining (torch) is imported where runs train, not by the driver
-    from pipeline.pretrain.loop import Probes
-
-
-class StudyError(ValueError):
-    """A study that cannot start as asked; the message says what to change."""
-
-
-# ----------------------------------------------------------------------------- checks made before launching
-
-def resolve_storage(storage: str) -> str:
-    """Storage as an absolute path or a URI. A relative path inside a ``ray job submit`` working
-    dir is refused: that folder is Ray's temporary copy, so results would be lost and a re-submitted
-    study could not find its runs."""
-    if not store.is_remote(storage) and not Path(storage).expanduser().is_absolute() \
-            and "runtime_resources" in str(Path.cwd()):
-        raise StudyError(f"--storage {storage!r} is relative, and this job runs in Ray's temporary copy of the "
-                         f"working dir ({Path.cwd()}): give an absolute path or a URI (s3://bucket/dir), or set "
-                         "VIT_SCALING_STORAGE")
-    return store.resolve(storage)
-
-
-def check_services(storage: str, tracking_uri: str) -> None:
-    """The storage can be written (a local folder) or its bucket answers, and the tracking server
-    answers (within seconds, before anything is made or launched): a file in the way, read-only
-    storage, a typo in a bucket, a wrong key or a server that is down is said here."""
-    try:
-        if store.is_remote(storage):
-            store.check_bucket(storage)
-        else:
-            store.check_writable(storage)
-    except OSError as err:
-        raise StudyError(f"--storage {storage}: {err}") from None
-    try:
-        tracking.check_server(tracking_uri)
-    except tracking.TrackingError as err:
-        raise StudyError(str(err)) from None
-    check_ray_address(os.environ.get("RAY_ADDRESS"))
-
-
-def check_ray_address(address: str | None, wait_s: float = 10.0) -> None:
-    """A cluster named by RAY_ADDRESS (host:port, or ray://host:port) answers on its port within
-    ``wait_s``; unset or "auto"/"local" leaves the choice to Ray."""
-    import socket
-    if not address or address in ("auto", "local"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise StudyError(f"RAY_ADDRESS={address!r} is not host:port: fix it, or unset it to run on a local Ray")
-    deadline, problem = time.monotonic() + wait_s, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, int(port)), timeout=3).close()
-            return
-        except OSError as err:
-            problem = err.strerror or type(err).__name__
-            time.sleep(1.0)
-    raise StudyError(f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({problem}, for {wait_s:.0f} s): start "
-                     "the cluster (`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a local Ray")
-
-
-def synth_target(preset: Preset, storage: str) -> str:
-    """Where the preset's built-in synthetic data lives; an error when it has none."""
-    if preset.dataset.synth is None:
-        raise StudyError(f"the preset's dataset {preset.dataset.name!r} is not built in: give its location with "
-                         "--data (a folder or URI made by `python -m pipeline.data convert ...`)")
-    return store.join(storage, "data", preset.dataset.name)
-
-
-def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True,
-                 emit: Callable[[str], None] = print) -> str:
-    """The pretraining dataset's location: ``data`` when given (its name must be the preset's),
-    or the preset's synthetic data, generated under ``<storage>/data/<name>`` on first use."""
-    from pipeline.data import DataError, open_dataset
-    name = preset.dataset.name
-    if data is None:
-        target = synth_target(preset, storage)
-        if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
-            from pipeline.data.synth import generate
-            emit(f"[study] generating the synthetic dataset {name!r} in {target} (first use)")
-            generate(target, preset.dataset.synth, progress=progress)
-        data = target
-    try:
-        store.check_bucket(data)
-        dataset = open_dataset(data)
-    except (DataError, OSError) as err:
-        raise StudyError(f"--data {data}: not a readable dataset: {err}") from None
-    if dataset.name != name:
-        raise StudyError(f"--data {data} holds dataset {dataset.name!r}, but the preset pretrains on {name!r} "
-                         "(the name is part of every run id): give the right folder")
-    check_size(preset, data, dataset.num_rows("train"))
-    return data
-
-
-SIZE_TOLERANCE = 0.01  # declared sizes are rounded ("303M"); beyond 1% the plan would misstate compute
-
-
-def check_size(preset: Preset, data: str, rows: int) -> None:
-    """The data's training rows must be the preset's declared images (within the rounding of a
-    count like 303M): the plan, the progress and the report count the preset's."""
-    from pipeline.compute import parse_count
-    if preset.dataset.images is None:
-        return
-    images = preset.dataset.images
-    declared = parse_count(images)
-    if abs(rows / declared - 1) > SIZE_TOLERANCE:
-        said = f"{images} ({declared:,})" if isinstance(images, str) else f"{declared:,}"
-        raise StudyError(f"--data {data} holds {rows:,} training images, but the preset declares {said}, which "
-                         f"its plan and report count: give the full dataset, or a study file whose dataset.images "
-                         f"is {rows}")
-
-
-def prepare_downstream(plan: TransferPlan, storage: str, progress: bool = True) -> dict[str, str]:
-    """{name: location} of every downstream set of the plan: ``<storage>/data/<name>`` (a folder
-    or a URI) or a built-in one (digits), made there on first use."""
-    from pipeline.transfer import builtin_dataset, datasets_of, evaluators_for
-    root = store.join(storage, "data")
-    paths = {}
-    for name in datasets_of(evaluators_for(plan)):
-        candidate = store.join(root, name)
-        paths[name] = candidate if store.is_file(store.join(candidate, "manifest.json")) else \
-            builtin_dataset(name, root, progress)
-        if paths[name] is None:
-            raise StudyError(f"downstream dataset {name!r} is not in {root}: convert it there first "
-                             f"(`python -m pipeline.data convert --help`; the folder must be {candidate})")
-    return paths
+from pipeline.preflight import (StudyError, check_services, prepare_data, prepare_downstream, resolve_storage,
+                                synth_target)
+from pipeline.spec import RunSpec, Study
 
 
 def default_concurrency(gpus_per_run: int) -> int:
@@ -176,73 +51,6 @@ def default_concurrency(gpus_per_run: int) -> int:
         return max(1, int(resources.get("GPU", 0) // gpus_per_run))
     return max(1, int(resources.get("CPU", 1))) + 1
 
-
-# ----------------------------------------------------------------------------- one run: pretrain -> transfer
-
-@dataclass(frozen=True)
-class ChainContext:
-    """What every run chain of a study shares: where data, checkpoints and MLflow are, the
-    transfer stages, the GPUs per run and the study-level MLflow run."""
-    data_path: str
-    downstream: dict[str, str]
-    transfer: TransferPlan
-    storage: str
-    tracking_uri: str
-    gpus: int
-    study_run_id: str
-    on_bad_row: str = "raise"
-    system_metrics: bool = True
-    compile: str = "auto"       # torch.compile: auto | on | off (pipeline.hardware)
-    cpus_per_gpu: int = 1       # CPUs each GPU worker asks for (its loader's processes and itself)
-
-
-def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | None) -> dict[str, Any]:
-    """Pretrain one RunSpec (or resume it, or skip it when finished), then run its transfer stages,
-    then mark its MLflow run FINISHED. Runs as a Ray task."""
-    from pipeline.pretrain.launch import Launch, pretrain
-    from pipeline.pretrain.loop import Hooks
-    from pipeline.transfer import Target, evaluate, evaluators_for
-    uri, start = ctx.tracking_uri, time.perf_counter()
-    trace.mark(f"chain {spec.id} started")
-    if previous is not None and previous.pretrained:
-        run_id, checkpoint, resumed = previous.run_id, previous.checkpoint_uri, "finished"
-    else:
-        out = pretrain(spec, ctx.data_path, storage=ctx.storage, tracking_uri=uri,
-                       launch=Launch(workers=max(ctx.gpus, 1), use_gpu=ctx.gpus > 0, on_bad_row=ctx.on_bad_row,
-                                     system_metrics=ctx.system_metrics, compile=ctx.compile,
-                                     cpus_per_worker=ctx.cpus_per_gpu if ctx.gpus else 1.0),
-                       hooks=Hooks(probes=curve_probes(ctx)), finish=False,
-                       parent_run_id=ctx.study_run_id)
-        run_id, checkpoint, resumed = out["mlflow_run_id"], out["checkpoint_uri"], out["resumed_from"]
-        if not out["done"]:
-            raise RuntimeError(f"pretraining of {spec.id} stopped at step {out['step']} of {out['total_steps']}")
-    pretrain_s = time.perf_counter() - start
-    trace.mark(f"chain {spec.id} pretrained")
-    # CPU chains share the cores with each other: their fine-tuning trials run one after another in
-    # one process (bench/fixed_cost.py); a GPU chain's grid runs on as many GPUs as are free
-    target = Target(checkpoint, ctx.storage, tracking_uri=uri, run_id=run_id, use_gpu=ctx.gpus > 0, on_ray=True,
-                    label=spec.label, max_concurrent=None if ctx.gpus else 1)
-    with tracking.lease(uri, run_id):  # one writer: another live study holding it raises RunHeld
-        tracking.reopen_run(uri, run_id)
-        try:
-            metrics = evaluate(target, evaluators_for(ctx.transfer), ctx.downstream, skip_recorded=True)
-        except Exception:
-            tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.FAILED})
-            tracking.finish_run(uri, run_id, "FAILED")
-            raise
-        tracking.set_tags(uri, run_id, {tracking.TRANSFER_STATUS_TAG: tracking.Status.DONE})
-        tracking.finish_run(uri, run_id)
-    trace.mark(f"chain {spec.id} transferred")
-    return {"id": spec.id, "run_id": run_id, "metrics": metrics, "resumed_from": resumed,
-            "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
-
-
-def curve_probes(ctx: ChainContext) -> "Probes":
-    """The learning curves' probes: the preset's few-shot sets and shots (``pipeline.pretrain.loop.Probes``)."""
-    from pipeline.pretrain.loop import Probes
-    from pipeline.transfer.fewshot import FewshotSettings
-    return Probes(datasets=tuple((name, ctx.downstream[name]) for name in ctx.transfer.fewshot),
-                  settings=FewshotSettings(shots=tuple(ctx.transfer.shots)))
 
 
 # ----------------------------------------------------------------------------- the study
@@ -266,7 +74,7 @@ def run_cost(seconds: dict[str, float], exaflops: dict[str, float]) -> Callable[
     return lambda e: fixed + per_exaflop * e
 
 
-class Progress:
+class StudyProgress:
     """Runs done/total and an ETA. The ETA is the predicted seconds of the runs left (:func:`run_cost`
     fitted on this session's finished runs, less what running ones have already spent), shared by
     ``limit`` runs at once, and never less than the longest of them."""
@@ -378,7 +186,7 @@ def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
     and the preset's runs as resolved RunSpecs with their ids (``study/runs.json``); on its
     experiment, the runs-table view with the columns that matter and a description that links it.
     Returns the view's address in MLflow's UI."""
-    from pipeline.analysis.render import experiment_description
+    from pipeline.analysis.descriptions import experiment_description
     from pipeline.transfer import expected_metrics
     if study.file is not None:
         tracking.log_files(uri, study_run, [study.file], "study")
@@ -414,7 +222,7 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     # longest run alone on the cluster while the rest of it idles
     todo = sorted((s for s in specs if s.id not in done), key=lambda s: -exaflops.get(s.id, 0.0))
     limit = options.max_concurrent or default_concurrency(gpus)
-    progress = Progress(specs, exaflops, done, board, limit)
+    progress = StudyProgress(specs, exaflops, done, board, limit)
     try:  # from the line that says what will run to the end of the report, Ctrl-C is answered by `stopped`
         board.line(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
                    f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
@@ -456,7 +264,7 @@ def stopped(uri: str, study: str, spec_ids: set[str], study_run: str, emit: Call
 
 
 def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, tracking.RunRecord], limit: int,
-               progress: Progress, heartbeat_s: float) -> tuple[dict[str, Any], dict[str, str]]:
+               progress: StudyProgress, heartbeat_s: float) -> tuple[dict[str, Any], dict[str, str]]:
     """Every run of ``todo`` as a chain task, at most ``limit`` at once; a progress line after each
     and every ``heartbeat_s`` while waiting. Returns ({id: result}, {id: failure})."""
     import ray

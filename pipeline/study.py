@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-from pipeline import cli, console, hardware, tracking
+from pipeline import cli, console, hardware, preflight, tracking
 from pipeline import storage as store
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
 from pipeline.spec import list_studies, load_study, named_entry
@@ -112,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err) if str(err).startswith("--data") else f"--data {args.data}: {err}")
         print(json.dumps(result, indent=2) if args.json else format_plan(result))
         return 1 if result["status_error"] else 0  # the statuses asked for could not be read
-    from pipeline import orchestrate
+    from pipeline import orchestrate   # inside: Ray Train, torch and MLflow load in 1-2 s, which --help and --plan skip
     try:
-        storage = orchestrate.resolve_storage(args.storage)
+        storage = preflight.resolve_storage(args.storage)
         uri = args.tracking_uri or tracking.default_tracking_uri(storage)
-        orchestrate.check_services(storage, uri)
-    except (orchestrate.StudyError, tracking.TrackingError) as err:
+        if args.report:   # a study checks its services itself (run_study), once
+            preflight.check_services(storage, uri)
+    except (preflight.StudyError, tracking.TrackingError) as err:
         parser.error(str(err))
     try:
         if args.report:
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                            compile=args.compile, cpus_per_gpu=args.cpus_per_gpu)
         summary = orchestrate.run_study(study, args.preset, storage=storage, data=args.data, tracking_uri=uri,
                                         options=options)
-    except orchestrate.StudyError as err:
+    except preflight.StudyError as err:
         parser.error(str(err))
     except Exception as err:
         problem = tracking.server_problem(uri) if tracking.is_server(uri) else None

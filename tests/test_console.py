@@ -8,7 +8,7 @@ import io
 import pytest
 
 from pipeline.console import NoiseFilter
-from pipeline.orchestrate import Progress, run_cost
+from pipeline.orchestrate import StudyProgress, run_cost
 from pipeline.spec import load_study
 
 
@@ -48,7 +48,7 @@ def test_eta_is_the_remaining_runs_predicted_cost_shared_by_the_runs_at_once():
     specs = load_study("scaling").expand("tiny")
     exaflops = {s.id: float(i + 1) for i, s in enumerate(specs)}   # run i costs 10 + 5 (i + 1) s
     board = Lines()
-    progress = Progress(specs, exaflops, set(), board, limit=3)
+    progress = StudyProgress(specs, exaflops, set(), board, limit=3)
     assert progress.eta() is None                      # nothing finished: no estimate yet
     for spec in specs[:2]:
         progress.finished(spec, True, 10 + 5 * exaflops[spec.id])

@@ -14,9 +14,9 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
 - ``scaling_laws`` (the forms of a law and their robust fit), ``law_choice`` (which law a family
   uses: rolling origin), ``law_bootstrap`` (intervals) and ``multipliers`` (compute multipliers
   between families): the scaling-law maths; ``forecast`` and ``suggest`` use it for runs not made.
-- ``render``: the Report as report.md (``to_markdown``), report.html (``to_html``), fits.json
-  (``to_fits_json``, ``to_sanity_json``) and the MLflow descriptions of the study run
-  (``to_description``) and its experiment (``experiment_description``).
+- ``render``: the Report as report.md (``to_markdown``) and report.html (``to_html``);
+  ``fits_json`` as fits.json (``to_fits_json``, ``to_sanity_json``); ``descriptions`` as the MLflow
+  descriptions of the study run (``to_description``) and its experiment (``experiment_description``).
 - ``study_run``: the Report as MLflow data of the study-level run (``log_study_run``: the fits and
   multipliers as metrics, ``study_run_metrics``; the law and the metric fitted as tags; the
   description).
@@ -28,8 +28,9 @@ The names below are this package's interface; the modules' other names are their
 from pipeline.analysis.curves import EARLY_FRACTION, checkpoint_points, mark_frontier, read_curves
 from pipeline.analysis.figures import family_styles, figure_compute, figure_data, figure_fits, save_figure
 from pipeline.analysis.files import write_files, write_report
-from pipeline.analysis.render import (experiment_description, to_description, to_fits_json, to_html, to_markdown,
-                                      to_sanity_json)
+from pipeline.analysis.descriptions import experiment_description, to_description
+from pipeline.analysis.fits_json import to_fits_json, to_sanity_json
+from pipeline.analysis.render import to_html, to_markdown
 from pipeline.analysis.build import build_report, scaling_fits, study_report
 from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, Fallback, FamilyVerdict, FigureEntry,
                                       FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,

@@ -10,7 +10,8 @@ from pathlib import Path
 from pipeline import tracking
 from pipeline.analysis.figures import (figure_compute, figure_data, figure_fits, metric_name, save_figure,
                                        save_preview)
-from pipeline.analysis.render import to_fits_json, to_html, to_markdown, to_sanity_json
+from pipeline.analysis.fits_json import to_fits_json, to_sanity_json
+from pipeline.analysis.render import to_html, to_markdown
 from pipeline.analysis.build import study_report
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, FIGURE_PREVIEW, Report, ReportOptions
 from pipeline.analysis.study_run import log_study_run

@@ -1,28 +1,25 @@
-"""Renderings of a :class:`~pipeline.analysis.report.Report`: report.md (``to_markdown``), the same
-as one self-contained report.html (``to_html``), fits.json (``to_fits_json``, with the sanity
-checks' findings from ``to_sanity_json``) and the MLflow descriptions of the study run
-(``to_description``) and of its experiment (``experiment_description``). All the report's wording
-lives here; what it says is decided in ``pipeline.analysis.report``."""
+"""Renderings of a :class:`~pipeline.analysis.report.Report` for people: report.md (``to_markdown``)
+and the same as one self-contained report.html (``to_html``). The report's wording lives here and
+in ``descriptions`` (the MLflow descriptions); ``fits_json`` writes the same for programs. What the
+report says is decided in ``pipeline.analysis.build``."""
 from __future__ import annotations
 
 import base64
 import html
 import math
 import re
-from dataclasses import asdict
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
-import numpy as np
 
 import pipeline.analysis.law_choice as law_choice
 import pipeline.analysis.multipliers as multipliers
 import pipeline.analysis.scaling_laws as scaling_laws
 from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
                                       LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
-                                      Fallback, FamilyVerdict, FitBasis, Fits, FitSource, Multiplier, Problem,
-                                      ProblemKind, Report, Verdict)
+                                      Fallback, FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
+                                      Verdict)
 from pipeline.analysis.sanity import learned_margin
-from pipeline.analysis.forecast import Forecast, TrackPoint
+from pipeline.analysis.forecast import Forecast
 from pipeline.analysis.table import family_name
 
 STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
@@ -62,7 +59,7 @@ FALLBACK_WORDS = {Fallback.NO_CURVES: "no run with finished pretraining logged a
                                        "curves"}
 
 
-def _percent(level: float) -> str:
+def percent(level: float) -> str:
     return f"{level * 100:g}%"
 
 
@@ -245,7 +242,7 @@ def figures_section(report: Report) -> list[str]:
     return lines
 
 
-def _with_interval(value: float, bounds: tuple[float, float] | None) -> str:
+def with_interval(value: float, bounds: tuple[float, float] | None) -> str:
     if bounds is None:
         return _fmt(value)
     return f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
@@ -287,7 +284,7 @@ def fits_table(fits: Fits) -> list[str]:
     rows = []
     for family, ff in fits.families.items():
         for form, f in ff.fits.items():
-            params = ", ".join(f"{p} {_with_interval(v, _interval_of(ff, form, p))}" for p, v in f.params.items())
+            params = ", ".join(f"{p} {with_interval(v, _interval_of(ff, form, p))}" for p, v in f.params.items())
             rows.append([family_name(family), _points_cell(fits, family, f.n), f"{form}: {LAWS[form]}", params,
                          _rolling_cell(ff, form), _fmt(f.aicc, ".1f"), _form_note(ff, form)])
     if not rows:
@@ -381,7 +378,7 @@ def fits_section(fits: Fits) -> list[str]:
               "chosen by rolling origin: each form fitted on the points up to a cut-off predicts those above it, "
               "over several cut-offs; the two forms with the lowest mean RMSE of log error are averaged (log errors; "
               "a blend `a+b`), a degenerate fit (a parameter at a bound) never chosen while another is sound. "
-              f"[{_percent(fits.level)} intervals: residual bootstrap of the law used, "
+              f"[{percent(fits.level)} intervals: residual bootstrap of the law used, "
               "t-expanded.]"), "",
              *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
@@ -426,7 +423,7 @@ def _forecast_row(f: Forecast) -> list[str]:
 
 def forecast_section(fits: Fits) -> list[str]:
     """The forecasts of configurations not run, then the laws' track record."""
-    level = _percent(fits.level)
+    level = percent(fits.level)
     lines = [f"Accuracy on **{fits.metric.label}** that each family's law predicts for configurations not run "
              f"(the preset's runs not finished, its `forecast:` entries, `--forecast`), with the {level} band of the "
              "law's bootstrap refits. Beyond the largest compute a family was measured at, the band widens; a band "
@@ -438,64 +435,6 @@ def forecast_section(fits: Fits) -> list[str]:
         lines += ["No configuration to forecast: every run of the preset finished, and the preset names none "
                   "(`forecast:` in the study file, or `--forecast MODEL@LENGTH`).", ""]
     return lines + track_lines(fits)
-
-
-# ----------------------------------------------------------------------------- fits.json
-
-def _plain(value):
-    """JSON-safe: numpy scalars as Python numbers, NaN as null."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _family_json(ff: law_choice.FamilyFit, used) -> dict[str, Any]:
-    points = used[used["family"] == ff.family]
-    return {"points": len(ff.compute), "runs": int(points["id"].nunique()),
-            "points_used": [{"id": row["id"], "step": row["step"], "exaflops": row["exaflops"],
-                             "accuracy": row["accuracy"] / 100, "source": row["source"]}
-                            for _, row in points.iterrows()],
-            "better": ff.better, "law": ff.law(), "reason": ff.reason,
-            "fits": {form: {"params": f.params, "intervals": ff.intervals.get(form), "aicc": f.aicc,
-                            "degenerate": {p: {"bound": side, "value": bound}
-                                           for p, (side, bound) in ff.degenerate.get(form, {}).items()},
-                            "rolling_origin": None if form not in ff.rolling else
-                            {"rmse_log": ff.score(form), "predictions": [asdict(p) for p in ff.rolling[form]]}}
-                     for form, f in ff.fits.items()}}
-
-
-def _multiplier_json(m: Multiplier) -> dict[str, Any]:
-    """As ``pipeline.analysis.multipliers.compute_multiplier`` gives it; only the pair where not available."""
-    if m.form_x is None:
-        return {"x": m.x, "y": m.y, "multiplier": m.multiplier}
-    return {k: getattr(m, k) for k in Multiplier.__dataclass_fields__}
-
-
-def to_sanity_json(report: Report) -> dict[str, Any]:
-    """The sanity checks for fits.json: {check: items examined} and every finding, its set fields."""
-    return _plain({"checks": dict(report.checks),
-                   "findings": [{k: v for k, v in vars(p).items() if v is not None} for p in report.sanity()]})
-
-
-def to_fits_json(fits: Fits) -> dict[str, Any]:
-    """fits.json: which points the fits are on (``source``, ``fallback``, ``early_fraction``, the
-    headline), every family's fits (points used, parameters, intervals, AICc, rolling origin, law) and
-    the compute multipliers, JSON-safe."""
-    basis = fits.basis
-    return _plain({"metric": fits.metric.column, "label": fits.metric.label,
-                   "headline": {"metric": basis.headline.column, "label": basis.headline.label},
-                   "source": str(basis.source), "fallback": None if basis.fallback is None else str(basis.fallback),
-                   "early_fraction": basis.early_fraction, "level": fits.level if fits.families else None,
-                   "families": {family: _family_json(ff, basis.used) for family, ff in fits.families.items()},
-                   "multipliers": [_multiplier_json(m) for m in fits.multipliers],
-                   "forecasts": [asdict(f) for f in fits.forecasts],
-                   "track_record": [{**asdict(p), "error_points": p.error_points} for p in fits.track]})
 
 
 # ----------------------------------------------------------------------------- report.html
@@ -520,81 +459,3 @@ def to_html(report: Report, images: Mapping[str, bytes]) -> str:
     body = re.sub(r'src="([^"]+)"', lambda m: f'src="{_data_uri(images[m[1]])}"' if m[1] in images else m[0], body)
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(report.title.replace("`", ""))}'
             f"</title><style>{HTML_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
-
-
-# ----------------------------------------------------------------------------- MLflow descriptions
-
-def _learned_summary(report: Report) -> str:
-    """How many runs learned (the did-not-learn check), or why that was not checked."""
-    checked = report.checks.get(ProblemKind.NOT_LEARNED, 0)
-    unchecked = len(report.problems_of(ProblemKind.NO_BASELINE))
-    said = (f"{checked - len(report.problems_of(ProblemKind.NOT_LEARNED))} of {checked} runs checked learned "
-            "(pretraining `val_prec1` clearly above the majority-class baseline)" if checked else
-            "Whether runs learned: not checked (no run with finished pretraining has its majority-class baseline)")
-    return said + (f"; {unchecked} run(s) without a logged baseline not checked." if unchecked and checked else ".")
-
-
-def _family_summary(fits: Fits, v: FamilyVerdict) -> str:
-    """A family's law used with its exponent (and floor) and their intervals, or why none."""
-    name = family_name(v.family)
-    if v.verdict in (Verdict.NO_POINTS, Verdict.NO_FIT):
-        return f"{name}: no fit ({v.reason or f'no run with finished pretraining has {fits.metric.label}'})"
-    ff = fits.families[v.family]
-    fit, _ = ff.best()
-    intervals = ff.intervals.get(fit.form, {})
-    said = ", ".join(f"{metric_parameter(p).replace('_', ' ')} {_with_interval(value, intervals.get(p))}"
-                     for p, value in fit.params.items() if p.rpartition(".")[2] in ("b", "c"))
-    return f"{name}: {fit.form} law, {said}"
-
-
-def _fits_summary(fits: Fits | None) -> str:
-    """The families' laws and the compute multipliers, each with its interval, or why not."""
-    if fits is None:
-        return "No fit: no run is a point yet."
-    laws = "; ".join(_family_summary(fits, v) for v in fits.verdicts)
-    said = f"Fits of error on **{fits.metric.label}** against compute ({_percent(fits.level)} intervals): {laws}."
-    if not fits.multipliers:
-        return f"{said} Compute multiplier: not available, only one family has points."
-    if not fits.any_fit:
-        return f"{said} Compute multiplier: not available, no family has a fit."
-    return f"{said} Compute multiplier: " + " ".join(multiplier_line(m).removeprefix("- ") for m in fits.multipliers)
-
-
-def _finding_subject(p: Problem) -> str:
-    if p.run_id is not None:
-        return f"{p.model} `{p.run_id}`"
-    return family_name(p.family) + (f" {p.form} law" if p.form else "")
-
-
-def _findings_summary(report: Report) -> str:
-    """The sanity checks' findings by name, with what each is about."""
-    found: dict[str, list[str]] = {}
-    for p in report.sanity():
-        if p.kind in FINDING_NAMES:
-            found.setdefault(FINDING_NAMES[p.kind], []).append(_finding_subject(p))
-    if not found:
-        return "Sanity checks: all that ran passed."
-    return "Sanity findings: " + "; ".join(f"{name.lower()} ({', '.join(subjects)})" for name, subjects in found.items()) + "."
-
-
-def to_description(report: Report, figure_url: str | None = None) -> str:
-    """The study run's description (MLflow shows it as Markdown): one paragraph with the runs, how
-    many learned, the fits and multipliers with their intervals and the sanity findings; then
-    Figure 5 from ``figure_url`` when given."""
-    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
-    text = " ".join([f"**{report.title}.** {len(report.runs)} runs: {counts}.", _learned_summary(report),
-                     _fits_summary(report.fits), _findings_summary(report),
-                     "The whole report with its figures: artifact `report/report.html`."])
-    if figure_url is None:
-        return text
-    return f"{text}\n\n![Transfer accuracy against pretraining compute (paper Fig. 5)]({figure_url})"
-
-
-def experiment_description(study: str, title: str) -> str:
-    """The study's experiment description: what it is, and which columns of its runs to read."""
-    return (f"Study `{study}`: {title}. One run per planned pretraining run (model x data subset x length): compare "
-            "them on `params.model`, `params.steps` (and `params.epochs`), `metrics.compute/exaflops` (pretraining "
-            "compute) and the transfer accuracies `metrics.fewshot/<dataset>/<k>shot` and "
-            f"`metrics.finetune/<dataset>/acc`. The run `study {study} / <preset>` holds each preset's report: its "
-            "description, the fitted laws (`fit/...`), the compute multipliers (`multiplier/...`) and "
-            "`report/report.html`.")

@@ -11,9 +11,9 @@ answers the study's question without opening a file:
 - tags (they may change from one report to the next, which MLflow params may not): ``fit/metric``
   (the metric fitted), ``fit/<family>/law`` (a form of ``pipeline.analysis.scaling_laws.FORMS``, a blend ``a+b``, or
   ``none``) and the run's
-  description ``mlflow.note.content`` (``render.to_description``, with Figure 5's preview).
+  description ``mlflow.note.content`` (``descriptions.to_description``, with Figure 5's preview).
 
-The experiment's description (``render.experiment_description``) is set when a study starts
+The experiment's description (``descriptions.experiment_description``) is set when a study starts
 (``orchestrate.run_study``, with the link to its runs-table view).
 
 ``<family>`` is ``table.family_key``: ViT, BiT, Hybrid.
@@ -24,7 +24,8 @@ import math
 
 import pipeline.analysis.law_choice as law_choice
 from pipeline import tracking
-from pipeline.analysis.render import metric_parameter, to_description
+from pipeline.analysis.descriptions import to_description
+from pipeline.analysis.render import metric_parameter
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
 from pipeline.analysis.table import family_key
 
