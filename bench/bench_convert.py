@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # tests/: the store, tar writers
 
-from pipeline.data import convert as conversion, imagenet  # noqa: E402
+from pipeline.data import convert as conversion, imagenet21k as imagenet  # noqa: E402
 from pipeline.data.convert import ConvertOptions  # noqa: E402
 from pipeline.data.convert import convert  # noqa: E402
 from pipeline.data.dataset import Dataset  # noqa: E402

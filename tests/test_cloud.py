@@ -109,7 +109,7 @@ def test_an_imagenet21k_outer_tar_stopped_midway_into_the_store_resumes_to_the_s
     the third synset is read; the same command, run again (in worker processes this time),
     writes only the rest and makes the dataset a conversion that ran through makes."""
     import tarfile
-    from pipeline.data import imagenet
+    from pipeline.data import imagenet21k as imagenet
     from pipeline.data.__main__ import main
     from test_data_imagenet import add_bytes, jpeg
     wnids = [f"n{1000 + k:08d}" for k in range(6)]
@@ -134,7 +134,7 @@ def test_an_imagenet21k_outer_tar_stopped_midway_into_the_store_resumes_to_the_s
     monkeypatch.setattr(imagenet, "_synset_images", ctrl_c_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         with monkeypatch.context() as m:    # one job at a time, in this process: a known stop
-            m.setattr(imagenet, "_run_split_jobs", _inline(imagenet._run_split_jobs))
+            m.setattr(imagenet, "run_split_jobs", _inline(imagenet.run_split_jobs))
             main(command)
     assert "interrupted: 2 of 6 shards written" in capsys.readouterr().err
     with pytest.raises(DataError, match="no manifest.json"):

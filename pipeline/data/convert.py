@@ -2,8 +2,8 @@
 source format shares, and the formats by name (``python -m pipeline.data convert FORMAT SRC OUT``).
 
 Formats, each in its own module with a ``convert_<format>(src, out, options, *, executor, progress)``:
-``imagefolder``, ``cifar``, ``webdataset``, ``hfparquet``, and ``imagenet`` and ``imagenet21k``
-(``pipeline.data.imagenet``); ``pipeline.data.digits`` makes scikit-learn's bundled set.
+``imagefolder``, ``cifar``, ``webdataset``, ``hfparquet``, ``imagenet`` and ``imagenet21k``;
+``pipeline.data.digits`` makes scikit-learn's bundled set.
 :data:`FORMATS` names each format's module; :func:`convert` imports the one asked for (so that
 this module, which the formats import, imports none of them).
 
@@ -455,7 +455,7 @@ FORMATS = {"imagefolder": ("pipeline.data.imagefolder", "convert_imagefolder"),
            "webdataset": ("pipeline.data.webdataset", "convert_webdataset"),
            "hfparquet": ("pipeline.data.hfparquet", "convert_hfparquet"),
            "imagenet": ("pipeline.data.imagenet", "convert_imagenet"),
-           "imagenet21k": ("pipeline.data.imagenet", "convert_imagenet21k")}
+           "imagenet21k": ("pipeline.data.imagenet21k", "convert_imagenet21k")}
 
 
 def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike,
