@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # as pipeline
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline import fewshot, transfer  # noqa: E402
+from pipeline import ridge, transfer  # noqa: E402
 from pipeline.data.digits import convert_digits  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain.launch import pretrain  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
         model, _ = transfer.load_checkpoint(ckpt)
         (train, test), t_feat = timed(lambda: [transfer.extract_features(model, digits, s, 32) for s in ("train", "test")])
         rows.append(("feature extraction, digits train+test (1797 images, 32 px)", t_feat))
-        _, t_fs = timed(lambda: fewshot.fewshot_accuracy(*train, *test, 10, seeds=3))
+        _, t_fs = timed(lambda: ridge.fewshot_accuracy(*train, *test, 10, seeds=3))
         rows.append(("few-shot protocol, digits features (D=64, K=10)", t_fs))
         rng = np.random.default_rng(0)
         k, d = 1000, 768
@@ -66,7 +66,7 @@ def main() -> None:
         big_train = rng.normal(size=(len(train_y), d)).astype(np.float32)
         test_y = rng.integers(0, k, 50_000)
         big_test = rng.normal(size=(50_000, d)).astype(np.float32)
-        _, t_big = timed(lambda: fewshot.fewshot_accuracy(big_train, train_y, big_test, test_y, k, seeds=3))
+        _, t_big = timed(lambda: ridge.fewshot_accuracy(big_train, train_y, big_test, test_y, k, seeds=3))
         rows.append(("few-shot protocol, ImageNet-shaped features (D=768, K=1000, 50k test)", t_big))
         settings = transfer.FinetuneSettings(steps=400, batch_size=64, min_crop_area=1.0)
         _, t_ft = timed(lambda: transfer.finetune_once(ckpt, digits, 0.1, settings, evaluate_on="test"))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from models import ModelSpec, UnknownModelError, build_model, model_spec
-from pipeline import cli
+from pipeline import exits
 
 FLOPS_PER_MAC = 2
 FORWARD_AND_BACKWARD = 3
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-size", default="303M", help="pretraining images per epoch: 303M, 9M, 1.3M or an integer")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width counted (default 1000)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    cli.add_debug_flag(parser)
+    exits.add_debug_flag(parser)
     args = parser.parse_args(argv)
     try:
         dataset_size = parse_count(args.dataset_size)
@@ -234,4 +234,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(exits.run(main))

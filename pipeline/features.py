@@ -51,7 +51,7 @@ def probe_sets(data_path: str, image_size: int, shots: int) -> tuple[tuple, tupl
     enough of every class, else from all of it), the whole test split, and the class count. Kept for
     the process (a run probes its sets at every validation): callers must not change the tensors."""
     from pipeline.data import num_classes
-    from pipeline.fewshot import sample_shots
+    from pipeline.ridge import sample_shots
     classes = num_classes(data_path)
     images, labels = load_split(data_path, "train", image_size, fraction=PROBE_POOL_FRACTION)
     if np.bincount(labels, minlength=classes).min() < shots:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from pipeline import console, hardware, tracking
 from pipeline import storage as store
 from pipeline.chain import ChainContext, run_chain
-from pipeline.cli import Interrupted, check_interrupt
+from pipeline.exits import Interrupted, check_interrupt
 from pipeline.preflight import (StudyError, check_services, prepare_data, prepare_downstream, resolve_storage,
                                 synth_target)
 from pipeline.spec import RunSpec, Study
@@ -286,7 +286,7 @@ def run_chains(todo: list[RunSpec], ctx: ChainContext, previous: dict[str, track
     launch()
     said = time.monotonic()
     while pending:
-        # short waits: a Ctrl-C that Ray's wait swallowed is seen within a second (cli.check_interrupt)
+        # short waits: a Ctrl-C that Ray's wait swallowed is seen within a second (exits.check_interrupt)
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(POLL_S, heartbeat_s))
         check_interrupt()
         if not ready and time.monotonic() - said >= heartbeat_s:
@@ -319,7 +319,7 @@ def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: 
     if report:
         emit("[study] writing the report")
         try:
-            summary["report"] = write_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run,
+            summary["report"] = write_study_report(study, preset, storage=storage, tracking_uri=uri, study_run_id=study_run,
                                              forecast=forecast)
             emit(f"[study] report: {store.join(report_dir(storage, study.name, preset), 'report.md')} (and in the MLflow run "
                  f"'study {study.name} / {preset}')")
@@ -338,7 +338,7 @@ def report_dir(storage: str, study: str, preset: str) -> str:
     return store.join(storage, "reports", f"{study}-{preset}")
 
 
-def write_report(study: Study, preset: str, *, storage: str, tracking_uri: str,
+def write_study_report(study: Study, preset: str, *, storage: str, tracking_uri: str,
                  study_run_id: str | None = None, forecast: tuple[str, ...] = ()) -> dict[str, str]:
     """The study's report (pipeline.analysis) in ``<storage>/reports/<study>-<preset>``, also logged
     to the study-level MLflow run; ``forecast``: configurations it forecasts beside the preset's

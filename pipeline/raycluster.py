@@ -6,7 +6,7 @@ import os
 import threading
 from typing import Any
 
-from pipeline import cli
+from pipeline import exits
 
 # Seconds between Ray Train's checks of its workers (its default is 2). A local cluster inherits
 # this process's environment, so its Train controllers notice a finished or failed worker group
@@ -30,7 +30,7 @@ def ensure_ray(log_to_driver: bool = True) -> None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
     ray.init(address=address, log_to_driver=log_to_driver,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
-    cli.catch_again()  # SIGTERM as Ctrl-C, not Ray's exit 1 (pipeline.cli)
+    exits.catch_again()  # SIGTERM as Ctrl-C, not Ray's exit 1 (pipeline.exits)
 
 
 def fit_off_main_thread(trainer) -> Any:
@@ -49,7 +49,7 @@ def fit_off_main_thread(trainer) -> Any:
     thread.start()
     while thread.is_alive():
         thread.join(timeout=0.5)
-        cli.check_interrupt()
+        exits.check_interrupt()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-from pipeline import cli, console, hardware, preflight, tracking
+from pipeline import console, exits, hardware, preflight, tracking
 from pipeline import storage as store
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
 from pipeline.spec import list_studies, load_study, named_entry
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "finished, failed; the report), not every step and transfer result")
     parser.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
                         help="do not log the pretraining workers' CPU, memory and GPU use to MLflow (every 10 s)")
-    cli.add_debug_flag(parser)
+    exits.add_debug_flag(parser)
     return parser
 
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.suggest is not None:
-        return suggest(parser, args, study)
+        return suggest_command(parser, args, study)
     if args.plan:
         uri = args.tracking_uri or tracking.existing_default_uri(args.storage)
         from pipeline.data import DataError
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     try:
         if args.report:
-            orchestrate.write_report(study, args.preset, storage=storage, tracking_uri=uri,
+            orchestrate.write_study_report(study, args.preset, storage=storage, tracking_uri=uri,
                                      forecast=tuple(args.forecast))
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, default=str))
     return 1 if summary["failed"] or "report_error" in summary else 0
 
-def suggest(parser: argparse.ArgumentParser, args: argparse.Namespace, study) -> int:
+def suggest_command(parser: argparse.ArgumentParser, args: argparse.Namespace, study) -> int:
     """``--suggest K``: the advice on the runs so far (read from MLflow, like ``--plan``)."""
     from dataclasses import asdict
     from pipeline.analysis import suggest as advice
@@ -163,4 +163,4 @@ def suggest(parser: argparse.ArgumentParser, args: argparse.Namespace, study) ->
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(exits.run(main))

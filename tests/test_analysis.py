@@ -295,7 +295,7 @@ def test_report_of_a_partial_study(store):
     [failed] = report.problems_of(analysis.ProblemKind.FAILED)
     assert (failed.run_id, failed.model, failed.pretrain_status) == (specs[3].id, "BiT-micro-M", "failed")
     missing = {(p.run_id, p.metric) for p in report.problems_of("missing_metric")}
-    expected = analysis.expected_metrics(store["study"].preset("tiny"))
+    expected = analysis.preset_metrics(store["study"].preset("tiny"))
     assert missing == {(specs[3].id, m) for m in expected} | {(specs[4].id, "finetune/digits/acc")}
     [off] = report.problems_of("compute_mismatch")
     assert off.run_id == specs[0].id and off.logged_exaflops == pytest.approx(1e-9)

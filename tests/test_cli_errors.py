@@ -173,19 +173,19 @@ def test_ctrl_c_of_pretraining_says_one_line_marks_the_run_killed_and_the_comman
 
 
 def test_a_ctrl_c_inside_a_whole_write_waits_for_it_and_is_recorded():
-    """cli.deferred_interrupts (SQLite writes through tracking.client): the write finishes, then the
-    KeyboardInterrupt comes; outside such a block it comes at once; either way cli.interrupted()."""
-    from pipeline import cli
+    """exits.deferred_interrupts (SQLite writes through tracking.client): the write finishes, then the
+    KeyboardInterrupt comes; outside such a block it comes at once; either way exits.interrupted()."""
+    from pipeline import exits
     before = signal.getsignal(signal.SIGINT)
-    cli.catch_ctrl_c()
+    exits.catch_ctrl_c()
     finished = []
     try:
         with pytest.raises(KeyboardInterrupt):
-            with cli.deferred_interrupts():
+            with exits.deferred_interrupts():
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)  # the handler has run by now, and not raised
                 finished.append("write")
-        assert finished == ["write"] and cli.interrupted()
+        assert finished == ["write"] and exits.interrupted()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
@@ -193,7 +193,7 @@ def test_a_ctrl_c_inside_a_whole_write_waits_for_it_and_is_recorded():
         assert finished == ["write"]
     finally:
         signal.signal(signal.SIGINT, before)
-        cli._INTERRUPTED.clear()
+        exits._INTERRUPTED.clear()
 
 
 def test_one_line_errors_keep_their_cause_not_a_link(tmp_path):
@@ -203,11 +203,11 @@ def test_one_line_errors_keep_their_cause_not_a_link(tmp_path):
 
     import sqlalchemy
 
-    from pipeline import cli
+    from pipeline import exits
     full = sqlalchemy.exc.OperationalError("INSERT INTO metrics VALUES (?)", (1,), sqlite3.OperationalError(
         "database or disk is full"))
     assert "sqlalche.me" in str(full)
-    assert cli.one_line(full) == "OperationalError: database or disk is full"
+    assert exits.one_line(full) == "OperationalError: database or disk is full"
     done = run("pipeline.data", "synth", str(tmp_path / "x"), "--images", "0", "--classes", "2")
     assert done.returncode == 1 and said_lines(done.stderr) == [
         "error: invalid SynthSpec: images: Input should be greater than or equal to 1 (add --debug for the traceback)"]

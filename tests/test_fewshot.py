@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from pipeline.fewshot import BIAS_CONSTANT, RidgeSolver, fewshot_accuracy, sample_shots
+from pipeline.ridge import BIAS_CONSTANT, RidgeSolver, fewshot_accuracy, sample_shots
 
 
 def sklearn_weights(x, y, num_classes, l2):

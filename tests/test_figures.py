@@ -122,7 +122,7 @@ def check_compute_figure(fig, long: pd.DataFrame, curves: bool) -> None:
     assert legend_labels(main) == families + [f"{f} frontier" for f in families if f"{f} frontier" in frontiers] + (
         [figures.CURVE_LABEL] if curves else [])
     assert line_labels(fig) == set(legend_labels(main)) - set(families)   # every labelled line in the legend, and back
-    runs = figures.run_numbers(long)
+    runs = figures.numbered_runs(long)
     assert legend_labels(key) == [f"{n}  {label}" for n, label in zip(runs["number"], runs["label"])]
     numbers = sorted(t.get_text() for ax in fig.axes for t in ax.texts)
     expected = sorted(str(n) for n in long.merge(runs[["id", "number"]], on="id")["number"])

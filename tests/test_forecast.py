@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pipeline import analysis, fits
-from pipeline.analysis.forecast import Target, named_targets, track_record
+from pipeline.analysis.forecast import ForecastTarget, named_targets, track_record
 from pipeline.spec import load_study, named_entry
 
 TRUE = fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)   # error 0.5 (C + 1)^-0.35 + 0.1
@@ -48,8 +48,8 @@ def test_forecasts_of_runs_not_finished_and_of_named_configurations(tmp_path):
     table = study_table(np.random.default_rng(0), lambda f: np.geomspace(0.1, 1e3, 12) * FACTORS[f])
     missing = table.index[(table["family"] == "vit")][-1]
     table.loc[missing, ["status", "pretrain_status", "fewshot/imagenet/5shot"]] = ["new", None, np.nan]
-    beyond = Target("ViT-big / full / 7 epochs", "vit", 1e4, "named")
-    report = report_of(table, [beyond, Target("Mixer / full / 7 epochs", "mixer", 1.0, "named")])
+    beyond = ForecastTarget("ViT-big / full / 7 epochs", "vit", 1e4, "named")
+    report = report_of(table, [beyond, ForecastTarget("Mixer / full / 7 epochs", "mixer", 1.0, "named")])
     by_label = {f.target.label: f for f in report.fits.forecasts}
     assert list(by_label)[0] == "vit-11 / full / 7 epochs" and by_label["vit-11 / full / 7 epochs"].target.source == "missing"
     run = by_label["vit-11 / full / 7 epochs"]                     # the largest ViT run, not finished: 10x beyond

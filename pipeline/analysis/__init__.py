@@ -36,13 +36,13 @@ from pipeline.analysis.report import (LEVEL, SANITY_CHECKS, SANITY_KINDS, Fallba
                                       FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
                                       ReportOptions, RunRow, Verdict)
 from pipeline.analysis.study_run import log_study_run, study_run_metrics
-from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_key, family_name, family_order,
+from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, preset_metrics, family_key, family_name, family_order,
                                      pareto_frontier, points, pretrained, run_labels, run_table, transfer_metrics,
                                      with_average)
 
 __all__ = ["EARLY_FRACTION", "FEWSHOT_SHOT", "LEVEL", "SANITY_CHECKS", "SANITY_KINDS", "Fallback", "FamilyVerdict",
            "FigureEntry", "FitBasis", "FitSource", "Fits", "Metric", "Multiplier", "Problem", "ProblemKind", "Report",
-           "ReportOptions", "RunRow", "Verdict", "build_report", "checkpoint_points", "expected_metrics",
+           "ReportOptions", "RunRow", "Verdict", "build_report", "checkpoint_points", "preset_metrics",
            "experiment_description", "family_key", "family_name", "family_order", "family_styles", "figure_compute",
            "figure_data", "figure_fits", "log_study_run", "mark_frontier", "pareto_frontier", "points", "pretrained",
            "read_curves", "run_labels", "run_table", "save_figure", "scaling_fits", "study_report",

@@ -19,13 +19,13 @@ import pipeline.analysis.law_choice as law_choice
 from pipeline import tracking
 from pipeline.analysis.curves import (EARLY_FRACTION, checkpoint_points, curve_lines, fit_metric, mark_frontier,
                                       read_curves)
-from pipeline.analysis.forecast import Target, forecast, missing_targets, named_targets, track_record
+from pipeline.analysis.forecast import ForecastTarget, forecast, missing_targets, named_targets, track_record
 from pipeline.analysis.multipliers import compute_multiplier
 from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, LEVEL, Fallback, FamilyVerdict,
                                       FigureEntry, FitBasis, Fits, FitSource, Multiplier, Report, ReportOptions,
                                       RunRow, Verdict)
 from pipeline.analysis.sanity import find_problems, sanity_checks
-from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, expected_metrics, family_order, float_or_none, headline,
+from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, preset_metrics, family_order, float_or_none, headline,
                                      points, pretrained, run_table, table_rows, transfer_metrics, with_average)
 from pipeline.spec import Study
 
@@ -111,7 +111,7 @@ def fit_basis(plotted: pd.DataFrame, long: pd.DataFrame, metrics: list[Metric],
                     early_fraction=EARLY_FRACTION)
 
 
-def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions, targets: list[Target] = ()) -> Fits:
+def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions, targets: list[ForecastTarget] = ()) -> Fits:
     """The fits of ``basis.metric`` on its used points, verdicts for ``families`` (those with
     finished pretraining), each family's track record and the forecasts of ``targets``."""
     used = basis.used.assign(metric=basis.metric.label)
@@ -143,7 +143,7 @@ def plotted_points(table: pd.DataFrame, shot: int) -> tuple[pd.DataFrame, list[M
 
 def build_report(table: pd.DataFrame, *, title: str, expected: list[str], several_subsets: bool,
                  options: ReportOptions = ReportOptions(), curves: pd.DataFrame | None = None,
-                 targets: list[Target] = ()) -> Report:
+                 targets: list[ForecastTarget] = ()) -> Report:
     """The Report of a run table (``run_table``'s columns): ``expected`` are the planned transfer
     metrics of every run, ``several_subsets`` whether the preset has several data subsets (Figure 4),
     ``curves`` the learning curves (``curves.read_curves``; None: the fits use end-of-run points),
@@ -170,7 +170,7 @@ def study_report(study: Study, preset: str, *, tracking_uri: str | None,
     targets = named_targets(study, preset, options.forecast)   # bad --forecast text fails before MLflow is read
     table, curves = table_and_curves(study, preset, tracking_uri=tracking_uri, shot=options.shot)
     return build_report(table, title=f"Study `{study.name}`, preset `{preset}`: {study.title}",
-                        expected=expected_metrics(p), several_subsets=len(p.subsets) > 1, options=options,
+                        expected=preset_metrics(p), several_subsets=len(p.subsets) > 1, options=options,
                         curves=curves, targets=targets)
 
 

@@ -220,7 +220,7 @@ def _place_numbers(ax, points: list[tuple[float, float, str]], taken: list[tuple
         taken.append(box)
 
 
-def run_numbers(long: pd.DataFrame) -> pd.DataFrame:
+def numbered_runs(long: pd.DataFrame) -> pd.DataFrame:
     """One row per run of a figure's points: ``id``, ``family``, ``label`` and its ``number`` (1, 2, ...;
     families in the paper's order, then compute, then label), the same in every panel."""
     runs = long.drop_duplicates("id")[["id", "family", "label", "exaflops"]].copy()
@@ -287,7 +287,7 @@ def _run_key(fig, runs: pd.DataFrame, below_px: float) -> None:
 def figure_compute(long: pd.DataFrame, curves: pd.DataFrame | None = None):
     """Figure 5: accuracy against pretraining compute, a panel per metric (averages named in full),
     Pareto frontiers of the end-of-run points (markers), and each run's learning curve (``curves``, a
-    thin line) where logged. Each run is numbered beside its points (``run_numbers``, placed where no
+    thin line) where logged. Each run is numbered beside its points (``numbered_runs``, placed where no
     text or marker is), with the key under the panels; the legend has the families' markers, their
     frontiers and the learning curves, each only where drawn."""
     import seaborn as sns
@@ -327,7 +327,7 @@ def figure_compute(long: pd.DataFrame, curves: pd.DataFrame | None = None):
         g.tight_layout()   # room for titles of several lines
     _freeze_limits(g.axes.flat)
     boxes = [box for _, box in text_boxes(fig, renderer)]
-    runs = run_numbers(long)
+    runs = numbered_runs(long)
     _run_key(fig, runs, min(box.y0 for box in boxes) - 6)   # under every text: no overlap
     taken = [tuple(box.extents) for box in boxes]
     number = dict(zip(runs["id"], runs["number"].astype(str)))

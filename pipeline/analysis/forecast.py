@@ -30,7 +30,7 @@ TRACK_CUTS = 5   # the track record's cut-offs: the last ones at which the law's
 
 
 @dataclass(frozen=True)
-class Target:
+class ForecastTarget:
     """A configuration to forecast: its name for people, family, planned compute and where it
     comes from ("missing": a run of the preset not finished; "preset": the preset's ``forecast:``;
     "named": ``--forecast``)."""
@@ -45,7 +45,7 @@ class Target:
 class Forecast:
     """A target's predicted accuracy (fraction) with its interval at ``level``; ``beyond`` is its
     compute over the family's largest measured compute. ``law`` None: no forecast (``reason``)."""
-    target: Target
+    target: ForecastTarget
     law: str | None = None
     accuracy: float | None = None
     interval: tuple[float, float] | None = None
@@ -73,7 +73,7 @@ class TrackPoint:
         return (self.predicted - self.observed) * 100
 
 
-def forecast(ff: law_choice.FamilyFit | None, target: Target, level: float) -> Forecast:
+def forecast(ff: law_choice.FamilyFit | None, target: ForecastTarget, level: float) -> Forecast:
     """The target's accuracy by its family's law, with the law's bootstrap band."""
     if ff is None or ff.best() is None:
         return Forecast(target, reason="its family has no fit" if ff is not None else "its family has no points")
@@ -107,10 +107,10 @@ def track_record(ff: law_choice.FamilyFit, most: int = TRACK_CUTS) -> list[Track
 
 # ----------------------------------------------------------------------------- targets
 
-def missing_targets(table: pd.DataFrame, finished: pd.Series) -> list[Target]:
+def missing_targets(table: pd.DataFrame, finished: pd.Series) -> list[ForecastTarget]:
     """The preset's runs whose pretraining has not finished, at their planned compute."""
     rows = table[~finished & pd.to_numeric(table["exaflops"], errors="coerce").gt(0)]
-    return [Target(f"{row['model']} / {row['subset']}" + (f" / {row['epochs']:g} epochs" if _number(row.get("epochs"))
+    return [ForecastTarget(f"{row['model']} / {row['subset']}" + (f" / {row['epochs']:g} epochs" if _number(row.get("epochs"))
                    else f" / {row['steps']:g} steps" if _number(row.get("steps")) else ""),
                    str(row["family"]), float(row["exaflops"]), "missing", str(row["id"]))
             for _, row in rows.iterrows()]
@@ -120,7 +120,7 @@ def _number(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def entry_targets(study: Study, preset: str, entries: list[RunEntry], source: str) -> list[Target]:
+def entry_targets(study: Study, preset: str, entries: list[RunEntry], source: str) -> list[ForecastTarget]:
     """Run entries costed as the preset's runs would be (its recipe, subsets, data size), seed 0."""
     p = study.preset(preset)
     full, head_classes, _ = data_sizes(p, None)
@@ -134,11 +134,11 @@ def entry_targets(study: Study, preset: str, entries: list[RunEntry], source: st
             if n.exaflops is None:
                 raise ValueError(f"forecast {spec.label}: its compute is unknown (a fraction of a dataset of unstated "
                                  "size, run by epochs): give the preset's dataset 'images'")
-            out.append(Target(spec.label, spec.family, n.exaflops, source))
+            out.append(ForecastTarget(spec.label, spec.family, n.exaflops, source))
     return out
 
 
-def named_targets(study: Study, preset: str, named: tuple[str, ...]) -> list[Target]:
+def named_targets(study: Study, preset: str, named: tuple[str, ...]) -> list[ForecastTarget]:
     """The preset's ``forecast:`` entries and the configurations named with ``--forecast``."""
     p = study.preset(preset)
     entries = [named_entry(text, p) for text in named]

@@ -73,7 +73,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Target:
+class AdviceTarget:
     """What the advice narrows: the multiplier of family ``x`` over ``y`` (the compute ``x`` needs
     relative to ``y``), or family ``x``'s predicted error at ``compute`` exaFLOPs."""
     kind: str                      # "multiplier" | "prediction"
@@ -108,7 +108,7 @@ class Pick:
 @dataclass(frozen=True)
 class Advice:
     """What ``--suggest`` says, as data."""
-    targets: tuple[Target, ...]
+    targets: tuple[AdviceTarget, ...]
     now: dict[str, tuple[float, float, float]]   # per target label: (estimate, lo, hi) of the current fits
     width: float                                  # the objective now (geometric mean of hi / lo)
     widths: dict[str, float]                      # per target label, now
@@ -184,7 +184,7 @@ def _gradient(value, state: FamilyState) -> np.ndarray:
     return grad
 
 
-def log_interval(world: World, target: Target, noise: float, level: float) -> tuple[float, float]:
+def log_interval(world: World, target: AdviceTarget, noise: float, level: float) -> tuple[float, float]:
     """(log of the target's estimate, log width hi / lo of its ``level`` interval) in ``world``, by
     the delta method with a t quantile on the residual degrees of freedom; NaN where the target is
     not available (a multiplier of curves that share no error range)."""
@@ -208,19 +208,19 @@ def log_interval(world: World, target: Target, noise: float, level: float) -> tu
     return estimate, 2 * float(t.ppf((1 + level) / 2, df)) * math.sqrt(variance)
 
 
-def choose_targets(family_fits: dict[str, law_choice.FamilyFit], world: World, candidates: list[Candidate]) -> list[Target]:
+def choose_targets(family_fits: dict[str, law_choice.FamilyFit], world: World, candidates: list[Candidate]) -> list[AdviceTarget]:
     """Every available multiplier between fitted families (paper order); without one, each fitted
     family's predicted error at its largest candidate compute (its largest measured one if none)."""
     fitted = list(world)
-    pairs = [Target("multiplier", x, y) for i, y in enumerate(fitted) for x in fitted[i + 1:]]
+    pairs = [AdviceTarget("multiplier", x, y) for i, y in enumerate(fitted) for x in fitted[i + 1:]]
     pairs = [p for p in pairs if multipliers.compute_multiplier(family_fits[p.x], family_fits[p.y]) is not None]
     if pairs:
         return pairs
-    return [Target("prediction", f, compute=max([c.exaflops for c in candidates if c.family == f],
+    return [AdviceTarget("prediction", f, compute=max([c.exaflops for c in candidates if c.family == f],
                                                 default=float(world[f].compute.max()))) for f in fitted]
 
 
-def objective(world: World, targets: list[Target], noise: float, level: float, base: np.ndarray) -> np.ndarray:
+def objective(world: World, targets: list[AdviceTarget], noise: float, level: float, base: np.ndarray) -> np.ndarray:
     """The targets' log widths in ``world`` (a target unavailable there counts at ``base``, its width now)."""
     widths = np.array([log_interval(world, t, noise, level)[1] for t in targets])
     return np.where(np.isnan(widths), base, widths)
@@ -232,7 +232,7 @@ def too_few_message(family_fits: dict[str, law_choice.FamilyFit]) -> str:
             f"(the power law) before runs can be suggested; distinct compute values now: {have}")
 
 
-def bootstrap_interval(family_fits: dict[str, law_choice.FamilyFit], target: Target) -> tuple[float, float, float]:
+def bootstrap_interval(family_fits: dict[str, law_choice.FamilyFit], target: AdviceTarget) -> tuple[float, float, float]:
     """(estimate, lo, hi) of a target as the report states it (its bootstrap interval)."""
     if target.kind == "multiplier":
         m = multipliers.compute_multiplier(family_fits[target.x], family_fits[target.y])
@@ -313,7 +313,7 @@ def _g(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _now_line(target: Target, now: tuple[float, float, float], width: float) -> str:
+def _now_line(target: AdviceTarget, now: tuple[float, float, float], width: float) -> str:
     estimate, lo, hi = now
     if target.kind == "prediction":   # errors -> accuracies
         estimate, lo, hi = 1 - estimate, 1 - hi, 1 - lo
@@ -326,7 +326,7 @@ def format_advice(advice: Advice) -> str:
     a, s = advice.about, advice.settings
     lines = [f"Next-run advice for study {a.get('study')} / preset {a.get('preset')} (fits on {a.get('metric')}, "
              f"{a.get('source')} points)",
-             f"Target: the {s.level:.0%} interval(s) below; width = hi / lo of the linearized interval, the geometric "
+             f"AdviceTarget: the {s.level:.0%} interval(s) below; width = hi / lo of the linearized interval, the geometric "
              f"mean over them is minimized; noise of a point {advice.noise:.3g} in log error, pooled over the families.",
              "Now (the report's bootstrap interval; linearized width):"]
     lines += [_now_line(t, advice.now[t.label], advice.widths[t.label]) for t in advice.targets]

@@ -45,7 +45,7 @@ CURVE_COMPUTE = "curve/exaflops"
 
 # ----------------------------------------------------------------------------- the table
 
-def expected_metrics(preset: Preset) -> list[str]:
+def preset_metrics(preset: Preset) -> list[str]:
     """The transfer metrics every finished run of the preset should have (each protocol says its own)."""
     return transfer_registry.expected_metrics(preset.transfer)
 
@@ -71,7 +71,7 @@ def run_table(study: Study, preset: str, *, tracking_uri: str | None) -> pd.Data
     table = pd.DataFrame([{**{k: r[k] for k in PLAN_COLUMNS},
                            **(_run_columns(runs.get(r["id"])) if tracking_uri else {"status": "unknown"})}
                           for r in planned])
-    metrics = sorted(set(expected_metrics(study.preset(preset))) | {c for c in table if _kept(c)})
+    metrics = sorted(set(preset_metrics(study.preset(preset))) | {c for c in table if _kept(c)})
     table = table.reindex(columns=[*PLAN_COLUMNS, *RUN_COLUMNS, *metrics])
     table["subset"] = table["subset"].astype(str)
     return table

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from pipeline import cli
+from pipeline import exits
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("auto", "ray", "processes", "inline"), default="auto", help=EXECUTOR_HELP)
     p.add_argument("--dry-run", action="store_true", help="report, don't write the manifest")
     p.set_defaults(fn=_dedup)
-    cli.add_debug_flag(parser)
+    exits.add_debug_flag(parser)
     return parser
 
 
@@ -214,4 +214,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(exits.run(main))

@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import storage
-from pipeline.cli import Interrupted
+from pipeline.exits import Interrupted
 from pipeline.data.dataset import each_shard
 from pipeline.data.format import FORMAT_VERSION, MANIFEST_NAME, DataError, Row, new_manifest, shard_name, write_shard
 from pipeline.data.format import write_manifest

@@ -24,7 +24,7 @@ GLOBAL_KEY_CHECK_ROWS = 20_000_000
 
 
 @dataclass(frozen=True)
-class Problem:
+class ShardProblem:
     shard: str | None
     row: int | None
     field: str | None
@@ -37,11 +37,11 @@ class Problem:
 
 
 @dataclass
-class Report:
+class VerifyReport:
     path: str
     rows: dict[str, int]
     decoded: int
-    problems: list[Problem]
+    problems: list[ShardProblem]
 
     @property
     def ok(self) -> bool:
@@ -49,13 +49,13 @@ class Report:
 
 
 def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bool = True,
-           progress: bool = True) -> Report:
+           progress: bool = True) -> VerifyReport:
     """Check the dataset at ``path``. ``sample`` rows per shard are decoded (all with ``full``)."""
-    problems: list[Problem] = []
+    problems: list[ShardProblem] = []
     try:
         ds = Dataset(path)
     except DataError as e:
-        return Report(str(path), {}, 0, [Problem(e.shard, e.row, e.field, str(e))])
+        return VerifyReport(str(path), {}, 0, [ShardProblem(e.shard, e.row, e.field, str(e))])
     rows: dict[str, int] = {}
     decoded = 0
     # Keys must be unique dataset-wide; a set of every key costs ~100 bytes a row, so beyond
@@ -70,22 +70,22 @@ def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bo
         found = storage.info(ds.shard_path(shard))
         if checksums and found.type == storage.FileType.File and found.size == shard.bytes:
             if storage.sha256(ds.shard_path(shard)) != shard.sha256:
-                problems.append(Problem(shard.path, None, "sha256",
+                problems.append(ShardProblem(shard.path, None, "sha256",
                                         "checksum does not match the manifest (shard changed or corrupt)"))
                 continue
         try:
             pf = ds.parquet_file(shard)
         except DataError as e:
-            problems.append(Problem(shard.path, None, e.field, e.problem))
+            problems.append(ShardProblem(shard.path, None, e.field, e.problem))
             continue
         try:
             table = pf.read(columns=["key", "labels", "priority"])
         except (pa.ArrowException, OSError) as e:
-            problems.append(Problem(shard.path, None, None, f"cannot read the shard: {e}"))
+            problems.append(ShardProblem(shard.path, None, None, f"cannot read the shard: {e}"))
             pf.close()
             continue
         if table.num_rows != shard.num_rows:
-            problems.append(Problem(shard.path, None, "num_rows",
+            problems.append(ShardProblem(shard.path, None, "num_rows",
                                     f"has {table.num_rows} rows, the manifest says {shard.num_rows}"))
         rows[shard.split] = rows.get(shard.split, 0) + table.num_rows
         problems += _check_columns(ds, shard.path, table, seen_keys if global_keys else set())
@@ -99,48 +99,48 @@ def verify(path: str | Path, sample: int = 16, full: bool = False, checksums: bo
         if any(s.path in unreadable for s in ds.shards(split)):
             continue  # already reported per shard
         if declared is not None and split in rows and declared != rows[split]:
-            problems.append(Problem(None, None, f"splits.{split}.num_rows",
+            problems.append(ShardProblem(None, None, f"splits.{split}.num_rows",
                                     f"manifest says {declared} rows, the shards hold {rows[split]}"))
     problems += _check_exclusions(ds)
-    return Report(str(ds.root), rows, decoded, problems)
+    return VerifyReport(str(ds.root), rows, decoded, problems)
 
 
-def _check_columns(ds: Dataset, shard: str, table: pa.Table, seen_keys: set[str]) -> list[Problem]:
-    out: list[Problem] = []
+def _check_columns(ds: Dataset, shard: str, table: pa.Table, seen_keys: set[str]) -> list[ShardProblem]:
+    out: list[ShardProblem] = []
     keys = table.column("key").to_pylist()
     for row, key in enumerate(keys):
         if key in seen_keys:
-            out.append(Problem(shard, row, "key", f"duplicate key {key!r}"))
+            out.append(ShardProblem(shard, row, "key", f"duplicate key {key!r}"))
         seen_keys.add(key)
     labels = table.column("labels").combine_chunks()
     ok = labels_in_range(labels, ds.num_classes)
     for row in np.flatnonzero(~ok)[:20]:
-        out.append(Problem(shard, int(row), "labels",
+        out.append(ShardProblem(shard, int(row), "labels",
                            f"labels {labels[int(row)].as_py()} outside [0, {ds.num_classes})"))
     if (~ok).sum() > 20:
-        out.append(Problem(shard, None, "labels", f"{int((~ok).sum())} rows have labels out of range"))
+        out.append(ShardProblem(shard, None, "labels", f"{int((~ok).sum())} rows have labels out of range"))
     empty = pc.equal(pc.list_value_length(labels), 0).to_numpy(zero_copy_only=False)
     for row in np.flatnonzero(empty)[:20]:
-        out.append(Problem(shard, int(row), "labels", "row has no label"))
+        out.append(ShardProblem(shard, int(row), "labels", "row has no label"))
     prio = table.column("priority").to_numpy()
     bad = np.flatnonzero((prio < 0) | (prio >= 1))
     for row in bad[:5]:
-        out.append(Problem(shard, int(row), "priority", f"priority {prio[row]} outside [0, 1)"))
+        out.append(ShardProblem(shard, int(row), "priority", f"priority {prio[row]} outside [0, 1)"))
     unsorted = np.flatnonzero(np.diff(prio) < 0)
     if len(unsorted):
-        out.append(Problem(shard, int(unsorted[0]) + 1, "priority",
+        out.append(ShardProblem(shard, int(unsorted[0]) + 1, "priority",
                            "rows are not sorted by priority (subsets would read wrong rows)"))
     # Recomputing the hash costs ~1 us a row: do it on a spread of rows.
     for row in np.unique(np.linspace(0, len(keys) - 1, min(64, len(keys))).astype(int)):
         expected = subset_priority(keys[row], ds.subset_seed)
         if prio[row] != expected:
-            out.append(Problem(shard, int(row), "priority",
+            out.append(ShardProblem(shard, int(row), "priority",
                                f"priority {prio[row]} is not hash(key, subset_seed)={expected}"))
             break
     return out
 
 
-def _check_images(pf, shard: str, picks: np.ndarray, problems: list[Problem]) -> int:
+def _check_images(pf, shard: str, picks: np.ndarray, problems: list[ShardProblem]) -> int:
     decoded = 0
     if len(picks) == 0:
         return 0
@@ -150,7 +150,7 @@ def _check_images(pf, shard: str, picks: np.ndarray, problems: list[Problem]) ->
         try:
             images = pf.read_row_group(int(g), columns=["image"]).column("image")
         except (pa.ArrowException, OSError) as e:
-            problems.append(Problem(shard, int(starts[g]), "image",
+            problems.append(ShardProblem(shard, int(starts[g]), "image",
                                     f"row group {g} cannot be read: {e}"))
             continue
         for row in picks[(picks >= starts[g]) & (picks < starts[g + 1])]:
@@ -158,22 +158,22 @@ def _check_images(pf, shard: str, picks: np.ndarray, problems: list[Problem]) ->
                 decode_rgb(images[int(row - starts[g])].as_py())
                 decoded += 1
             except UndecodableImage as e:
-                problems.append(Problem(shard, int(row), "image", str(e)))
+                problems.append(ShardProblem(shard, int(row), "image", str(e)))
     return decoded
 
 
-def _check_exclusions(ds: Dataset) -> list[Problem]:
-    out: list[Problem] = []
+def _check_exclusions(ds: Dataset) -> list[ShardProblem]:
+    out: list[ShardProblem] = []
     for split, entries in ds.manifest.get("exclusions", {}).items():
         if split not in ds.splits:
-            out.append(Problem(None, None, f"exclusions.{split}", f"no split {split!r}"))
+            out.append(ShardProblem(None, None, f"exclusions.{split}", f"no split {split!r}"))
             continue
         shards = {s.path: s for s in ds.shards(split)}
         keys: dict[str, list[str]] = {}
         for i, e in enumerate(entries):
             s = shards.get(e.get("shard"))
             if s is None or not 0 <= int(e.get("row", -1)) < s.num_rows:
-                out.append(Problem(e.get("shard"), e.get("row"), f"exclusions.{split}[{i}]",
+                out.append(ShardProblem(e.get("shard"), e.get("row"), f"exclusions.{split}[{i}]",
                                    "excluded row does not exist in this dataset"))
                 continue
             if s.path not in keys:
@@ -184,7 +184,7 @@ def _check_exclusions(ds: Dataset) -> list[Problem]:
                 except (DataError, pa.ArrowException, OSError):
                     keys[s.path] = []  # the shard's own problem is reported already
             if keys[s.path] and keys[s.path][e["row"]] != e.get("key"):
-                out.append(Problem(s.path, e["row"], f"exclusions.{split}[{i}].key",
+                out.append(ShardProblem(s.path, e["row"], f"exclusions.{split}[{i}].key",
                                    f"excluded key {e.get('key')!r} but the row holds "
                                    f"{keys[s.path][e['row']]!r} (shard rewritten after dedup?)",))
     return out

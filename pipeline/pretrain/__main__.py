@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from pipeline import cli, console, hardware, tracking
+from pipeline import console, exits, hardware, tracking
 from pipeline.data import open_dataset
 from pipeline.pretrain.launch import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress line per logging window")
     parser.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
                         help="do not log the workers' CPU, memory and GPU use to MLflow (every 10 s)")
-    cli.add_debug_flag(parser)
+    exits.add_debug_flag(parser)
     return parser
 
 
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                                              compile=args.compile, system_metrics=args.system_metrics))
     except KeyboardInterrupt:
         print("[pretrain] interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
-        raise cli.Interrupted from None
+        raise exits.Interrupted from None
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(exits.run(main))

@@ -17,7 +17,7 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipeline import cli, compute, console, hardware, trace, tracking
+from pipeline import compute, console, exits, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.data import DataError, open_dataset
 from pipeline.data.subsets import cached_subset
@@ -143,7 +143,7 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
                 raise permanent from None
             if attempt == launch.max_failures:
                 raise
-            console.say(plan.spec.label, f"pretraining attempt {attempt + 1} failed ({cli.one_line(err)[:300]}); "
+            console.say(plan.spec.label, f"pretraining attempt {attempt + 1} failed ({exits.one_line(err)[:300]}); "
                         f"resuming from its last checkpoint ({launch.max_failures - attempt} retries left)")
     summary = dict(getattr(result, "return_value", None) or {})
     checkpoint_uri = store.with_scheme_of(storage, result.checkpoint.path) if result.checkpoint else None

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from pipeline import cli
+from pipeline import exits
 from pipeline import storage as store
 
 
@@ -69,7 +69,7 @@ def client(tracking_uri: str):
 
 
 class _WholeCalls:
-    """An MlflowClient whose calls are not cut by Ctrl-C (``cli.deferred_interrupts``): an SQLite
+    """An MlflowClient whose calls are not cut by Ctrl-C (``exits.deferred_interrupts``): an SQLite
     write interrupted midway kept the database locked, and the study could not mark itself KILLED.
     A server's client is left as it is (its retries can last 30 s; the server keeps its own
     transactions whole)."""
@@ -84,7 +84,7 @@ class _WholeCalls:
 
         @functools.wraps(found)
         def whole(*args, **kwargs):
-            with cli.deferred_interrupts():
+            with exits.deferred_interrupts():
                 return found(*args, **kwargs)
         return whole
 

@@ -2,7 +2,7 @@
 pluggable evaluators (as big_vision's), each in its own module:
 
 - ``fewshot``: few-shot linear probes on frozen pre-logits features (closed form,
-  ``pipeline.fewshot``); features are computed once per (checkpoint, dataset, split, resolution)
+  ``pipeline.ridge``); features are computed once per (checkpoint, dataset, split, resolution)
   and cached;
 - ``finetune``: fine-tuning with Table 4's recipe, the learning rate chosen on a dev slice with
   the grid as Ray Tune trials, then retrained on the whole training split and scored on test.

@@ -1,6 +1,6 @@
 import sys
 
-from pipeline import cli
+from pipeline import exits
 from pipeline.transfer.cli import main
 
-sys.exit(cli.run(main))
+sys.exit(exits.run(main))

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import os
 
-from pipeline import cli, console, tracking
+from pipeline import console, exits, tracking
 from pipeline import storage as store
 from pipeline.transfer.base import Target
 from pipeline.transfer.checkpoints import load_checkpoint, resolve_dataset
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MLflow (default $MLFLOW_TRACKING_URI or SQLite under --storage)")
     parser.add_argument("--mlflow-run-id", default=None, help="pretraining run to attach results to")
     parser.add_argument("--gpu", action="store_true", help="one GPU per probe and fine-tuning trial")
-    cli.add_debug_flag(parser)
+    exits.add_debug_flag(parser)
     return parser
 
 

@@ -1,5 +1,5 @@
 """The few-shot linear protocol (paper Sec. 4.1): closed-form least-squares probes
-(``pipeline.fewshot``) on frozen pre-logits features of the dataset's train split, scored on its
+(``pipeline.ridge``) on frozen pre-logits features of the dataset's train split, scored on its
 test split; ``fewshot/<dataset>/<k>shot`` is the mean accuracy over seeds, ``..._std`` its spread.
 The same evaluator draws the learning curves during pretraining (:meth:`FewShot.probe_live`, on
 the live model: ``curve/fewshot/<dataset>/<k>shot``)."""
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pipeline import fewshot
+from pipeline import ridge
 from pipeline import storage as store
 from pipeline.hardware import use_assigned_cpus
 from pipeline.features import features_of, probe_sets
@@ -22,9 +22,9 @@ from pipeline.transfer.checkpoints import cached_features, load_checkpoint
 
 @dataclass(frozen=True)
 class FewshotSettings:
-    shots: tuple[int, ...] = fewshot.DEFAULT_SHOTS
+    shots: tuple[int, ...] = ridge.DEFAULT_SHOTS
     seeds: int = 3                                   # random draws of the k examples per class
-    l2_regs: tuple[float, ...] = (fewshot.DEFAULT_L2,)
+    l2_regs: tuple[float, ...] = (ridge.DEFAULT_L2,)
 
 
 def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = FewshotSettings(), *,
@@ -42,13 +42,13 @@ def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = Few
     train = cached_features(model, checkpoint, data_path, "train", image_size, cache_dir)
     test = cached_features(model, checkpoint, data_path, "test", image_size, cache_dir)
     start = time.perf_counter()
-    results = fewshot.fewshot_accuracy(*train, *test, k, shots=settings.shots, seeds=settings.seeds,
+    results = ridge.fewshot_accuracy(*train, *test, k, shots=settings.shots, seeds=settings.seeds,
                                        l2_regs=settings.l2_regs)
     return {"results": results, "seconds": time.perf_counter() - start, "num_classes": k,
             "train_rows": len(train[1]), "test_rows": len(test[1])}
 
 
-def fewshot_metrics(dataset_name: str, fewshot_out: dict, l2: float = fewshot.DEFAULT_L2) -> dict[str, float]:
+def fewshot_metrics(dataset_name: str, fewshot_out: dict, l2: float = ridge.DEFAULT_L2) -> dict[str, float]:
     metrics = {}
     for (k, reg), r in fewshot_out["results"].items():
         if reg == l2:
@@ -91,7 +91,7 @@ class FewShot(Evaluator):
         test split. Metrics ``curve/fewshot/<dataset>/<k>shot`` (means over seeds); leaves the model
         in eval mode."""
         (train_x, train_y), (test_x, test_y), classes = probe_sets(path, image_size, max(self.settings.shots))
-        found = fewshot.fewshot_accuracy(features_of(model, train_x, device), train_y,
+        found = ridge.fewshot_accuracy(features_of(model, train_x, device), train_y,
                                          features_of(model, test_x, device), test_y, classes,
                                          shots=self.settings.shots, seeds=self.settings.seeds,
                                          l2_regs=self.settings.l2_regs)
