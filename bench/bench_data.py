@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import LoaderSpec, make_loader  # noqa: E402
+from pipeline.data.loader import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.dataset import Dataset  # noqa: E402
 from pipeline.data.images import decode_rgb, eval_transform, train_transform  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402

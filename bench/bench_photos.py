@@ -35,7 +35,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import LoaderSpec, make_loader  # noqa: E402
+from pipeline.data.loader import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.dataset import Dataset  # noqa: E402
 from pipeline.data.images import (decode_rgb, decode_train, inception_crop_box,  # noqa: E402
                                   normalize_images, to_nchw_uint8, train_transform)

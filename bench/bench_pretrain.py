@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
 from pipeline import tracking  # noqa: E402
-from pipeline.data import LoaderSpec, make_loader  # noqa: E402
+from pipeline.data.loader import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402
 from pipeline.pretrain.launch import Launch, pretrain  # noqa: E402
 from pipeline.pretrain.recipe import lr_factor, param_groups, sigmoid_xent  # noqa: E402

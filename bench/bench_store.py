@@ -22,7 +22,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/servers.py starts the real store
 
-from pipeline.data import LoaderSpec, make_loader  # noqa: E402
+from pipeline.data.loader import LoaderSpec, make_loader  # noqa: E402
 from pipeline.data.dataset import Dataset, copy_dataset  # noqa: E402
 from pipeline.data.subsets import Subset, iter_blocks  # noqa: E402
 from pipeline.data.synth import SynthSpec, generate  # noqa: E402

@@ -11,7 +11,7 @@ compiled with torch.compile (compile time reported separately).
 
 The loader rows read ImageNet-like photos made on the spot (``--photos``; bench/bench_photos.py:
 real photographs re-cropped to 400-500 px, JPEG quality 90), converted at their original size and
-at each ``--stored`` short side: ``pipeline.data.make_loader`` alone (train crop + flip to 224,
+at each ``--stored`` short side: ``pipeline.data.loader.make_loader`` alone (train crop + flip to 224,
 uint8) with 0, 8 and all-but-one worker processes, then feeding the first model's step (its last
 mode: compiled where compiled) as pretraining does (pinned batches, non-blocking copies), against
 that step's rate on a batch already on the device.
@@ -157,7 +157,7 @@ def steady_rate(batches, consume, batch_size: int, device: torch.device) -> tupl
 
 def time_loader(sets: dict[str, Path], workers: list[int], batch: int, image_size: int) -> list[dict]:
     """``make_loader`` alone (uint8 out, train crop + flip), one epoch per row."""
-    from pipeline.data import LoaderSpec, make_loader
+    from pipeline.data.loader import LoaderSpec, make_loader
     rows = []
     for label, path in sets.items():
         for n in workers:
@@ -174,7 +174,7 @@ def time_fed(sets: dict[str, Path], timed: dict, workers: int, batch: int, image
     """The training step fed by ``make_loader`` (``workers`` decode processes, pinned batches,
     non-blocking copies: the pretraining path) against the same step on a batch already on the
     device (``timed``: its row and step)."""
-    from pipeline.data import LoaderSpec, make_loader
+    from pipeline.data.loader import LoaderSpec, make_loader
     row, step = timed["row"], timed["step"]
     rows = []
     for label, path in sets.items():

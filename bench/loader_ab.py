@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, repo)
     import torch
     torch.set_num_threads(1)
-    from pipeline.data import LoaderSpec, make_loader
+    from pipeline.data.loader import LoaderSpec, make_loader
     for epoch in range(epochs):
         s0, c0 = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()

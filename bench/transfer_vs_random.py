@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model
-from pipeline.data import LoaderSpec, make_loader, num_classes
+from pipeline.data import num_classes
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.recipe import lr_factor, param_groups, sigmoid_xent
 from pipeline.transfer import FewshotSettings, resolve_dataset, run_fewshot

@@ -18,6 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
+from pipeline.raycluster import ensure_ray
 
 INBOX_PREFIX = "pipeline-console-"
 # Ray's notes that reach a driver's stdout even with log_to_driver=False (its raylet warnings are
@@ -108,7 +109,6 @@ class Board:
     def __enter__(self) -> "Board":
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        from pipeline.raycluster import ensure_ray
         ensure_ray(log_to_driver=False)
         # on the driver's node: a worker node that is lost (preempted) must not take the console with it
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

@@ -6,6 +6,9 @@ import functools
 
 import numpy as np
 import torch
+from pipeline.data import num_classes
+from pipeline.data.loader import LoaderSpec, make_loader
+from pipeline.ridge import sample_shots
 
 
 def default_device() -> torch.device:
@@ -15,7 +18,6 @@ def default_device() -> torch.device:
 def extract_features(model: torch.nn.Module, data_path: str, split: str, image_size: int, *,
                      batch_size: int = 256, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logits features and integer labels of a whole split (resize + center crop)."""
-    from pipeline.data import LoaderSpec, make_loader
     device = device or default_device()
     model = model.to(device).eval()
     feats, labels = [], []
@@ -31,7 +33,6 @@ def load_split(data_path: str, split: str, image_size: int, fraction: float | No
                ) -> tuple[torch.Tensor, np.ndarray]:
     """Every image of a split (or of its nested random ``fraction``; resize + center crop) in one
     tensor, with integer labels: for small sets probed many times (``probe_sets``), decoded once."""
-    from pipeline.data import LoaderSpec, make_loader
     batches = list(make_loader(LoaderSpec(data_path, split=split, train=False, batch_size=256, image_size=image_size,
                                           label_format="index", fraction=fraction)))
     return torch.cat([b.images for b in batches]), np.concatenate([b.labels.numpy() for b in batches])
@@ -50,8 +51,6 @@ def probe_sets(data_path: str, image_size: int, shots: int) -> tuple[tuple, tupl
     (drawn once, seed 0, from the nested ``PROBE_POOL_FRACTION`` of the train split when that has
     enough of every class, else from all of it), the whole test split, and the class count. Kept for
     the process (a run probes its sets at every validation): callers must not change the tensors."""
-    from pipeline.data import num_classes
-    from pipeline.ridge import sample_shots
     classes = num_classes(data_path)
     images, labels = load_split(data_path, "train", image_size, fraction=PROBE_POOL_FRACTION)
     if np.bincount(labels, minlength=classes).min() < shots:

@@ -36,6 +36,10 @@ from pipeline.exits import Interrupted, check_interrupt
 from pipeline.preflight import (StudyError, check_services, prepare_data, prepare_downstream, resolve_storage,
                                 synth_target)
 from pipeline.spec import RunSpec, Study
+from pipeline import analysis
+from pipeline.analysis.descriptions import experiment_description
+from pipeline.planning import plan as study_plan
+from pipeline.transfer import expected_metrics
 
 
 def default_concurrency(gpus_per_run: int) -> int:
@@ -147,7 +151,6 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     """Run (or finish) every run of ``study``/``preset``. Returns a summary; runs that failed are
     listed there, in the report and on their MLflow runs. The console shows the study's lines and
     what its runs say (``pipeline.console``)."""
-    from pipeline.planning import plan as study_plan
     options.check()
     p = study.preset(preset)
     storage = resolve_storage(storage)
@@ -186,8 +189,6 @@ def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
     and the preset's runs as resolved RunSpecs with their ids (``study/runs.json``); on its
     experiment, the runs-table view with the columns that matter and a description that links it.
     Returns the view's address in MLflow's UI."""
-    from pipeline.analysis.descriptions import experiment_description
-    from pipeline.transfer import expected_metrics
     if study.file is not None:
         tracking.log_files(uri, study_run, [study.file], "study")
     tracking.log_json(uri, study_run, {"study": study.name, "preset": preset,
@@ -343,7 +344,6 @@ def write_study_report(study: Study, preset: str, *, storage: str, tracking_uri:
     """The study's report (pipeline.analysis) in ``<storage>/reports/<study>-<preset>``, also logged
     to the study-level MLflow run; ``forecast``: configurations it forecasts beside the preset's
     (``MODEL@LENGTH``). Returns {file name: location}."""
-    from pipeline import analysis
     if study_run_id is None:
         study_run_id = tracking.find_study_run(tracking_uri, study.name, preset)
     target = report_dir(storage, study.name, preset)

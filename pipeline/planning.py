@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline import compute, tracking
 from pipeline.spec import Preset, RunSpec, Study, subset_images
+from pipeline.data import open_dataset
 
 DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16
@@ -59,7 +60,6 @@ def data_sizes(p: Preset, data: str | None) -> tuple[int | None, int, str | None
     if data is None:
         full = compute.parse_count(p.dataset.images) if p.dataset.images is not None else None
         return full, p.dataset.head_classes, None
-    from pipeline.data import open_dataset
     dataset = open_dataset(data)
     if dataset.name != p.dataset.name:
         raise ValueError(f"--data {data} holds dataset {dataset.name!r}, but the preset pretrains on "

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from pipeline import storage, tracking
-from pipeline.data import DataError, LoaderSpec, make_loader, open_dataset
+from pipeline.data import DataError, open_dataset
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.dataset import copy_dataset
 from pipeline.data.subsets import Subset
 from pipeline.raycluster import TRAIN_HEALTH_CHECK_S

@@ -1,6 +1,7 @@
 """The shape of the code a newcomer reads: short functions with few parameters (configuration
-travels as typed objects), a pretraining loop that fits on a screen, and MLflow behind
-``pipeline/tracking/`` only."""
+travels as typed objects), modules of one job (at most 500 lines), one definition per public name,
+imports at the top of files (the few inside functions say why), one few-shot path, a pretraining
+loop that fits on a screen, and MLflow behind ``pipeline/tracking/`` only."""
 import ast
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import pytest
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
 MAX_LINES, MAX_PARAMS, MAX_LOOP_LINES = 80, 8, 60
+MAX_MODULE_LINES, MAX_INNER_IMPORTS = 500, 10
+CLI_NAMES = {"main", "build_parser"}   # every command's own
 
 
 def functions() -> list[tuple[str, ast.FunctionDef]]:
@@ -60,3 +63,63 @@ def test_only_tracking_touches_mlflow(path):
     clients = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "client"
                and isinstance(node.value, ast.Name) and node.value.id == "tracking"]
     assert not clients, f"{path.name} uses tracking.client (an MLflow object) on lines {clients}"
+
+
+def modules() -> list[Path]:
+    return sorted(PIPELINE.rglob("*.py"))
+
+
+def test_no_module_over_500_lines():
+    long = [f"{p.relative_to(PIPELINE.parent)} ({n} lines)" for p in modules()
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not long, "give each job its own module: " + "; ".join(long)
+
+
+def test_no_public_name_defined_in_two_modules():
+    where: dict[str, list[str]] = {}
+    for p in modules():
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(p.relative_to(PIPELINE.parent)))
+    twice = {name: found for name, found in where.items() if len(found) > 1 and name not in CLI_NAMES}
+    assert not twice, f"one definition per name: {twice}"
+
+
+def inner_imports() -> list[tuple[str, int, str]]:
+    """Project imports (pipeline, models) made inside functions: (file, line, the line)."""
+    found = []
+    for p in modules():
+        text = p.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    names = ([sub.module or ""] if isinstance(sub, ast.ImportFrom) else
+                             [a.name for a in sub.names] if isinstance(sub, ast.Import) else [])
+                    if any(n.split(".")[0] in ("pipeline", "models") for n in names):
+                        found.append((str(p.relative_to(PIPELINE.parent)), sub.lineno, lines[sub.lineno - 1]))
+    return found
+
+
+def test_imports_sit_at_the_top_of_files_unless_a_comment_says_why():
+    found = inner_imports()
+    assert len(found) <= MAX_INNER_IMPORTS, f"{len(found)} project imports inside functions: {found}"
+    unexplained = [f"{f}:{n}" for f, n, line in found if "#" not in line]
+    assert not unexplained, f"say why these imports are inside a function (a comment on the line): {unexplained}"
+
+
+def test_the_inner_import_finder_finds_one():
+    assert any(f == "pipeline/study.py" for f, _, _ in inner_imports())
+
+
+def test_one_few_shot_path():
+    """The ridge solver is called by the few-shot evaluator only (pipeline/transfer/fewshot.py), which
+    both the transfer stage and the learning-curve probes run."""
+    callers = set()
+    for p in modules():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name == "fewshot_accuracy":
+                    callers.add(str(p.relative_to(PIPELINE.parent)))
+    assert callers == {"pipeline/transfer/fewshot.py"}

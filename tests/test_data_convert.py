@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data import DataError, LoaderSpec, make_loader
+from pipeline.data import DataError
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.convert import ConvertOptions
 from pipeline.data.digits import convert_digits
 from pipeline.data.convert import convert

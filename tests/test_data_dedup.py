@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.data import LoaderSpec, make_loader, subset_size
+from pipeline.data import subset_size
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.dedup import dedup
 from pipeline.data.dataset import Dataset
 from pipeline.data.format import Row, write_manifest, write_shard

@@ -341,7 +341,7 @@ def test_synth_val_split_is_held_out_from_train(tmp_path):
 
 def test_exclude_fraction_is_the_exact_complement_of_a_dev_slice(tmp_path):
     """Fine-tuning holds out subset(fraction=f) as its dev slice and trains on the rest."""
-    from pipeline.data import LoaderSpec, make_loader
+    from pipeline.data.loader import LoaderSpec, make_loader
     from pipeline.data.synth import SynthSpec, generate
     path = generate(tmp_path / "ds", SynthSpec(images=300, classes=5, image_size=16, shards=3),
                     executor="inline", progress=False)

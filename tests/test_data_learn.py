@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline.data import LoaderSpec, make_loader
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import psutil
 import pytest
 import torch
 
-from pipeline.data import (DataError, LoaderSpec, make_loader, normalize_images, num_classes,
-                           subset_size)
+from pipeline.data import DataError, normalize_images, num_classes, subset_size
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.dataset import Dataset
 from pipeline.data.subsets import Subset
 from pipeline.data.synth import SynthSpec, generate

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _train_loop(config):
     import ray.train
     import torch
-    from pipeline.data import LoaderSpec, make_loader
+    from pipeline.data.loader import LoaderSpec, make_loader
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seen = []

@@ -13,7 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from pipeline import hardware
-from pipeline.data import LoaderSpec, make_loader
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.checkpoint import STATE_FILE, load_state
 from pipeline.spec import Recipe, load_study

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline import tracking
-from pipeline.data import LoaderSpec, make_loader
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.checkpoint import STATE_FILE, load_state
 from pipeline.pretrain.launch import Launch, pretrain

@@ -25,6 +25,7 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.transfer import registry as transfer_registry
 from pipeline.spec import Preset, Study
+from pipeline.planning import plan
 
 FAMILIES = ("vit", "resnet", "hybrid")
 FAMILY_NAMES = {"vit": "ViT", "resnet": "ResNet (BiT)", "hybrid": "Hybrid (R50+ViT)"}
@@ -65,7 +66,6 @@ def _run_columns(run: tracking.RunRecord | None) -> dict[str, Any]:
 def run_table(study: Study, preset: str, *, tracking_uri: str | None) -> pd.DataFrame:
     """One row per RunSpec of the preset, in plan order: the plan's columns, the MLflow status and
     tags, and the latest value of every transfer and learning-curve metric (NaN where missing)."""
-    from pipeline.planning import plan
     planned = plan(study, preset, tracking_uri=None)["runs"]
     runs = tracking.spec_runs(tracking_uri, study.name) if tracking_uri else {}
     table = pd.DataFrame([{**{k: r[k] for k in PLAN_COLUMNS},

@@ -9,10 +9,17 @@ import json
 import sys
 
 from pipeline import exits
+from pipeline.data.convert import ConvertOptions, FORMATS, convert
+from pipeline.data.dataset import Dataset, copy_dataset
+from pipeline.data.dedup import dedup
+from pipeline.data.digits import convert_digits
+from pipeline.data.format import DataError
+from pipeline.data.synth import SynthSpec, generate
+from pipeline.data.verify import verify
+from pipeline.storage import StorageError
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from pipeline.data.synth import SynthSpec, generate
     spec = SynthSpec(images=args.images, classes=args.classes, image_size=args.image_size,
                      shards=args.shards, seed=args.seed, task=args.task,
                      test_images=args.test_images, val_images=args.val_images,
@@ -23,7 +30,6 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _summary(path) -> int:
-    from pipeline.data.dataset import Dataset
     ds = Dataset(path)
     counts = {split: ds.num_rows(split) for split in ds.splits}
     print(f"wrote {ds.root}: {counts} rows, {ds.num_classes} classes, "
@@ -32,7 +38,6 @@ def _summary(path) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.data.verify import verify
     report = verify(args.path, sample=args.sample, full=args.full, checksums=not args.no_checksums)
     for problem in report.problems:
         print(f"ERROR {report.path}: {problem}")
@@ -47,8 +52,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pipeline.data.convert import convert
-    from pipeline.data.convert import ConvertOptions
     options = ConvertOptions(split=args.split, shards=args.shards, num_classes=args.num_classes,
                              skip_bad=args.skip_bad, seed=args.seed, max_short_side=args.max_short_side,
                              labels=args.labels, image_column=args.image_column,
@@ -59,19 +62,16 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _digits(args: argparse.Namespace) -> int:
-    from pipeline.data.digits import convert_digits
     result = convert_digits(args.out)
     print(json.dumps(result, indent=1))
     return _summary(args.out)
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from pipeline.data.dataset import copy_dataset
     return _summary(copy_dataset(args.src, args.out))
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from pipeline.data.dedup import dedup
     result = dedup(args.pretrain, args.against, max_distance=args.max_distance,
                    min_correlation=args.min_correlation,
                    executor=args.executor, dry_run=args.dry_run)
@@ -151,7 +151,6 @@ def add_synth(sub) -> None:
 
 
 def add_convert(sub) -> None:
-    from pipeline.data.convert import FORMATS
     p = sub.add_parser("convert", help="convert an image folder, CIFAR pickles, WebDataset tars, "
                                        "Hugging Face Parquet or ImageNet(-21k) archives")
     p.add_argument("format", choices=FORMATS, help="the source's layout")
@@ -204,8 +203,6 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pipeline.data.format import DataError
-    from pipeline.storage import StorageError
     try:
         return args.fn(args)
     except (DataError, StorageError) as e:

@@ -402,3 +402,17 @@ def default_num_workers() -> int:
     """Decode workers per rank: none on tiny machines (where the trainer needs the cores)."""
     cpus = os.cpu_count() or 1
     return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+def make_loader(spec: LoaderSpec, *, start_step: int = 0,
+                num_workers: int | None = None, pin_memory: bool = False) -> StreamingLoader:
+    """An iterable of :class:`Batch` (images, labels, keys, bad_rows) over one rank's share of one
+    epoch, as :class:`LoaderSpec` describes it (``loader.steps_per_epoch`` batches in all).
+
+    ``start_step`` resumes mid-epoch exactly: the batches from there on are those an uninterrupted
+    epoch yields. ``num_workers`` decode processes (None: by the CPU count; 0: in this process).
+    ``pin_memory`` (a CUDA trainer): batches from decode processes land in page-locked memory, in a
+    thread, so that ``.to("cuda", non_blocking=True)`` overlaps the copy with compute.
+    """
+    return StreamingLoader(spec, start_step=start_step, pin_memory=pin_memory,
+                           num_workers=default_num_workers() if num_workers is None else num_workers)

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-
 from pipeline import compute, console, exits, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.data import DataError, open_dataset
@@ -106,6 +103,7 @@ def torch_trainer() -> type:
     (ours read Parquet themselves): Ray Train 2.60 starts a DatasetManager actor for every run
     whatever its datasets: one more process, which imports Ray Data (1.3 s of CPU for that import alone
     on the 2-core dev box). On a Ray without that callback the plain TorchTrainer is used."""
+    from ray.train.torch import TorchTrainer   # Ray Train where runs launch (1.2 s: --help skips it)
     try:  # inside: a private module of Ray Train 2.60 (V2), absent from other versions
         from ray.train.v2._internal.callbacks import DatasetsCallback
     except ImportError:
@@ -121,6 +119,7 @@ def torch_trainer() -> type:
 def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -> tuple[dict[str, Any], str | None]:
     """Run the loop on Ray Train; the Train run is named after the RunSpec (re-running resumes).
     Returns the loop's summary and the URI of the last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     ensure_ray()
     resources = {"CPU": launch.cpus_per_worker, **({"GPU": 1} if launch.use_gpu else {})}
     for attempt in range(launch.max_failures + 1):

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from models import build_model
 from pipeline import compute, console, hardware, trace, tracking
-from pipeline.data import LoaderSpec, make_loader, normalize_images
+from pipeline.data import normalize_images
+from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.verify import check_checksums
 from pipeline.planning import RunNumbers
 from pipeline.pretrain.checkpoint import STATE_FILE, rng_state, set_rng_state

@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-import ray.train
-import ray.train.torch
 import torch
 
 from pipeline.pretrain.checkpoint import load_state
@@ -61,11 +59,14 @@ class RaySession:
     """The loop's view of Ray Train: rank, device, the checkpoint to resume, reports."""
 
     def __init__(self) -> None:
+        import ray.train   # Ray Train only where it runs (1.2 s to import: CLIs' --help and in-process runs skip it)
+        import ray.train.torch
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
 
     def restore(self, device: torch.device) -> dict[str, Any] | None:
+        import ray.train
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -73,9 +74,11 @@ class RaySession:
             return load_state(folder, map_location=device)
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
+        import ray.train
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
         return ray.train.torch.prepare_model(model) if self.world > 1 else model
 
 

@@ -12,6 +12,12 @@ import torch
 
 from pipeline import storage as store
 from pipeline.features import extract_features
+from models import build_model
+from models.timm_import import load_timm
+from pipeline.data import open_dataset
+from pipeline.data.digits import convert_digits
+from pipeline.data.format import MANIFEST_NAME
+from pipeline.pretrain.checkpoint import STATE_FILE, load_state, state_file
 
 
 def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -19,11 +25,8 @@ def load_checkpoint(path: str | os.PathLike, timm_name: str | None = None) -> tu
 
     ``path``: a pretraining checkpoint of this pipeline (the Ray Train checkpoint folder, or its
     ``state.pt``), or with ``timm_name`` a timm state-dict file (``.pth``/``.bin``)."""
-    from models import build_model
-    from pipeline.pretrain.checkpoint import STATE_FILE, load_state, state_file
     path = store.fetch(path, "checkpoints")  # a remote checkpoint: this node's cached copy
     if timm_name:
-        from models.timm_import import load_timm
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = load_timm(timm_name, state.get("state_dict", state) if isinstance(state, dict) else state)
         return model, {"model": timm_name, "image_size": model.image_size, "source": "timm"}
@@ -48,7 +51,6 @@ def checkpoint_key(path: str | os.PathLike) -> str:
 
 
 def dataset_key(data_path: str | os.PathLike) -> str:
-    from pipeline.data.format import MANIFEST_NAME
     return hashlib.sha1(store.read_bytes(store.join(data_path, MANIFEST_NAME))).hexdigest()[:16]
 
 
@@ -75,7 +77,6 @@ def builtin_dataset(name: str, data_root: str, progress: bool = True) -> str | N
         return None
     target = store.join(data_root, "digits")
     if not store.is_file(store.join(target, "manifest.json")):  # written last: complete
-        from pipeline.data.digits import convert_digits
         convert_digits(target, progress=progress)
     return target
 
@@ -84,7 +85,6 @@ def resolve_dataset(name_or_path: str, data_root: str) -> tuple[str, str]:
     """(name, location): an existing dataset (folder or URI), or a built-in downstream set made
     on first use under ``data_root`` (``digits``)."""
     if store.is_file(store.join(name_or_path, "manifest.json")):
-        from pipeline.data import open_dataset
         return open_dataset(name_or_path).name, store.resolve(name_or_path)
     built = builtin_dataset(name_or_path, data_root)
     if built is not None:

@@ -18,6 +18,7 @@ from pipeline.features import features_of, probe_sets
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.checkpoints import cached_features, load_checkpoint
+from pipeline.data import num_classes
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,6 @@ def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = Few
                 image_size: int | None = None) -> dict[str, Any]:
     """Few-shot accuracies on the dataset's test split, probes fit on its train split. ``model``:
     evaluate this module instead of loading ``checkpoint`` (which then only names the cache)."""
-    from pipeline.data import num_classes
     use_assigned_cpus()
     if model is None:
         model, info = load_checkpoint(checkpoint, timm_name)

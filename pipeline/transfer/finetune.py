@@ -29,6 +29,9 @@ from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.features import default_device
 from pipeline.transfer.checkpoints import checkpoint_key, load_checkpoint
+from pipeline.data import num_classes, open_dataset
+from pipeline.data.loader import LoaderSpec, make_loader
+from pipeline.pretrain.recipe import lr_factor
 
 # Table 4 of the paper: fine-tuning steps and LR grid; the dev-slice rule of Appendix B.1.1.
 TABLE4 = {
@@ -69,8 +72,6 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     evaluate_on="dev": train on the training split minus the dev slice, score on the dev slice
     (for choosing the LR). evaluate_on="test": train on the whole training split, score on test.
     """
-    from pipeline.data import LoaderSpec, make_loader, num_classes
-    from pipeline.pretrain.recipe import lr_factor
     if evaluate_on not in ("dev", "test"):
         raise ValueError("evaluate_on must be 'dev' or 'test'")
     device = device or default_device()
@@ -147,7 +148,6 @@ def start_trial_run(target: Target, data_path: str, dataset: str, lr: float, set
                     dev: bool) -> str:
     """The nested MLflow run of one fine-tuning (a dev trial or the final retrain): named after its
     model, params under ``finetune/``, the downstream dataset as its input."""
-    from pipeline.data import open_dataset
     phase = "dev" if dev else "final"
     params = {"finetune/phase": phase, "finetune/dataset": dataset, "finetune/lr": lr,
               **{f"finetune/{k}": v for k, v in asdict(settings).items() if k != "lrs"}}

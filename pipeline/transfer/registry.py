@@ -12,6 +12,7 @@ from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.fewshot import FewShot
 from pipeline.transfer.finetune import FineTune
+from pipeline.data import open_dataset
 
 EVALUATORS: dict[str, type[Evaluator]] = {"fewshot": FewShot, "finetune": FineTune}
 
@@ -37,7 +38,6 @@ def expected_metrics(plan: TransferPlan) -> list[str]:
 
 def record_input(target: Target, protocol: str, path: str) -> None:
     """A downstream dataset as an input of the target's run, its context the protocol's name."""
-    from pipeline.data import open_dataset
     dataset = open_dataset(path)
     tracking.log_datasets(target.tracking_uri, target.run_id, [tracking.DatasetRecord.of(
         dataset, protocol, splits=",".join(dataset.splits))])
