@@ -12,7 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -187,11 +187,11 @@ class DatasetRef(Frozen):
 
 class TransferPlan(Frozen):
     fewshot: list[str] = Field(default_factory=list, description="downstream datasets for few-shot probes")
-    shots: list[int] = Field(default_factory=lambda: [1, 5, 10, 25])
+    shots: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10, 25], min_length=1)
     finetune: list[str] = Field(default_factory=list, description="downstream datasets to fine-tune on")
     finetune_steps: int | None = Field(None, ge=1, description="None: Table 4's steps per dataset")
     finetune_batch_size: int | None = Field(None, ge=1)
-    finetune_lrs: list[float] | None = None
+    finetune_lrs: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
     min_crop_area: float | None = Field(None, gt=0, le=1)
     protocols: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
         "further transfer protocols registered in pipeline/transfer/registry.py: {name: {datasets: [...], "

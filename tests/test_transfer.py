@@ -3,10 +3,12 @@ downstream data (scikit-learn's digits), Ray Tune for the LR grid, results in SQ
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 
-from pipeline import tracking, transfer
+from pipeline import exits, tracking, transfer
 from pipeline.data.digits import convert_digits
+from pipeline.transfer.fewshot import check_shots
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.launch import Launch, pretrain
 from pipeline.spec import Recipe, RunSpec
@@ -118,6 +120,37 @@ def test_cli_errors_are_actionable(tmp_path, capsys):
     assert "no pretraining checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="neither a dataset folder"):
         transfer.resolve_dataset("imagenet-that-is-not-here", str(tmp_path))
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--fewshot=-1,0"], "shots must be 1 or more"),
+    (["--fewshot", "1000"], "1000 shots asked, but its train split has"),
+    (["--seeds", "0"], "seeds (random draws of the shots) must be 1 or more"),
+    (["--finetune", "--steps", "0"], "steps must be 1 or more, got 0"),
+    (["--finetune", "--lrs=-0.1,0.1"], "learning rates must be positive, got [-0.1, 0.1]"),
+])
+def test_transfer_refuses_nonsense_by_name_before_it_logs_anything(pretrained, digits, storage, tmp_path, capsys,
+                                                                   flags, said):
+    """Issue 33, probe 5: shots, seeds, steps and learning rates that mean nothing are refused in one
+    line naming them, and nothing reaches the MLflow run (before: 0shot and 1000shot metrics, a Ray
+    traceback, an empty table with exit 0)."""
+    run = pretrained["vit"]
+    argv = [run["checkpoint_uri"], "--dataset", digits, "--storage", str(tmp_path), *flags,
+            "--mlflow-run-id", run["mlflow_run_id"], "--tracking-uri", run["tracking_uri"]]
+    try:
+        code = exits.run(transfer.main, argv)   # as `python -m pipeline.transfer` runs it
+    except SystemExit as stop:                  # a flag refused by the parser
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code != 0 and said in err and "Traceback" not in err, err
+    logged = tracking.recorded_metrics(run["tracking_uri"], run["mlflow_run_id"])
+    assert not [key for key in logged if key.startswith(("fewshot/", "finetune/"))]
+
+
+def test_a_one_class_dataset_has_no_few_shot_probe(tmp_path):
+    labels = np.zeros(20, dtype=np.int64)
+    with pytest.raises(ValueError, match="has 1 class: a few-shot probe needs two or more"):
+        check_shots("one-class", 1, labels, (1,))
 
 
 def test_table4_defaults():

@@ -58,15 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         datasets = [resolve_dataset(d, store.join(args.storage, "data")) for d in args.dataset]
         load_checkpoint(args.checkpoint, args.timm)  # fail early on a bad checkpoint
         uri = args.tracking_uri or (tracking.default_tracking_uri(args.storage) if args.mlflow_run_id else None)
+        overrides = dict(lrs=lrs, steps=args.steps, batch_size=args.batch_size, resolution=args.resolution,
+                         dev_fraction=args.dev_fraction, min_crop_area=args.min_crop_area)
+        names = [name for name, _ in datasets]
+        evaluators = [FewShot(datasets=tuple(names), settings=FewshotSettings(tuple(shots), args.seeds, tuple(l2s)))
+                      if shots or args.seeds != FewshotSettings.seeds else None,
+                      FineTune(settings={n: FinetuneSettings.for_dataset(n, **overrides) for n in names})
+                      if args.finetune else None]
     except (ValueError, OSError) as err:  # OSError: FileNotFoundError, an unusable storage location
         parser.error(str(err))
-    overrides = dict(lrs=lrs, steps=args.steps, batch_size=args.batch_size, resolution=args.resolution,
-                     dev_fraction=args.dev_fraction, min_crop_area=args.min_crop_area)
-    names = [name for name, _ in datasets]
-    evaluators = [FewShot(datasets=tuple(names), settings=FewshotSettings(tuple(shots), args.seeds, tuple(l2s)))
-                  if shots else None,
-                  FineTune(settings={n: FinetuneSettings.for_dataset(n, **overrides) for n in names})
-                  if args.finetune else None]
     target = Target(args.checkpoint, args.storage, tracking_uri=uri, run_id=args.mlflow_run_id,
                     timm_name=args.timm, use_gpu=args.gpu)
     with console.Board() if args.finetune else contextlib.nullcontext():  # fine-tuning trials run on Ray

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline import ridge
@@ -27,6 +28,14 @@ class FewshotSettings:
     seeds: int = 3                                   # random draws of the k examples per class
     l2_regs: tuple[float, ...] = (ridge.DEFAULT_L2,)
 
+    def __post_init__(self) -> None:
+        if not self.shots or any(k < 1 for k in self.shots):
+            raise ValueError(f"shots must be 1 or more examples per class, got {list(self.shots)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds (random draws of the shots) must be 1 or more, got {self.seeds}")
+        if not self.l2_regs or any(not l2 > 0 for l2 in self.l2_regs):
+            raise ValueError(f"L2 strengths must be positive, got {list(self.l2_regs)}")
+
 
 def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = FewshotSettings(), *,
                 cache_dir: str | None = None, timm_name: str | None = None, model: torch.nn.Module | None = None,
@@ -41,11 +50,23 @@ def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = Few
     k = num_classes(data_path)
     train = cached_features(model, checkpoint, data_path, "train", image_size, cache_dir)
     test = cached_features(model, checkpoint, data_path, "test", image_size, cache_dir)
+    check_shots(data_path, k, train[1], settings.shots)
     start = time.perf_counter()
     results = ridge.fewshot_accuracy(*train, *test, k, shots=settings.shots, seeds=settings.seeds,
                                        l2_regs=settings.l2_regs)
     return {"results": results, "seconds": time.perf_counter() - start, "num_classes": k,
             "train_rows": len(train[1]), "test_rows": len(test[1])}
+
+
+def check_shots(data_path: str, num_classes: int, labels: np.ndarray, shots: tuple[int, ...]) -> None:
+    """A probe needs two classes or more, and ``max(shots)`` training examples of each: fewer would
+    score a smaller probe than its name says (``1000shot`` of a class with 100 images)."""
+    if num_classes < 2:
+        raise ValueError(f"{data_path} has {num_classes} class: a few-shot probe needs two or more")
+    fewest = int(np.bincount(labels, minlength=num_classes).min())
+    if max(shots) > fewest:
+        raise ValueError(f"{data_path}: {max(shots)} shots asked, but its train split has {fewest} images of its "
+                         f"rarest class: ask for {fewest} shots or fewer")
 
 
 def fewshot_metrics(dataset_name: str, fewshot_out: dict, l2: float = ridge.DEFAULT_L2) -> dict[str, float]:

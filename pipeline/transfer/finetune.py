@@ -59,6 +59,14 @@ class FinetuneSettings:
     min_crop_area: float = 0.05          # inception crop + flip on the training images
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be 1 or more, got {value}" for name, value in
+                    (("steps", self.steps), ("batch size", self.batch_size)) if value < 1]
+        problems += [f"learning rates must be positive, got {list(self.lrs)}"] if not self.lrs or min(self.lrs) <= 0 else []
+        problems += [f"the dev fraction must be in (0, 1), got {self.dev_fraction}"] if not 0 < self.dev_fraction < 1 else []
+        if problems:
+            raise ValueError("fine-tuning: " + "; ".join(problems))
+
     @classmethod
     def for_dataset(cls, name: str, **overrides: Any) -> "FinetuneSettings":
         base = TABLE4.get(name.lower().replace("-", ""), DEFAULT_FINETUNE)
