@@ -133,6 +133,19 @@ def test_imagefolder_round_trip_makes_everything_rgb(image_tree, tmp_path):
     assert_usable(out, {"train": 12})
 
 
+def test_a_16_bit_png_keeps_its_brightness(tmp_path):
+    """Issue 33, probe 9: a 16-bit grayscale PNG is scaled to 8 bits, not clipped at 255 (its mean
+    was 254.6 against 124 in the source)."""
+    ramp = (np.arange(24 * 32).reshape(24, 32) * 85).astype(np.uint16)   # 0 .. 65195
+    (tmp_path / "src" / "gray").mkdir(parents=True)
+    Image.fromarray(ramp).save(tmp_path / "src" / "gray" / "deep.png")
+    assert Image.open(tmp_path / "src" / "gray" / "deep.png").mode in ("I;16", "I")
+    convert("imagefolder", tmp_path / "src", tmp_path / "out", executor="inline", progress=False)
+    (data, _), = stored(tmp_path / "out").values()
+    got = pixels(data)
+    assert np.abs(got[..., 0].astype(float) - ramp / 257).max() <= 0.5 and (got[..., 0] == got[..., 2]).all()
+
+
 def test_imagefolder_adds_splits_and_reports_bad_files(image_tree, tmp_path):
     src, _ = image_tree
     out = tmp_path / "out"

@@ -40,12 +40,18 @@ def open_image(data: bytes) -> Image.Image:
         raise UndecodableImage(f"cannot decode image ({len(data)} bytes): {type(e).__name__}: {e}") from e
 
 
+# Grayscale modes of more than 8 bits, scaled from 0..65535 to 0..255 (a 16-bit PNG opens as I;16 or I)
+DEEP_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _load_rgb(img: Image.Image, nbytes: int) -> Image.Image:
     """Decode an opened image to RGB (grayscale, palette, alpha all become RGB)."""
     try:
         img.load()
     except Exception as e:
         raise UndecodableImage(f"cannot decode image ({nbytes} bytes): {type(e).__name__}: {e}") from e
+    if img.mode in DEEP_GRAY:   # 16-bit grayscale (PNG, TIFF): PIL's convert would clip it at 255
+        img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             # Composite transparency on white rather than on arbitrary hidden colours.
