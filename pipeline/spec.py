@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -328,8 +329,40 @@ def _format_error(err, source: str) -> str:
     lines = [f"{source}: invalid study"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {where}: {e['msg']}" + (f" (got {e['input']!r})" if not isinstance(e["input"], dict) else ""))
+        got = "" if isinstance(e["input"], dict) else f" (got {reprlib.repr(e['input'])})"
+        lines.append(f"  {where}: {e['msg']}{got}")
     return "\n".join(lines)
+
+
+MAX_VALUES = 100_000   # a study file is hundreds of values; YAML aliases can make billions out of ten lines
+
+
+def expanded_size(data: Any) -> float:
+    """How many values ``data`` holds once its YAML aliases are expanded (each shared object counted
+    every time it is referenced), computed once per distinct object (linear in the file, and without
+    recursion: a deeply nested file is measured too)."""
+    sizes: dict[int, float] = {}
+    open_: set[int] = set()   # objects whose children are being measured: one met again is a cycle
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        obj, children_done = stack.pop()
+        if id(obj) in sizes:
+            continue
+        children = list(obj.values()) if isinstance(obj, dict) else obj if isinstance(obj, list) else []
+        if children_done or not children:
+            sizes[id(obj)] = 1 + sum(sizes[id(child)] for child in children)
+            open_.discard(id(obj))
+        elif id(obj) in open_:
+            return math.inf     # an alias inside itself (&a [*a]): endless once expanded
+        else:
+            open_.add(id(obj))
+            stack.append((obj, True))
+            for child in children:
+                if id(child) in open_:
+                    return math.inf
+                if id(child) not in sizes:
+                    stack.append((child, False))
+    return sizes[id(data)]
 
 
 def load_study(name_or_path: str) -> Study:
@@ -352,6 +385,9 @@ def load_study(name_or_path: str) -> Study:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a study file is a mapping with 'name' and 'presets'")
+    if expanded_size(data) > MAX_VALUES:
+        raise ValueError(f"{path}: its YAML aliases (*name) expand to more than {MAX_VALUES:,} values; a study file "
+                         "holds hundreds: write the repeated parts out, or alias them less deeply")
     try:
         study = Study.model_validate(data)
         for preset in study.presets:

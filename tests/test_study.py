@@ -94,6 +94,31 @@ BAD_STUDIES = [
 ]
 
 
+
+BILLION_LAUGHS = """name: laughs
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+presets: {x: {dataset: *h}}
+"""
+
+
+@pytest.mark.parametrize("text", [BILLION_LAUGHS, "name: loop\npresets: &p {x: *p}\n"], ids=["billion laughs", "self"])
+def test_a_study_file_whose_aliases_explode_is_refused_at_once(tmp_path, text):
+    """Issue 33, probe 10: ten lines of nested YAML aliases (a billion values once expanded) are
+    refused by name in well under a second (the loader used to grow past 1 GB)."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="aliases \\(\\*name\\) expand to more than 100,000 values"):
+        load_study(str(path))
+    assert time.perf_counter() - start < 5
+
 @pytest.mark.parametrize("text,messages", BAD_STUDIES)
 def test_bad_study_files_fail_with_file_field_and_allowed_values(tmp_path, text, messages):
     path = tmp_path / "bad.yaml"
