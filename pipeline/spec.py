@@ -176,8 +176,8 @@ class DatasetRef(Frozen):
     @field_validator("images")
     @classmethod
     def _count(cls, value):
-        if value is not None:
-            parse_count(value)
+        if value is not None and parse_count(value) < 1:
+            raise ValueError(f"images is the size of the full set: 1 or more, got {value!r}")
         return value
 
     @property

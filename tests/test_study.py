@@ -89,6 +89,8 @@ BAD_STUDIES = [
     ("name: s\npresets: {p: {dataset: {name: d}, runs: []}}", ["presets.p.runs", "at least 1 item"]),
     ("name: s\npresets: {p: {dataset: {name: d, images: -1}, runs: [{model: R50x1, epochs: 7}]}}",
      ["presets.p.dataset.images", "count -1 is negative"]),
+    ("name: s\npresets: {p: {dataset: {name: d, images: 0}, runs: [{model: R50x1, epochs: 7}]}}",
+     ["presets.p.dataset.images", "1 or more, got 0"]),
     ("name: s\npresets: [not, a, mapping]", ["presets", "dictionary"]),
     ("name: [unclosed", ["not valid YAML"]),
 ]
