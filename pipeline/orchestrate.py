@@ -331,8 +331,20 @@ def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: 
                  f"run `python -m pipeline.study {study.name} --preset {preset} --report`")
     tracking.finish_run(uri, study_run, "FINISHED" if complete else "FAILED")
     emit(f"[study] {study.name}/{preset}: {len(done)}/{summary['runs']} runs done"
-         + (f", {len(failures)} failed: run the same command again to retry them" if failures else ""))
+         + (f", {len(failures)} failed: {retry_advice(failures)}" if failures else ""))
     return summary
+
+
+# Errors that come back the same on every try: the data, the study file or a checkpoint must change first
+PERMANENT_ERRORS = ("DataError", "ConversionError", "CheckpointError", "ValueError", "StudyError")
+
+
+def retry_advice(failures: dict[str, str]) -> str:
+    """What to do about failed runs: run again (a lost node, an outage), or first fix what they say."""
+    kinds = [reason.split(":", 1)[0] for reason in failures.values()]
+    if all(any(name in kind for name in PERMANENT_ERRORS) for kind in kinds):
+        return "fix what each says above (running again alone fails the same way), then run the same command"
+    return "run the same command again to retry them"
 
 
 def report_dir(storage: str, study: str, preset: str) -> str:

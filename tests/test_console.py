@@ -59,3 +59,13 @@ def test_eta_is_the_remaining_runs_predicted_cost_shared_by_the_runs_at_once():
     for spec in specs[2:]:
         progress.finished(spec, True, 10 + 5 * exaflops[spec.id])
     assert progress.eta() == 0.0
+
+
+def test_failed_runs_are_retried_only_where_a_retry_can_help():
+    """Issue 33, probe 8: runs that failed on their data (or a subset larger than it) fail the same way
+    on a re-run; the study's last line says to fix them first, not to run again."""
+    from pipeline.orchestrate import retry_advice
+    assert retry_advice({"a": "RayTaskError(DataError): shard x: checksum does not match",
+                         "b": "ValueError: subset '30M' of d has 2,000 images"}).startswith("fix what each says")
+    assert retry_advice({"a": "DataError: bad", "b": "RayActorError: the node died"}) == \
+        "run the same command again to retry them"

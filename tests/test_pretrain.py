@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from pipeline import tracking
+from pipeline.data import DataError
 from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.synth import SynthSpec, generate
 from pipeline.pretrain.checkpoint import STATE_FILE, load_state
@@ -45,6 +47,24 @@ def micro_spec(family: str, steps: int, **recipe) -> RunSpec:
                     min_crop_area=1.0, val_every=steps, checkpoint_every=max(1, steps // 2), log_every=100)
     return RunSpec(study="test-pretrain", model=MICRO[family], dataset="synth", steps=steps,
                    recipe=Recipe(**{**defaults, **recipe}))
+
+
+def test_a_corrupt_validation_shard_fails_the_run_before_its_first_step(synth, tmp_path):
+    """Issue 33, probe 8: a damaged val shard (same size, flipped bytes) is found by its checksum
+    before step 1, by name, not at the first validation after training with advice to skip rows."""
+    data = tmp_path / "synth"
+    shutil.copytree(synth, data)
+    shard = sorted(data.glob("val-*.parquet"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    spec = micro_spec("vit", steps=20, val_every=10)
+    with pytest.raises(DataError, match=f"shard {shard.name}.*checksum does not match") as err:
+        pretrain(spec, str(data), storage=str(tmp_path / "runs"), launch=LOCAL)
+    assert "--on-bad-row" not in str(err.value)
+    uri = tracking.default_tracking_uri(str(tmp_path / "runs"))
+    run = tracking.spec_runs(uri, spec.study)[spec.id]
+    assert tracking.metric_history(uri, run.run_id, "pretrain/loss") == []   # not one step trained
 
 
 def constant_baseline(synth) -> float:

@@ -283,8 +283,9 @@ def _decode_batch(item: _Encoded, decoder: _Decoder, rng: np.random.Generator) -
                 problem = ("image", str(e))
         if problem is not None:
             if spec.on_bad_row != "skip":
-                raise DataError(problem[1], dataset=decoder.root, shard=shard, row=row, field=problem[0],
-                                hint="fix or drop the row, or pretrain with --on-bad-row skip")
+                hint = ("fix or drop the row, or pretrain with --on-bad-row skip" if spec.train else
+                        f"the dataset is damaged: `python -m pipeline.data verify {decoder.root}` lists every problem")
+                raise DataError(problem[1], dataset=decoder.root, shard=shard, row=row, field=problem[0], hint=hint)
             bad.append(BadRow(shard, row, problem[0], problem[1]))
             continue
         out_images.append(arr)

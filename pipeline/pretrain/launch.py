@@ -47,7 +47,8 @@ def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
     dataset, workers = open_dataset(data_path), launch.workers
     # Sizes from the manifest alone; one listing of the folder finds a missing or truncated shard
     # before anything starts (not a footer read per shard: 100k requests at 300M images).
-    dataset.check_listed_sizes("train")
+    for split in ("train", "val") if "val" in dataset.splits else ("train",):
+        dataset.check_listed_sizes(split)
     subset = spec.subset_selector(dataset.usable_rows("train"))
     rows = dataset.subset_rows("train", **subset)
     if launch.on_bad_row not in ("raise", "skip"):

@@ -151,10 +151,13 @@ class Trainer:
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
 
     def check_shards(self) -> None:
-        """Before the first step: the checksums of this rank's share of the training shards (a
-        corrupt shard fails the run now, not hours in); once per storage, see ``check_checksums``."""
-        if self.plan.checksum_marks is not None:
-            check_checksums(self.plan.data_path, rank=self.session.rank, world_size=self.session.world,
+        """Before the first step: the checksums of this rank's share of the training shards and of the
+        validation shards (a corrupt shard fails the run now, not at its first validation or hours
+        in); once per storage, see ``check_checksums``."""
+        if self.plan.checksum_marks is None:
+            return
+        for split in ("train", self.plan.val_split) if self.plan.val_split else ("train",):
+            check_checksums(self.plan.data_path, split, rank=self.session.rank, world_size=self.session.world,
                             marks=self.plan.checksum_marks)
 
     def batches(self):
