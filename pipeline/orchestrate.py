@@ -218,6 +218,12 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     uri, study_run, gpus, specs = ctx.tracking_uri, ctx.study_run_id, ctx.gpus, study.expand(preset)
     previous = tracking.spec_runs(uri, study.name)
     done = {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
+    elsewhere = checkpoints_elsewhere([previous[s.id] for s in specs if s.id in previous], ctx.storage)
+    if elsewhere:
+        board.line(f"[study] {len(elsewhere)} of these runs are in MLflow with their checkpoints outside --storage "
+                   f"{ctx.storage} (e.g. {elsewhere[0]}): a study's runs are found by RunSpec in its MLflow "
+                   "experiment, whatever storage; done ones are not trained again, the others resume from those "
+                   "checkpoints. To train anew, use another MLflow store (--tracking-uri) or study name")
     exaflops = {r["id"]: r["exaflops"] or 0.0 for r in planned["runs"]}
     # the most compute first (longest-processing-time order): the study does not end with its
     # longest run alone on the cluster while the rest of it idles
@@ -238,6 +244,13 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     except KeyboardInterrupt:
         stopped(uri, study.name, {s.id for s in todo}, study_run, board.line)
         raise Interrupted from None
+
+
+def checkpoints_elsewhere(records: list[tracking.RunRecord], storage: str) -> list[str]:
+    """The checkpoints of ``records`` that lie outside ``storage`` (another study's storage sharing this
+    MLflow store): the study uses them, which a new ``--storage`` alone does not change."""
+    root = store.resolve(storage).rstrip("/") + "/"
+    return [r.checkpoint_uri for r in records if r.checkpoint_uri and not r.checkpoint_uri.startswith(root)]
 
 
 @contextlib.contextmanager

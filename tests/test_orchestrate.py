@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,18 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
     assert studied == {"study/scaling.yaml", "study/runs.json"}   # the study file as it was, the runs resolved
     report = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "report")}
     assert {"report/report.html", "report/performance_vs_compute.png"} <= report
+
+
+def test_a_new_storage_with_the_same_mlflow_store_says_its_runs_are_elsewhere(killed_then_finished, tmp_path):
+    """Issue 33, probe 7: runs are found by RunSpec in the experiment, whatever storage: a study
+    given a new --storage but the same MLflow store finds them done and says where their
+    checkpoints are (the README promised that a new --storage trains again)."""
+    old = killed_then_finished["storage"]
+    uri = tracking.default_tracking_uri(str(old))
+    done = subprocess.run([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke", "--storage",
+                           str(tmp_path / "new"), "--tracking-uri", uri],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    said = done.stdout + done.stderr
+    assert f"2 of these runs are in MLflow with their checkpoints outside --storage {tmp_path / 'new'}" in said
+    assert f"(e.g. {old}" in said and "2 runs, 2 done, 0 to run" in said
