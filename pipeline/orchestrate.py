@@ -35,6 +35,7 @@ from pipeline.chain import ChainContext, run_chain
 from pipeline.exits import Interrupted, check_interrupt
 from pipeline.preflight import (StudyError, check_services, prepare_data, prepare_downstream, resolve_storage,
                                 synth_target)
+from pipeline.raycluster import unplaceable
 from pipeline.spec import RunSpec, Study
 from pipeline import analysis
 from pipeline.analysis.descriptions import experiment_description
@@ -174,6 +175,11 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
         with console.Board(quiet=options.quiet, bars=options.bars) as board:
             board.line(f"[study] {ray_where()}")
+            missing = unplaceable({"GPU": options.gpus_per_run} if options.gpus_per_run else {"CPU": 1})
+            if missing is not None:   # every run would wait for it forever, saying nothing
+                tracking.finish_run(uri, study_run, "FAILED")
+                raise StudyError(f"each run needs {missing}: none can ever start here; give --gpus-per-run 0 "
+                                 "(CPU workers), or run on a cluster that has them (RAY_ADDRESS)")
             board.line(f"[study] MLflow {uri}; in its UI, the runs with the columns that matter: {view}")
             ctx = ChainContext(data_path=data or prepare_data(p, None, storage, bars, emit=board.line),
                                storage=storage, tracking_uri=uri, downstream=downstream, transfer=p.transfer,

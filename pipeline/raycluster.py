@@ -33,6 +33,19 @@ def ensure_ray(log_to_driver: bool = True) -> None:
     exits.catch_again()  # SIGTERM as Ctrl-C, not Ray's exit 1 (pipeline.exits)
 
 
+def unplaceable(per_worker: dict[str, float], workers: int = 1) -> str | None:
+    """What a local Ray started by this process can never give ``workers`` workers of ``per_worker``
+    resources (no autoscaler adds nodes to it), said for people; None when they fit, or on a cluster
+    (``RAY_ADDRESS``), where an autoscaler may add the nodes."""
+    import ray
+    if os.environ.get("RAY_ADDRESS") not in (None, "", "local"):
+        return None
+    total = ray.cluster_resources()
+    short = [f"{workers} x {amount:g} {name} (this machine's Ray has {total.get(name, 0):g})"
+             for name, amount in per_worker.items() if amount * workers > total.get(name, 0)]
+    return "; ".join(short) or None
+
+
 def fit_off_main_thread(trainer) -> Any:
     """``trainer.fit()`` on a helper thread, this one waiting: on the main thread, Ray Train puts
     its own SIGINT handler in place of the command's (it aborts the run and the command ends with

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.gpu_e2e import spec_runs
 from micro_models import MICRO
@@ -69,11 +70,23 @@ def mistakes(tmp_path: Path, small: str, truncated: str) -> dict[str, tuple[list
         "dead tracking server": (["pipeline.study", "scaling", "--preset", "smoke", "--storage", str(tmp_path / "runs"),
                                   "--tracking-uri", "http://127.0.0.1:9"], 2,
                                  "the MLflow server http://127.0.0.1:9 does not answer"),
+        # issue 33, probe 3: work a local Ray can never place was waited for forever, without a word
+        "more workers than CPUs": ([*pretrain, "--lr", "1e-3", "--data", small, "--storage", str(tmp_path / "runs"),
+                                    "--workers", str(WORKERS), "--batch-size", str(2 * WORKERS)], 1,
+                                   f"pretraining needs {WORKERS} x 1 CPU (this machine's Ray has {os.cpu_count()})"),
+        "a GPU per run without GPUs": (["pipeline.study", "scaling", "--preset", "smoke", "--storage",
+                                        str(tmp_path / "runs"), "--gpus-per-run", "1"], 2,
+                                       "each run needs 1 x 1 GPU (this machine's Ray has 0): none can ever start here"),
     }
 
 
+WORKERS = (os.cpu_count() or 1) + 1   # one more than a local Ray has CPUs
+
+
 CASES = ["study file missing", "storage under a file", "custom model without --base-lr", "truncated shard", "unknown study",
-         "dead Ray address", "dead tracking server"]
+         "dead Ray address", "dead tracking server", "more workers than CPUs",
+         pytest.param("a GPU per run without GPUs", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                              reason="this machine has a GPU"))]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -81,7 +94,7 @@ def test_a_mistake_is_one_line_and_a_nonzero_exit(case, tmp_path, small, truncat
     command, code, message = mistakes(tmp_path, small, truncated)[case]
     start = time.monotonic()
     done = run(*command, env={"RAY_ADDRESS": "127.0.0.1:9"} if case == "dead Ray address" else None)
-    lines = said_lines(done.stderr)
+    lines = [line for line in said_lines(done.stderr) if not line.startswith("[compute]")]   # progress, not errors
     assert done.returncode == code, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
     assert message in lines[0], lines[0]

@@ -21,7 +21,7 @@ from pipeline.data.subsets import cached_subset
 from pipeline.planning import run_numbers
 from pipeline.pretrain.loop import Hooks, PretrainPlan, train_loop, train_loop_per_worker
 from pipeline.pretrain.session import LocalSession
-from pipeline.raycluster import ensure_ray, fit_off_main_thread
+from pipeline.raycluster import ensure_ray, fit_off_main_thread, unplaceable
 from pipeline.spec import RunSpec
 
 
@@ -123,6 +123,10 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     ensure_ray()
     resources = {"CPU": launch.cpus_per_worker, **({"GPU": 1} if launch.use_gpu else {})}
+    problem = unplaceable(resources, launch.workers)
+    if problem is not None:   # Ray would wait for it forever, saying nothing
+        raise ValueError(f"pretraining needs {problem}: it can never start here; ask for fewer workers (--workers) "
+                         "or none of what is missing, or run on a cluster that has them (RAY_ADDRESS)")
     for attempt in range(launch.max_failures + 1):
         # Each attempt is one Train run of the same name: it resumes from the last checkpoint.
         # Failures are retried here rather than inside Ray Train, which cannot tell bad data
