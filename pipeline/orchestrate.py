@@ -335,7 +335,8 @@ def finish_study(study: Study, preset: str, summary: dict[str, Any], *, report: 
     uri, study_run, storage = summary["tracking_uri"], summary["study_run_id"], summary["storage"]
     done, failures = summary["done"], summary["failed"]
     complete = not failures and len(done) == summary["runs"]
-    tracking.MetricLogger(uri, study_run).log_now(0, {"runs_done": len(done), "runs_failed": len(failures)})
+    attempt = tracking.last_step(uri, study_run, "runs_done") + 1   # one point per run of the command
+    tracking.MetricLogger(uri, study_run).log_now(attempt, {"runs_done": len(done), "runs_failed": len(failures)})
     if report:
         emit("[study] writing the report")
         try:

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import analysis, fits, tracking
+from pipeline import analysis, tracking
+from pipeline.analysis import law_bootstrap, law_choice, multipliers, scaling_laws
 from pipeline.spec import load_study
 
-TRUE = fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)   # error 0.5 (C + 1)^-0.35 + 0.1
+TRUE = scaling_laws.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)   # error 0.5 (C + 1)^-0.35 + 0.1
 COMPUTE = np.geomspace(0.1, 1e4, 16)
 
 
@@ -25,9 +26,9 @@ def draw(rng, truth=TRUE, compute=COMPUTE, noise=0.02):
     return truth.error(compute) * np.exp(rng.normal(0, noise, len(compute)))
 
 
-def shifted(truth: fits.Fit, factor: float) -> fits.Fit:
+def shifted(truth: scaling_laws.Fit, factor: float) -> scaling_laws.Fit:
     """The family that needs ``factor`` times the compute for every error: E'(C) = E(C / factor)."""
-    return fits.Fit("saturating", a=truth.a * factor ** truth.b, b=truth.b, c=truth.c, d=truth.d * factor)
+    return scaling_laws.Fit("saturating", a=truth.a * factor ** truth.b, b=truth.b, c=truth.c, d=truth.d * factor)
 
 
 # ----------------------------------------------------------------------------- fits
@@ -35,7 +36,7 @@ def shifted(truth: fits.Fit, factor: float) -> fits.Fit:
 def test_saturating_fit_recovers_parameters():
     rng = np.random.default_rng(0)
     for _ in range(5):
-        f = fits.fit(COMPUTE, draw(rng))
+        f = scaling_laws.fit(COMPUTE, draw(rng))
         assert f.a == pytest.approx(TRUE.a, rel=0.12)
         assert f.b == pytest.approx(TRUE.b, rel=0.12)
         assert f.c == pytest.approx(TRUE.c, abs=0.015)
@@ -47,7 +48,7 @@ def test_saturating_fit_recovers_parameters():
 def test_fit_is_scale_free_and_inverse_is_consistent():
     """Micro studies live at 1e-8 exaFLOPs: the same law in other units gives the same exponent."""
     errors = draw(np.random.default_rng(1))
-    f, tiny = fits.fit(COMPUTE, errors), fits.fit(COMPUTE * 1e-9, errors)
+    f, tiny = scaling_laws.fit(COMPUTE, errors), scaling_laws.fit(COMPUTE * 1e-9, errors)
     assert tiny.b == pytest.approx(f.b, rel=1e-3) and tiny.c == pytest.approx(f.c, rel=1e-3)
     assert tiny.d == pytest.approx(f.d * 1e-9, rel=1e-2)
     assert np.allclose(f.compute_for(f.error(COMPUTE)), COMPUTE, rtol=1e-6)
@@ -58,14 +59,14 @@ def test_huber_fit_shrugs_off_one_bad_run():
     rng = np.random.default_rng(2)
     errors = draw(rng)
     errors[10] *= 1.8                                    # one run whose transfer went wrong
-    f = fits.fit(COMPUTE, errors)
+    f = scaling_laws.fit(COMPUTE, errors)
     assert f.b == pytest.approx(TRUE.b, rel=0.15) and f.c == pytest.approx(TRUE.c, abs=0.02)
 
 
 def test_law_chosen_by_rolling_origin():
     rng = np.random.default_rng(3)
-    saturating = fits.fit_family("x", COMPUTE, 1 - draw(rng), rng=rng, n_boot=20)
-    assert set(saturating.fits) == set(fits.FORMS)
+    saturating = law_choice.fit_family("x", COMPUTE, 1 - draw(rng), rng=rng, n_boot=20)
+    assert set(saturating.fits) == set(scaling_laws.FORMS)
     assert saturating.ranked()[0] == "saturating" and "rolling origin" in saturating.reason
     assert saturating.score("saturating") == min(saturating.score(f) for f in saturating.rolling)
     law = saturating.best()[0]         # the two best sound forms, their log errors averaged
@@ -73,20 +74,20 @@ def test_law_chosen_by_rolling_origin():
     assert np.allclose(law.error(COMPUTE), np.sqrt(law.parts[0].error(COMPUTE) * law.parts[1].error(COMPUTE)))
     assert np.allclose(law.compute_for(law.error(COMPUTE)), COMPUTE, rtol=1e-8)
     cuts = [p.cut for p in saturating.rolling["saturating"]]
-    assert len(cuts) == fits.ROLLING_CUTS and min(cuts) >= np.sqrt(COMPUTE[0] * COMPUTE[-1])   # the upper half
+    assert len(cuts) == law_choice.ROLLING_CUTS and min(cuts) >= np.sqrt(COMPUTE[0] * COMPUTE[-1])   # the upper half
     assert all(np.all(np.array(p.compute) > p.cut) for p in saturating.rolling["power"])
     assert set(saturating.boot) == set(saturating.intervals) == {law.form}   # the law used only
     assert set(saturating.intervals[law.form]) == set(law.params) and "saturating.b" in law.params
-    pure = fits.Fit("power", a=0.6, b=0.2)
-    power = fits.fit_family("y", COMPUTE, 1 - draw(rng, pure), rng=rng, n_boot=20)
+    pure = scaling_laws.Fit("power", a=0.6, b=0.2)
+    power = law_choice.fit_family("y", COMPUTE, 1 - draw(rng, pure), rng=rng, n_boot=20)
     assert power.ranked()[0] == "power" and power.law().startswith("power+") and power.fits["power"].b == pytest.approx(0.2, rel=0.1)
     assert power.fits["saturating"].c < 0.02            # no floor to find
-    few = fits.fit_family("z", COMPUTE[:4], 1 - draw(rng, compute=COMPUTE[:4]), rng=rng, n_boot=20)
+    few = law_choice.fit_family("z", COMPUTE[:4], 1 - draw(rng, compute=COMPUTE[:4]), rng=rng, n_boot=20)
     assert set(few.fits) == {"power", "knee"} and few.better is None and few.law() == "power"
     assert "cannot tell" in few.reason and not few.rolling
-    three = fits.fit_family("v", COMPUTE[:3], 1 - draw(rng, compute=COMPUTE[:3]), rng=rng, n_boot=20)
+    three = law_choice.fit_family("v", COMPUTE[:3], 1 - draw(rng, compute=COMPUTE[:3]), rng=rng, n_boot=20)
     assert set(three.fits) == {"power"} and "only the power law" in three.reason
-    two = fits.fit_family("w", COMPUTE[:2], 1 - draw(rng, compute=COMPUTE[:2]), rng=rng, n_boot=20)
+    two = law_choice.fit_family("w", COMPUTE[:2], 1 - draw(rng, compute=COMPUTE[:2]), rng=rng, n_boot=20)
     assert not two.fits and two.best() is None and "too few" in two.reason
 
 
@@ -95,11 +96,11 @@ def test_knee_and_sigmoid_fits_recover_their_curves():
     the measured range, and the inverse is consistent."""
     rng = np.random.default_rng(11)
     grid = np.geomspace(0.1, 1e4, 50)
-    for truth in (fits.Fit("knee", a=0.3, b=0.4, g=0.01), fits.Fit("sigmoid", a=2.0, b=0.5, c=0.08, alpha=1.5, e0=0.95)):
-        f = fits.fit(COMPUTE, draw(rng, truth), truth.form)
+    for truth in (scaling_laws.Fit("knee", a=0.3, b=0.4, g=0.01), scaling_laws.Fit("sigmoid", a=2.0, b=0.5, c=0.08, alpha=1.5, e0=0.95)):
+        f = scaling_laws.fit(COMPUTE, draw(rng, truth), truth.form)
         assert np.allclose(f.error(grid), truth.error(grid), rtol=0.06), truth.form   # measured: 1.3% and 5.2%
         assert np.allclose(f.compute_for(f.error(COMPUTE)), COMPUTE, rtol=1e-6)
-    m4 = fits.Fit("sigmoid", a=2.0, b=0.5, c=0.08, alpha=1.5, e0=0.95)
+    m4 = scaling_laws.Fit("sigmoid", a=2.0, b=0.5, c=0.08, alpha=1.5, e0=0.95)
     e = m4.error(COMPUTE)
     assert np.allclose((e - m4.c) / (m4.e0 - e) ** m4.alpha, m4.a * COMPUTE ** -m4.b)   # the implicit equation holds
     assert np.all(np.diff(e) < 0) and e[0] < m4.e0 and e[-1] > m4.c
@@ -111,7 +112,7 @@ def test_sigmoid_solver_solves_its_equation_everywhere():
     rng = np.random.default_rng(12)
     for _ in range(400):
         level, alpha = rng.normal(0, 20, 50), float(np.exp(rng.normal(0, 1.5)))
-        t = fits._sigmoid_logit(level, alpha)
+        t = scaling_laws._sigmoid_logit(level, alpha)
         left = -np.logaddexp(0, -t) + alpha * np.logaddexp(0, t)
         assert np.all((np.abs(left - level) < 1e-8 * np.maximum(1, np.abs(level))) | (t >= 699)), alpha
 
@@ -121,10 +122,10 @@ def test_a_degenerate_law_is_not_chosen_while_another_is_sound():
     at the cap (degenerate) and is not chosen, though it describes the points."""
     compute = np.geomspace(0.1, 1e4, 9)
     error = 0.1 + 0.5 * np.exp(-compute / 3)
-    ff = fits.fit_family("v", compute, 1 - error, rng=np.random.default_rng(0), n_boot=10)
-    assert ff.degenerate["saturating"] == {"b": ("upper", fits.MAX_EXPONENT)}
+    ff = law_choice.fit_family("v", compute, 1 - error, rng=np.random.default_rng(0), n_boot=10)
+    assert ff.degenerate["saturating"] == {"b": ("upper", scaling_laws.MAX_EXPONENT)}
     assert ff.law() not in ("saturating",) and not ff.used_degenerate
-    flat = fits.fit_family("f", compute[:5], np.full(5, 0.6), rng=np.random.default_rng(0), n_boot=10)
+    flat = law_choice.fit_family("f", compute[:5], np.full(5, 0.6), rng=np.random.default_rng(0), n_boot=10)
     assert all(flat.degenerate[form] for form in flat.fits) and flat.used_degenerate == {"b": ("lower", 1e-3)}
 
 
@@ -137,13 +138,13 @@ def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
     hits = {"b": 0, "c": 0, "error at the largest compute": 0}
     for _ in range(draws):
         errors = draw(rng, compute=compute, noise=0.03)
-        point = fits.fit(compute, errors)
-        boot = fits.bootstrap(compute, errors, "saturating", rng=rng, n_boot=60, point=point)
-        df = fits.residual_df(point)
-        intervals = fits.param_intervals(boot, level, df)
+        point = scaling_laws.fit(compute, errors)
+        boot = law_bootstrap.bootstrap(compute, errors, "saturating", rng=rng, n_boot=60, point=point)
+        df = law_bootstrap.residual_df(point)
+        intervals = law_bootstrap.param_intervals(boot, level, df)
         for name in ("b", "c"):
             hits[name] += intervals[name][0] <= getattr(TRUE, name) <= intervals[name][1]
-        lo, hi = fits.curve_band(boot, compute[-1:], level, df)
+        lo, hi = law_bootstrap.curve_band(boot, compute[-1:], level, df)
         hits["error at the largest compute"] += lo[0] <= TRUE.error(compute[-1]) <= hi[0]
     coverage = {k: v / draws for k, v in hits.items()}
     print("coverage at 80% nominal:", coverage)
@@ -152,34 +153,34 @@ def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
 
 
 def test_t_expansion_widens_intervals_for_few_residual_degrees_of_freedom():
-    assert fits.percentile_level(0.8, None) == 0.8
-    assert fits.percentile_level(0.8, 3) == pytest.approx(0.899, abs=0.002)   # Phi(t_0.9,3 = 1.638)
-    assert fits.percentile_level(0.8, 1000) == pytest.approx(0.8, abs=1e-3)
+    assert law_bootstrap.percentile_level(0.8, None) == 0.8
+    assert law_bootstrap.percentile_level(0.8, 3) == pytest.approx(0.899, abs=0.002)   # Phi(t_0.9,3 = 1.638)
+    assert law_bootstrap.percentile_level(0.8, 1000) == pytest.approx(0.8, abs=1e-3)
     values = np.random.default_rng(0).normal(size=5000)
-    assert np.diff(fits.interval(values, 0.8, 3)) > np.diff(fits.interval(values, 0.8))
+    assert np.diff(law_bootstrap.interval(values, 0.8, 3)) > np.diff(law_bootstrap.interval(values, 0.8))
 
 
 def test_compute_multiplier_recovers_a_known_factor():
     rng = np.random.default_rng(5)
     factor = 3.0
-    vit = fits.fit_family("vit", COMPUTE, 1 - draw(rng), rng=rng, n_boot=100, level=0.9)
+    vit = law_choice.fit_family("vit", COMPUTE, 1 - draw(rng), rng=rng, n_boot=100, level=0.9)
     resnet_compute = COMPUTE * factor * 1.7              # measured over a different compute range
-    resnet = fits.fit_family("resnet", resnet_compute, 1 - draw(rng, shifted(TRUE, factor), resnet_compute),
+    resnet = law_choice.fit_family("resnet", resnet_compute, 1 - draw(rng, shifted(TRUE, factor), resnet_compute),
                              rng=rng, n_boot=100, level=0.9)
-    m = fits.compute_multiplier(resnet, vit)
+    m = multipliers.compute_multiplier(resnet, vit)
     # the laws are chosen per family (here knee+power for ViT, saturating+sigmoid for ResNet), so the ratio of
     # different forms varies over the range: 3.46 here, the truth inside the interval (bench_fits.py --law chosen)
     assert m["multiplier"] == pytest.approx(factor, rel=0.25)
     assert m["interval"][0] <= factor <= m["interval"][1]
     assert m["interval"][1] / m["interval"][0] < 2
     assert 0 < m["accuracy_range"][0] < m["accuracy_range"][1] < 1
-    inverse = fits.compute_multiplier(vit, resnet)
+    inverse = multipliers.compute_multiplier(vit, resnet)
     assert inverse["multiplier"] == pytest.approx(1 / m["multiplier"], rel=1e-6)
 
 
 def test_fits_are_reproducible_from_the_seed():
     errors = draw(np.random.default_rng(6))
-    runs = [fits.fit_family("x", COMPUTE, 1 - errors, rng=np.random.default_rng(7), n_boot=30) for _ in range(2)]
+    runs = [law_choice.fit_family("x", COMPUTE, 1 - errors, rng=np.random.default_rng(7), n_boot=30) for _ in range(2)]
     assert runs[0].intervals == runs[1].intervals
 
 
@@ -366,7 +367,7 @@ def test_problems_of_runs_without_tracking_or_with_unfinished_pretraining():
     assert not report.problems_of("missing_metric")
     assert report.fits.families["vit"].compute.tolist() == [table.loc[0, "exaflops"], table.loc[2, "exaflops"]]
     [few] = report.problems_of("too_few_points")                        # vit: 2 points with finished pretraining
-    assert (few.family, few.value, few.reference) == ("vit", 2, fits.MIN_POINTS["power"])
+    assert (few.family, few.value, few.reference) == ("vit", 2, scaling_laws.MIN_POINTS["power"])
     markdown = analysis.to_markdown(report)
     assert all(f"`{p.run_id}`" in markdown for p in report.problems if p.run_id is not None)
     assert "Too few points to fit: ViT has 2 distinct compute value(s)" in sanity_text(markdown)
@@ -415,7 +416,7 @@ def test_report_fits_and_multiplier_on_a_synthetic_study(tmp_path):
     assert report.fits.metric.label == "average of 2" and list(report.fits.families) == ["vit", "resnet", "hybrid"]
     verdicts = {v.family: (v.verdict, v.better) for v in report.fits.verdicts}
     assert set(verdicts) == set(FACTORS) and {v for v, _ in verdicts.values()} == {"better"}
-    assert all(ff.law() in fits.FORMS and ff.boot[ff.law()] for ff in report.fits.families.values())
+    assert all(ff.law() in scaling_laws.FORMS and ff.boot[ff.law()] for ff in report.fits.families.values())
     assert [(m.x, m.y) for m in report.fits.multipliers] == [("resnet", "vit"), ("hybrid", "vit"), ("hybrid", "resnet")]
     for family in ("resnet", "hybrid"):
         m = report.fits.multiplier(family, "vit")
@@ -464,7 +465,7 @@ def test_sanity_section_of_a_clean_study_says_all_checks_passed():
     assert section.lstrip().startswith("All checks passed.")
     assert "Checks run: val_prec1 vs the majority-class baseline (21 runs);" in section
     fitted = sum(len(ff.fits) for ff in report.fits.families.values())
-    assert fitted == 3 * len(fits.FORMS)                               # 7 runs: every form, every family
+    assert fitted == 3 * len(scaling_laws.FORMS)                               # 7 runs: every form, every family
     assert f"fitted parameters vs the fit's bounds ({fitted} fits)" in section and "Not run" not in section
 
 
@@ -514,9 +515,9 @@ def test_sanity_section_names_each_planted_result_with_its_number():
 
 def test_fit_at_a_bound_is_a_sanity_finding():
     compute = np.geomspace(0.1, 1e4, 7)
-    flat = fits.fit(compute, np.full(7, 0.3), "power")
-    assert fits.at_bounds(flat, compute, np.full(7, 0.3)) == {"b": ("lower", pytest.approx(1e-3))}
-    assert fits.at_bounds(fits.fit(compute, TRUE.error(compute)), compute, TRUE.error(compute)) == {}
+    flat = scaling_laws.fit(compute, np.full(7, 0.3), "power")
+    assert scaling_laws.at_bounds(flat, compute, np.full(7, 0.3)) == {"b": ("lower", pytest.approx(1e-3))}
+    assert scaling_laws.at_bounds(scaling_laws.fit(compute, TRUE.error(compute)), compute, TRUE.error(compute)) == {}
     table = synthetic_table(np.random.default_rng(8), models=5)
     table.loc[table["family"] == "vit", ["fewshot/imagenet/5shot", "finetune/imagenet/acc"]] = [0.6, 0.7]
     report = sanity_report(table)
@@ -623,7 +624,7 @@ def test_fits_on_the_frontier_of_the_learning_curves(curve_store, tmp_path):
     assert not points.loc[("ViT-micro-M", 120), "used"]          # 30% of the big run: below the small one's end
     assert (basis.points.loc[basis.points["source"] == "curve", "fraction"] < 1).all()   # the end point stands for it
     vit = report.fits.families["vit"]
-    assert len(vit.compute) == 7 > 2 and set(vit.fits) == set(fits.FORMS)      # 7 points from 2 runs
+    assert len(vit.compute) == 7 > 2 and set(vit.fits) == set(scaling_laws.FORMS)      # 7 points from 2 runs
     assert sum(len(ff.compute) for ff in report.fits.families.values()) > len(report.runs)
     used = basis.used[basis.used["family"] == "vit"]
     fitted = np.array(sorted(zip(vit.compute, 1 - vit.error)))

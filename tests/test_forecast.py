@@ -12,17 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import analysis, fits
+from pipeline import analysis
+from pipeline.analysis import scaling_laws
 from pipeline.analysis.forecast import ForecastTarget, named_targets, track_record
 from pipeline.spec import load_study, named_entry
 
-TRUE = fits.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)   # error 0.5 (C + 1)^-0.35 + 0.1
+TRUE = scaling_laws.Fit("saturating", a=0.5, b=0.35, c=0.1, d=1.0)   # error 0.5 (C + 1)^-0.35 + 0.1
 FACTORS = {"vit": 1.0, "resnet": 3.0}                        # compute each family needs, relative to ViT
 
 
-def truth_of(family: str) -> fits.Fit:
+def truth_of(family: str) -> scaling_laws.Fit:
     f = FACTORS[family]
-    return fits.Fit("saturating", a=TRUE.a * f ** TRUE.b, b=TRUE.b, c=TRUE.c, d=TRUE.d * f)
+    return scaling_laws.Fit("saturating", a=TRUE.a * f ** TRUE.b, b=TRUE.b, c=TRUE.c, d=TRUE.d * f)
 
 
 def study_table(rng, compute_of, noise: float = 0.01) -> pd.DataFrame:

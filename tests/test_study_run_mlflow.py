@@ -50,6 +50,11 @@ def test_study_run_has_every_fit_as_metrics_and_tags(logged):
     assert tags["fit/metric"] == fits.metric.column == "fewshot/digits/5shot"
     assert metrics["fit/level"] == pytest.approx(analysis.LEVEL)
     assert math.isnan(metrics["fit/Old/exponent"]) and metrics["runs_done"] == 6   # outdated: NaN; others kept
+    # issue 33, probe 11: the second writing is the second point (step 1), not another point at step 0
+    uri = logged["uri"]
+    history = tracking.metric_history(uri, run.info.run_id, "fit/Old/exponent")
+    assert [step for step, _ in history] == [0, 1]
+    assert [step for step, _ in tracking.metric_history(uri, run.info.run_id, "fit/level")] == [1]
     assert not any(k.startswith("fit") for k in run.data.params)                  # params cannot change
 
 

@@ -1,7 +1,7 @@
 """The report as MLflow data of the study-level run (``log_study_run``), so that the MLflow UI
 answers the study's question without opening a file:
 
-- metrics (step 0; a re-written report logs them again, and MLflow shows the latest):
+- metrics (step k at the k-th writing of the report, 0 the first; MLflow shows the latest):
   ``fit/level``; per family with points, ``fit/<family>/points`` and, where it has a fit, the
   parameters of the law used by name (``fit/<family>/{exponent,scale}``, the saturating law's
   ``floor`` and ``offset``, ...; a blend of two forms: ``fit/<family>/<form>_<name>``, e.g.
@@ -96,5 +96,8 @@ def log_study_run(report: Report, tracking_uri: str, run_id: str) -> None:
     under ``report/`` first (``files.write_report``)."""
     metrics = study_run_metrics(report.fits)
     stale = outdated(tracking.recorded_metrics(tracking_uri, run_id), metrics)
-    tracking.MetricLogger(tracking_uri, run_id).log_now(0, {**metrics, **stale})
+    values = {**metrics, **stale}
+    # one step per writing of the report (0 the first): a re-run adds the next point, not another at 0
+    step = 1 + max((tracking.last_step(tracking_uri, run_id, key) for key in values), default=-1)
+    tracking.MetricLogger(tracking_uri, run_id).log_now(step, values)
     tracking.set_tags(tracking_uri, run_id, study_run_tags(report, preview_url(report, run_id)))
