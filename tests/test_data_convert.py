@@ -133,6 +133,19 @@ def test_imagefolder_round_trip_makes_everything_rgb(image_tree, tmp_path):
     assert_usable(out, {"train": 12})
 
 
+def test_links_that_lead_nowhere_are_counted_not_silently_dropped(tmp_path):
+    """Issue 33, probe 11: a dangling link, a link to itself and a link to a folder (not followed:
+    it could loop) are counted in the report, and the images are converted once."""
+    folder = tmp_path / "src" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "x.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "self").symlink_to(folder / "self")
+    (folder / "loop").symlink_to(folder)
+    report = convert("imagefolder", tmp_path / "src", tmp_path / "out", executor="inline", progress=False)
+    assert report["rows"] == 1 and report["skipped_links"] == 3 and report["ignored_files"] == 0
+
+
 def test_a_16_bit_png_keeps_its_brightness(tmp_path):
     """Issue 33, probe 9: a 16-bit grayscale PNG is scaled to 8 bits, not clipped at 255 (its mean
     was 254.6 against 124 in the source)."""

@@ -23,6 +23,21 @@ def imagefolder_job(out: str, name: str, items: list[tuple[str, str, int]], spli
     return finish_shard(out, name, rows, subset_seed, result)
 
 
+def class_files(folder: Path) -> tuple[list[Path], int, int]:
+    """A class folder's image files (sorted, in its subfolders too), how many other files it holds,
+    and how many symbolic links were not read: dangling, looping, or to folders (not followed)."""
+    images, others, links = [], 0, 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(path)
+            else:
+                others += 1
+        elif path.is_symlink():
+            links += 1
+    return images, others, links
+
+
 def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
                         executor: str = "auto", progress: bool = True) -> dict[str, Any]:
     """``SRC/<class>/<images>`` -> split ``options.split`` (default train) of ``out``."""
@@ -34,14 +49,11 @@ def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
     if not classes:
         raise ConversionError("has no class subfolders", source=src,
                               hint="expected SRC/<class>/<images>")
-    items, ignored = [], []
+    items, ignored, links = [], 0, 0
     for label, name in enumerate(classes):
-        for path in sorted((src / name).rglob("*")):
-            if path.is_file():
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    items.append((str(path), str(path.relative_to(src)), label))
-                else:
-                    ignored.append(str(path))
+        images, others, broken = class_files(src / name)
+        items += [(str(path), str(path.relative_to(src)), label) for path in images]
+        ignored, links = ignored + others, links + broken
     if not items:
         raise ConversionError("has no image files in its class subfolders", source=src)
     manifest = open_output(out, split, num_classes=len(classes), multi_label=False,
@@ -54,6 +66,6 @@ def convert_imagefolder(src, out, options: ConvertOptions = ConvertOptions(), *,
     results = run_split_jobs(out, split, imagefolder_job, jobs, weights=[len(j[2]) for j in jobs],
                        desc=f"imagefolder {split}", unit="img", executor=executor, progress=progress)
     report = record_split(out, manifest, split, results)
-    report["ignored_files"] = len(ignored)
+    report["ignored_files"], report["skipped_links"] = ignored, links
     return report
 

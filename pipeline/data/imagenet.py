@@ -35,7 +35,7 @@ from typing import Any
 from pipeline import storage
 from pipeline.data.convert import (ROWS_PER_SHARD, ConversionError, ConvertOptions, chunks, open_output, record_split,
                                    run_split_jobs, shard_jobs)
-from pipeline.data.imagefolder import IMAGE_EXTENSIONS, imagefolder_job
+from pipeline.data.imagefolder import IMAGE_EXTENSIONS, class_files, imagefolder_job
 from pipeline.data.format import MANIFEST_NAME
 
 from pipeline.data.imagenet21k import WNID, convert_synset_tars, find_words_file, read_words
@@ -94,13 +94,11 @@ def _convert_train_folders(src: Path, out: str, options: ConvertOptions, executo
                            progress: bool) -> dict[str, Any]:
     split = options.split or "train"
     wnids = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    items, ignored = [], 0
+    items, ignored, links = [], 0, 0
     for label, wnid in enumerate(wnids):
-        for path in sorted((src / wnid).rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append((str(path), path.relative_to(src).as_posix(), label))
-            elif path.is_file():
-                ignored += 1
+        images, others, broken = class_files(src / wnid)
+        items += [(str(path), path.relative_to(src).as_posix(), label) for path in images]
+        ignored, links = ignored + others, links + broken
     if not items:
         raise ConversionError("has no image files in its class subfolders", source=src)
     manifest = open_output(out, split, num_classes=len(wnids), multi_label=False,
@@ -113,7 +111,7 @@ def _convert_train_folders(src: Path, out: str, options: ConvertOptions, executo
         words = read_words(words_file)
         manifest["class_descriptions"] = [words.get(w) for w in wnids]
     report = _run_items(out, split, items, manifest, options, executor, progress)
-    report["ignored_files"] = ignored
+    report["ignored_files"], report["skipped_links"] = ignored, links
     return report
 
 
