@@ -285,7 +285,8 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
     bad_marks, marks = sorted((tmp_path / "runs" / "checksums-checked").iterdir(),
                               key=lambda folder: len(list(folder.iterdir())))
     assert len(list(bad_marks.iterdir())) == 1  # the good shard before the corrupt one
-    assert len(list(marks.iterdir())) == len(Dataset(synth).shards())  # every shard checked, and marked
+    checked = len(Dataset(synth).shards()) + len(Dataset(synth).shards("val"))   # training and validation shards
+    assert len(list(marks.iterdir())) == checked  # every shard checked, and marked
     assert check_checksums(synth, marks=str(marks)) == 0 and check_checksums(synth) == len(Dataset(synth).shards())
 
 

@@ -74,7 +74,7 @@ def source_tags() -> dict[str, str]:
     from importlib import metadata
     tags = {"mlflow.source.type": "JOB", "mlflow.source.name": "pipeline",
             "code_version": metadata.version("vit-scaling")}
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]   # the checkout: pipeline/tracking/provenance.py
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
