@@ -18,6 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
+
 from pipeline.raycluster import ensure_ray
 
 INBOX_PREFIX = "pipeline-console-"

@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 import torch
+
 from pipeline.data import num_classes
 from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.ridge import sample_shots

@@ -29,17 +29,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipeline import console, hardware, tracking
+from pipeline import analysis, console, hardware, tracking
 from pipeline import storage as store
+from pipeline.analysis.descriptions import experiment_description
 from pipeline.chain import ChainContext, run_chain
 from pipeline.exits import Interrupted, check_interrupt
+from pipeline.planning import plan as study_plan
 from pipeline.preflight import (StudyError, check_services, prepare_data, prepare_downstream, resolve_storage,
                                 synth_target)
 from pipeline.raycluster import unplaceable
 from pipeline.spec import RunSpec, Study
-from pipeline import analysis
-from pipeline.analysis.descriptions import experiment_description
-from pipeline.planning import plan as study_plan
 from pipeline.transfer import expected_metrics
 
 
@@ -175,7 +174,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
         with console.Board(quiet=options.quiet, bars=options.bars) as board:
             board.line(f"[study] {ray_where()}")
-            missing = unplaceable({"GPU": options.gpus_per_run} if options.gpus_per_run else {"CPU": 1})
+            missing = unplaceable({"GPU": options.gpus_per_run}) if options.gpus_per_run else None
             if missing is not None:   # every run would wait for it forever, saying nothing
                 tracking.finish_run(uri, study_run, "FAILED")
                 raise StudyError(f"each run needs {missing}: none can ever start here; give --gpus-per-run 0 "

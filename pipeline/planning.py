@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import compute, tracking
-from pipeline.spec import Preset, RunSpec, Study, subset_images
 from pipeline.data import open_dataset
+from pipeline.spec import Preset, RunSpec, Study, subset_images
 
 DEFAULT_MFU = 0.4           # a typical model-FLOPs utilization for large ViT/ResNet training
 DEFAULT_PEAK_TFLOPS = 989.0  # H100 SXM dense bf16

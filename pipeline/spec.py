@@ -352,14 +352,12 @@ def expanded_size(data: Any) -> float:
         if children_done or not children:
             sizes[id(obj)] = 1 + sum(sizes[id(child)] for child in children)
             open_.discard(id(obj))
-        elif id(obj) in open_:
-            return math.inf     # an alias inside itself (&a [*a]): endless once expanded
         else:
             open_.add(id(obj))
             stack.append((obj, True))
             for child in children:
                 if id(child) in open_:
-                    return math.inf
+                    return math.inf     # an alias inside itself (&a [*a]): endless once expanded
                 if id(child) not in sizes:
                     stack.append((child, False))
     return sizes[id(data)]

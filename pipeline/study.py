@@ -28,9 +28,9 @@ import sys
 
 from pipeline import console, exits, hardware, preflight, tracking
 from pipeline import storage as store
+from pipeline.data import DataError
 from pipeline.planning import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, format_plan, plan
 from pipeline.spec import list_studies, load_study, named_entry
-from pipeline.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.report:
             orchestrate.write_study_report(study, args.preset, storage=storage, tracking_uri=uri,
-                                     forecast=tuple(args.forecast))
+                                           forecast=tuple(args.forecast))
             print(f"report: {store.join(orchestrate.report_dir(storage, study.name, args.preset), 'report.md')}")
             return 0
         options = orchestrate.StudyOptions(max_concurrent=args.max_concurrent, gpus_per_run=args.gpus_per_run,

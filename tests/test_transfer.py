@@ -148,7 +148,7 @@ def test_transfer_refuses_nonsense_by_name_before_it_logs_anything(pretrained, d
     assert recorded() == before   # nothing logged
 
 
-def test_a_one_class_dataset_has_no_few_shot_probe(tmp_path):
+def test_a_one_class_dataset_has_no_few_shot_probe():
     labels = np.zeros(20, dtype=np.int64)
     with pytest.raises(ValueError, match="has 1 class: a few-shot probe needs two or more"):
         check_shots("one-class", 1, labels, (1,))

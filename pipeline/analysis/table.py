@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import tracking
-from pipeline.transfer import registry as transfer_registry
-from pipeline.spec import Preset, Study
 from pipeline.planning import plan
+from pipeline.spec import Preset, Study
+from pipeline.transfer import registry as transfer_registry
 
 FAMILIES = ("vit", "resnet", "hybrid")
 FAMILY_NAMES = {"vit": "ViT", "resnet": "ResNet (BiT)", "hybrid": "Hybrid (R50+ViT)"}

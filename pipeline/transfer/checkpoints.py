@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import storage as store
-from pipeline.features import extract_features
 from models import build_model
 from models.timm_import import load_timm
+from pipeline import storage as store
 from pipeline.data import open_dataset
 from pipeline.data.digits import convert_digits
 from pipeline.data.format import MANIFEST_NAME
+from pipeline.features import extract_features
 from pipeline.pretrain.checkpoint import STATE_FILE, load_state, state_file
 
 

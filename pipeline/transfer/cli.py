@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                          dev_fraction=args.dev_fraction, min_crop_area=args.min_crop_area)
         names = [name for name, _ in datasets]
         evaluators = [FewShot(datasets=tuple(names), settings=FewshotSettings(tuple(shots), args.seeds, tuple(l2s)))
-                      if shots or args.seeds != FewshotSettings.seeds else None,
+                      if shots else None,
                       FineTune(settings={n: FinetuneSettings.for_dataset(n, **overrides) for n in names})
                       if args.finetune else None]
     except (ValueError, OSError) as err:  # OSError: FileNotFoundError, an unusable storage location

@@ -14,12 +14,12 @@ import torch
 
 from pipeline import ridge
 from pipeline import storage as store
-from pipeline.hardware import use_assigned_cpus
+from pipeline.data import num_classes
 from pipeline.features import features_of, probe_sets
+from pipeline.hardware import use_assigned_cpus
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.checkpoints import cached_features, load_checkpoint
-from pipeline.data import num_classes
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = Few
     check_shots(data_path, k, train[1], settings.shots)
     start = time.perf_counter()
     results = ridge.fewshot_accuracy(*train, *test, k, shots=settings.shots, seeds=settings.seeds,
-                                       l2_regs=settings.l2_regs)
+                                     l2_regs=settings.l2_regs)
     return {"results": results, "seconds": time.perf_counter() - start, "num_classes": k,
             "train_rows": len(train[1]), "test_rows": len(test[1])}
 
@@ -113,7 +113,7 @@ class FewShot(Evaluator):
         in eval mode."""
         (train_x, train_y), (test_x, test_y), classes = probe_sets(path, image_size, max(self.settings.shots))
         found = ridge.fewshot_accuracy(features_of(model, train_x, device), train_y,
-                                         features_of(model, test_x, device), test_y, classes,
-                                         shots=self.settings.shots, seeds=self.settings.seeds,
-                                         l2_regs=self.settings.l2_regs)
+                                       features_of(model, test_x, device), test_y, classes,
+                                       shots=self.settings.shots, seeds=self.settings.seeds,
+                                       l2_regs=self.settings.l2_regs)
         return {f"curve/fewshot/{dataset}/{k}shot": r["mean"] for (k, _), r in found.items()}

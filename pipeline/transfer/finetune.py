@@ -23,15 +23,15 @@ import torch.nn.functional as F
 
 from pipeline import storage as store
 from pipeline import console, trace, tracking
+from pipeline.data import num_classes, open_dataset
+from pipeline.data.loader import LoaderSpec, make_loader
+from pipeline.features import default_device
 from pipeline.hardware import use_assigned_cpus
+from pipeline.pretrain.recipe import lr_factor
 from pipeline.raycluster import ensure_ray
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
-from pipeline.features import default_device
 from pipeline.transfer.checkpoints import checkpoint_key, load_checkpoint
-from pipeline.data import num_classes, open_dataset
-from pipeline.data.loader import LoaderSpec, make_loader
-from pipeline.pretrain.recipe import lr_factor
 
 # Table 4 of the paper: fine-tuning steps and LR grid; the dev-slice rule of Appendix B.1.1.
 TABLE4 = {

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from pipeline import console, trace, tracking
+from pipeline.data import open_dataset
 from pipeline.spec import TransferPlan
 from pipeline.transfer.base import Evaluator, Target
 from pipeline.transfer.fewshot import FewShot
 from pipeline.transfer.finetune import FineTune
-from pipeline.data import open_dataset
 
 EVALUATORS: dict[str, type[Evaluator]] = {"fewshot": FewShot, "finetune": FineTune}
 
