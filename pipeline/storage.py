@@ -28,6 +28,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -239,6 +240,13 @@ def delete(location: str | os.PathLike) -> None:
         _call(location, fs.delete_file, path)
 
 
+def delete_folder(location: str | os.PathLike) -> None:
+    """Delete a folder and everything in it (nothing when it is not there)."""
+    fs, path = filesystem(location)
+    if info(location).type == pafs.FileType.Directory:
+        _call(location, fs.delete_dir, path)
+
+
 def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Stream one file to another location (local or remote, either way)."""
     src_fs, src = filesystem(source)
@@ -364,6 +372,29 @@ def _call(location, fn, *args, **kwargs):
         if not is_remote(location):
             raise
         raise StorageError(f"{location}: {str(err).strip().splitlines()[0]} ({_hint(str(location), err)})") from err
+
+
+def answers(location: str | os.PathLike) -> bool:
+    """Whether the store behind ``location`` answers a listing now (a local path always does)."""
+    if not is_remote(location):
+        return True
+    fs, path = filesystem(location, quick=True)
+    try:
+        fs.get_file_info(path)
+        return True
+    except OSError:
+        return False
+
+
+def wait_until_answering(location: str | os.PathLike, patience_s: float, every_s: float = 2.0) -> bool:
+    """Wait (up to ``patience_s``) for the store behind ``location`` to answer again, as after an
+    outage or a restart of the store; True once it does."""
+    deadline = time.monotonic() + patience_s
+    while not answers(location):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every_s)
+    return True
 
 
 def check_writable(location: str | os.PathLike) -> None:

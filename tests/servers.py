@@ -209,3 +209,63 @@ class FaultyProxy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class TcpOutage:
+    """A TCP relay in front of a server (an S3 endpoint: signed requests pass unchanged) whose
+    ``down()`` closes every open connection and refuses new ones until ``up()``, as when the store
+    restarts or the network to it fails. ``url``: where clients connect."""
+
+    def __init__(self, target: str):
+        from urllib.parse import urlparse
+        parsed = urlparse(target)
+        self.target = (parsed.hostname, parsed.port)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._listener, self._open = None, set()
+
+    def up(self) -> "TcpOutage":
+        import socket
+        import threading
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        listener = self._listener
+
+        def pipe(source, sink):
+            try:
+                while data := source.recv(1 << 16):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for end in (source, sink):
+                    with contextlib.suppress(OSError):
+                        end.close()
+
+        def accept():
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    return   # closed by down()
+                try:
+                    server = socket.create_connection(self.target)
+                except OSError:
+                    client.close()
+                    continue
+                self._open.update((client, server))
+                threading.Thread(target=pipe, args=(client, server), daemon=True).start()
+                threading.Thread(target=pipe, args=(server, client), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        import socket
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for end in list(self._open):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+                end.close()
+        self._open.clear()

@@ -231,6 +231,45 @@ def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(obj
     assert list(cwd.iterdir()) == []                                # nothing written where it ran
 
 
+def test_a_store_outage_during_pretraining_is_waited_out_and_the_run_resumes(object_store, s3, tmp_path):
+    """The store stops answering (connections refused) for 15 s while a run pretrains: its attempt
+    fails, the next waits for the store instead of failing at once (Ray Train checks the storage
+    first: all retries used up within seconds), then resumes from its last checkpoint."""
+    from servers import TcpOutage
+    made = run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "data"), "--images", "512",
+                "--val-images", "64", "--classes", "5", "--image-size", "16", "--executor", "inline"],
+               client_env(object_store), tmp_path, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    relay = TcpOutage(object_store["endpoint"]).up()
+    env = client_env(object_store, AWS_ENDPOINT_URL=relay.url, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=TRAIN_HEALTH_CHECK_S)
+    storage_uri = f"{s3}/outage"
+    model = '{"name": "ViT-nano", "family": "vit", "depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "patch_size": 8}'
+    command = [sys.executable, "-m", "pipeline.pretrain", "--model", model, "--data", str(tmp_path / "data"),
+               "--steps", "400", "--batch-size", "32", "--base-lr", "0.003", "--image-size", "16", "--warmup-steps", "2",
+               "--checkpoint-every", "20", "--val-every", "1000", "--log-every", "20", "--no-system-metrics",
+               "--storage", storage_uri, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    job = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not any(n.startswith("pretrain-") and storage.exists(f"{storage_uri}/{n}/checkpoint_manager_snapshot.json")
+                      for n in storage.listdir(storage_uri)):
+            assert job.poll() is None, job.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no registered checkpoint within 180 s"
+            time.sleep(0.2)
+        relay.down()
+        time.sleep(15)
+        relay.up()
+        output, _ = job.communicate(timeout=300)
+    finally:
+        relay.down()
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, output[-4000:]
+    assert "does not answer: waiting" in output, output[-4000:]
+    resumed = re.findall(r"resumed from the checkpoint at step (\d+)/400", output)
+    assert resumed and int(resumed[-1]) > 0, output[-4000:]
+
+
 # ----------------------------------------------------------------------------- several Ray nodes, one preempted
 
 def preempt_study(path: Path, vit_steps: int, name: str = "cloud-preempt") -> str:

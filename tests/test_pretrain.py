@@ -211,8 +211,15 @@ def test_stop_and_resume_equals_uninterrupted_run(ray_cluster, synth, tmp_path):
     assert not first["done"] and first["step"] == 20
     run = tracking.client(first["tracking_uri"]).get_run(first["mlflow_run_id"])
     assert run.info.status == "RUNNING" and run.data.tags["pretrain_status"] == "partial"
+    # What a full disk or a SIGKILL during a checkpoint's upload leaves: folders Ray Train never registered.
+    run_dir = tmp_path / "parts" / f"pretrain-{spec.id}"
+    for name, data in [("checkpoint_2099-01-01_00-00-00.000000", b""), ("checkpoint_2099-01-01_00-00-01.000000", b"PK\x03")]:
+        (run_dir / name).mkdir()
+        (run_dir / name / "state.pt").write_bytes(data)
     second = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=two, hooks=Hooks(on_batch=trace))
     assert second["done"] and second["resumed_from"] == 20 and second["images_seen"] == 40 * BATCH
+    left = sorted(p.name for p in run_dir.glob("checkpoint_2*"))
+    assert len(left) == 2 and not any(n.startswith("checkpoint_2099") for n in left), left  # the two kept, no strays
     assert second["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run, not a new one
 
     assert _last_keys_per_step(tmp_path / "parts-keys") == _last_keys_per_step(tmp_path / "whole-keys")

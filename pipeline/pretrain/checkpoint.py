@@ -4,6 +4,7 @@ the best validation values, every rank's RNG state and the resolved RunSpec), wr
 and by the transfer stages (``pipeline.transfer``)."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -13,7 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import storage as store
+
 STATE_FILE = "state.pt"
+# Ray Train's record of the checkpoints it registered in a run's folder; a resumed run reads only these.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def state_file(checkpoint: str | os.PathLike) -> Path:
@@ -66,3 +71,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+
+
+def drop_unregistered(run_dir: str) -> list[str]:
+    """Remove the checkpoint folders of a Ray Train run folder that Ray Train never registered: those
+    a full disk, a lost store or a killed process cut short while they were written (a 0-byte or
+    truncated ``state.pt``). No run reads them (a resumed run restores a registered one), so they
+    only take space. Call it while no attempt of the run is writing. Returns the folders removed."""
+    names = store.listdir(run_dir)
+    snapshot = store.join(run_dir, RAY_SNAPSHOT)
+    registered = set()
+    if RAY_SNAPSHOT in names:
+        try:
+            registered = {c["checkpoint_dir_name"] for c in json.loads(store.read_text(snapshot))["checkpoint_results"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return []   # a snapshot this code cannot read: nothing is known to be unregistered
+    stray = [store.join(run_dir, n) for n in names if n.startswith("checkpoint_") and n != RAY_SNAPSHOT
+             and n not in registered]
+    for folder in stray:
+        store.delete_folder(folder)
+    return stray

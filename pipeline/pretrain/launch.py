@@ -19,6 +19,7 @@ from pipeline import storage as store
 from pipeline.data import DataError, open_dataset
 from pipeline.data.subsets import cached_subset
 from pipeline.planning import run_numbers
+from pipeline.pretrain.checkpoint import drop_unregistered
 from pipeline.pretrain.loop import Hooks, PretrainPlan, train_loop, train_loop_per_worker
 from pipeline.pretrain.session import LocalSession
 from pipeline.raycluster import ensure_ray, fit_off_main_thread, unplaceable
@@ -38,6 +39,11 @@ class Launch:
     system_metrics: bool = True  # rank 0 logs its machine's CPU, memory (GPU) use to MLflow every 10 s
     compile: str = "auto"        # torch.compile: "auto" (on CUDA when the run is long enough to repay it) | "on" | "off"
 
+
+
+# How long a failed attempt waits for its store to answer again before it is retried (the store's
+# own client retries for seconds only: a restart or a network outage lasts longer).
+STORE_PATIENCE_S = 180.0
 
 
 def plan_run(spec: RunSpec, data_path: str, launch: Launch) -> PretrainPlan:
@@ -127,15 +133,17 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
     if problem is not None:   # Ray would wait for it forever, saying nothing
         raise ValueError(f"pretraining needs {problem}: it can never start here; ask for fewer workers (--workers) "
                          "or none of what is missing, or run on a cluster that has them (RAY_ADDRESS)")
+    run_name = f"pretrain-{plan.spec.id}"
     for attempt in range(launch.max_failures + 1):
         # Each attempt is one Train run of the same name: it resumes from the last checkpoint.
         # Failures are retried here rather than inside Ray Train, which cannot tell bad data
         # (the same rows fail the same way every time) from a lost worker.
+        drop_unregistered(store.join(storage, run_name))   # what a full disk or a killed process left half written
         trainer = torch_trainer()(
             train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
             scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
                                          resources_per_worker=resources),
-            run_config=RunConfig(name=f"pretrain-{plan.spec.id}", **store.ray_storage(storage),
+            run_config=RunConfig(name=run_name, **store.ray_storage(storage),
                                  failure_config=FailureConfig(max_failures=0),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))
         try:
@@ -147,6 +155,11 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
                 raise permanent from None
             if attempt == launch.max_failures:
                 raise
+            if not store.answers(storage):   # an outage of the store: retrying at once would fail the same way
+                console.say(plan.spec.label, f"the store of {storage} does not answer: waiting up to "
+                            f"{STORE_PATIENCE_S:.0f} s for it before resuming")
+                if not store.wait_until_answering(storage, STORE_PATIENCE_S):
+                    raise
             console.say(plan.spec.label, f"pretraining attempt {attempt + 1} failed ({exits.one_line(err)[:300]}); "
                         f"resuming from its last checkpoint ({launch.max_failures - attempt} retries left)")
     summary = dict(getattr(result, "return_value", None) or {})
