@@ -2,7 +2,10 @@
 living with Ray Train on it: its fit off the main thread, its logs kept quiet."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -28,9 +31,61 @@ def ensure_ray(log_to_driver: bool = True) -> None:
     address = os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
+    before = children()
     ray.init(address=address, log_to_driver=log_to_driver,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
+    if address is None:
+        reap_when_gone(children() - before)
     exits.catch_again()  # SIGTERM as Ctrl-C, not Ray's exit 1 (pipeline.exits)
+
+
+# A watcher that outlives this process: when the process is gone (its end of the pipe closes, even
+# on SIGKILL), it ends what is left of the local Ray the process started. Ray 2.60 ends its GCS and
+# raylet after a killed driver, but not the raylet's dashboard and runtime-env agents (about 215 MB,
+# left running for good: measured, issue 33).
+REAPER = """
+import json, sys, time, psutil
+started = json.loads(sys.argv[1])
+sys.stdin.buffer.read()          # returns once the process that started Ray is gone
+time.sleep(1.0)                  # Ray's own shutdown first, on a normal exit
+left = []
+for pid, created in started:
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - created) < 0.01:
+            left.append(process)
+    except psutil.Error:
+        pass
+for process in left:
+    try:
+        process.terminate()
+    except psutil.Error:
+        pass
+for process in psutil.wait_procs(left, timeout=3)[1]:
+    try:
+        process.kill()
+    except psutil.Error:
+        pass
+"""
+_reapers: list[subprocess.Popen] = []   # held: closing a pipe would end the local Ray it watches
+
+
+def children() -> set[tuple[int, float]]:
+    """This process's descendants as (pid, start time): a pid alone may be reused."""
+    import psutil
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            found.add((child.pid, child.create_time()))
+        except psutil.Error:
+            pass
+    return found
+
+
+def reap_when_gone(started: set[tuple[int, float]]) -> None:
+    """Start the watcher (:data:`REAPER`) for ``started``, the local Ray's processes."""
+    _reapers.append(subprocess.Popen([sys.executable, "-c", REAPER, json.dumps(sorted(started))], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
 
 
 def unplaceable(per_worker: dict[str, float], workers: int = 1) -> str | None:

@@ -224,3 +224,38 @@ def test_one_line_errors_keep_their_cause_not_a_link(tmp_path):
     done = run("pipeline.data", "synth", str(tmp_path / "x"), "--images", "0", "--classes", "2")
     assert done.returncode == 1 and said_lines(done.stderr) == [
         "error: invalid SynthSpec: images: Input should be greater than or equal to 1 (add --debug for the traceback)"]
+
+
+@pytest.mark.slow
+def test_a_command_killed_with_sigkill_leaves_no_process_of_its_local_ray_behind(tmp_path):
+    """Ray 2.60 ends its GCS and raylet after its driver is SIGKILLed, but left the dashboard and
+    runtime-env agents (about 215 MB) running for good; the command's watcher ends them."""
+    import psutil
+    script = ("import json, time, psutil\n"
+              "from pipeline.raycluster import ensure_ray\n"
+              "ensure_ray(log_to_driver=False)\n"
+              "print(json.dumps([(p.pid, p.create_time(), p.name()) for p in psutil.Process().children(recursive=True)]),"
+              " flush=True)\n"
+              "time.sleep(600)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        started = json.loads(driver.stdout.readline())
+    finally:
+        driver.kill()
+        driver.wait()
+    assert {"raylet", "ray::DashboardAgent"} <= {name for _, _, name in started}, started
+
+    def alive() -> list[str]:
+        found = []
+        for pid, created, name in started:
+            try:
+                if abs(psutil.Process(pid).create_time() - created) < 0.01:
+                    found.append(name)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert alive() == []
