@@ -81,8 +81,11 @@ def test_study_run_description_and_the_experiments(logged):
     assert figure.endswith(f"(get-artifact?path=report/performance_vs_compute_preview.png&run_uuid={run.info.run_id})")
     experiment = analysis.experiment_description(logged["study"].name, logged["study"].title)
     assert experiment.startswith(f"Study `scaling`: {logged['study'].title}.") and "\n" not in experiment
-    assert "`params.model`, `params.steps`" in experiment and "`metrics.compute/exaflops`" in experiment
+    assert "`params.model`, `params.steps`" in experiment and "`metrics.compute/gflops`" in experiment  # issue 33, walk 1
     assert "`metrics.fewshot/<dataset>/<k>shot`" in experiment and "`study scaling / <preset>`" in experiment
+    # issue 33, walk 2: MLflow 3 opens the experiment on its runs, not on the GenAI overview
+    tags = tracking.client(logged["uri"]).get_experiment_by_name(logged["study"].name).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_description_names_sanity_findings_and_what_is_not_available(store):  # noqa: F811

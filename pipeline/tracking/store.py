@@ -149,18 +149,25 @@ def store_lock(tracking_uri: str):
 
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI overview (traces, latency), the runs
+# behind a "Model training" toggle; this kind opens it on its runs table.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(tracking_uri: str, study: str, artifact_root: str | None = None) -> str:
     """The study's experiment, made on first use. Its artifacts go under ``artifact_root``, except
     with a tracking server, which decides where artifacts go (``--artifacts-destination``)."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(study)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:   # made by an earlier version
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if artifact_root is not None and not is_server(tracking_uri):
         location = store.file_uri(artifact_root)
     try:
-        return c.create_experiment(study, artifact_location=location)
+        return c.create_experiment(study, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another driver
         exp = c.get_experiment_by_name(study)
         if exp is None:
