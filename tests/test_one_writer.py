@@ -51,7 +51,8 @@ def test_a_live_holder_refuses_others_by_name_until_it_releases(run):
     with tracking.lease(uri, run_id):  # released: free again
         with tracking.lease(uri, run_id):  # re-entrant in the holding process
             assert client_tags(uri, run_id)[tracking.LEASE_HOLDER_TAG] == tracking.lease_holder()
-    assert client_tags(uri, run_id)[tracking.LEASE_HOLDER_TAG] == ""
+    assert tracking.LEASE_HOLDER_TAG not in client_tags(uri, run_id)   # released: no lease tags left on the run (issue 33, walk 5)
+    assert tracking.LEASE_HEARTBEAT_TAG not in client_tags(uri, run_id)
 
 
 def test_two_claims_at_once_give_one_holder(run):

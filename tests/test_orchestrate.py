@@ -114,6 +114,9 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
         assert run.data.metrics["compute/gflops"] == pytest.approx(run.data.metrics["compute/exaflops"] * 1e9)
         inputs = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
         assert inputs == {(data.name, data.digest), ("digits", digits.digest)}
+        # issue 33, walk 5: MLflow's dataset drawer shows where each dataset is (it does for known source types)
+        sources = {d.dataset.name: (d.dataset.source_type, json.loads(d.dataset.source)["uri"]) for d in run.inputs.dataset_inputs}
+        assert sources[data.name] == ("local", str(storage / "data" / "synth-jft-smoke"))
         if commit:  # a git checkout (CI's clean clone is one)
             assert run.data.tags["mlflow.source.git.commit"] == commit and run.data.tags["git_dirty"] in ("True", "False")
         artifacts = {a.path for a in tracking.client(uri).list_artifacts(run.info.run_id)}

@@ -86,6 +86,8 @@ def test_study_run_description_and_the_experiments(logged):
     # issue 33, walk 2: MLflow 3 opens the experiment on its runs, not on the GenAI overview
     tags = tracking.client(logged["uri"]).get_experiment_by_name(logged["study"].name).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # issue 33, walk 5: the study run says which code wrote it, as the pretraining runs do
+    assert run.data.tags["code_version"] and run.data.tags["mlflow.source.name"] == "pipeline"
 
 
 def test_description_names_sanity_findings_and_what_is_not_available(store):  # noqa: F811

@@ -87,8 +87,17 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pret
     dev = {float(r.data.params["finetune/lr"]): r.data.metrics for r in children
            if r.data.params["finetune/phase"] == "dev"}
     final = [r for r in children if r.data.params["finetune/phase"] == "final"]
-    assert sorted(dev) == [0.01, 0.1, 0.3] and all(set(m) == {"finetune/digits/dev_acc"} for m in dev.values())
-    assert len(final) == 1 and set(final[0].data.metrics) == {"finetune/digits/test_acc"}
+    assert sorted(dev) == [0.01, 0.1, 0.3]
+    assert all(set(m) == {"finetune/digits/dev_acc", "finetune/digits/loss"} for m in dev.values())
+    assert len(final) == 1 and set(final[0].data.metrics) == {"finetune/digits/test_acc", "finetune/digits/loss"}
+    # issue 33, walk 5: each trial has a training-loss curve, a description, and its parent's commit
+    loss_steps = [s for s, _ in tracking.metric_history(uri, final[0].info.run_id, "finetune/digits/loss")]
+    assert loss_steps == list(range(40, 401, 40))
+    parent_tags = tracking.client(uri).get_run(run_id).data.tags
+    for child in children:
+        assert child.data.tags[tracking.NOTE_TAG].startswith("Fine-tuning of ")
+        assert child.data.tags.get("mlflow.source.git.commit") == parent_tags.get("mlflow.source.git.commit")
+        assert child.data.tags.get("code_version") == parent_tags["code_version"]
     assert not {"lr", "steps", "dataset", "batch_size"} & {p for r in children for p in r.data.params}
     best = max(sorted(dev), key=lambda lr: dev[lr]["finetune/digits/dev_acc"])
     assert metrics["finetune/digits/best_lr"] == best == float(final[0].data.params["finetune/lr"])

@@ -96,6 +96,7 @@ def lease(tracking_uri: str, run_id: str, settle_s: float = 0.5, what: str | Non
         stop.set()
         beater.join()
         try:
-            set_tags(tracking_uri, run_id, {LEASE_HOLDER_TAG: "", LEASE_HEARTBEAT_TAG: "0"})
+            for tag in (LEASE_HOLDER_TAG, LEASE_HEARTBEAT_TAG):   # released: no lease tags left on the run's page
+                client(tracking_uri).delete_tag(run_id, tag)
         except Exception:  # the server is away: the lease goes stale on its own, and the block's error matters
             pass

@@ -30,13 +30,20 @@ class DatasetRecord:
 
 
 
+def source_type(location: str) -> str:
+    """MLflow's name for where a dataset lives: its UI shows the location (the URI) in the dataset
+    drawer only for the kinds it knows (``s3``, ``http``, ``local``, ...)."""
+    scheme = location.split("://", 1)[0] if "://" in location else "local"
+    return {"s3": "s3", "http": "http", "https": "http", "file": "local"}.get(scheme, "external" if scheme != "local" else "local")
+
+
 def log_datasets(tracking_uri: str, run_id: str, datasets: Iterable[DatasetRecord]) -> None:
     """The datasets as the run's inputs (the run page's Datasets section). MLflow keeps one entry
     per (name, digest, context), so logging again on a resumed run adds nothing."""
     import json
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.exceptions import MlflowException
-    inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="vit-scaling",
+    inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type=source_type(d.location),
                                    source=json.dumps({"uri": d.location}), profile=json.dumps(dict(d.profile))),
                            tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
     for attempt in range(DATASET_RACE_TRIES):

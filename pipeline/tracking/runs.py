@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 
+from pipeline.tracking.provenance import source_tags
 from pipeline.tracking.store import client, experiment_id, is_server, store_lock
 
 
@@ -122,19 +123,22 @@ def start_run(tracking_uri: str, study: str, run_spec_id: str, *, tags: Mapping[
 
 
 PARENT_SPEC_TAG = "parent_run_spec_id"  # a nested run's parent's RunSpec (run_spec_id marks RunSpec runs only)
-INHERITED_TAGS = ("model", "family", "subset", "length")
+INHERITED_TAGS = ("model", "family", "subset", "length", "code_version", "git_dirty")
+INHERITED_PREFIX = "mlflow.source."   # where the code came from: the parent's commit, also on its trials
 
 
 
 def start_nested_run(tracking_uri: str, parent_run_id: str, key: str, params: Mapping[str, Any],
-                     run_name: str | None = None) -> str:
+                     run_name: str | None = None, description: str | None = None) -> str:
     """A child run of ``parent_run_id`` (shown nested in the MLflow UI), found again by ``key`` so
     that an evaluation that is re-run or resumed never makes a second one. It carries its
     parent's model, family, subset and length tags and RunSpec id (``parent_run_spec_id``), so that
-    a filter on a model shows its trials too, while its params and metrics have names of their own."""
+    a filter on a model shows its trials too, while its params and metrics have names of their own;
+    and its parent's source tags (the commit). ``description``: its page's description."""
     parent = client(tracking_uri).get_run(parent_run_id)
     tags = {"mlflow.parentRunId": parent_run_id, NESTED_KEY_TAG: key,
-            **{k: parent.data.tags[k] for k in INHERITED_TAGS if k in parent.data.tags},
+            **{k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS or k.startswith(INHERITED_PREFIX)},
+            **({NOTE_TAG: description} if description else {}),
             **({PARENT_SPEC_TAG: parent.data.tags[RUN_SPEC_TAG]} if RUN_SPEC_TAG in parent.data.tags else {})}
     return _find_or_create(tracking_uri, parent.info.experiment_id,
                            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.{NESTED_KEY_TAG} = '{key}'",
@@ -147,7 +151,8 @@ def start_study_run(tracking_uri: str, study: str, preset: str, *, params: Mappi
     """The one study-level run of ``study``/``preset``: it groups the study's runs (they are
     created as its children) and holds the report."""
     return _find_or_create(tracking_uri, experiment_id(tracking_uri, study, artifact_root),
-                           f"tags.{STUDY_PRESET_TAG} = '{preset}'", {STUDY_PRESET_TAG: preset, "study": study},
+                           f"tags.{STUDY_PRESET_TAG} = '{preset}'", {STUDY_PRESET_TAG: preset, "study": study,
+                                                                     **source_tags()},
                            f"study {study} / {preset}", params)
 
 

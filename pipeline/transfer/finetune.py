@@ -97,6 +97,7 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
     dev = settings.dev_fraction if evaluate_on == "dev" else None
     bf16 = device.type == "cuda"
     step, epoch, start = 0, 0, time.perf_counter()
+    losses, every = [], max(1, settings.steps // 10)   # the training loss at about 10 steps: the trial's curve
     while step < settings.steps:
         loader = make_loader(LoaderSpec(data_path, split="train", train=True, batch_size=settings.batch_size,
                                         image_size=resolution, seed=settings.seed, epoch=epoch,
@@ -113,6 +114,8 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if step % every == 0 or step == settings.steps:
+                losses.append((step, float(loss.item())))
             if step == settings.steps:
                 break
         epoch += 1
@@ -124,7 +127,7 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
                                             image_size=resolution, label_format="index", **eval_kw)):
             hits += (model(batch.images.to(device)).argmax(-1).cpu() == batch.labels).sum().item()
             n += len(batch.labels)
-    return {"accuracy": hits / max(n, 1), "examples": n, "final_loss": float(loss.item()),
+    return {"accuracy": hits / max(n, 1), "examples": n, "final_loss": float(loss.item()), "losses": losses,
             "seconds": time.perf_counter() - start, "resolution": resolution}
 
 
@@ -145,7 +148,10 @@ def finetune_recorded(target: Target, data_path: str, dataset: str, lr: float, s
     out = finetune_once(target.checkpoint, data_path, lr, settings, evaluate_on=evaluate_on,
                         timm_name=target.timm_name)
     if run:
-        tracking.MetricLogger(target.tracking_uri, run).log_now(settings.steps, {metric: out["accuracy"]})
+        logger = tracking.MetricLogger(target.tracking_uri, run)
+        for step, loss in out["losses"]:
+            logger.log(step, {f"finetune/{dataset}/loss": loss})
+        logger.log_now(settings.steps, {metric: out["accuracy"]})
         tracking.finish_run(target.tracking_uri, run)
     console.say(target.name, f"finetune {dataset} lr {lr:g}: {evaluate_on} accuracy {out['accuracy']:.4f} "
                              f"({settings.steps} steps, {out['seconds']:.0f}s)")
@@ -159,8 +165,15 @@ def start_trial_run(target: Target, data_path: str, dataset: str, lr: float, set
     phase = "dev" if dev else "final"
     params = {"finetune/phase": phase, "finetune/dataset": dataset, "finetune/lr": lr,
               **{f"finetune/{k}": v for k, v in asdict(settings).items() if k != "lrs"}}
+    what = (f"a trial of the LR grid: trained on `{dataset}`'s train split less a {settings.dev_fraction:g} dev slice, "
+            "scored on that slice (the LR with the best score is retrained)" if dev else
+            f"the final retrain at the grid's best LR: trained on `{dataset}`'s whole train split, scored on its test split "
+            "(the accuracy the report uses)")
     run = tracking.start_nested_run(target.tracking_uri, target.run_id, key=key, params=params,
-                                    run_name=f"{target.name} / finetune {dataset} / {phase} lr {lr:g}")
+                                    run_name=f"{target.name} / finetune {dataset} / {phase} lr {lr:g}",
+                                    description=f"Fine-tuning of {target.name} at LR {lr:g} for {settings.steps} steps "
+                                                f"(batch {settings.batch_size}, SGD with momentum, cosine schedule): "
+                                                f"{what}. Its parent run holds the pretrained checkpoint.")
     tracking.log_datasets(target.tracking_uri, run, [tracking.DatasetRecord.of(
         open_dataset(data_path), "finetune", split="train", held_out=f"dev {settings.dev_fraction:g}" if dev else "none",
         scored_on="dev" if dev else "test")])
