@@ -2,7 +2,7 @@
 
 Starts ``mlflow server`` on the study's tracking store (a SQLite URI; the runs' artifacts are read
 from their own local artifact locations, so run it on the machine that holds them), waits for
-``/health``, and saves four PNGs into the output folder (with the server's log):
+``/health``, and saves seven PNGs into the output folder (with the server's log):
 
 - ``1_runs_table.png``: the experiment's description (if any) and its pretraining runs in the study's own
   view of the table (``tracking.set_runs_view``) where it has one; else (those with a
@@ -11,7 +11,10 @@ from their own local artifact locations, so run it on the machine that holds the
 - ``2_pretraining_run.png``: the page of one pretraining run;
 - ``3_study_run.png``: the study-level run's page, its description expanded;
 - ``4_report_html.png``: the study run's artifact view of ``report/report.html``, scrolled to its
-  first figure.
+  first figure;
+- ``5_finetune_trial.png``: the page of one of that pretraining run's fine-tuning trials;
+- ``6_experiment_opened.png``: the experiment as MLflow opens it from a bare link (its GenAI layout);
+- ``7_experiment_training_layout.png``: the same with ``workflowType=machine_learning`` (the study's links).
 
 Bench-only tools, not project dependencies:
 
@@ -172,13 +175,23 @@ def shots(tracking_uri: str, study: str, preset: str) -> list[Shot]:
     base = f"#/experiments/{experiment}"
     table = Shot("1_runs_table.png", f"{base}/{flat}", pretrain.info.run_name, runs_table(columns))
     if tracking.SHARED_VIEW_TAG + preset in c.get_experiment(experiment).tags:   # the study's own view
-        table = Shot("1_runs_table.png", f"{base}/runs?viewStateShareKey={preset}", pretrain.info.run_name,
+        table = Shot("1_runs_table.png", f"{base}/runs?viewStateShareKey={preset}&{tracking.TRAINING_LAYOUT}", pretrain.info.run_name,
                      shared_view)
     return [table,
             Shot("2_pretraining_run.png", f"{base}/runs/{pretrain.info.run_id}", "Parameters"),
             Shot("3_study_run.png", f"{base}/runs/{study_run}", "Description", show_more),
             Shot("4_report_html.png", f"{base}/runs/{study_run}/artifacts/report/report.html", "report.html",
-                 first_figure)]
+                 first_figure),
+            *trial_shots(c, experiment, pretrain.info.run_id, base)]
+
+
+def trial_shots(c, experiment: str, parent: str, base: str) -> list[Shot]:
+    """The page of one of the pretraining run's fine-tuning trials (its description, source, the
+    loss curve), if it has one; and the experiment's page as MLflow opens it without a view."""
+    trials = c.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1)
+    found = [Shot("5_finetune_trial.png", f"{base}/runs/{trials[0].info.run_id}", "Description", show_more)] if trials else []
+    return [*found, Shot("6_experiment_opened.png", f"{base}", "Description"),
+            Shot("7_experiment_training_layout.png", f"{base}/runs?{tracking.TRAINING_LAYOUT}", "Description")]
 
 
 def images_loaded(page) -> None:

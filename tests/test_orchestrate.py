@@ -143,7 +143,7 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
     view = json.loads(experiment.tags[tracking.SHARED_VIEW_TAG + "smoke"])   # the runs table's columns that matter
     assert {"params.`model`", "params.`steps`", "metrics.`compute/gflops`", "metrics.`fewshot/digits/5shot`"} \
         <= set(view["selectedColumns"])
-    assert "viewStateShareKey=smoke" in experiment.tags[tracking.NOTE_TAG]
+    assert "viewStateShareKey=smoke&workflowType=machine_learning" in experiment.tags[tracking.NOTE_TAG]  # issue 33, walk 2
     studied = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "study")}
     assert studied == {"study/scaling.yaml", "study/runs.json"}   # the study file as it was, the runs resolved
     report = {a.path for a in tracking.client(uri).list_artifacts(study_run.info.run_id, "report")}

@@ -18,7 +18,7 @@ from pipeline.tracking.store import (HTTP_RETRY_DEFAULTS, TrackingError, check_s
                                      store_lock)
 from pipeline.tracking.runs import (CHECKPOINT_TAG, CREATE_SETTLE_S, INHERITED_TAGS, NESTED_KEY_TAG, NOTE_TAG,
                                     PARENT_SPEC_TAG, PRETRAIN_STATUS_TAG, RUN_SPEC_TAG, SHARED_VIEW_TAG, STATUSES,
-                                    STUDY_PRESET_TAG, TRANSFER_STATUS_TAG, MetricLogger, RunRecord, Status,
+                                    STUDY_PRESET_TAG, TRAINING_LAYOUT, TRANSFER_STATUS_TAG, MetricLogger, RunRecord, Status,
                                     describe_experiment, find_study_run, finish_run, last_step, log_files, log_json,
                                     log_params, mark_killed, metric_history, nested_result, recorded_metrics,
                                     reopen_run, run_status, runs_of_study, set_runs_view, set_tags, spec_runs,
@@ -31,7 +31,8 @@ from pipeline.tracking.provenance import (DATASET_RACE_TRIES, DatasetRecord, log
 __all__ = ["CHECKPOINT_TAG", "CREATE_SETTLE_S", "DATASET_RACE_TRIES", "DatasetRecord", "HTTP_RETRY_DEFAULTS",
            "INHERITED_TAGS", "LEASE_HEARTBEAT_TAG", "LEASE_HOLDER_TAG", "LEASE_RENEW_S", "LEASE_STALE_S",
            "MetricLogger", "NESTED_KEY_TAG", "NOTE_TAG", "PARENT_SPEC_TAG", "PRETRAIN_STATUS_TAG", "RUN_SPEC_TAG",
-           "RunHeld", "RunRecord", "SHARED_VIEW_TAG", "STATUSES", "STUDY_PRESET_TAG", "Status", "TRANSFER_STATUS_TAG",
+           "RunHeld", "RunRecord", "SHARED_VIEW_TAG", "STATUSES", "STUDY_PRESET_TAG", "Status", "TRAINING_LAYOUT",
+           "TRANSFER_STATUS_TAG",
            "TrackingError", "check_server", "client", "default_tracking_uri", "describe_experiment",
            "existing_default_uri", "experiment_id", "find_study_run", "finish_run", "init_store", "is_server",
            "last_step", "lease", "lease_holder", "log_datasets", "log_files", "log_json", "log_params",

@@ -308,6 +308,10 @@ def describe_experiment(tracking_uri: str, study: str, text: str) -> None:
 
 
 
+# MLflow 3.17's UI opens every experiment in its GenAI layout (traces, latency; runs behind a "Model
+# training" toggle, remembered per browser) unless a link says otherwise: the experiment's kind tag
+# does not change it while that toggle is shown.
+TRAINING_LAYOUT = "workflowType=machine_learning"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.15+: a runs-table view, opened by ?viewStateShareKey=KEY
 
 
@@ -317,10 +321,11 @@ def set_runs_view(tracking_uri: str, study: str, key: str, *, params: Iterable[s
     """A shared view of the study's runs table, stored on its experiment as MLflow's UI stores the
     views it shares: the pretraining runs (those with a ``model`` param: not the fine-tuning trials
     nor the study run), these params and metrics as columns, sorted by the metric ``order_by``. The
-    UI opens it at ``#/experiments/<id>/runs?viewStateShareKey=<key>``, which is returned."""
+    UI opens it at ``#/experiments/<id>/runs?viewStateShareKey=<key>&workflowType=machine_learning``,
+    which is returned."""
     import json
     experiment = experiment_id(tracking_uri, study)
     state = {"searchFilter": "params.model != ''", "orderByKey": f"metrics.`{order_by}`", "orderByAsc": True,
              "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in metrics]}
     client(tracking_uri).set_experiment_tag(experiment, SHARED_VIEW_TAG + key, json.dumps(state))
-    return f"#/experiments/{experiment}/runs?viewStateShareKey={key}"
+    return f"#/experiments/{experiment}/runs?viewStateShareKey={key}&{TRAINING_LAYOUT}"
