@@ -130,7 +130,7 @@ def test_mlflow_holds_what_a_researcher_compares(killed_then_finished):
             {k: parent.data.tags[k] for k in ("model", "family")}
         assert trial.info.run_name.startswith(parent.info.run_name + " / finetune digits")
         assert all(key.startswith("finetune/") for key in trial.data.params)
-        assert set(trial.data.metrics) == {"finetune/digits/test_acc"}
+        assert set(trial.data.metrics) == {"finetune/digits/test_acc", "finetune/digits/loss"}   # its score and its loss curve
     study_run = tracking.client(uri).get_run(tracking.find_study_run(uri, "scaling", "smoke"))
     assert study_run.data.tags.get(tracking.NOTE_TAG)   # the result in a paragraph, on the run's page
     from pipeline.analysis import family_key
