@@ -3,6 +3,7 @@ evaluate it; another is refused with the holder's name, and a dead or silent hol
 over. A new SQLite store made by two processes at once is made once."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,6 +93,39 @@ def test_a_new_sqlite_store_made_by_two_processes_at_once(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     assert tracking.client(uri).search_experiments()  # the store opens, migrated once
+
+
+def test_a_new_store_copied_from_the_empty_one_equals_one_mlflow_makes(tmp_path, monkeypatch):
+    """A new SQLite store is a copy of an empty store made once (MLflow's schema migrations take
+    seconds): the same schema version, tables and default experiment as a store MLflow makes."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VIT_SCALING_CACHE", str(tmp_path / "cache"))
+    made_by_mlflow, copied = tmp_path / "mlflow" / "mlflow.db", tmp_path / "ours" / "mlflow.db"
+    MlflowClient(f"sqlite:///{made_by_mlflow}").search_experiments()
+    for folder in ("ours", "again"):   # the first makes the empty store in the cache, the second only copies it
+        tracking.init_store(tracking.default_tracking_uri(tmp_path / folder))
+    assert len(list((tmp_path / "cache").glob("mlflow-*-empty.db"))) == 1
+
+    def contents(db: Path) -> dict:
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            tables = [t for (t,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            # each statement's lines as a set: MLflow itself orders a table's constraints differently in
+            # the first store a process makes and in the next ones
+            schema = [sorted(line.strip().rstrip(",") for line in (sql or "").splitlines())
+                      for (sql,) in c.execute("SELECT sql FROM sqlite_master ORDER BY name")]
+            rows = {t: c.execute(f'SELECT * FROM "{t}"').fetchall() for t in tables}
+        return {"schema": schema, "rows": rows}
+    ours, theirs = contents(copied), contents(made_by_mlflow)
+    assert ours["schema"] == theirs["schema"]
+    (default,) = ours["rows"].pop("experiments")
+    (expected,) = theirs["rows"].pop("experiments")
+    assert default[:2] == expected[:2] == (0, "Default") and default[2] == expected[2] == str(tmp_path / "mlruns" / "0")
+    assert abs(default[4] - expected[4]) < 60_000                       # made now, not when the copy was
+    assert ours["rows"] == theirs["rows"]                               # the schema version, the workspace
+    assert tracking.client(tracking.default_tracking_uri(tmp_path / "again")).search_experiments()
 
 
 # ----------------------------------------------------------------------------- two studies at once, end to end
