@@ -163,4 +163,4 @@ def suggest_command(parser: argparse.ArgumentParser, args: argparse.Namespace, s
 
 
 if __name__ == "__main__":
-    sys.exit(exits.run(main))
+    exits.end(exits.run(main))

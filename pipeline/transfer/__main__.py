@@ -1,6 +1,4 @@
-import sys
-
 from pipeline import exits
 from pipeline.transfer.cli import main
 
-sys.exit(exits.run(main))
+exits.end(exits.run(main))
