@@ -45,8 +45,7 @@ def ensure_ray(log_to_driver: bool = True) -> None:
 # left running for good: measured, issue 33).
 REAPER = """
 import json, sys, time, psutil
-started = json.loads(sys.argv[1])
-sys.stdin.buffer.read()          # returns once the process that started Ray is gone
+started = [tuple(p) for line in sys.stdin for p in json.loads(line)]   # read until the process is gone
 time.sleep(1.0)                  # Ray's own shutdown first, on a normal exit
 left = []
 for pid, created in started:
@@ -67,7 +66,7 @@ for process in psutil.wait_procs(left, timeout=3)[1]:
     except psutil.Error:
         pass
 """
-_reapers: list[subprocess.Popen] = []   # held: closing a pipe would end the local Ray it watches
+_reaper: list[subprocess.Popen] = []   # one per process, held: closing its pipe ends what it watches
 
 
 def children() -> set[tuple[int, float]]:
@@ -83,9 +82,13 @@ def children() -> set[tuple[int, float]]:
 
 
 def reap_when_gone(started: set[tuple[int, float]]) -> None:
-    """Start the watcher (:data:`REAPER`) for ``started``, the local Ray's processes."""
-    _reapers.append(subprocess.Popen([sys.executable, "-c", REAPER, json.dumps(sorted(started))], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    """Hand ``started``, the local Ray's processes, to this process's watcher (:data:`REAPER`,
+    started on first use: a process that starts Ray again after ``ray.shutdown`` has one watcher)."""
+    if not _reaper or _reaper[0].poll() is not None:
+        _reaper[:] = [subprocess.Popen([sys.executable, "-c", REAPER], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True, text=True)]
+    _reaper[0].stdin.write(json.dumps(sorted(started)) + "\n")
+    _reaper[0].stdin.flush()
 
 
 def unplaceable(per_worker: dict[str, float], workers: int = 1) -> str | None:
