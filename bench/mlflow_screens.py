@@ -164,7 +164,11 @@ def first_figure(page) -> None:
 
 def shots(tracking_uri: str, study: str, preset: str) -> list[Shot]:
     c = tracking.client(tracking_uri)
-    experiment = c.get_experiment_by_name(study).experiment_id
+    found = c.get_experiment_by_name(study)
+    if found is None:
+        raise SystemExit(f"{tracking_uri} has no study {study!r}: run it first (python -m pipeline.study {study} "
+                         f"--preset {preset} --storage ...)")
+    experiment = found.experiment_id
     study_run = tracking.find_study_run(tracking_uri, study, preset)
     pretrain = c.get_run(next(r.run_id for r in tracking.spec_runs(tracking_uri, study).values() if r.pretrained))
     columns = [*(("Parameters", p) for p in ("model", "steps") if p in pretrain.data.params),
