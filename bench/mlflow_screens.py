@@ -179,8 +179,8 @@ def shots(tracking_uri: str, study: str, preset: str) -> list[Shot]:
     base = f"#/experiments/{experiment}"
     table = Shot("1_runs_table.png", f"{base}/{flat}", pretrain.info.run_name, runs_table(columns))
     if tracking.SHARED_VIEW_TAG + preset in c.get_experiment(experiment).tags:   # the study's own view
-        table = Shot("1_runs_table.png", f"{base}/runs?viewStateShareKey={preset}&{tracking.TRAINING_LAYOUT}", pretrain.info.run_name,
-                     shared_view)
+        view = f"{base}/runs?viewStateShareKey={preset}&{tracking.TRAINING_LAYOUT}"
+        table = Shot("1_runs_table.png", view, pretrain.info.run_name, shared_view)
     return [table,
             Shot("2_pretraining_run.png", f"{base}/runs/{pretrain.info.run_id}", "Parameters"),
             Shot("3_study_run.png", f"{base}/runs/{study_run}", "Description", show_more),
@@ -191,9 +191,9 @@ def shots(tracking_uri: str, study: str, preset: str) -> list[Shot]:
 
 def trial_shots(c, experiment: str, parent: str, base: str) -> list[Shot]:
     """The page of one of the pretraining run's fine-tuning trials (its description, source, the
-    loss curve), if it has one; and the experiment's page as MLflow opens it without a view."""
+    loss curve), if it has one; the experiment's page from a bare link and from the study's."""
     trials = c.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1)
-    found = [Shot("5_finetune_trial.png", f"{base}/runs/{trials[0].info.run_id}", "Description", show_more)] if trials else []
+    found = [Shot("5_finetune_trial.png", f"{base}/runs/{t.info.run_id}", "Description", show_more) for t in trials]
     return [*found, Shot("6_experiment_opened.png", f"{base}", "Description"),
             Shot("7_experiment_training_layout.png", f"{base}/runs?{tracking.TRAINING_LAYOUT}", "Description")]
 

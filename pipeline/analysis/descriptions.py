@@ -81,7 +81,8 @@ def experiment_description(study: str, title: str) -> str:
     """The study's experiment description: what it is, and which columns of its runs to read."""
     return (f"Study `{study}`: {title}. One run per planned pretraining run (model x data subset x length): compare "
             "them on `params.model`, `params.steps` (and `params.epochs`), `metrics.compute/gflops` (pretraining "
-            "compute in GFLOPs, readable at every scale; `metrics.compute/exaflops` is the paper's unit) and the transfer accuracies `metrics.fewshot/<dataset>/<k>shot` and "
+            "compute in GFLOPs, readable at every scale; `metrics.compute/exaflops` is the paper's unit) and the "
+            "transfer accuracies `metrics.fewshot/<dataset>/<k>shot` and "
             f"`metrics.finetune/<dataset>/acc`. The run `study {study} / <preset>` holds each preset's report: its "
             "description, the fitted laws (`fit/...`), the compute multipliers (`multiplier/...`) and "
             "`report/report.html`.")
