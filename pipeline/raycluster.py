@@ -2,6 +2,8 @@
 living with Ray Train on it: its fit off the main thread, its logs kept quiet."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import subprocess
@@ -44,9 +46,11 @@ def ensure_ray(log_to_driver: bool = True) -> None:
 # raylet after a killed driver, but not the raylet's dashboard and runtime-env agents (about 215 MB,
 # left running for good: measured, issue 33).
 REAPER = """
-import json, sys, time, psutil
-started = [tuple(p) for line in sys.stdin for p in json.loads(line)]   # read until the process is gone
-time.sleep(1.0)                  # Ray's own shutdown first, on a normal exit
+import json, sys, psutil
+lines = sys.stdin.read().splitlines()   # returns once the process that started Ray is gone
+if lines and lines[-1] == "exit":       # it exited normally: Ray's own shutdown ended its processes
+    sys.exit(0)
+started = [tuple(p) for line in lines for p in json.loads(line)]
 left = []
 for pid, created in started:
     try:
@@ -87,8 +91,18 @@ def reap_when_gone(started: set[tuple[int, float]]) -> None:
     if not _reaper or _reaper[0].poll() is not None:
         _reaper[:] = [subprocess.Popen([sys.executable, "-c", REAPER], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True, text=True)]
+        atexit.register(stand_down)   # a normal exit: the watcher ends, touching nothing
     _reaper[0].stdin.write(json.dumps(sorted(started)) + "\n")
     _reaper[0].stdin.flush()
+
+
+def stand_down() -> None:
+    """Tell the watcher this process exits normally (Ray's atexit shutdown ends the local Ray), so it
+    ends without touching a process while this one finishes."""
+    for reaper in _reaper:
+        with contextlib.suppress(OSError, ValueError):
+            reaper.stdin.write("exit\n")
+            reaper.stdin.close()
 
 
 def unplaceable(per_worker: dict[str, float], workers: int = 1) -> str | None:
