@@ -387,14 +387,14 @@ def answers(location: str | os.PathLike) -> bool:
 
 
 def wait_until_answering(location: str | os.PathLike, patience_s: float, every_s: float = 2.0) -> bool:
-    """Wait (up to ``patience_s``) for the store behind ``location`` to answer again, as after an
-    outage or a restart of the store; True once it does."""
+    """Wait (up to ``patience_s``) for the store behind ``location``, which did not answer just now
+    (:func:`answers`), to answer again, as after an outage or a restart of the store; True once it does."""
     deadline = time.monotonic() + patience_s
-    while not answers(location):
-        if time.monotonic() >= deadline:
-            return False
+    while time.monotonic() < deadline:
         time.sleep(every_s)
-    return True
+        if answers(location):
+            return True
+    return False
 
 
 def check_writable(location: str | os.PathLike) -> None:

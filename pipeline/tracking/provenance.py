@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 
+from pipeline import storage as store
 from pipeline.tracking.store import client
 
 
@@ -33,8 +34,9 @@ class DatasetRecord:
 def source_type(location: str) -> str:
     """MLflow's name for where a dataset lives: its UI shows the location (the URI) in the dataset
     drawer only for the kinds it knows (``s3``, ``http``, ``local``, ...)."""
-    scheme = location.split("://", 1)[0] if "://" in location else "local"
-    return {"s3": "s3", "http": "http", "https": "http", "file": "local"}.get(scheme, "external" if scheme != "local" else "local")
+    if not store.is_remote(location):
+        return "local"
+    return {"s3": "s3", "http": "http", "https": "http"}.get(location.split("://", 1)[0], "external")
 
 
 def log_datasets(tracking_uri: str, run_id: str, datasets: Iterable[DatasetRecord]) -> None:

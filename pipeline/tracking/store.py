@@ -186,8 +186,9 @@ def store_lock(tracking_uri: str):
 
 
 
-# MLflow 3's UI opens an experiment of unknown kind on its GenAI overview (traces, latency), the runs
-# behind a "Model training" toggle; this kind opens it on its runs table.
+# The experiment's kind, which MLflow's UI reads to choose its layout where it shows no GenAI/Model
+# training toggle; MLflow 3.17 shows that toggle and ignores the tag (the study's links carry
+# ``runs.TRAINING_LAYOUT`` for that, bench/screens/6_* and 7_*).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 

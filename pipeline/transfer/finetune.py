@@ -127,7 +127,7 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
                                             image_size=resolution, label_format="index", **eval_kw)):
             hits += (model(batch.images.to(device)).argmax(-1).cpu() == batch.labels).sum().item()
             n += len(batch.labels)
-    return {"accuracy": hits / max(n, 1), "examples": n, "final_loss": float(loss.item()), "losses": losses,
+    return {"accuracy": hits / max(n, 1), "examples": n, "losses": losses,
             "seconds": time.perf_counter() - start, "resolution": resolution}
 
 
