@@ -262,6 +262,10 @@ class TcpOutage:
     def down(self) -> None:
         import socket
         if self._listener is not None:
+            # shutdown first: a close alone leaves the socket listening while the accept thread
+            # is blocked in accept() on it, so up() could not bind its port again (seen once)
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         for end in list(self._open):
