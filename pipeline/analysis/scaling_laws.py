@@ -331,14 +331,29 @@ def degenerate(f: Fit, compute, error) -> dict[str, tuple[str, float]]:
     return {name: at for name, at in at_bounds(f, compute, error).items() if (name, at[0]) not in BENIGN_BOUNDS}
 
 
+def _last_curve(x: np.ndarray, form: str):
+    """``_curve`` at x as a function of theta that keeps its last answer: the solver asks for the
+    residuals and then the Jacobian at the same theta, one evaluation serves both (the same numbers)."""
+    last: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def curve(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = np.asarray(theta, dtype=float).tobytes()
+        if key not in last:
+            last.clear()
+            last[key] = _curve(theta, x, form)
+        return last[key]
+    return curve
+
+
 def _solve(x, e, form, starts, huber_scale) -> np.ndarray:
     log_e = np.log(e)
     lower, upper = _bounds(x, e, form)
     best, best_cost = None, math.inf
+    curve = _last_curve(x, form)
     for start in starts:
         start = np.clip(start, lower, np.nextafter(np.array(upper), -np.inf))
-        result = least_squares(lambda t: np.log(_curve(t, x, form)[0]) - log_e, start,
-                               jac=lambda t: _curve(t, x, form)[1], bounds=(lower, upper),
+        result = least_squares(lambda t: np.log(curve(t)[0]) - log_e, start,
+                               jac=lambda t: curve(t)[1], bounds=(lower, upper),
                                loss="huber", f_scale=huber_scale, x_scale="jac", ftol=1e-6, xtol=1e-6)
         if result.cost < best_cost:
             best, best_cost = result.x, result.cost
