@@ -28,7 +28,6 @@ from study_files import smoke_variant
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = load_study("scaling").expand("smoke")
 
 
 @pytest.fixture()
@@ -196,41 +195,6 @@ def test_bad_cloud_input_is_said_within_30_s_and_launches_nothing(case, object_s
 
 # ----------------------------------------------------------------------------- the study on the store
 
-def test_smoke_study_with_storage_and_data_in_the_store_and_mlflow_over_http(object_store, mlflow_http, s3, tmp_path):
-    """The acceptance command of the cloud path, from an empty working directory."""
-    env = client_env(object_store, MLFLOW_TRACKING_URI=mlflow_http)
-    cwd = tmp_path / "empty"
-    cwd.mkdir()
-    vs = f"{s3}/vs"
-    # The data as a user makes it: generated locally, then copied up.
-    made = run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "synth-jft-smoke"), "--style", "glyphs",
-                "--images", "512", "--val-images", "200", "--classes", "5", "--zipf-exponent", "0", "--max-objects", "1",
-                "--image-size", "16", "--seed", "0", "--executor", "inline"],
-               env, cwd, timeout=120)
-    assert made.returncode == 0, made.stderr[-2000:]
-    copied = run([sys.executable, "-m", "pipeline.data", "copy", str(tmp_path / "synth-jft-smoke"),
-                  f"{vs}/data/synth-jft-smoke"], env, cwd, timeout=120)
-    assert copied.returncode == 0, copied.stderr[-2000:]
-    study = run([sys.executable, "-m", "pipeline.study", "scaling", "--preset", "smoke",
-                 "--data", f"{vs}/data/synth-jft-smoke", "--storage", vs], env, cwd, timeout=600)
-    assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
-
-    runs = [r for r in tracking.runs_of_study(mlflow_http, "scaling") if "nested_key" not in r.data.tags]
-    by_spec = {s.id: [r for r in runs if r.data.tags.get(tracking.RUN_SPEC_TAG) == s.id] for s in SMOKE}
-    assert all(len(found) == 1 and found[0].info.status == "FINISHED" for found in by_spec.values()), by_spec
-    for (found,) in by_spec.values():
-        assert found.data.tags["checkpoint_uri"].startswith(f"{vs}/pretrain-")
-        assert "finetune/digits/acc" in found.data.metrics and "fewshot/digits/5shot" in found.data.metrics
-    report = f"{vs}/reports/scaling-smoke/report.md"
-    assert storage.is_file(report) and "Study `scaling`" in storage.read_text(report)
-    study_run = tracking.find_study_run(mlflow_http, "scaling", "smoke")
-    logged = {a.path for a in tracking.client(mlflow_http).list_artifacts(study_run, "report")}
-    assert "report/report.md" in logged
-    assert storage.is_file(f"{vs}/data/digits/manifest.json")    # downstream sets made in the store
-    assert [n.split("-")[-2] for n in storage.listdir(f"{vs}/subsets")] == ["train"]  # one subset kept, in the store
-    assert list(cwd.iterdir()) == []                                # nothing written where it ran
-
-
 def test_a_store_outage_during_pretraining_is_waited_out_and_the_run_resumes(object_store, s3, tmp_path):
     """The store stops answering (connections refused) for 10 s while a run pretrains: its attempt
     fails, the next waits for the store instead of failing at once (Ray Train checks the storage
@@ -282,8 +246,20 @@ def preempt_study(path: Path, vit_steps: int, name: str = "cloud-preempt") -> st
 
 
 def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http, s3, tmp_path):
+    """The cloud path as the README shows it: the data made locally and copied into the store, the
+    study submitted as a Ray job to a head with a worker node, storage and data in the store, MLflow
+    over HTTP; the worker node is preempted mid-pretraining, a new one finishes the study, and the
+    job submitted again finds every run done."""
     from ray_head import ray_head, ray_worker_node, stop_node
     vs = f"{s3}/vs"
+    data_env = client_env(object_store)
+    made = run([sys.executable, "-m", "pipeline.data", "synth", str(tmp_path / "synth-jft-smoke"), "--style", "glyphs",
+                "--images", "512", "--val-images", "200", "--classes", "5", "--zipf-exponent", "0", "--max-objects", "1",
+                "--image-size", "16", "--seed", "0", "--executor", "inline"], data_env, tmp_path, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    copied = run([sys.executable, "-m", "pipeline.data", "copy", str(tmp_path / "synth-jft-smoke"),
+                  f"{vs}/data/synth-jft-smoke"], data_env, tmp_path, timeout=120)
+    assert copied.returncode == 0, copied.stderr[-2000:]
     study_file = preempt_study(tmp_path / "job" / "preempt.yaml", vit_steps=500)
     study = load_study(str(tmp_path / "job" / study_file))
     vit = study.expand("smoke")[0]
@@ -297,7 +273,8 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
         env = {**head["env"], "PYTHONPATH": str(ROOT)}
         submit = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", head["dashboard"],
                   "--working-dir", str(tmp_path / "job"), "--", "python", "-m", "pipeline.study", study_file,
-                  "--preset", "smoke", "--storage", vs, "--tracking-uri", mlflow_http]   # data made in the store
+                  "--preset", "smoke", "--data", f"{vs}/data/synth-jft-smoke", "--storage", vs,
+                  "--tracking-uri", mlflow_http]
         with ray_worker_node(head, num_cpus=2, cwd=folders["worker-1"]) as first:
             job = subprocess.Popen(submit, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
@@ -324,8 +301,16 @@ def test_ray_job_on_a_head_and_a_preempted_worker_node(object_store, mlflow_http
     assert all(r.info.status == "FINISHED" for r in runs)
     steps = [s for s, _ in tracking.metric_history(mlflow_http, [r for r in runs if r.data.tags[tracking.RUN_SPEC_TAG] == vit.id][0].info.run_id, "pretrain/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 500       # nothing logged twice after the resume
+    for run_record in runs:
+        assert run_record.data.tags["checkpoint_uri"].startswith(f"{vs}/pretrain-")
+        assert {"finetune/digits/acc", "fewshot/digits/5shot"} <= set(run_record.data.metrics)
+    report = f"{vs}/reports/cloud-preempt-smoke/report.md"
+    assert storage.is_file(report) and "Study `cloud-preempt`" in storage.read_text(report)
+    study_run = tracking.find_study_run(mlflow_http, "cloud-preempt", "smoke")
+    assert "report/report.md" in {a.path for a in tracking.client(mlflow_http).list_artifacts(study_run, "report")}
+    assert storage.is_file(f"{vs}/data/digits/manifest.json")    # downstream sets made in the store
+    assert [n.split("-")[-2] for n in storage.listdir(f"{vs}/subsets")] == ["train"]  # one subset kept, in the store
     assert all(list(folder.iterdir()) == [] for folder in folders.values())  # nodes share only the store
-    assert storage.is_file(f"{vs}/data/synth-jft-smoke/manifest.json")       # the preset's data, made on first use
 
 
 # ----------------------------------------------------------------------------- MLflow over HTTP, when the network fails
