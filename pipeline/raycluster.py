@@ -22,6 +22,12 @@ from pipeline import exits
 TRAIN_HEALTH_CHECK_S = "0.1"
 
 
+# Set by the command that starts a local Ray, to its pid, before Ray starts: Ray's processes (its
+# workers, so the chains' tasks) inherit it. On a cluster (RAY_ADDRESS) the workers lack it, as they
+# lack RAY_ADDRESS itself: a task cannot tell from RAY_ADDRESS where it runs.
+LOCAL_RAY_ENV = "PIPELINE_LOCAL_RAY"
+
+
 def ensure_ray(log_to_driver: bool = True) -> None:
     """Connect to ``$RAY_ADDRESS``, or start a local Ray, unless this process is connected.
     ``log_to_driver=False`` (a command showing its own console, ``pipeline.console``): the workers'
@@ -33,6 +39,9 @@ def ensure_ray(log_to_driver: bool = True) -> None:
     address = os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
+        os.environ[LOCAL_RAY_ENV] = str(os.getpid())
+    else:
+        os.environ.pop(LOCAL_RAY_ENV, None)
     before = children()
     ray.init(address=address, log_to_driver=log_to_driver,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
@@ -105,12 +114,24 @@ def stand_down() -> None:
             reaper.stdin.close()
 
 
+def on_local_ray() -> bool:
+    """Whether this process runs on a local Ray that a pipeline command started (this process, or the
+    command whose Ray started this worker: an ancestor), rather than on a cluster, where nodes come
+    and go: true in a study's chain tasks on a laptop, false in them on a cluster."""
+    import psutil
+    marker = os.environ.get(LOCAL_RAY_ENV, "")
+    if not marker.isdigit():
+        return False
+    me = psutil.Process()
+    return int(marker) in {me.pid, *(p.pid for p in me.parents())}
+
+
 def unplaceable(per_worker: dict[str, float], workers: int = 1) -> str | None:
-    """What a local Ray started by this process can never give ``workers`` workers of ``per_worker``
-    resources (no autoscaler adds nodes to it), said for people; None when they fit, or on a cluster
-    (``RAY_ADDRESS``), where an autoscaler may add the nodes."""
+    """What a local Ray started by a pipeline command can never give ``workers`` workers of
+    ``per_worker`` resources (no autoscaler adds nodes to it), said for people; None when they fit,
+    or on a cluster, where an autoscaler may add the nodes (:func:`on_local_ray`)."""
     import ray
-    if os.environ.get("RAY_ADDRESS") not in (None, "", "local"):
+    if not on_local_ray():
         return None
     total = ray.cluster_resources()
     short = [f"{workers} x {amount:g} {name} (this machine's Ray has {total.get(name, 0):g})"

@@ -29,11 +29,13 @@ def ray_cluster(request):
     """Local Ray on 2 CPUs for one test module. A module that needs the dashboard (it serves
     ray.util.state) sets ``RAY_DASHBOARD = True``; it costs a few seconds otherwise spared."""
     import ray
-    from pipeline.raycluster import TRAIN_HEALTH_CHECK_S
+    from pipeline.raycluster import LOCAL_RAY_ENV, TRAIN_HEALTH_CHECK_S
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = TRAIN_HEALTH_CHECK_S  # the default costs seconds per run
+    os.environ[LOCAL_RAY_ENV] = str(os.getpid())   # a local Ray, as a command's (pipeline.raycluster.ensure_ray)
     ray.init(num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", False), log_to_driver=False)
     yield
     ray.shutdown()
+    del os.environ[LOCAL_RAY_ENV]
 
 
 def _pinned_torch_threads(threads: int):

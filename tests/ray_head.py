@@ -126,6 +126,7 @@ def ray_head(*, num_cpus: int, extra_args: tuple[str, ...] = (), extra_env: dict
     token = secrets.token_hex(32)
     client_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     client_env.pop("RAY_ADDRESS", None)
+    client_env.pop("PIPELINE_LOCAL_RAY", None)   # a cluster's processes are on no command's local Ray
     env = {**client_env, "RAY_USAGE_STATS_ENABLED": "0", **(extra_env or {})}
     command = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",

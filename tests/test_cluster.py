@@ -409,3 +409,36 @@ def test_gpu_runs_scale_gpu_nodes_up_from_zero_and_back(raw, fake_cluster):
         # The autoscaler picks the smallest type that fits: one-GPU runs go to 1-GPU nodes.
         assert result["node_gpus"] == 1, result
     assert timeline["idle"]["gpu_nodes"] == [], "GPU nodes were not released after idling"
+
+
+CHAIN_ON_RAY = '''
+import ray
+from pipeline.raycluster import ensure_ray, unplaceable
+ensure_ray(log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+def chain():   # where a study's run chains ask before pretraining (pipeline.pretrain.launch)
+    from pipeline.raycluster import on_local_ray, unplaceable
+    return on_local_ray(), unplaceable({"GPU": 1})
+
+print("DRIVER", unplaceable({"GPU": 1}))
+print("CHAIN", *ray.get(chain.remote()), sep="|")
+'''
+
+
+@pytest.mark.slow
+def test_gpu_runs_are_refused_on_a_local_ray_without_gpus_but_not_on_a_cluster_that_may_add_them():
+    """A chain's task on a cluster has no RAY_ADDRESS (Ray does not pass it to workers): a check
+    for resources that an autoscaler may add, made from it, must still see a cluster. It once
+    refused every --gpus-per-run chain on a cluster whose GPU nodes start from zero."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PIPELINE_LOCAL_RAY")}
+    local = subprocess.run([sys.executable, "-c", CHAIN_ON_RAY], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert "DRIVER 1 x 1 GPU (this machine's Ray has 0)" in local.stdout
+    assert "CHAIN|True|1 x 1 GPU (this machine's Ray has 0)" in local.stdout
+    with ray_head(num_cpus=1) as head:
+        on_cluster = subprocess.run([sys.executable, "-c", CHAIN_ON_RAY], cwd=ROOT, capture_output=True, text=True,
+                                    env={**head["env"], "RAY_ADDRESS": head["address"]}, timeout=120)
+    assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
+    assert "DRIVER None" in on_cluster.stdout and "CHAIN|False|None" in on_cluster.stdout, on_cluster.stdout

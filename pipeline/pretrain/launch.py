@@ -22,7 +22,7 @@ from pipeline.planning import run_numbers
 from pipeline.pretrain.checkpoint import drop_unregistered
 from pipeline.pretrain.loop import Hooks, PretrainPlan, train_loop, train_loop_per_worker
 from pipeline.pretrain.session import LocalSession
-from pipeline.raycluster import ensure_ray, fit_off_main_thread, unplaceable
+from pipeline.raycluster import ensure_ray, fit_off_main_thread, on_local_ray, unplaceable
 from pipeline.spec import RunSpec
 
 
@@ -105,21 +105,26 @@ def data_error_of(err: BaseException) -> Exception | None:
 
 
 @functools.cache
-def torch_trainer() -> type:
-    """Ray Train's TorchTrainer, less the Ray Data shard provider when a run passes no Ray Dataset
-    (ours read Parquet themselves): Ray Train 2.60 starts a DatasetManager actor for every run
-    whatever its datasets: one more process, which imports Ray Data (1.3 s of CPU for that import alone
-    on the 2-core dev box). On a Ray without that callback the plain TorchTrainer is used."""
+def torch_trainer(local: bool) -> type:
+    """Ray Train's TorchTrainer less two callbacks that cost each run a process start on Ray Train
+    2.60 (bench/RESULTS.md, "Ray Train's fixed cost"): the Ray Data shard provider when a run passes
+    no Ray Dataset (ours read Parquet themselves), which starts a DatasetManager actor whatever the
+    datasets (its process imports Ray Data: 1.3 s of CPU); and, on a local Ray that a pipeline command
+    started (``local``), the PlacementGroupCleaner, a detached actor that frees a run's placement group
+    if its controller dies while the cluster lives on (a local Ray ends with the command; the cleaner's
+    stop also held every fit about 1 s). On a Ray without these callbacks the plain TorchTrainer is used."""
     from ray.train.torch import TorchTrainer   # Ray Train where runs launch (1.2 s: --help skips it)
-    try:  # inside: a private module of Ray Train 2.60 (V2), absent from other versions
+    try:  # inside: private modules of Ray Train 2.60 (V2), absent from other versions
         from ray.train.v2._internal.callbacks import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return TorchTrainer
 
     class LeanTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+            return [c for c in super()._create_default_callbacks()
+                    if not (isinstance(c, DatasetsCallback) and not self.datasets)
+                    and not (isinstance(c, PlacementGroupCleanerCallback) and local)]
     return LeanTorchTrainer
 
 
@@ -139,7 +144,7 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
         # Failures are retried here rather than inside Ray Train, which cannot tell bad data
         # (the same rows fail the same way every time) from a lost worker.
         drop_unregistered(store.join(storage, run_name))   # what a full disk or a killed process left half written
-        trainer = torch_trainer()(
+        trainer = torch_trainer(on_local_ray())(
             train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
             scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
                                          resources_per_worker=resources),
