@@ -99,8 +99,8 @@ class Board:
     ``poll_s``), and says the driver's own lines in between (:meth:`line`), in order."""
 
     def __init__(self, *, quiet: bool = False, bars: bool | None = None, poll_s: float = 0.5,
-                 write: Callable[[str], None] | None = None) -> None:
-        self.quiet, self.poll_s = quiet, poll_s
+                 write: Callable[[str], None] | None = None, on_ray: bool = True) -> None:
+        self.quiet, self.poll_s, self.on_ray = quiet, poll_s, on_ray   # on_ray=False: the driver's lines only
         self.bars_on = (sys.stdout.isatty() if bars is None else bars) and not quiet
         self.write = write or (lambda text: print(text, flush=True))
         self.bars: dict[str, Any] = {}
@@ -108,6 +108,8 @@ class Board:
         self.inbox, self.thread = None, None
 
     def __enter__(self) -> "Board":
+        if not self.on_ray:
+            return self
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         ensure_ray(log_to_driver=False)
@@ -122,6 +124,8 @@ class Board:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.thread is None:   # not on Ray
+            return
         self.stop.set()
         self.thread.join()
         try:
@@ -148,6 +152,8 @@ class Board:
                 return
 
     def drain(self) -> None:
+        if self.inbox is None:
+            return
         import ray
         with self.lock:
             for event in ray.get(self.inbox.take.remote()):

@@ -172,9 +172,11 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"), interrupts_said(uri, study.name, study_run):
         view = record_study(study, preset, uri, study_run)
         downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
-        with console.Board(quiet=options.quiet, bars=options.bars) as board:
-            board.line(f"[study] {ray_where()}")
-            missing = unplaceable({"GPU": options.gpus_per_run}) if options.gpus_per_run else None
+        on_ray = not every_run_done(study, preset, uri)   # a study found done starts no Ray (seconds on each re-run)
+        with console.Board(quiet=options.quiet, bars=options.bars, on_ray=on_ray) as board:
+            if on_ray:
+                board.line(f"[study] {ray_where()}")
+            missing = unplaceable({"GPU": options.gpus_per_run}) if options.gpus_per_run and on_ray else None
             if missing is not None:   # every run would wait for it forever, saying nothing
                 tracking.finish_run(uri, study_run, "FAILED")
                 raise StudyError(f"each run needs {missing}: none can ever start here; give --gpus-per-run 0 "
@@ -184,8 +186,8 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                                storage=storage, tracking_uri=uri, downstream=downstream, transfer=p.transfer,
                                gpus=options.gpus_per_run, study_run_id=study_run, on_bad_row=options.on_bad_row,
                                system_metrics=options.system_metrics, compile=options.compile,
-                               cpus_per_gpu=hardware.gpu_worker_cpus(options.gpus_per_run, options.cpus_per_gpu,
-                                                                        board.line))
+                               cpus_per_gpu=hardware.gpu_worker_cpus(options.gpus_per_run if on_ray else 0,
+                                                                        options.cpus_per_gpu, board.line))
             return drive_study(study, preset, ctx, planned, options, board)
 
 
@@ -205,6 +207,12 @@ def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
     tracking.describe_experiment(uri, study.name, experiment_description(study.name, study.title) +
                                  f" These columns, sorted by compute: [the {preset} preset's view]({view}).")
     return view
+
+
+def every_run_done(study: Study, preset: str, uri: str) -> bool:
+    """Whether MLflow holds every run of ``study``/``preset`` done (pretrained and transferred)."""
+    previous = tracking.spec_runs(uri, study.name)
+    return all(s.id in previous and previous[s.id].status == tracking.Status.DONE for s in study.expand(preset))
 
 
 def ray_where() -> str:
@@ -233,13 +241,14 @@ def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str,
     # the most compute first (longest-processing-time order): the study does not end with its
     # longest run alone on the cluster while the rest of it idles
     todo = sorted((s for s in specs if s.id not in done), key=lambda s: -exaflops.get(s.id, 0.0))
-    limit = options.max_concurrent or default_concurrency(gpus)
+    limit = (options.max_concurrent or default_concurrency(gpus)) if todo else 0
     progress = StudyProgress(specs, exaflops, done, board, limit)
     try:  # from the line that says what will run to the end of the report, Ctrl-C is answered by `stopped`
+        how = (f"at most {limit} at once, {f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run" if todo else
+               "nothing to train, Ray not started")
         board.line(f"[study] {study.name}/{preset}: {len(specs)} runs, {len(done)} done, {len(todo)} to run "
-                   f"({sum(s.id in previous for s in todo)} to resume); at most {limit} at once, "
-                   f"{f'{gpus} GPU(s)' if gpus else 'one CPU worker'} per run; MLflow {uri}")
-        results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s)
+                   f"({sum(s.id in previous for s in todo)} to resume); {how}; MLflow {uri}")
+        results, failures = run_chains(todo, ctx, previous, limit, progress, options.heartbeat_s) if todo else ({}, {})
         check_interrupt()
         summary = {"study": study.name, "preset": preset, "runs": len(specs), "done": sorted(progress.done),
                    "failed": failures, "skipped": sorted(done), "study_run_id": study_run, "tracking_uri": uri,
