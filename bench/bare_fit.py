@@ -35,11 +35,12 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bare_fit-")
     seconds: dict[str, list[float]] = {"pipeline's (local Ray)": [], "Ray Train's": []}
     for i in range(args.fits):
-        for name, trainer in (("pipeline's (local Ray)", torch_trainer(True)), ("Ray Train's", TorchTrainer)):
+        for which, (name, trainer) in enumerate((("pipeline's (local Ray)", torch_trainer(True)),
+                                                  ("Ray Train's", TorchTrainer))):
             mark = os.path.join(work, "entered")
             start = time.time()
             trainer(entered, train_loop_config={"mark": mark}, scaling_config=ScalingConfig(num_workers=1),
-                    run_config=RunConfig(storage_path=work, name=f"fit-{i}-{len(name)}")).fit()
+                    run_config=RunConfig(storage_path=work, name=f"fit-{i}-{which}")).fit()
             took = time.time() - start
             with open(mark) as f:
                 at = float(f.read()) - start

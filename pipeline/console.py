@@ -124,7 +124,7 @@ class Board:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.thread is None:   # not on Ray
+        if not self.on_ray:
             return
         self.stop.set()
         self.thread.join()
@@ -152,7 +152,7 @@ class Board:
                 return
 
     def drain(self) -> None:
-        if self.inbox is None:
+        if not self.on_ray:
             return
         import ray
         with self.lock:

@@ -172,7 +172,10 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     with tracking.lease(uri, study_run, what=f"study {study.name}/{preset}"), interrupts_said(uri, study.name, study_run):
         view = record_study(study, preset, uri, study_run)
         downstream = prepare_downstream(p.transfer, storage, bars)  # a missing set is said before Ray starts
-        on_ray = not every_run_done(study, preset, uri)   # a study found done starts no Ray (seconds on each re-run)
+        previous = tracking.spec_runs(uri, study.name)
+        specs = study.expand(preset)
+        on_ray = len(done_ids(specs, previous)) < len(specs)   # a study found done starts no Ray (seconds a re-run)
+
         with console.Board(quiet=options.quiet, bars=options.bars, on_ray=on_ray) as board:
             if on_ray:
                 board.line(f"[study] {ray_where()}")
@@ -188,7 +191,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                                system_metrics=options.system_metrics, compile=options.compile,
                                cpus_per_gpu=hardware.gpu_worker_cpus(options.gpus_per_run if on_ray else 0,
                                                                         options.cpus_per_gpu, board.line))
-            return drive_study(study, preset, ctx, planned, options, board)
+            return drive_study(study, preset, ctx, planned, previous, options, board)
 
 
 def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
@@ -209,12 +212,6 @@ def record_study(study: Study, preset: str, uri: str, study_run: str) -> str:
     return view
 
 
-def every_run_done(study: Study, preset: str, uri: str) -> bool:
-    """Whether MLflow holds every run of ``study``/``preset`` done (pretrained and transferred)."""
-    previous = tracking.spec_runs(uri, study.name)
-    return all(s.id in previous and previous[s.id].status == tracking.Status.DONE for s in study.expand(preset))
-
-
 def ray_where() -> str:
     """Which Ray the study runs on, and where what its workers print goes."""
     import ray
@@ -225,12 +222,16 @@ def ray_where() -> str:
             "output and Ray's notes are in Ray's logs (/tmp/ray/session_latest/logs on each node)")
 
 
-def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str, Any], options: StudyOptions,
-                board: console.Board) -> dict[str, Any]:
-    """The study's runs on Ray (those not done yet), then its report."""
+def done_ids(specs: list[RunSpec], previous: dict[str, tracking.RunRecord]) -> set[str]:
+    """The RunSpecs that MLflow (``previous``: tracking.spec_runs) holds done: pretrained and transferred."""
+    return {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
+
+
+def drive_study(study: Study, preset: str, ctx: ChainContext, planned: dict[str, Any],
+                previous: dict[str, tracking.RunRecord], options: StudyOptions, board: console.Board) -> dict[str, Any]:
+    """The study's runs on Ray (those not done yet in ``previous``, the study's runs in MLflow), then its report."""
     uri, study_run, gpus, specs = ctx.tracking_uri, ctx.study_run_id, ctx.gpus, study.expand(preset)
-    previous = tracking.spec_runs(uri, study.name)
-    done = {s.id for s in specs if s.id in previous and previous[s.id].status == tracking.Status.DONE}
+    done = done_ids(specs, previous)
     elsewhere = checkpoints_elsewhere([previous[s.id] for s in specs if s.id in previous], ctx.storage)
     if elsewhere:
         board.line(f"[study] {len(elsewhere)} of these runs are in MLflow with their checkpoints outside --storage "

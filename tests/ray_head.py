@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.raycluster import LOCAL_RAY_ENV
+
 
 # Ports for test servers come from below the kernel's ephemeral range (32768-60999 here), so an
 # outgoing connection can never take one between our check and the server's bind, and above Ray's
@@ -126,7 +128,7 @@ def ray_head(*, num_cpus: int, extra_args: tuple[str, ...] = (), extra_env: dict
     token = secrets.token_hex(32)
     client_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     client_env.pop("RAY_ADDRESS", None)
-    client_env.pop("PIPELINE_LOCAL_RAY", None)   # a cluster's processes are on no command's local Ray
+    client_env.pop(LOCAL_RAY_ENV, None)   # a cluster's processes are on no command's local Ray
     env = {**client_env, "RAY_USAGE_STATS_ENABLED": "0", **(extra_env or {})}
     command = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",

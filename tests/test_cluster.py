@@ -31,6 +31,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from pipeline.raycluster import LOCAL_RAY_ENV
 from ray_head import alive, free_port, ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -419,9 +420,9 @@ ensure_ray(log_to_driver=False)
 @ray.remote(num_cpus=0)
 def chain():   # where a study's run chains ask before pretraining (pipeline.pretrain.launch)
     from pipeline.raycluster import on_local_ray, unplaceable
-    return on_local_ray(), unplaceable({"GPU": 1})
+    return on_local_ray(), unplaceable({"GPU": 1000})   # more than any one machine has
 
-print("DRIVER", unplaceable({"GPU": 1}))
+print("DRIVER", unplaceable({"GPU": 1000}))
 print("CHAIN", *ray.get(chain.remote()), sep="|")
 '''
 
@@ -431,12 +432,12 @@ def test_gpu_runs_are_refused_on_a_local_ray_without_gpus_but_not_on_a_cluster_t
     """A chain's task on a cluster has no RAY_ADDRESS (Ray does not pass it to workers): a check
     for resources that an autoscaler may add, made from it, must still see a cluster. It once
     refused every --gpus-per-run chain on a cluster whose GPU nodes start from zero."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PIPELINE_LOCAL_RAY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOCAL_RAY_ENV)}
     local = subprocess.run([sys.executable, "-c", CHAIN_ON_RAY], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
     assert local.returncode == 0, local.stderr[-3000:]
-    assert "DRIVER 1 x 1 GPU (this machine's Ray has 0)" in local.stdout
-    assert "CHAIN|True|1 x 1 GPU (this machine's Ray has 0)" in local.stdout
+    assert "DRIVER 1 x 1000 GPU (this machine's Ray has " in local.stdout, local.stdout
+    assert "CHAIN|True|1 x 1000 GPU (this machine's Ray has " in local.stdout, local.stdout
     with ray_head(num_cpus=1) as head:
         on_cluster = subprocess.run([sys.executable, "-c", CHAIN_ON_RAY], cwd=ROOT, capture_output=True, text=True,
                                     env={**head["env"], "RAY_ADDRESS": head["address"]}, timeout=120)
