@@ -11,12 +11,69 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`,
+# pyproject.toml): its tests wait on processes one after another (Ray's, servers', commands') and
+# left a third of the two cores idle when run in one process (bench/RESULTS.md, "The suite on two
+# workers"). Each test module is one group, run by one worker, so that its module fixtures are made
+# once; modules that share a session fixture are one group, so that the fixture is made once (the
+# smoke study of bench/gpu_e2e.sh --dry; the S3 store and the MLflow server). Groups are handed out
+# slowest first (seconds measured in one process), so that the last minutes are not one long module
+# on one worker while the other idles. (xdist's own loadgroup reads `xdist_group` marks into test ids
+# that pytest 9 no longer lets it change: its groups fell apart, so the groups are made here.)
+SHARED_GROUPS = {"test_bench": "smoke_e2e", "test_orchestrate": "smoke_e2e",
+                 "test_cloud": "servers", "test_servers": "servers"}
+SLOWEST_FIRST = ("servers", "test_pretrain", "smoke_e2e", "test_cli_errors", "test_one_writer", "test_forecast",
+                 "test_transfer_pretrained", "test_transfer", "test_cluster", "test_analysis", "test_study",
+                 "test_data_learn", "test_suggest", "test_data_ray", "test_compute")
+
+
+def suite_group(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    return SHARED_GROUPS.get(module, module)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(suite_group(item.nodeid), len(rank)))   # stable: file order within a group
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:   # pytest-xdist is not installed: the suite runs in one process
+    pass
+else:
+    class GroupScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling with suite_group() as the scope; with --no-loadscope-reorder the
+        groups are handed out in collection order."""
+        def _split_scope(self, nodeid: str) -> str:
+            return suite_group(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_beside_another_worker():
+    """On an xdist worker, torch in the test process uses one thread (a test that compares learned
+    numbers pins its own, below): threads beyond a core spin-wait on the core the other worker holds
+    (a micro model 20x slower, measured)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def own_mac_cache(tmp_path_factory):
     """Forward MACs are counted into a cache of the test session's own, empty at the start (as on
-    a new machine, so suite times do not depend on earlier runs), never into the user's."""
+    a new machine, so suite times do not depend on earlier runs), never into the user's; xdist's
+    workers share it (the folder above theirs is the session's)."""
     before = os.environ.get("VIT_SCALING_CACHE")
-    os.environ["VIT_SCALING_CACHE"] = str(tmp_path_factory.mktemp("mac-cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "mac-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("mac-cache")
+    os.environ["VIT_SCALING_CACHE"] = str(cache)
     yield
     if before is None:
         del os.environ["VIT_SCALING_CACHE"]
@@ -32,8 +89,9 @@ def ray_cluster(request):
     from pipeline.raycluster import LOCAL_RAY_ENV, TRAIN_HEALTH_CHECK_S
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = TRAIN_HEALTH_CHECK_S  # the default costs seconds per run
     os.environ[LOCAL_RAY_ENV] = str(os.getpid())   # a local Ray, as a command's (pipeline.raycluster.ensure_ray)
-    ray.init(num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", False), log_to_driver=False)
-    yield
+    context = ray.init(num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", False),
+                       log_to_driver=False)
+    yield context   # its dashboard_url: ray.util.state's address (the suite's other worker has a Ray too)
     ray.shutdown()
     del os.environ[LOCAL_RAY_ENV]
 

@@ -144,9 +144,10 @@ def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, tw
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
-def _ray_train_worker_pids() -> list[int]:
+def _ray_train_worker_pids(ray_context) -> list[int]:
     from ray.util.state import list_actors
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    actors = list_actors(address=f"http://{ray_context.dashboard_url}",
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors if a.pid]
 
 
@@ -165,7 +166,7 @@ def test_micro_vit_on_two_ray_workers_resumes_after_a_worker_is_killed_learns_an
     20 s of training on 2 idle cores; the state API is warmed up first so finding workers is quick."""
     steps = LEARNING_STEPS["vit"]
     spec = micro_spec("vit", steps=steps, checkpoint_every=25)
-    assert _ray_train_worker_pids() == []
+    assert _ray_train_worker_pids(ray_cluster) == []
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(pretrain(spec, str(synth), storage=str(tmp_path),
                                                                     launch=Launch(workers=2, max_failures=2))))
@@ -177,7 +178,7 @@ def test_micro_vit_on_two_ray_workers_resumes_after_a_worker_is_killed_learns_an
     while time.time() < deadline and not _registered_steps(snapshot):
         time.sleep(0.1)
     assert _registered_steps(snapshot), "no checkpoint was registered"
-    pids = _ray_train_worker_pids()
+    pids = _ray_train_worker_pids(ray_cluster)
     assert len(pids) == 2 and runner.is_alive()
     os.kill(pids[1], signal.SIGKILL)
     runner.join(timeout=300)
