@@ -43,7 +43,9 @@ def ensure_ray(log_to_driver: bool = True) -> None:
     else:
         os.environ.pop(LOCAL_RAY_ENV, None)
     before = children()
-    ray.init(address=address, log_to_driver=log_to_driver,
+    # A command's own local Ray goes without the dashboard: nothing here reads it, and its nine
+    # processes cost about 1 s of the command's start and 1.4 CPU-seconds (bench/RESULTS.md).
+    ray.init(address=address, log_to_driver=log_to_driver, include_dashboard=False if address is None else None,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
     if address is None:
         reap_when_gone(children() - before)

@@ -98,9 +98,10 @@ def ray_cluster(request):
 
 def _pinned_torch_threads(threads: int):
     # The number of intra-op threads changes float sums, hence learned weights: a test that
-    # compares learned quality pins it, so that every machine of CI's kind computes the same
-    # numbers. One thread also keeps a micro model from spin-waiting for cores that other
-    # processes hold (20x slower, measured).
+    # compares learned quality pins it, so that every machine computes the same numbers. One
+    # thread also keeps a micro model from spin-waiting for cores that other processes hold (20x
+    # slower, measured; beside the suite's other worker a 2-thread test ran 2.1x slower than alone, a
+    # 1-thread one 1.06x).
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     yield
@@ -112,14 +113,9 @@ def one_torch_thread():
     yield from _pinned_torch_threads(1)
 
 
-@pytest.fixture()
-def two_torch_threads():
-    yield from _pinned_torch_threads(2)
-
-
 @pytest.fixture(scope="module")
-def two_torch_threads_module():
-    yield from _pinned_torch_threads(2)
+def one_torch_thread_module():
+    yield from _pinned_torch_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,7 @@ def assert_learned_and_logged(out: dict, spec: RunSpec, synth, workers: int) -> 
 
 
 @pytest.mark.parametrize("family", ["resnet", "hybrid"])
-def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, two_torch_threads):
+def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, one_torch_thread):
     """The same loop without Ray (one worker): what each family learns, without Ray's start-up."""
     spec = micro_spec(family, steps=LEARNING_STEPS[family])
     out = pretrain(spec, str(synth), storage=str(tmp_path), launch=LOCAL)
@@ -121,7 +121,7 @@ def test_micro_model_of_each_family_learns_in_process(family, synth, tmp_path, t
     assert kept == [f"checkpoint_{spec.steps // 2:09d}", f"checkpoint_{spec.steps:09d}"]
 
 
-def test_bf16_autocast_trains_on_a_cpu_as_on_a_gpu(synth, tmp_path, two_torch_threads):
+def test_bf16_autocast_trains_on_a_cpu_as_on_a_gpu(synth, tmp_path, one_torch_thread):
     """The precision GPU runs use (bf16 autocast, float32 loss) through the loop, validation and
     checkpoint on the CPU's autocast path: the loss falls, the run says how fast it went."""
     out = pretrain(micro_spec("vit", 60, precision="bf16", log_every=20), synth, storage=str(tmp_path / "runs"),
@@ -131,7 +131,7 @@ def test_bf16_autocast_trains_on_a_cpu_as_on_a_gpu(synth, tmp_path, two_torch_th
     assert out["throughput"]["compiled"] is False and out["throughput"]["images_per_s"] > 0
 
 
-def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, two_torch_threads):
+def test_in_process_stop_and_resume_equals_uninterrupted_run(synth, tmp_path, one_torch_thread):
     spec = micro_spec("vit", steps=30, checkpoint_every=10, val_every=1000, dropout=0.1, log_every=10)
     whole = pretrain(spec, str(synth), storage=str(tmp_path / "whole"), launch=LOCAL)
     first = pretrain(spec, str(synth), storage=str(tmp_path / "parts"), launch=LOCAL, hooks=Hooks(stop_after_steps=20))
@@ -271,7 +271,7 @@ def test_bad_data_fails_at_once_or_is_skipped_and_counted(ray_cluster, synth, tm
     assert run.data.params["on_bad_row"] == "skip" and run.data.metrics["data/skipped_rows"] == out["skipped_rows"]
 
 
-def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(synth, tmp_path, two_torch_threads):
+def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(synth, tmp_path, one_torch_thread):
     """Shard checksums are checked before the first step (a corrupt shard fails the run at once,
     naming it); a shard once checked is marked in the storage and not read again for it."""
     import shutil
@@ -298,7 +298,7 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
     assert check_checksums(synth, marks=str(marks)) == 0 and check_checksums(synth) == len(Dataset(synth).shards())
 
 
-def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_path, two_torch_threads):
+def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_path, one_torch_thread):
     """Learning curves: at each validation step and at the end, the few-shot accuracies of the
     model being trained, with the compute spent so far, are logged at that step."""
     from pipeline.data.digits import convert_digits

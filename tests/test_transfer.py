@@ -30,7 +30,7 @@ def digits(storage):
 
 
 @pytest.fixture(scope="module")
-def pretrained(storage, two_torch_threads_module):
+def pretrained(storage, one_torch_thread_module):
     """{family: pretrain() summary}: a micro ViT trained for real, a micro hybrid briefly (in this
     process: pretraining on Ray has its own tests; the fine-tuning grid below runs on Ray Tune)."""
     data = generate(storage / "synth", SynthSpec(images=2000, val_images=200, classes=10, image_size=32,
