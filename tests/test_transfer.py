@@ -66,7 +66,7 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pret
     run = pretrained["vit"]
     uri, run_id = run["tracking_uri"], run["mlflow_run_id"]
     argv = [run["checkpoint_uri"], "--dataset", digits, "--fewshot", "5,25", "--finetune",
-            "--lrs", "0.01,0.1,0.3", "--steps", "400", "--batch-size", "64", "--dev-fraction", "0.1",
+            "--lrs", "0.01,0.1,0.3", "--steps", "200", "--batch-size", "64", "--dev-fraction", "0.1",
             "--min-crop-area", "1.0",
             "--storage", str(storage), "--tracking-uri", uri, "--mlflow-run-id", run_id]
     assert transfer.main(argv) == 0
@@ -74,7 +74,9 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pret
     assert "finetune/digits/acc" in printed and "fewshot/digits/25shot" in printed
 
     metrics = tracking.client(uri).get_run(run_id).data.metrics
-    assert metrics["finetune/digits/acc"] > metrics["fewshot/digits/25shot"]  # fine-tuning beats the probe
+    # fine-tuning beats the probe: 52.9% against 46.1% (its std over seeds 1.8 points) with 200 steps a
+    # trial; 59.1% with 400 (16 s more)
+    assert metrics["finetune/digits/acc"] > metrics["fewshot/digits/25shot"]
     assert metrics["finetune/digits/best_lr"] in (0.01, 0.1, 0.3)
     assert 0 <= metrics["fewshot/digits/25shot_std"] < 0.2
 
@@ -92,7 +94,7 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pret
     assert len(final) == 1 and set(final[0].data.metrics) == {"finetune/digits/test_acc", "finetune/digits/loss"}
     # issue 33, walk 5: each trial has a training-loss curve, a description, and its parent's commit
     loss_steps = [s for s, _ in tracking.metric_history(uri, final[0].info.run_id, "finetune/digits/loss")]
-    assert loss_steps == list(range(40, 401, 40))
+    assert loss_steps == list(range(20, 201, 20))
     parent_tags = tracking.client(uri).get_run(run_id).data.tags
     for child in children:
         assert child.data.tags[tracking.NOTE_TAG].startswith("Fine-tuning of ")
@@ -105,7 +107,7 @@ def test_cli_finetunes_on_dev_chosen_lr_and_records_everything(ray_cluster, pret
 
     # Re-running attaches to the same nested runs instead of making new ones (nested runs are
     # keyed by dataset, phase and LR, so a short re-run is enough to check it).
-    assert transfer.main([a if a != "400" else "5" for a in argv]) == 0
+    assert transfer.main([a if a != "200" else "5" for a in argv]) == 0
     again = tracking.client(uri).search_runs([tracking.client(uri).get_run(run_id).info.experiment_id],
                                              filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert len(again) == len(children) == 4
