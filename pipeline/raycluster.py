@@ -44,7 +44,7 @@ def ensure_ray(log_to_driver: bool = True) -> None:
         os.environ.pop(LOCAL_RAY_ENV, None)
     before = children()
     # A command's own local Ray goes without the dashboard: nothing here reads it, and its nine
-    # processes cost about 1 s of the command's start and 1.4 CPU-seconds (bench/RESULTS.md).
+    # processes cost about 1.6 s of the command's start and 1.7 CPU-seconds (bench/ray_start.py).
     ray.init(address=address, log_to_driver=log_to_driver, include_dashboard=False if address is None else None,
              logging_level=logging.INFO if log_to_driver else logging.ERROR)
     if address is None:
