@@ -175,7 +175,6 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         previous = tracking.spec_runs(uri, study.name)
         specs = study.expand(preset)
         on_ray = len(done_ids(specs, previous)) < len(specs)   # a study found done starts no Ray (seconds a re-run)
-
         with console.Board(quiet=options.quiet, bars=options.bars, on_ray=on_ray) as board:
             if on_ray:
                 board.line(f"[study] {ray_where()}")
