@@ -100,6 +100,34 @@ def test_decode_workers_yield_what_the_loaders_process_yields(synth, tmp_path):
                 and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_process_decodes_a_small_dataset_once_and_yields_the_same_pixels(synth, monkeypatch, train):
+    """Decoded pixels are kept in the loader's process: the next pass (an epoch, a validation, a
+    probe) decodes nothing and yields what decode workers, which keep nothing, yield; a budget too
+    small for the dataset keeps what fits and changes no pixel."""
+    from pipeline.data import images, loader
+    decodes = []
+    real_open = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda data: decodes.append(1) or real_open(data))
+    for budget in (loader.DECODED_CACHE_BYTES, 20_000):
+        for size in (20, 16):   # the stored size (no resize) and a smaller one
+            monkeypatch.setattr(loader, "_DECODED", images.DecodedCache(budget))
+            spec = LoaderSpec(synth, batch_size=16, image_size=size, seed=3, train=train, min_crop_area=0.5)
+            decodes.clear()
+            first = list(make_loader(spec, num_workers=0))
+            decoded_first = len(decodes)
+            again = list(make_loader(spec, num_workers=0))
+            workers = list(make_loader(spec, num_workers=1))
+            assert [b.keys for b in first] == [b.keys for b in again] == [b.keys for b in workers]
+            assert all(torch.equal(a.images, b.images) and torch.equal(a.images, c.images)
+                       for a, b, c in zip(first, again, workers))
+            kept = len(loader._DECODED.items)
+            if budget == loader.DECODED_CACHE_BYTES:
+                assert decoded_first == sum(len(b.keys) for b in first) and len(decodes) == decoded_first
+            else:
+                assert 0 < kept < decoded_first and len(decodes) == 2 * decoded_first - kept
+
+
 def test_the_next_epoch_reuses_the_subset_until_the_dataset_changes(synth, tmp_path):
     """A new epoch's loader reads no footer again (the subset is kept per process); a changed
     manifest (another digest) makes it read the dataset anew."""

@@ -82,9 +82,11 @@ def inception_crop_box(width: int, height: int, rng: np.random.Generator,
     """A random crop box (left, top, right, bottom) covering a random area fraction and aspect."""
     area = width * height
     log_r = (math.log(ratio_range[0]), math.log(ratio_range[1]))
+    # lo + (hi - lo) * rng.random() is numpy's uniform(lo, hi) draw for draw, at half its cost
+    area_lo, area_span = area_range[0], area_range[1] - area_range[0]
     for _ in range(attempts):
-        target = area * rng.uniform(*area_range)
-        ratio = math.exp(rng.uniform(*log_r))
+        target = area * (area_lo + area_span * rng.random())
+        ratio = math.exp(log_r[0] + (log_r[1] - log_r[0]) * rng.random())
         w = int(round(math.sqrt(target * ratio)))
         h = int(round(math.sqrt(target / ratio)))
         if 0 < w <= width and 0 < h <= height:
@@ -121,6 +123,8 @@ def crop_resize(img: Image.Image, box: tuple[int, int, int, int], image_size: in
 
 def resize_region(region_hwc: np.ndarray, image_size: int) -> np.ndarray:
     """An HWC uint8 region resized to ``image_size`` square (see :func:`crop_resize`)."""
+    if region_hwc.shape[:2] == (image_size, image_size):
+        return region_hwc    # the kernel at scale 1 returns its input, pixel for pixel
     import torch
     region = torch.from_numpy(np.ascontiguousarray(region_hwc))
     out = torch.nn.functional.interpolate(region.permute(2, 0, 1).unsqueeze(0), size=(image_size, image_size),
@@ -149,12 +153,17 @@ def draft_scale(box: tuple[float, float, float, float], image_size: int) -> int:
 
 
 def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
-                 min_crop_area: float = 0.05) -> np.ndarray:
+                 min_crop_area: float = 0.05, cache: "DecodedCache | None" = None) -> np.ndarray:
     """Decode + inception crop + flip, as ``train_transform(decode_rgb(data), ...)`` does, with
     the same random draws (the same box and flip), but faster for large JPEGs: the crop box is
     chosen on the header's size, then the JPEG is decoded at the largest DCT-domain reduction
     that keeps the box at least ``image_size`` on both sides (:func:`draft_scale`), and the box
-    is mapped into the reduced image. Other formats and smaller crops decode in full."""
+    is mapped into the reduced image. Other formats and smaller crops decode in full; with a
+    ``cache``, an image decoded in full is kept there and not decoded again."""
+    pixels = cache.get(data) if cache is not None else None
+    if pixels is not None:   # decoded before, in full: the same draws, the same box
+        box = inception_crop_box(pixels.shape[1], pixels.shape[0], rng, area_range=(min_crop_area, 1.0))
+        return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
     img = open_image(data)
     width, height = img.size
     box = inception_crop_box(width, height, rng, area_range=(min_crop_area, 1.0))
@@ -162,10 +171,16 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
     if scale == 1 and img.format == "JPEG" and img.mode in ("RGB", "L"):
         pixels = _turbo_rgb(data)
         if pixels is not None:
+            if cache is not None:
+                cache.put(data, pixels)
             return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
     drafted = img.draft("RGB", (width // scale, height // scale)) if scale > 1 else None
     img = _load_rgb(img, len(data))
-    if drafted is None:
+    if drafted is None and cache is not None:
+        pixels = np.array(img)
+        cache.put(data, pixels)
+        arr = resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size)
+    elif drafted is None:
         arr = crop_resize(img, box, image_size)
     else:
         # drafted[1] is the whole image's extent in reduced pixels (size / scale): the reduced
@@ -187,6 +202,39 @@ def _turbo_rgb(data: bytes) -> np.ndarray | None:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
     except (ImportError, ValueError):
         return None
+
+
+def decode_eval(data: bytes, image_size: int, crop_fraction: float = 0.875,
+                cache: "DecodedCache | None" = None) -> np.ndarray:
+    """Decode + resize + central crop (:func:`eval_transform`), JPEGs decoded reduced to the resize's
+    size; with a ``cache``, the result is kept there and an image is not decoded twice."""
+    key = (data, image_size, crop_fraction)
+    arr = cache.get(key) if cache is not None else None
+    if arr is None:
+        arr = eval_transform(decode_rgb(data, draft_size=int(image_size / crop_fraction)), image_size, crop_fraction)
+        if cache is not None:
+            cache.put(key, arr)
+    return arr
+
+
+class DecodedCache:
+    """Decoded pixels of one process, by the encoded bytes they came from (so never stale), up to
+    ``budget`` bytes; when it is full nothing more is kept. A small dataset (the tiny and smoke
+    presets' glyphs, the digits) is then decoded once per process, not once per epoch, validation,
+    learning-curve probe and fine-tuning trial: on 32-px glyphs decoding was a quarter of a tiny
+    run's step time (bench/RESULTS.md, issue 31)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.items = budget, 0, {}
+
+    def get(self, key) -> np.ndarray | None:
+        return self.items.get(key)
+
+    def put(self, key, pixels: np.ndarray) -> None:
+        size = pixels.nbytes + len(key[0] if isinstance(key, tuple) else key)
+        if self.used + size <= self.budget and key not in self.items:
+            self.items[key] = pixels
+            self.used += size
 
 
 def eval_transform(img: Image.Image, image_size: int, crop_fraction: float = 0.875) -> np.ndarray:

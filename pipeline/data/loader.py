@@ -39,7 +39,7 @@ from pipeline import storage
 from pipeline.data.dataset import Dataset
 from pipeline.data.format import DataError
 from pipeline.data.subsets import Subset, cached_subset, iter_blocks
-from pipeline.data.images import (UndecodableImage, decode_rgb, decode_train, eval_transform,
+from pipeline.data.images import (DecodedCache, UndecodableImage, decode_eval, decode_train,
                                   normalize_images, to_nchw_uint8)
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class _Decoder:
     num_classes: int
     root: str
     label_format: str
+    cached: bool = False   # decoding in the loader's own process: keep decoded pixels (_DECODED)
 
     def __getitem__(self, item: _Encoded) -> Batch:
         spec = self.spec
@@ -211,6 +212,10 @@ class _Decoder:
 
 
 READ_THREADS = 4
+# Decoded pixels kept by a process that decodes in its own thread (no decode workers, whose memory
+# would multiply it): small datasets are decoded once per process (pipeline.data.images.DecodedCache)
+DECODED_CACHE_BYTES = 256 << 20
+_DECODED = DecodedCache(DECODED_CACHE_BYTES)
 
 
 def _read_window(subset: Subset, spec: LoaderSpec, plan: RankPlan, w: int,
@@ -266,7 +271,7 @@ def _decode_batch(item: _Encoded, decoder: _Decoder, rng: np.random.Generator) -
     spec, label_format, k = decoder.spec, decoder.label_format, decoder.num_classes
     out_images, out_labels, out_keys, bad = [], [], [], []
     # Eval decodes JPEGs reduced to the resize's size; train reduces each to its crop box's.
-    draft = None if spec.train else int(spec.image_size / spec.crop_fraction)
+    cache = _DECODED if decoder.cached else None
     for key, data, labs, row, err, shard in zip(item.keys, item.images, item.labels, item.rows,
                                                 item.errors, item.shards):
         problem = None
@@ -276,9 +281,8 @@ def _decode_batch(item: _Encoded, decoder: _Decoder, rng: np.random.Generator) -
             problem = ("labels", f"labels {labs} outside [0, {k})" if labs else "row has no label")
         else:
             try:
-                arr = (decode_train(data, spec.image_size, rng, spec.min_crop_area) if spec.train
-                       else eval_transform(decode_rgb(data, draft_size=draft), spec.image_size,
-                                           spec.crop_fraction))
+                arr = (decode_train(data, spec.image_size, rng, spec.min_crop_area, cache) if spec.train
+                       else decode_eval(data, spec.image_size, spec.crop_fraction, cache))
             except UndecodableImage as e:
                 problem = ("image", str(e))
         if problem is not None:
@@ -335,7 +339,8 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[Batch]:
         ds, spec = self.subset.dataset, self.spec
         decoder = _Decoder(spec, ds.num_classes, ds.root,
-                           spec.label_format or ("multi_hot" if ds.multi_label else "index"))
+                           spec.label_format or ("multi_hot" if ds.multi_label else "index"),
+                           cached=self.num_workers == 0)
         encoded = _encoded_batches(self.subset, spec, self.plan, self.start_step)
         if self.num_workers > 0:
             # The encoded batches are the DataLoader's "indices": made here, sent to the workers
