@@ -40,7 +40,7 @@ GFLOPS_PER_EXAFLOP = 1e9  # compute/gflops: micro runs read 443.5, not 4.435e-07
 # arithmetic and activations, reductions over activations (pooling, weight standardization over
 # weights), padding and pure shape/layout ops.
 NEGLIGIBLE_OPS = frozenset(f"aten::{op}" for op in """
-    add add_ sub sub_ rsub mul mul_ div div_ sqrt rsqrt pow neg exp log abs clamp clamp_min
+    add add_ sub sub_ rsub mul mul_ div div_ sqrt rsqrt pow square neg exp log abs clamp clamp_min
     relu relu_ gelu tanh sigmoid silu softmax log_softmax dropout dropout_ feature_dropout
     mean sum var var_mean std max_pool2d avg_pool2d adaptive_max_pool2d
     pad constant_pad_nd cat stack flatten reshape view permute transpose expand expand_as select slice
