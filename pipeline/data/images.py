@@ -160,37 +160,37 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
     that keeps the box at least ``image_size`` on both sides (:func:`draft_scale`), and the box
     is mapped into the reduced image. Other formats and smaller crops decode in full; with a
     ``cache``, an image decoded in full is kept there and not decoded again."""
-    pixels = cache.get(data) if cache is not None else None
+    key = (data,)
+    pixels = cache.get(key) if cache is not None else None
     if pixels is not None:   # decoded before, in full: the same draws, the same box
         box = inception_crop_box(pixels.shape[1], pixels.shape[0], rng, area_range=(min_crop_area, 1.0))
-        return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
+        return _box_resized_flipped(pixels, box, image_size, rng)
     img = open_image(data)
     width, height = img.size
     box = inception_crop_box(width, height, rng, area_range=(min_crop_area, 1.0))
     scale = draft_scale(box, image_size) if img.format == "JPEG" else 1
-    if scale == 1 and img.format == "JPEG" and img.mode in ("RGB", "L"):
-        pixels = _turbo_rgb(data)
-        if pixels is not None:
-            if cache is not None:
-                cache.put(data, pixels)
-            return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
-    drafted = img.draft("RGB", (width // scale, height // scale)) if scale > 1 else None
+    pixels = _turbo_rgb(data) if scale == 1 and img.format == "JPEG" and img.mode in ("RGB", "L") else None
+    if pixels is None and scale == 1:
+        pixels = np.array(_load_rgb(img, len(data)))
+    if pixels is not None:   # decoded in full
+        if cache is not None:
+            cache.put(key, pixels)
+        return _box_resized_flipped(pixels, box, image_size, rng)
+    drafted = img.draft("RGB", (width // scale, height // scale))
     img = _load_rgb(img, len(data))
-    if drafted is None and cache is not None:
-        pixels = np.array(img)
-        cache.put(data, pixels)
-        arr = resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size)
-    elif drafted is None:
-        arr = crop_resize(img, box, image_size)
-    else:
-        # drafted[1] is the whole image's extent in reduced pixels (size / scale): the reduced
-        # pixel i covers the original's [i * scale, (i + 1) * scale), so the box maps to box /
-        # scale, a fractional box PIL resamples exactly (rounding it to whole pixels, as the
-        # torch kernel needs, would shift the crop by up to half a reduced pixel).
-        fx, fy = drafted[1][2] / width, drafted[1][3] / height
-        reduced = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
-        arr = np.asarray(img.resize((image_size, image_size), Image.BILINEAR, box=reduced))
-    return _flip(arr, rng)
+    # drafted[1] is the whole image's extent in reduced pixels (size / scale): the reduced pixel i
+    # covers the original's [i * scale, (i + 1) * scale), so the box maps to box / scale, a
+    # fractional box PIL resamples exactly (rounding it to whole pixels, as the torch kernel
+    # needs, would shift the crop by up to half a reduced pixel).
+    fx, fy = drafted[1][2] / width, drafted[1][3] / height
+    reduced = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+    return _flip(np.asarray(img.resize((image_size, image_size), Image.BILINEAR, box=reduced)), rng)
+
+
+def _box_resized_flipped(pixels: np.ndarray, box: tuple[int, int, int, int], image_size: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """The train crop of a fully decoded HWC image: its box resized (:func:`resize_region`), then the flip."""
+    return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
 
 
 def _turbo_rgb(data: bytes) -> np.ndarray | None:
@@ -227,11 +227,12 @@ class DecodedCache:
     def __init__(self, budget: int):
         self.budget, self.used, self.items = budget, 0, {}
 
-    def get(self, key) -> np.ndarray | None:
+    def get(self, key: tuple) -> np.ndarray | None:
         return self.items.get(key)
 
-    def put(self, key, pixels: np.ndarray) -> None:
-        size = pixels.nbytes + len(key[0] if isinstance(key, tuple) else key)
+    def put(self, key: tuple, pixels: np.ndarray) -> None:
+        """``key``: (encoded bytes, what else the pixels depend on...); the bytes count too (kept alive)."""
+        size = pixels.nbytes + len(key[0])
         if self.used + size <= self.budget and key not in self.items:
             self.items[key] = pixels
             self.used += size
