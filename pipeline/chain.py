@@ -73,6 +73,7 @@ def run_chain(spec: RunSpec, ctx: ChainContext, previous: tracking.RunRecord | N
 
 
 def curve_probes(ctx: ChainContext) -> Probes:
-    """The learning curves' probes: the preset's few-shot sets and shots (``pipeline.pretrain.loop.Probes``)."""
+    """The learning curves' probes: the preset's few-shot sets and shots (``pipeline.pretrain.loop.Probes``),
+    and the final few-shot protocol at the end of pretraining, in the Train worker (``Probes.final``)."""
     return Probes(datasets=tuple((name, ctx.downstream[name]) for name in ctx.transfer.fewshot),
-                  settings=FewshotSettings(shots=tuple(ctx.transfer.shots)))
+                  settings=FewshotSettings(shots=tuple(ctx.transfer.shots)), final=True)

@@ -29,16 +29,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipeline import analysis, console, hardware, tracking
+from pipeline import analysis, console, hardware, trace, tracking
 from pipeline import storage as store
 from pipeline.analysis.descriptions import experiment_description
 from pipeline.chain import ChainContext, run_chain
 from pipeline.exits import Interrupted, check_interrupt
 from pipeline.planning import plan as study_plan
 from pipeline.preflight import (StudyError, check_services, prepare_data, prepare_downstream, resolve_storage,
-                                synth_target)
+                                synth_started)
 from pipeline.raycluster import unplaceable
-from pipeline.spec import RunSpec, Study
+from pipeline.spec import Preset, RunSpec, Study
 from pipeline.transfer import expected_metrics
 
 
@@ -152,16 +152,25 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
     listed there, in the report and on their MLflow runs. The console shows the study's lines and
     what its runs say (``pipeline.console``)."""
     options.check()
+    trace.mark("study started")
     p = study.preset(preset)
     storage = resolve_storage(storage)
     uri = tracking_uri or tracking.default_tracking_uri(storage)
     check_services(storage, uri)
     if data is not None:
         data = prepare_data(p, data, storage)  # checked before MLflow is touched
-    else:
-        synth_target(p, storage)  # the preset's data is built in (made below), or it says to give --data
+    # else the preset's data is built in (or it says to give --data): made on first use while the study starts
+    with contextlib.nullcontext() if data is not None else synth_started(p, storage):
+        return start_study(study, preset, p, storage, data, uri, options)
+
+
+def start_study(study: Study, preset: str, p: Preset, storage: str, data: str | None, uri: str,
+                options: StudyOptions) -> dict[str, Any]:
+    """``run_study`` from MLflow on: the study run, Ray, the data, then the chains (``drive_study``)."""
     tracking.init_store(uri)
+    trace.mark("study: MLflow store ready")
     planned = study_plan(study, preset, tracking_uri=None)  # compute only: the runs are read once below
+    trace.mark("study: compute counted")
     study_run = tracking.start_study_run(
         uri, study.name, preset, artifact_root=store.join(storage, "artifacts"),
         params={"study": study.name, "preset": preset, "runs": len(planned["runs"]), "dataset": p.dataset.name,
@@ -175,7 +184,9 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
         previous = tracking.spec_runs(uri, study.name)
         specs = study.expand(preset)
         on_ray = len(done_ids(specs, previous)) < len(specs)   # a study found done starts no Ray (seconds a re-run)
+        trace.mark("study: recorded in MLflow")
         with console.Board(quiet=options.quiet, bars=options.bars, on_ray=on_ray) as board:
+            trace.mark("study: Ray up")
             if on_ray:
                 board.line(f"[study] {ray_where()}")
             missing = unplaceable({"GPU": options.gpus_per_run}) if options.gpus_per_run and on_ray else None
@@ -190,6 +201,7 @@ def run_study(study: Study, preset: str, *, storage: str, data: str | None = Non
                                system_metrics=options.system_metrics, compile=options.compile,
                                cpus_per_gpu=hardware.gpu_worker_cpus(options.gpus_per_run if on_ray else 0,
                                                                         options.cpus_per_gpu, board.line))
+            trace.mark("study: data ready")
             return drive_study(study, preset, ctx, planned, previous, options, board)
 
 

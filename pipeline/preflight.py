@@ -5,11 +5,15 @@ synthetic sets made on first use under ``<storage>/data/<name>``) and the downst
 there on first use when built in, like ``digits``)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipeline import storage as store
 from pipeline import tracking
@@ -83,6 +87,38 @@ def synth_target(preset: Preset, storage: str) -> str:
     return store.join(storage, "data", preset.dataset.name)
 
 
+@contextlib.contextmanager
+def synth_started(preset: Preset, storage: str, emit: Callable[[str], None] = print) -> Iterator[None]:
+    """The preset's built-in synthetic data, when it is not made yet, made meanwhile by another
+    process (its shards on two more: ``generate``'s "processes") while the study starts up (MLflow,
+    the compute counts, Ray: bench/RESULTS.md); :func:`prepare_data` then waits for it. Leaving the
+    block early (an error, Ctrl-C) stops it: a half-made dataset has no manifest and is made again on
+    the next use. If it fails, ``prepare_data`` makes it again in this process and says why."""
+    target = synth_target(preset, storage)
+    if store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
+        yield
+        return
+    emit(f"[study] generating the synthetic dataset {preset.dataset.name!r} in {target} (first use)")
+    # a fresh interpreter (a multiprocessing child would import the study's own modules, 1.5 CPU-s each,
+    # in it and in its workers), in a session of its own: a terminal's Ctrl-C reaches the driver only
+    maker = subprocess.Popen([sys.executable, "-c", SYNTH_MAIN, target, preset.dataset.synth.model_dump_json()],
+                             start_new_session=True)
+    _MAKING[target] = maker
+    try:
+        yield
+    finally:
+        _MAKING.pop(target, None)
+        if maker.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(maker.pid, signal.SIGTERM)
+        maker.wait()
+
+
+SYNTH_MAIN = ("import sys; from pipeline.data.synth import SynthSpec, generate; "
+              "generate(sys.argv[1], SynthSpec.model_validate_json(sys.argv[2]), executor='processes', progress=False)")
+_MAKING: dict[str, subprocess.Popen] = {}   # {dataset location: the process making it} (synth_started)
+
+
 def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True,
                  emit: Callable[[str], None] = print) -> str:
     """The pretraining dataset's location: ``data`` when given (its name must be the preset's),
@@ -90,6 +126,8 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
     name = preset.dataset.name
     if data is None:
         target = synth_target(preset, storage)
+        if target in _MAKING:
+            _MAKING[target].wait()
         if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
             emit(f"[study] generating the synthetic dataset {name!r} in {target} (first use)")
             generate(target, preset.dataset.synth, progress=progress)

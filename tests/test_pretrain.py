@@ -300,15 +300,23 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
 
 def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_path, one_torch_thread):
     """Learning curves: at each validation step and at the end, the few-shot accuracies of the
-    model being trained, with the compute spent so far, are logged at that step."""
+    model being trained, with the compute spent so far, are logged at that step. With ``final``,
+    the run also holds the transfer stage's few-shot protocol on its final weights: the numbers that
+    protocol gives on the run's last checkpoint loaded elsewhere, with the set as the run's input."""
     from pipeline.data.digits import convert_digits
     from pipeline.pretrain.loop import Probes
-    from pipeline.transfer.fewshot import FewshotSettings
+    from pipeline.transfer.fewshot import FewshotSettings, fewshot_metrics, run_fewshot
     convert_digits(tmp_path / "digits", progress=False)
     digits = tmp_path / "digits"
     spec = micro_spec("vit", steps=30, checkpoint_every=30, val_every=10, log_every=10)
-    probes = Probes(datasets=(("digits", str(digits)),), settings=FewshotSettings(shots=(1, 5)))
+    settings = FewshotSettings(shots=(1, 5))
+    probes = Probes(datasets=(("digits", str(digits)),), settings=settings, final=True)
     out = pretrain(spec, str(synth), storage=str(tmp_path / "runs"), launch=LOCAL, hooks=Hooks(probes=probes))
+    recorded = tracking.recorded_metrics(out["tracking_uri"], out["mlflow_run_id"])
+    elsewhere = fewshot_metrics("digits", run_fewshot(out["checkpoint_uri"], str(digits), settings))
+    assert {k: v for k, v in recorded.items() if k.startswith("fewshot/")} == elsewhere
+    inputs = tracking.client(out["tracking_uri"]).get_run(out["mlflow_run_id"]).inputs.dataset_inputs
+    assert "digits" in {d.dataset.name for d in inputs}
     history = {key: tracking.metric_history(out["tracking_uri"], out["mlflow_run_id"], key)
                for key in ("curve/fewshot/digits/1shot", "curve/fewshot/digits/5shot", "curve/exaflops")}
     assert {key: [step for step, _ in points] for key, points in history.items()} == \

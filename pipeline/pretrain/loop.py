@@ -35,7 +35,9 @@ from pipeline.pretrain.session import RaySession, Session, all_reduce, all_reduc
 from pipeline.raycluster import quiet_ray_train_logs
 from pipeline.spec import RunSpec
 from pipeline.throughput import StepClock, summary_line
+from pipeline.transfer.base import Target
 from pipeline.transfer.fewshot import FewShot, FewshotSettings
+from pipeline.transfer.registry import evaluate
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ class Probes:
     (digits, Pets, Flowers), not ImageNet."""
     datasets: tuple[tuple[str, str], ...] = ()   # (name, location)
     settings: FewshotSettings = FewshotSettings()  # shots; seeds: draws per point (ridge solves only: cheap)
+    # At the end of a finished run, rank 0 also runs the transfer stage's few-shot protocol on the final
+    # weights where they are (``fewshot/<name>/<k>shot`` on the run, as ``pipeline.transfer.evaluate``
+    # records it): a run chain then loads no checkpoint in another process for it (bench/RESULTS.md)
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,17 @@ class Trainer:
         self.model.train()
         return out
 
+    def final_fewshot(self, probes: Probes) -> None:
+        """Rank 0 of a run at its last step: the few-shot protocol on ``probes``' datasets with the
+        final weights, recorded on the run (datasets whose metrics it holds are skipped: a resumed run)."""
+        if self.session.rank != 0 or not probes.final or not probes.datasets:
+            return
+        target = Target(f"{self.plan.spec.label} at step {self.step}", "", tracking_uri=self.plan.tracking_uri,
+                        run_id=self.plan.mlflow_run_id, label=self.plan.spec.label, model=self.model)
+        evaluate(target, [FewShot(datasets=tuple(name for name, _ in probes.datasets), settings=probes.settings)],
+                 dict(probes.datasets), skip_recorded=True)
+        self.model.train()
+
     def save(self, metrics: dict[str, float]) -> None:
         """A checkpoint (model, optimizer, schedule, step, best values, every rank's RNG state, the
         spec), reported with ``metrics``; every rank takes part, rank 0 writes."""
@@ -393,6 +410,8 @@ def train_loop(plan: PretrainPlan, session: Session, hooks: Hooks = Hooks()) -> 
         train_steps(plan, trainer, session, hooks, progress, stop_at)
     progress.flush()
     trace.mark("last step done")
+    if trainer.step == total:
+        trainer.final_fewshot(hooks.probes)
     throughput = progress.summary()
     progress.say_summary(throughput)
     return {"step": trainer.step, "total_steps": total, "images_seen": trainer.step * recipe.batch_size,

@@ -11,7 +11,7 @@ from pipeline.spec import TransferPlan
 
 @dataclass(frozen=True)
 class Target:
-    """A checkpoint to evaluate, and where its results go: metrics land on the MLflow run
+    """A checkpoint (or a model in memory) to evaluate, and where its results go: metrics land on the MLflow run
     ``run_id`` (the pretraining run; fine-tuning trials nest under it), Ray Tune folders and
     feature caches under ``storage``."""
     checkpoint: str
@@ -23,6 +23,9 @@ class Target:
     on_ray: bool = False                # few-shot probes as Ray tasks holding a CPU (or GPU), like trials
     max_concurrent: int | None = None   # fine-tuning trials at once (None: what fits)
     label: str = ""                     # the run's name on the console (RunSpec.label); "" : the checkpoint's
+    # the weights themselves, in this process (a run's final model at the end of its pretraining:
+    # evaluated where it is, no checkpoint loaded in another process); ``checkpoint`` then only names them
+    model: Any = None
 
     @property
     def name(self) -> str:

@@ -41,15 +41,19 @@ def run_fewshot(checkpoint: str, data_path: str, settings: FewshotSettings = Few
                 cache_dir: str | None = None, timm_name: str | None = None, model: torch.nn.Module | None = None,
                 image_size: int | None = None) -> dict[str, Any]:
     """Few-shot accuracies on the dataset's test split, probes fit on its train split. ``model``:
-    evaluate this module instead of loading ``checkpoint`` (which then only names the cache)."""
-    use_assigned_cpus()
+    evaluate this module where it is (its device; the caller's torch threads) instead of loading
+    ``checkpoint`` (which then only names the cache)."""
+    device = None
     if model is None:
+        use_assigned_cpus()
         model, info = load_checkpoint(checkpoint, timm_name)
         image_size = image_size or info["image_size"]
+    else:
+        device = next(model.parameters()).device
     image_size = image_size or model.image_size
     k = num_classes(data_path)
-    train = cached_features(model, checkpoint, data_path, "train", image_size, cache_dir)
-    test = cached_features(model, checkpoint, data_path, "test", image_size, cache_dir)
+    train = cached_features(model, checkpoint, data_path, "train", image_size, cache_dir, device=device)
+    test = cached_features(model, checkpoint, data_path, "test", image_size, cache_dir, device=device)
     check_shots(data_path, k, train[1], settings.shots)
     start = time.perf_counter()
     results = ridge.fewshot_accuracy(*train, *test, k, shots=settings.shots, seeds=settings.seeds,
@@ -94,9 +98,12 @@ class FewShot(Evaluator):
         return [f"fewshot/{dataset}/{k}shot" for k in self.settings.shots]
 
     def run(self, target: Target, dataset: str, path: str) -> dict[str, float]:
-        """The probe in this process, or as a Ray task holding one CPU (or GPU) with ``on_ray``."""
+        """The probe in this process, or as a Ray task holding one CPU (or GPU) with ``on_ray``; a
+        target's model in memory is probed where it is (its features not cached: no checkpoint names them)."""
         kwargs = dict(cache_dir=str(store.node_dir(target.storage, "features")), timm_name=target.timm_name)
-        if target.on_ray:
+        if target.model is not None:
+            out = run_fewshot(target.checkpoint, path, self.settings, model=target.model)
+        elif target.on_ray:
             import ray
             task = ray.remote(num_cpus=0 if target.use_gpu else 1, num_gpus=1 if target.use_gpu else 0)(run_fewshot)
             out = ray.get(task.remote(target.checkpoint, path, self.settings, **kwargs))

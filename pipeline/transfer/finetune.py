@@ -318,5 +318,8 @@ class FineTune(Evaluator):
         return [f"finetune/{dataset}/acc"]
 
     def run(self, target: Target, dataset: str, path: str) -> dict[str, float]:
+        if target.model is not None:
+            raise ValueError(f"fine-tuning {target.name} needs its checkpoint: each trial trains a fresh copy of it "
+                             "in its own process, not a model in memory")
         out = run_finetune(target, path, dataset, self.settings[dataset])
         return {f"finetune/{dataset}/acc": out["test_accuracy"], f"finetune/{dataset}/best_lr": out["best_lr"]}
