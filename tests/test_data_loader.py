@@ -104,15 +104,17 @@ def test_decode_workers_yield_what_the_loaders_process_yields(synth, tmp_path):
 def test_a_process_decodes_a_small_dataset_once_and_yields_the_same_pixels(synth, monkeypatch, train):
     """Decoded pixels are kept in the loader's process: the next pass (an epoch, a validation, a
     probe) decodes nothing and yields what decode workers, which keep nothing, yield; a budget too
-    small for the dataset keeps what fits and changes no pixel."""
+    small for the dataset keeps what fits and changes no pixel. Whole-image boxes resized to another
+    size (``min_crop_area`` 1) keep their resize too, with the same pixels."""
     from pipeline.data import images, loader
     decodes = []
     real_open = images.open_image
     monkeypatch.setattr(images, "open_image", lambda data: decodes.append(1) or real_open(data))
     for budget in (loader.DECODED_CACHE_BYTES, 20_000):
-        for size in (20, 16):   # the stored size (no resize) and a smaller one
+        # the stored size (no resize), a smaller one, and a larger one of whole-image boxes
+        for size, area in ((20, 0.5), (16, 0.5), (32, 1.0)):
             monkeypatch.setattr(loader, "_DECODED", images.DecodedCache(budget))
-            spec = LoaderSpec(synth, batch_size=16, image_size=size, seed=3, train=train, min_crop_area=0.5)
+            spec = LoaderSpec(synth, batch_size=16, image_size=size, seed=3, train=train, min_crop_area=area)
             decodes.clear()
             first = list(make_loader(spec, num_workers=0))
             decoded_first = len(decodes)
@@ -121,7 +123,9 @@ def test_a_process_decodes_a_small_dataset_once_and_yields_the_same_pixels(synth
             assert [b.keys for b in first] == [b.keys for b in again] == [b.keys for b in workers]
             assert all(torch.equal(a.images, b.images) and torch.equal(a.images, c.images)
                        for a, b, c in zip(first, again, workers))
-            kept = len(loader._DECODED.items)
+            kept = sum(len(key) != 2 for key in loader._DECODED.items)   # decoded images, not (bytes, size) resizes
+            if train and size == 32 and budget == loader.DECODED_CACHE_BYTES:
+                assert len(loader._DECODED.items) == 2 * kept   # every image's whole-box resize kept too
             if budget == loader.DECODED_CACHE_BYTES:
                 assert decoded_first == sum(len(b.keys) for b in first) and len(decodes) == decoded_first
             else:

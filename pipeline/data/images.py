@@ -164,7 +164,7 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
     pixels = cache.get(key) if cache is not None else None
     if pixels is not None:   # decoded before, in full: the same draws, the same box
         box = inception_crop_box(pixels.shape[1], pixels.shape[0], rng, area_range=(min_crop_area, 1.0))
-        return _box_resized_flipped(pixels, box, image_size, rng)
+        return _box_resized_flipped(pixels, box, image_size, rng, cache, data)
     img = open_image(data)
     width, height = img.size
     box = inception_crop_box(width, height, rng, area_range=(min_crop_area, 1.0))
@@ -175,7 +175,7 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
     if pixels is not None:   # decoded in full
         if cache is not None:
             cache.put(key, pixels)
-        return _box_resized_flipped(pixels, box, image_size, rng)
+        return _box_resized_flipped(pixels, box, image_size, rng, cache, data)
     drafted = img.draft("RGB", (width // scale, height // scale))
     img = _load_rgb(img, len(data))
     # drafted[1] is the whole image's extent in reduced pixels (size / scale): the reduced pixel i
@@ -188,9 +188,19 @@ def decode_train(data: bytes, image_size: int, rng: np.random.Generator,
 
 
 def _box_resized_flipped(pixels: np.ndarray, box: tuple[int, int, int, int], image_size: int,
-                         rng: np.random.Generator) -> np.ndarray:
-    """The train crop of a fully decoded HWC image: its box resized (:func:`resize_region`), then the flip."""
-    return _flip(resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size), rng)
+                         rng: np.random.Generator, cache: "DecodedCache | None" = None, data: bytes = b"") -> np.ndarray:
+    """The train crop of a fully decoded HWC image: its box resized (:func:`resize_region`), then the
+    flip. With a ``cache``, a box that is the whole image keeps its resize there (key: the bytes and
+    the size): a small set trained at another size than it is stored at (digits 8 -> 32 px, fine-tuned
+    with ``min_crop_area`` 1, whose boxes are whole images) resizes each image once per process."""
+    height, width = pixels.shape[:2]
+    whole = cache is not None and box == (0, 0, width, height) and (height, width) != (image_size, image_size)
+    resized = cache.get((data, image_size)) if whole else None
+    if resized is None:
+        resized = resize_region(pixels[box[1]:box[3], box[0]:box[2]], image_size)
+        if whole:
+            cache.put((data, image_size), resized)
+    return _flip(resized, rng)
 
 
 def _turbo_rgb(data: bytes) -> np.ndarray | None:
