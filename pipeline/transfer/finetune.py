@@ -131,31 +131,47 @@ def finetune_once(checkpoint: str, data_path: str, lr: float, settings: Finetune
             "seconds": time.perf_counter() - start, "resolution": resolution}
 
 
-def finetune_recorded(target: Target, data_path: str, dataset: str, lr: float, settings: FinetuneSettings,
-                      evaluate_on: str) -> dict[str, Any]:
-    """``finetune_once``, recorded (when the target has a run) as the nested MLflow run of its
-    phase: one per LR on the dev slice, one for the final retrain scored on test."""
-    dev = evaluate_on == "dev"
-    metric = f"finetune/{dataset}/{'dev_acc' if dev else 'test_acc'}"
-    run = None
-    if target.recorded:
-        key = f"finetune/{dataset}/dev/lr={lr}" if dev else f"finetune/{dataset}/final"
-        recorded = tracking.nested_result(target.tracking_uri, target.run_id, key, metric)
-        if recorded is not None:  # finished before an interruption: not trained again
-            return {"accuracy": recorded, "examples": None, "seconds": 0.0, "reused": True,
-                    "resolution": settings.resolution}
-        run = start_trial_run(target, data_path, dataset, lr, settings, key, dev)
-    out = finetune_once(target.checkpoint, data_path, lr, settings, evaluate_on=evaluate_on,
-                        timm_name=target.timm_name)
-    if run:
-        logger = tracking.MetricLogger(target.tracking_uri, run)
-        for step, loss in out["losses"]:
-            logger.log(step, {f"finetune/{dataset}/loss": loss})
-        logger.log_now(settings.steps, {metric: out["accuracy"]})
-        tracking.finish_run(target.tracking_uri, run)
-    console.say(target.name, f"finetune {dataset} lr {lr:g}: {evaluate_on} accuracy {out['accuracy']:.4f} "
+def trial_key(dataset: str, lr: float, phase: str) -> tuple[str, str]:
+    """(the nested run's key, its score's metric) of a dev trial or of the final retrain."""
+    dev = phase == "dev"
+    return (f"finetune/{dataset}/dev/lr={lr}" if dev else f"finetune/{dataset}/final",
+            f"finetune/{dataset}/{'dev_acc' if dev else 'test_acc'}")
+
+
+def recorded_trial(target: Target, dataset: str, lr: float, phase: str) -> float | None:
+    """The score of a trial that finished before an interruption (its nested run holds it), else None."""
+    if not target.recorded:
+        return None
+    key, metric = trial_key(dataset, lr, phase)
+    return tracking.nested_result(target.tracking_uri, target.run_id, key, metric)
+
+
+def run_trial(target: Target, data_path: str, dataset: str, lr: float, settings: FinetuneSettings,
+              phase: str) -> dict[str, Any]:
+    """One fine-tuning (``finetune_once``; ``phase`` "dev" or "test"), said on the console. Runs in a
+    trial's process, which writes nothing to MLflow (no MLflow import there: 1.3 CPU-s a chain,
+    bench/RESULTS.md): the process that drives the grid records it (:func:`record_trial`)."""
+    trace.mark(f"trial {phase} lr {lr:g} entered")
+    out = finetune_once(target.checkpoint, data_path, lr, settings, evaluate_on=phase, timm_name=target.timm_name)
+    console.say(target.name, f"finetune {dataset} lr {lr:g}: {phase} accuracy {out['accuracy']:.4f} "
                              f"({settings.steps} steps, {out['seconds']:.0f}s)")
+    trace.mark(f"trial {phase} lr {lr:g} finished")
     return out
+
+
+def record_trial(target: Target, data_path: str, dataset: str, lr: float, settings: FinetuneSettings,
+                 phase: str, out: Mapping[str, Any]) -> None:
+    """A finished trial as the nested MLflow run of its phase (when the target has a run): one per LR
+    on the dev slice, one for the final retrain scored on test; its loss curve and its score."""
+    if not target.recorded:
+        return
+    key, metric = trial_key(dataset, lr, phase)
+    run = start_trial_run(target, data_path, dataset, lr, settings, key, phase == "dev")
+    logger = tracking.MetricLogger(target.tracking_uri, run)
+    for step, loss in out["losses"]:
+        logger.log(step, {f"finetune/{dataset}/loss": loss})
+    logger.log_now(settings.steps, {metric: out["accuracy"]})
+    tracking.finish_run(target.tracking_uri, run)
 
 
 def start_trial_run(target: Target, data_path: str, dataset: str, lr: float, settings: FinetuneSettings, key: str,
@@ -182,14 +198,12 @@ def start_trial_run(target: Target, data_path: str, dataset: str, lr: float, set
 
 def _tune_trial(config: dict) -> None:
     """One trial of the fine-tuning Tune run: an LR of the grid scored on the dev slice, or the final
-    retrain (``phase`` "test")."""
+    retrain (``phase`` "test"); its result (with the loss curve) goes back to the Tune run."""
     import ray.tune
-    trace.mark(f"trial {config['phase']} lr {config['lr']:g} entered")
-    out = finetune_recorded(config["target"], config["data_path"], config["dataset"], config["lr"],
-                            config["settings"], config["phase"])
-    trace.mark(f"trial {config['phase']} lr {config['lr']:g} finished")
+    out = run_trial(config["target"], config["data_path"], config["dataset"], config["lr"], config["settings"],
+                    config["phase"])
     ray.tune.report({"accuracy": out["accuracy"], "examples": out["examples"], "resolution": out["resolution"],
-                     "seconds": out["seconds"]})
+                     "seconds": out["seconds"], "losses": out["losses"]})
 
 
 def best_lr(dev_accuracy: dict[float, float]) -> float:
@@ -197,17 +211,20 @@ def best_lr(dev_accuracy: dict[float, float]) -> float:
     return max(sorted(dev_accuracy), key=lambda lr: dev_accuracy[lr])
 
 
-def grid_then_final(lrs: tuple[float, ...]):
+def grid_then_final(lrs: tuple[float, ...], done: Mapping[float, float] | None = None):
     """A Ray Tune searcher (made on first use: Tune is imported only where trials run) that suggests
     the LR grid's dev trials, then, once they are all done, the final retrain at the best of them:
     grid and retrain are trials of one Tune run, so the retrain reuses a trial's process (its torch
-    and MLflow already imported) instead of starting one more. Ends early if a dev trial fails."""
+    already imported) instead of starting one more. Ends early if a dev trial fails. ``done``: dev
+    scores recorded before an interruption ({lr: accuracy}), not suggested again."""
     from ray.tune.search import Searcher
+    done = dict(done or {})
 
     class GridThenFinal(Searcher):
         def __init__(self) -> None:
             super().__init__()
-            self.state = {"todo": list(lrs), "lr_of": {}, "dev": {}, "final": None, "failed": False}
+            self.state = {"todo": [lr for lr in lrs if lr not in done], "lr_of": {}, "dev": dict(done),
+                          "final": None, "failed": False}
 
         def suggest(self, trial_id: str):
             s = self.state
@@ -254,9 +271,12 @@ def run_finetune(target: Target, data_path: str, dataset: str, settings: Finetun
     target = dataclasses.replace(target, checkpoint=store.resolve(target.checkpoint))
     data_path = store.resolve(data_path)
     if len(settings.lrs) == 1:
-        final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if target.use_gpu else 0)(finetune_recorded).remote(
-            target, data_path, dataset, settings.lrs[0], settings, "test"))
         dev_accuracy, lr = {}, settings.lrs[0]
+        final = final_recorded(target, dataset, lr, settings)
+        if final is None:
+            final = ray.get(ray.remote(num_cpus=1, num_gpus=1 if target.use_gpu else 0)(run_trial).remote(
+                target, data_path, dataset, lr, settings, "test"))
+            record_trial(target, data_path, dataset, lr, settings, "test", final)
     else:
         dev_accuracy, lr, final = select_and_retrain_on_tune(target, data_path, dataset, settings)
     return {"best_lr": lr, "dev_accuracy": dev_accuracy, "test_accuracy": final["accuracy"],
@@ -266,8 +286,21 @@ def run_finetune(target: Target, data_path: str, dataset: str, settings: Finetun
 def select_and_retrain_on_tune(target: Target, data_path: str, dataset: str,
                                settings: FinetuneSettings) -> tuple[dict[float, float], float, dict[str, Any]]:
     """One Ray Tune run: a trial (and nested MLflow run) per LR of the grid on the dev slice, then the
-    final retrain at the best LR. Returns ({lr: dev accuracy}, the best LR, the retrain's result)."""
+    final retrain at the best LR. Returns ({lr: dev accuracy}, the best LR, the retrain's result).
+    Trials recorded before an interruption are not run again; this process records the others as they
+    finish (``record_trial``, from a Tune callback)."""
     from ray import tune
+    done = {lr: acc for lr in settings.lrs if (acc := recorded_trial(target, dataset, lr, "dev")) is not None}
+    if len(done) == len(settings.lrs):
+        final = final_recorded(target, dataset, best_lr(done), settings)
+        if final is not None:
+            return done, best_lr(done), final
+
+    class RecordTrials(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            c = trial.config
+            record_trial(target, data_path, dataset, c["lr"], settings, c["phase"], trial.last_result)
+
     base = {"target": target, "data_path": data_path, "dataset": dataset, "settings": settings}
     resources = {"cpu": 1, "gpu": 1} if target.use_gpu else {"cpu": 1}
     name = f"finetune-{dataset}-{checkpoint_key(target.checkpoint) if target.timm_name is None else 'timm'}"
@@ -276,9 +309,11 @@ def select_and_retrain_on_tune(target: Target, data_path: str, dataset: str,
         # reuse_actors: trials run one after another in the same process (Ray 2.60's default starts
         # one per trial: 3 trials that import torch and MLflow and return took 15.5 s so, 4.5 s in one
         # process, on the 2-core dev machine); a failed trial still gets a fresh one
-        tune_config=tune.TuneConfig(search_alg=grid_then_final(tuple(settings.lrs)), num_samples=len(settings.lrs) + 1,
+        tune_config=tune.TuneConfig(search_alg=grid_then_final(tuple(settings.lrs), done),
+                                    num_samples=len(settings.lrs) - len(done) + 1,
                                     max_concurrent_trials=target.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, **store.ray_storage(target.storage), verbose=0))  # each trial prints one line itself
+        run_config=tune.RunConfig(name=name, **store.ray_storage(target.storage), verbose=0,  # each trial prints one line itself
+                                  callbacks=[RecordTrials()]))
     before = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no trial tables (each trial prints its line)
     try:
@@ -291,9 +326,16 @@ def select_and_retrain_on_tune(target: Target, data_path: str, dataset: str,
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"fine-tuning trials failed on {dataset}: {errors[0]}")
-    dev = {r.config["lr"]: r.metrics["accuracy"] for r in grid if r.config["phase"] == "dev"}
+    dev = {**done, **{r.config["lr"]: r.metrics["accuracy"] for r in grid if r.config["phase"] == "dev"}}
     (final,) = [r.metrics for r in grid if r.config["phase"] == "test"]
     return dev, best_lr(dev), final
+
+
+def final_recorded(target: Target, dataset: str, lr: float, settings: FinetuneSettings) -> dict[str, Any] | None:
+    """The final retrain's result as recorded before an interruption (its nested run), else None."""
+    accuracy = recorded_trial(target, dataset, lr, "test")
+    return None if accuracy is None else {"accuracy": accuracy, "examples": None, "seconds": 0.0, "reused": True,
+                                          "resolution": settings.resolution}
 
 
 @dataclass(frozen=True)
