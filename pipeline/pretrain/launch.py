@@ -105,22 +105,28 @@ def data_error_of(err: BaseException) -> Exception | None:
 
 
 @functools.cache
-def torch_trainer(local: bool) -> type:
+def torch_trainer(local: bool, group: bool = True) -> type:
     """Ray Train's TorchTrainer less two callbacks that cost each run a process start on Ray Train
     2.60 (bench/RESULTS.md, "Ray Train's fixed cost"): the Ray Data shard provider when a run passes
     no Ray Dataset (ours read Parquet themselves), which starts a DatasetManager actor whatever the
     datasets (its process imports Ray Data: 1.3 s of CPU); and, on a local Ray that a pipeline command
     started (``local``), the PlacementGroupCleaner, a detached actor that frees a run's placement group
     if its controller dies while the cluster lives on (a local Ray ends with the command; the cleaner's
-    stop also held every fit about 1 s). On a Ray without these callbacks the plain TorchTrainer is used."""
+    stop also held every fit about 1 s). On a Ray without these callbacks the plain TorchTrainer is used.
+
+    ``group=False`` (one CPU worker: nothing to all-reduce): the same trainer on Ray Train's base
+    backend, without torch's process group: its controller does not import torch (1.2 CPU-s a run,
+    bench/RESULTS.md, issue 31) and its worker starts no gloo group. Several workers or a GPU keep
+    TorchTrainer (gloo, NCCL)."""
     from ray.train.torch import TorchTrainer   # Ray Train where runs launch (1.2 s: --help skips it)
     try:  # inside: private modules of Ray Train 2.60 (V2), absent from other versions
         from ray.train.v2._internal.callbacks import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     except ImportError:
         return TorchTrainer
 
-    class LeanTorchTrainer(TorchTrainer):
+    class LeanTorchTrainer(TorchTrainer if group else DataParallelTrainer):
         def _create_default_callbacks(self):
             return [c for c in super()._create_default_callbacks()
                     if not (isinstance(c, DatasetsCallback) and not self.datasets)
@@ -144,7 +150,7 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
         # Failures are retried here rather than inside Ray Train, which cannot tell bad data
         # (the same rows fail the same way every time) from a lost worker.
         drop_unregistered(store.join(storage, run_name))   # what a full disk or a killed process left half written
-        trainer = torch_trainer(on_local_ray())(
+        trainer = torch_trainer(on_local_ray(), group=launch.workers > 1 or launch.use_gpu)(
             train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
             scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
                                          resources_per_worker=resources),
