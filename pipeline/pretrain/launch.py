@@ -150,8 +150,11 @@ def fit_on_ray(plan: PretrainPlan, hooks: Hooks, storage: str, launch: Launch) -
         # Failures are retried here rather than inside Ray Train, which cannot tell bad data
         # (the same rows fail the same way every time) from a lost worker.
         drop_unregistered(store.join(storage, run_name))   # what a full disk or a killed process left half written
+        # The loop's config travels inside the function, which only the workers unpickle: Ray Train
+        # 2.60 also hands a train_loop_config to the run's controller, whose unpickling of it imported
+        # torch and the pipeline there (about 1.2 CPU-s a run, bench/RESULTS.md, issue 31)
         trainer = torch_trainer(on_local_ray(), group=launch.workers > 1 or launch.use_gpu)(
-            train_loop_per_worker, train_loop_config={"plan": plan, "hooks": hooks},
+            functools.partial(train_loop_per_worker, {"plan": plan, "hooks": hooks}),
             scaling_config=ScalingConfig(num_workers=launch.workers, use_gpu=launch.use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(name=run_name, **store.ray_storage(storage),
