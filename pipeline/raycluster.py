@@ -24,8 +24,16 @@ TRAIN_HEALTH_CHECK_S = "0.1"
 # its workers when their node is about to be preempted. A command's own local Ray is one node that
 # ends with the command: nothing there is preempted, so its runs go without it (the tiny study
 # starts 9 processes fewer). Clusters keep it.
+# Ray's GCS retries a placement group that waits for resources at growing intervals, up to 1 s: a
+# run that waited for a CPU (its Train workers' group) then lost it, more often than not, to the run
+# that had just freed it and asked again within the second (its fine-tuning), and the study's last,
+# shortest run waited 30-46 s for a core while the others finished, then ran alone. Retried every
+# 0.1 s, waiting groups are served about in the order they asked, so runs go in the study's
+# longest-first order: the tiny study 289-302 s -> 283 s (bench/RESULTS.md, issue 31).
+PLACEMENT_RETRY_MS = "100"
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_HEALTH_CHECK_S,
-                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                   "RAY_gcs_create_placement_group_retry_max_interval_ms": PLACEMENT_RETRY_MS}
 
 
 # Set by the command that starts a local Ray, to its pid, before Ray starts: Ray's processes (its
