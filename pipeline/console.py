@@ -1,7 +1,7 @@
 """What a command says on its console: every line once, named by the run it belongs to, from
 wherever in the cluster it is said.
 
-Code on Ray workers (pretraining's rank 0, few-shot tasks, fine-tuning trials) calls :func:`say`.
+Code on Ray workers (pretraining's rank 0, few-shot tasks of a resumed chain, fine-tuning trials) calls :func:`say`.
 While a :class:`Board` is open in the driver (``python -m pipeline.study``, ``pipeline.pretrain``),
 lines travel to the job's :class:`Inbox` actor and the driver shows them: plain lines, or in a
 terminal a progress bar per run with the lines above the bars; ``quiet`` keeps the study's own

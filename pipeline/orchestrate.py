@@ -14,11 +14,12 @@ make that safe:
   (nested runs) are reused rather than trained again.
 
 Each run chain is a Ray task that holds no CPU itself (so chains never starve the work they launch):
-it starts a TorchTrainer (``gpus_per_run`` GPU workers, or one CPU worker), a few-shot task and the
-Ray Tune grid. On an autoscaling cluster the queued GPU work is what scales GPU nodes up.
+it starts a TorchTrainer (``gpus_per_run`` GPU workers, or one CPU worker, whose rank 0 also runs the
+final few-shot protocol) and the Ray Tune grid. On an autoscaling cluster the queued GPU work is what
+scales GPU nodes up.
 
 The data of presets with a ``synth`` dataset (``tiny``, ``smoke``) is generated on first use under
-``<storage>/data/<name>`` and reused; built-in downstream sets (``digits``) likewise.
+``<storage>/data/<name>``, while the study starts up, and reused; built-in downstream sets (``digits``) likewise.
 """
 from __future__ import annotations
 
