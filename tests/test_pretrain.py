@@ -298,6 +298,28 @@ def test_a_corrupt_shard_fails_before_step_0_and_good_shards_are_checked_once(sy
     assert check_checksums(synth, marks=str(marks)) == 0 and check_checksums(synth) == len(Dataset(synth).shards())
 
 
+def test_a_failed_final_few_shot_fails_no_pretraining(synth, tmp_path, one_torch_thread, monkeypatch, capsys):
+    """The few-shot protocol at the end of pretraining (``Probes.final``) is a shortcut: if it fails,
+    the run is still pretrained, says why in one line, and holds no few-shot metrics (the chain's
+    transfer stage then runs the protocol on the checkpoint, as it does for a worker stopped early)."""
+    from pipeline.data.digits import convert_digits
+    from pipeline.pretrain import loop
+    from pipeline.pretrain.loop import Probes
+    from pipeline.transfer.fewshot import FewshotSettings
+    convert_digits(tmp_path / "digits", progress=False)
+
+    def broken(*args, **kwargs):
+        raise OSError("the digits' shard went away")
+    monkeypatch.setattr(loop, "evaluate", broken)
+    probes = Probes(datasets=(("digits", str(tmp_path / "digits")),), settings=FewshotSettings(shots=(1,)), final=True)
+    spec = micro_spec("vit", steps=10, checkpoint_every=10, val_every=10, log_every=10)
+    out = pretrain(spec, str(synth), storage=str(tmp_path / "runs"), launch=LOCAL, hooks=Hooks(probes=probes))
+    assert out["done"] and out["step"] == 10
+    assert not [k for k in tracking.recorded_metrics(out["tracking_uri"], out["mlflow_run_id"]) if k.startswith("fewshot/")]
+    assert "the few-shot protocol at the end of pretraining failed (OSError: the digits' shard went away)" \
+        in capsys.readouterr().out
+
+
 def test_few_shot_probes_log_a_learning_curve_at_every_validation(synth, tmp_path, one_torch_thread):
     """Learning curves: at each validation step and at the end, the few-shot accuracies of the
     model being trained, with the compute spent so far, are logged at that step. With ``final``,

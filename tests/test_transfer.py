@@ -174,7 +174,8 @@ def test_table4_defaults():
 
 def test_grid_then_final_suggests_the_grid_then_retrains_its_best_lr():
     """The fine-tuning Tune run's searcher: every LR on the dev slice, nothing until they are all
-    scored, then one retrain at the best (ties: the smaller LR), then done; a failed dev trial ends it."""
+    scored, then one retrain at the best (ties: the smaller LR), then done; a failed dev trial ends it;
+    LRs scored before an interruption are not suggested again."""
     from ray.tune.search import Searcher
 
     from pipeline.transfer.finetune import grid_then_final
@@ -195,3 +196,10 @@ def test_grid_then_final_suggests_the_grid_then_retrains_its_best_lr():
     failing.on_trial_complete("a", error=True)
     failing.on_trial_complete("b", {"accuracy": 0.5})
     assert failing.suggest("c") == Searcher.FINISHED
+
+    # A grid resumed after an interruption: the LRs recorded before it are not trained again, and
+    # count in the choice of the retrain's LR
+    resumed = grid_then_final((0.01, 0.1, 0.3), done={0.1: 0.95, 0.3: 0.6})
+    assert resumed.suggest("a") == {"lr": 0.01, "phase": "dev"} and resumed.suggest("b") is None
+    resumed.on_trial_complete("a", {"accuracy": 0.9})
+    assert resumed.suggest("b") == {"lr": 0.1, "phase": "test"}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from pipeline import compute, console, hardware, trace, tracking
+from pipeline import compute, console, exits, hardware, trace, tracking
 from pipeline.data import normalize_images
 from pipeline.data.loader import LoaderSpec, make_loader
 from pipeline.data.verify import check_checksums
@@ -261,13 +261,19 @@ class Trainer:
 
     def final_fewshot(self, probes: Probes) -> None:
         """Rank 0 of a run at its last step: the few-shot protocol on ``probes``' datasets with the
-        final weights, recorded on the run (datasets whose metrics it holds are skipped: a resumed run)."""
+        final weights, recorded on the run (datasets whose metrics it holds are skipped: a resumed run).
+        A failure here fails no pretraining: it is said, and the chain's transfer stage runs the protocol
+        on the checkpoint, where a failure is the transfer's, as before."""
         if self.session.rank != 0 or not probes.final or not probes.datasets:
             return
         target = Target(f"{self.plan.spec.label} at step {self.step}", "", tracking_uri=self.plan.tracking_uri,
                         run_id=self.plan.mlflow_run_id, label=self.plan.spec.label, model=self.model)
-        evaluate(target, [FewShot(datasets=tuple(name for name, _ in probes.datasets), settings=probes.settings)],
-                 dict(probes.datasets), skip_recorded=True)
+        try:
+            evaluate(target, [FewShot(datasets=tuple(name for name, _ in probes.datasets), settings=probes.settings)],
+                     dict(probes.datasets), skip_recorded=True)
+        except Exception as err:
+            console.say(self.plan.spec.label, f"the few-shot protocol at the end of pretraining failed "
+                                              f"({exits.one_line(err)[:300]}): the transfer stage runs it")
         self.model.train()
 
     def save(self, metrics: dict[str, float]) -> None:
