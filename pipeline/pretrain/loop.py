@@ -79,6 +79,10 @@ class Probes:
     # records it): a run chain then loads no checkpoint in another process for it (bench/RESULTS.md)
     final: bool = False
 
+    def fewshot(self) -> FewShot:
+        """The transfer stage's few-shot evaluator on these datasets and settings."""
+        return FewShot(datasets=tuple(name for name, _ in self.datasets), settings=self.settings)
+
 
 @dataclass(frozen=True)
 class Hooks:
@@ -253,7 +257,7 @@ class Trainer:
             return {}
         out = {"curve/exaflops": compute.pretrain_exaflops(self.plan.numbers.forward_macs,
                                                            self.step * self.recipe.batch_size)}
-        fewshot = FewShot(datasets=tuple(name for name, _ in probes.datasets), settings=probes.settings)
+        fewshot = probes.fewshot()
         for name, path in probes.datasets:
             out.update(fewshot.probe_live(self.model, self.device, self.recipe.image_size, name, path))
         self.model.train()
@@ -269,12 +273,10 @@ class Trainer:
         target = Target(f"{self.plan.spec.label} at step {self.step}", "", tracking_uri=self.plan.tracking_uri,
                         run_id=self.plan.mlflow_run_id, label=self.plan.spec.label, model=self.model)
         try:
-            evaluate(target, [FewShot(datasets=tuple(name for name, _ in probes.datasets), settings=probes.settings)],
-                     dict(probes.datasets), skip_recorded=True)
+            evaluate(target, [probes.fewshot()], dict(probes.datasets), skip_recorded=True)
         except Exception as err:
             console.say(self.plan.spec.label, f"the few-shot protocol at the end of pretraining failed "
                                               f"({exits.one_line(err)[:300]}): the transfer stage runs it")
-        self.model.train()
 
     def save(self, metrics: dict[str, float]) -> None:
         """A checkpoint (model, optimizer, schedule, step, best values, every rank's RNG state, the

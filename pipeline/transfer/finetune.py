@@ -292,9 +292,10 @@ def select_and_retrain_on_tune(target: Target, data_path: str, dataset: str,
     from ray import tune
     done = {lr: acc for lr in settings.lrs if (acc := recorded_trial(target, dataset, lr, "dev")) is not None}
     if len(done) == len(settings.lrs):
-        final = final_recorded(target, dataset, best_lr(done), settings)
+        lr = best_lr(done)
+        final = final_recorded(target, dataset, lr, settings)
         if final is not None:
-            return done, best_lr(done), final
+            return done, lr, final
 
     class RecordTrials(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
