@@ -3,7 +3,9 @@ evaluate it; another is refused with the holder's name, and a dead or silent hol
 over. A new SQLite store made by two processes at once is made once."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -11,12 +13,15 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import tracking
+
+lease_module = importlib.import_module("pipeline.tracking.lease")   # the package's `lease` is the function
 
 
 @pytest.fixture()
@@ -51,9 +56,8 @@ def test_a_live_holder_refuses_others_by_name_until_it_releases(run):
     holder.wait(timeout=30)
     with tracking.lease(uri, run_id):  # released: free again
         with tracking.lease(uri, run_id):  # re-entrant in the holding process
-            assert client_tags(uri, run_id)[tracking.LEASE_HOLDER_TAG] == tracking.lease_holder()
-    assert tracking.LEASE_HOLDER_TAG not in client_tags(uri, run_id)   # released: no lease tags left on the run (issue 33, walk 5)
-    assert tracking.LEASE_HEARTBEAT_TAG not in client_tags(uri, run_id)
+            assert tracking.lease_claims(client_tags(uri, run_id)) == {tracking.lease_holder(): "held"}
+    assert lease_tags(uri, run_id) == []   # released: no lease tags left on the run (issue 33, walk 5)
 
 
 def test_two_claims_at_once_give_one_holder(run):
@@ -63,8 +67,34 @@ def test_two_claims_at_once_give_one_holder(run):
     assert said == ["holding", "refused"]
 
 
+def test_a_claim_whose_write_lands_late_does_not_take_a_held_run(run, monkeypatch):
+    """Claim B reads no holder, then its write is slow (a loaded machine) and lands after claim A
+    has taken the lease: B is refused, A keeps it, whatever the delay."""
+    uri, run_id = run
+    b_writing, a_holds = threading.Event(), threading.Event()
+    write = lease_module.set_tags
+
+    def slow_for_b(uri_: str, run_id_: str, tags: dict[str, str]) -> None:
+        if any("elsewhere-b" in key for key in tags):
+            b_writing.set()
+            assert a_holds.wait(30)
+        write(uri_, run_id_, tags)
+
+    monkeypatch.setattr(lease_module, "set_tags", slow_for_b)
+    b = concurrent.futures.ThreadPoolExecutor(1).submit(lease_module._claim, uri, run_id, "elsewhere-b:2")
+    assert b_writing.wait(30)                        # B has read the run's tags: no holder
+    assert lease_module._claim(uri, run_id, "elsewhere-a:1") is None   # A takes it meanwhile
+    a_holds.set()
+    assert b.result(timeout=60) == "elsewhere-a:1"   # B's late write does not make it a second holder
+    assert tracking.lease_claims(client_tags(uri, run_id)) == {"elsewhere-a:1": "held"}
+
+
 def client_tags(uri: str, run_id: str) -> dict[str, str]:
     return tracking.client(uri).get_run(run_id).data.tags
+
+
+def lease_tags(uri: str, run_id: str) -> list[str]:
+    return [key for key in client_tags(uri, run_id) if key.startswith(tracking.LEASE_TAG_PREFIX)]
 
 
 def test_a_dead_or_silent_holder_is_taken_over(run):
@@ -75,10 +105,10 @@ def test_a_dead_or_silent_holder_is_taken_over(run):
              ("elsewhere:123", now, False),                                    # alive elsewhere: refused
              ("elsewhere:123", f"{time.time() - tracking.LEASE_STALE_S - 5:.0f}", True)]  # silent: taken
     for holder, beat, taken in cases:
-        tracking.set_tags(uri, run_id, {tracking.LEASE_HOLDER_TAG: holder, tracking.LEASE_HEARTBEAT_TAG: beat})
+        tracking.set_tags(uri, run_id, tracking.lease_tag(holder, beat=float(beat)))
         if taken:
-            with tracking.lease(uri, run_id):
-                assert client_tags(uri, run_id)[tracking.LEASE_HOLDER_TAG] == tracking.lease_holder()
+            with tracking.lease(uri, run_id):   # the one lease tag left on the run is this process's
+                assert lease_tags(uri, run_id) == list(tracking.lease_tag(tracking.lease_holder()))
         else:
             with pytest.raises(tracking.RunHeld, match="held by elsewhere:123"):
                 with tracking.lease(uri, run_id):

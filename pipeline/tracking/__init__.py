@@ -23,19 +23,19 @@ from pipeline.tracking.runs import (CHECKPOINT_TAG, CREATE_SETTLE_S, INHERITED_T
                                     log_params, mark_killed, metric_history, nested_result, recorded_metrics,
                                     reopen_run, run_status, runs_of_study, set_runs_view, set_tags, spec_runs,
                                     start_nested_run, start_run, start_study_run)
-from pipeline.tracking.lease import (LEASE_HEARTBEAT_TAG, LEASE_HOLDER_TAG, LEASE_RENEW_S, LEASE_STALE_S, RunHeld,
-                                     lease, lease_holder)
+from pipeline.tracking.lease import (LEASE_RENEW_S, LEASE_STALE_S, LEASE_TAG_PREFIX, RunHeld, lease, lease_claims,
+                                     lease_holder, lease_tag)
 from pipeline.tracking.provenance import (DATASET_RACE_TRIES, DatasetRecord, log_datasets, lost_insert_race,
                                           source_tags, system_metrics)
 
 __all__ = ["CHECKPOINT_TAG", "CREATE_SETTLE_S", "DATASET_RACE_TRIES", "DatasetRecord", "HTTP_RETRY_DEFAULTS",
-           "INHERITED_TAGS", "LEASE_HEARTBEAT_TAG", "LEASE_HOLDER_TAG", "LEASE_RENEW_S", "LEASE_STALE_S",
+           "INHERITED_TAGS", "LEASE_RENEW_S", "LEASE_STALE_S", "LEASE_TAG_PREFIX",
            "MetricLogger", "NESTED_KEY_TAG", "NOTE_TAG", "PARENT_SPEC_TAG", "PRETRAIN_STATUS_TAG", "RUN_SPEC_TAG",
            "RunHeld", "RunRecord", "SHARED_VIEW_TAG", "STATUSES", "STUDY_PRESET_TAG", "Status", "TRAINING_LAYOUT",
            "TRANSFER_STATUS_TAG",
            "TrackingError", "check_server", "client", "default_tracking_uri", "describe_experiment",
            "existing_default_uri", "experiment_id", "find_study_run", "finish_run", "init_store", "is_server",
-           "last_step", "lease", "lease_holder", "log_datasets", "log_files", "log_json", "log_params",
+           "last_step", "lease", "lease_claims", "lease_holder", "lease_tag", "log_datasets", "log_files", "log_json", "log_params",
            "lost_insert_race", "mark_killed", "metric_history", "nested_result", "recorded_metrics", "reopen_run",
            "run_status", "runs_of_study", "server_problem", "set_runs_view", "set_tags", "source_tags", "spec_runs",
            "start_nested_run", "start_run", "start_study_run", "store_lock", "system_metrics"]
