@@ -81,11 +81,12 @@ def test_a_claim_whose_write_lands_late_does_not_take_a_held_run(run, monkeypatc
         write(uri_, run_id_, tags)
 
     monkeypatch.setattr(lease_module, "set_tags", slow_for_b)
-    b = concurrent.futures.ThreadPoolExecutor(1).submit(lease_module._claim, uri, run_id, "elsewhere-b:2")
-    assert b_writing.wait(30)                        # B has read the run's tags: no holder
-    assert lease_module._claim(uri, run_id, "elsewhere-a:1") is None   # A takes it meanwhile
-    a_holds.set()
-    assert b.result(timeout=60) == "elsewhere-a:1"   # B's late write does not make it a second holder
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        b = pool.submit(lease_module._claim, uri, run_id, "elsewhere-b:2", client_tags(uri, run_id))
+        assert b_writing.wait(30)                        # B has read the run's tags: no holder
+        assert lease_module._claim(uri, run_id, "elsewhere-a:1", client_tags(uri, run_id)) is None   # A takes it meanwhile
+        a_holds.set()
+        assert b.result(timeout=60) == "elsewhere-a:1"   # B's late write does not make it a second holder
     assert tracking.lease_claims(client_tags(uri, run_id)) == {"elsewhere-a:1": "held"}
 
 

@@ -59,8 +59,8 @@ def _lease_tags(tags: dict[str, str]) -> dict[str, tuple[str, float]]:
     """Every lease tag on the run, live or not: holder -> (state, heartbeat)."""
     found = {}
     for key, value in tags.items():
-        state, beat, holder = (value.split(" ", 2) + ["", ""])[:3] if key.startswith(LEASE_TAG_PREFIX) else ("",) * 3
-        if holder and beat.isdigit():
+        state, beat, holder = (value.split(" ", 2) + ["", ""])[:3]
+        if key.startswith(LEASE_TAG_PREFIX) and holder and beat.isdigit():
             found[holder] = (state, float(beat))
     return found
 
@@ -101,11 +101,12 @@ def _withdraw(tracking_uri: str, run_id: str, *holders: str) -> None:
 
 
 
-def _claim(tracking_uri: str, run_id: str, me: str) -> str | None:
-    """Take the run's lease unless another live process holds it; None on success, else the holder."""
+def _claim(tracking_uri: str, run_id: str, me: str, tags: dict[str, str]) -> str | None:
+    """Take the run's lease unless another live process holds it; None on success, else the holder.
+    ``tags``: the run's tags as just read."""
     others: dict[str, str] = {}
     for _ in range(CLAIM_TRIES):
-        others = _others(_tags(tracking_uri, run_id), me)
+        others = _others(tags, me)
         held = [holder for holder, state in others.items() if state == "held"]
         if held:
             return held[0]
@@ -118,6 +119,7 @@ def _claim(tracking_uri: str, run_id: str, me: str) -> str | None:
             return None
         _withdraw(tracking_uri, run_id, me)   # claims at once: each withdraws and tries again at a random time
         time.sleep(random.uniform(0, CLAIM_PAUSE_S))
+        tags = _tags(tracking_uri, run_id)
     return next(iter(others))
 
 
@@ -133,11 +135,11 @@ def lease(tracking_uri: str, run_id: str, what: str | None = None):
     background thread, released at the end. Raises :class:`RunHeld` when another live process
     holds it; a holder that died on this machine, or silent for 2 minutes, is taken over.
     Re-entrant within a process."""
-    me = lease_holder()
-    if lease_claims(_tags(tracking_uri, run_id)).get(me) == "held":
+    me, tags = lease_holder(), _tags(tracking_uri, run_id)
+    if lease_claims(tags).get(me) == "held":
         yield  # this process holds it already (the chain, then its pretraining)
         return
-    holder = _claim(tracking_uri, run_id, me)
+    holder = _claim(tracking_uri, run_id, me, tags)
     if holder is not None:
         raise RunHeld(f"{what or f'run {run_id}'} is held by {holder} (another study or pretraining of the same "
                       f"run, alive in the last {LEASE_STALE_S:.0f} s): let it finish, then run the same command again")

@@ -100,11 +100,9 @@ class FewShot(Evaluator):
     def run(self, target: Target, dataset: str, path: str) -> dict[str, float]:
         """The probe in this process, or as a Ray task holding one CPU (or GPU) with ``on_ray``; a
         target's model in memory is probed where it is (its features not cached: no checkpoint names them)."""
-        if target.model is not None:
-            return fewshot_metrics(dataset, run_fewshot(target.checkpoint, path, self.settings, model=target.model),
-                                   self.settings.l2_regs[0])
-        kwargs = dict(cache_dir=str(store.node_dir(target.storage, "features")), timm_name=target.timm_name)
-        if target.on_ray:
+        kwargs = (dict(model=target.model) if target.model is not None else
+                  dict(cache_dir=str(store.node_dir(target.storage, "features")), timm_name=target.timm_name))
+        if target.on_ray and target.model is None:
             import ray
             task = ray.remote(num_cpus=0 if target.use_gpu else 1, num_gpus=1 if target.use_gpu else 0)(run_fewshot)
             out = ray.get(task.remote(target.checkpoint, path, self.settings, **kwargs))
