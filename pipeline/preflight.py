@@ -11,9 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 from pipeline import storage as store
 from pipeline import tracking
@@ -101,22 +102,34 @@ def synth_started(preset: Preset, storage: str, emit: Callable[[str], None] = pr
     emit(f"[study] generating the synthetic dataset {preset.dataset.name!r} in {target} (first use)")
     # a fresh interpreter (a multiprocessing child would import the study's own modules, 1.5 CPU-s each,
     # in it and in its workers), in a session of its own: a terminal's Ctrl-C reaches the driver only
-    maker = subprocess.Popen([sys.executable, "-c", SYNTH_MAIN, target, preset.dataset.synth.model_dump_json()],
-                             start_new_session=True)
-    _MAKING[target] = maker
-    try:
-        yield
-    finally:
-        _MAKING.pop(target, None)
-        if maker.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(maker.pid, signal.SIGTERM)
-        maker.wait()
+    # Its stderr goes to a file, said by prepare_data if it fails: the warnings of a maker stopped early
+    # (multiprocessing's resource tracker outlives it and reports its pool's semaphores) are not the user's
+    with tempfile.TemporaryFile() as said:
+        maker = subprocess.Popen([sys.executable, "-c", SYNTH_MAIN, target, preset.dataset.synth.model_dump_json()],
+                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=said)
+        _MAKING[target] = (maker, said)
+        try:
+            yield
+        finally:
+            _MAKING.pop(target, None)
+            if maker.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(maker.pid, signal.SIGTERM)
+            maker.wait()
+
+
+def _made_meanwhile(target: str, emit: Callable[[str], None]) -> None:
+    """Wait for the process making ``target`` (synth_started), if any; say why if it failed."""
+    maker, said = _MAKING.get(target, (None, None))
+    if maker is not None and maker.wait() != 0:
+        said.seek(0)
+        lines = said.read().decode(errors="replace").strip().splitlines() or [f"exit status {maker.returncode}"]
+        emit(f"[study] making the synthetic data in another process failed ({lines[-1][:300]}): making it here")
 
 
 SYNTH_MAIN = ("import sys; from pipeline.data.synth import SynthSpec, generate; "
               "generate(sys.argv[1], SynthSpec.model_validate_json(sys.argv[2]), executor='processes', progress=False)")
-_MAKING: dict[str, subprocess.Popen] = {}   # {dataset location: the process making it} (synth_started)
+_MAKING: dict[str, tuple[subprocess.Popen, IO[bytes]]] = {}   # {dataset location: (the process making it, its stderr)}
 
 
 def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool = True,
@@ -126,8 +139,7 @@ def prepare_data(preset: Preset, data: str | None, storage: str, progress: bool 
     name = preset.dataset.name
     if data is None:
         target = synth_target(preset, storage)
-        if target in _MAKING:
-            _MAKING[target].wait()
+        _made_meanwhile(target, emit)
         if not store.is_file(store.join(target, "manifest.json")):  # written last: its presence means complete
             emit(f"[study] generating the synthetic dataset {name!r} in {target} (first use)")
             generate(target, preset.dataset.synth, progress=progress)

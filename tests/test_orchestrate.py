@@ -10,12 +10,14 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from bench.gpu_e2e import spec_runs
 from pipeline import tracking
+from pipeline.data import open_dataset
 from pipeline.analysis.scaling_laws import FORMS
 from pipeline.planning import plan
 from pipeline.spec import load_study
@@ -163,3 +165,30 @@ def test_a_new_storage_with_the_same_mlflow_store_says_its_runs_are_elsewhere(ki
     said = done.stdout + done.stderr
     assert f"2 of these runs are in MLflow with their checkpoints outside --storage {tmp_path / 'new'}" in said
     assert f"(e.g. {old}" in said and "2 runs, 2 done, 0 to run" in said
+
+
+def test_data_made_meanwhile_says_nothing_when_stopped_and_why_when_it_failed(tmp_path, monkeypatch):
+    """The preset's synthetic data is made by another process while the study starts up
+    (``preflight.synth_started``). Stopped early (a study refused or interrupted), it says nothing on
+    the user's console (its pool's warnings included); when it failed, ``prepare_data`` says why in
+    one line and makes the data itself."""
+    from pipeline import preflight
+
+    preset = load_study("scaling").presets["smoke"]
+    code = textwrap.dedent(f"""
+        import time
+        from pipeline import preflight
+        from pipeline.spec import load_study
+        with preflight.synth_started(load_study("scaling").presets["tiny"], {str(tmp_path / "stopped")!r}):
+            time.sleep(2.5)   # its pool has started (about 1 s), its work not done (about 8 s): stopped while it works
+    """)
+    stopped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and stopped.stderr == "", stopped.stderr   # before: the pool's leaked semaphores
+
+    monkeypatch.setattr(preflight, "SYNTH_MAIN", "import sys; sys.exit('no space left on device')")
+    said = []
+    with preflight.synth_started(preset, str(tmp_path / "failed"), emit=said.append):
+        data = preflight.prepare_data(preset, None, str(tmp_path / "failed"), progress=False, emit=said.append)
+    assert said[1] == ("[study] making the synthetic data in another process failed (no space left on device): "
+                       "making it here")
+    assert open_dataset(data).num_rows("train") == 512
