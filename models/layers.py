@@ -39,12 +39,13 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
 
 def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
     """Weight standardization: w <- (w - mean) / sqrt(var + eps), per output channel over
-    (in, kh, kw), biased variance (as BiT and timm). Two passes (the mean, then the mean square of
-    the centred weights, which the output reuses) rather than ``torch.var_mean``: the same values
-    within float rounding (1e-6), and forward plus backward 2.1x as fast on a CPU thread for a
-    512x512x3x3 kernel (bench/RESULTS.md, issue 31)."""
-    centred = weight - weight.mean(dim=(1, 2, 3), keepdim=True)
-    return centred * torch.rsqrt(centred.square().mean(dim=(1, 2, 3), keepdim=True) + eps)
+    (in, kh, kw), biased variance (as BiT and timm). Computed as timm does, by ``batch_norm`` over
+    the kernel flattened to (1, out, in*kh*kw): one kernel forward and one backward on CUDA, and on
+    a CPU thread 1.8x as fast forward plus backward as a two-pass mean / centred mean square for a
+    512x512x3x3 kernel, equal to it within 1e-6 (bench/RESULTS.md, issue 30). pipeline.compute counts
+    no FLOPs for it, as the paper counts no weight op."""
+    flat = weight.reshape(1, weight.shape[0], -1)
+    return F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=eps).reshape(weight.shape)
 
 
 class StdConv2d(nn.Conv2d):

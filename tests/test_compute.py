@@ -51,6 +51,16 @@ def test_attention_is_counted():
     assert ours - plain.total() == attention
 
 
+def test_weight_standardization_counts_nothing_and_batch_norm_layers_count_as_fvcore():
+    """BiT's standardized convs (batch_norm over each kernel) cost what plain convs cost: the paper
+    counts no weight op. A BatchNorm layer over activations keeps fvcore's count."""
+    from models.layers import StdConv2d
+    std, plain = StdConv2d(3, 16, 3), nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    assert compute.forward_macs(std, image_size=8) == compute.forward_macs(plain, image_size=8) == 16 * 27 * 64
+    with_bn = nn.Sequential(plain, nn.BatchNorm2d(16))
+    assert compute.forward_macs(with_bn, image_size=8) > compute.forward_macs(plain, image_size=8)
+
+
 def test_uncounted_costly_op_fails_loudly():
     class Spectral(nn.Module):
         def __init__(self):
