@@ -40,10 +40,10 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
 def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
     """Weight standardization: w <- (w - mean) / sqrt(var + eps), per output channel over
     (in, kh, kw), biased variance (as BiT and timm). Computed as timm does, by ``batch_norm`` over
-    the kernel flattened to (1, out, in*kh*kw): one kernel forward and one backward on CUDA, and on
-    a CPU thread 1.8x as fast forward plus backward as a two-pass mean / centred mean square for a
-    512x512x3x3 kernel, equal to it within 1e-6 (bench/RESULTS.md, issue 30). pipeline.compute counts
-    no FLOPs for it, as the paper counts no weight op."""
+    the kernel flattened to (1, out, in*kh*kw): one kernel forward and one backward on CUDA. On a CPU
+    thread, forward plus backward, it is 1.9x as fast as a two-pass mean / centred mean square for a
+    512x512x3x3 kernel and equal to it within 1e-6; R50x1 steps 1.27x (bench/bench_ws.py, issue
+    30). pipeline.compute counts no FLOPs for it, as the paper counts no weight op."""
     flat = weight.reshape(1, weight.shape[0], -1)
     return F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=eps).reshape(weight.shape)
 
