@@ -177,10 +177,16 @@ def test_data_made_meanwhile_says_nothing_when_stopped_and_why_when_it_failed(tm
     preset = load_study("scaling").presets["smoke"]
     code = textwrap.dedent(f"""
         import time
+        import psutil
         from pipeline import preflight
         from pipeline.spec import load_study
         with preflight.synth_started(load_study("scaling").presets["tiny"], {str(tmp_path / "stopped")!r}):
-            time.sleep(2.5)   # its pool has started (about 1 s), its work not done (about 8 s): stopped while it works
+            (maker, _), = preflight._MAKING.values()
+            deadline = time.time() + 60
+            while not psutil.Process(maker.pid).children() and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)   # its pool's workers and semaphores exist; its work (about 8 s) is not done
+            assert psutil.Process(maker.pid).children() and maker.poll() is None, "not stopped while it works"
     """)
     stopped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0 and stopped.stderr == "", stopped.stderr   # before: the pool's leaked semaphores

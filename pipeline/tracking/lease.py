@@ -59,8 +59,10 @@ def _lease_tags(tags: dict[str, str]) -> dict[str, tuple[str, float]]:
     """Every lease tag on the run, live or not: holder -> (state, heartbeat)."""
     found = {}
     for key, value in tags.items():
+        if not key.startswith(LEASE_TAG_PREFIX):
+            continue
         state, beat, holder = (value.split(" ", 2) + ["", ""])[:3]
-        if key.startswith(LEASE_TAG_PREFIX) and holder and beat.isdigit():
+        if holder and beat.isdigit():
             found[holder] = (state, float(beat))
     return found
 
