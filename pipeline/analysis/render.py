@@ -379,7 +379,8 @@ def fits_section(fits: Fits) -> list[str]:
               "over several cut-offs; the two forms with the lowest mean RMSE of log error are averaged (log errors; "
               "a blend `a+b`), a degenerate fit (a parameter at a bound) never chosen while another is sound. "
               f"[{percent(fits.level)} intervals: residual bootstrap of the law used, "
-              "t-expanded.]"), "",
+              "t-expanded. They leave out the run-to-run spread of training (another seed, another CPU's "
+              "rounding), which one run per configuration cannot measure: `docs/analysis.md`.]"), "",
              *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
         return [*lines, "", "Compute multiplier: not available, no family has a fit.", "",
