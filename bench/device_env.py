@@ -133,7 +133,7 @@ def check() -> int:
     installed = {canonical(d.metadata["Name"]): d for d in metadata.distributions() if d.metadata["Name"]}
     mismatches = []
     for name in ("ray", "mlflow", "mlflow-skinny", "fvcore", "pydantic", "opentelemetry-proto", "opentelemetry-sdk"):
-        for text in installed[name].requires or []:
+        for text in (installed[name].requires or []) if name in installed else []:
             req = Requirement(text)
             if req.marker and not req.marker.evaluate({"extra": ""}):
                 continue

@@ -1,7 +1,8 @@
 """Bench scripts at toy sizes, so that they cannot rot between the runs that measure: the GPU
 check's CPU dry mode (bench/gpu_check.sh --dry; micro models, eager steps, the loader on photos alone and feeding a step, the tables)
-the real-photo loader bench (bench/bench_photos.py), the conversion bench (bench/bench_convert.py) and the
-extrapolation benchmark on its smallest dataset (bench/extrapolation.py)."""
+the real-photo loader bench (bench/bench_photos.py), the conversion bench (bench/bench_convert.py), the
+extrapolation benchmark on its smallest dataset (bench/extrapolation.py) and the packages carried to a lent GPU
+machine (bench/device_env.py)."""
 from __future__ import annotations
 
 import json
@@ -101,6 +102,25 @@ def test_extrapolation_benchmark_data_and_its_smallest_dataset(tmp_path):
     assert all(r[m] > 0 for r in rows for m in methods) and all(set(r["law"].split("+")) <= set(forms) for r in rows)
     assert all("+" in r["law"] for r in rows)      # 13-57 points: two forms scored, the law is their blend
     assert "| clip-checkpoints | 4 |" in done.stdout
+
+
+def test_device_env_carries_what_the_device_image_lacks_and_its_check_imports_the_pipeline(tmp_path):
+    """bench/device_env.py (issue 30): the requirements it resolves leave torch to the image, the
+    packages kept are those the image's list lacks (names compared as pip compares them), and
+    ``check`` imports what the pipeline imports (here, in the test environment)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_env
+    req, cons = device_env.requirements(tmp_path)
+    assert not any(device_env.canonical(line).startswith("torch") for line in req.read_text().splitlines())
+    assert not any(device_env.canonical(line).startswith("torch=") for line in cons.read_text().splitlines())
+    assert any(line.startswith("ray[") for line in req.read_text().splitlines())
+    report = {"install": [{"metadata": {"name": n, "version": "1"}}
+                          for n in ("ray", "NumPy", "pydantic_core", "Flask", "nvidia_ml_py", "pyarrow")]}
+    assert device_env.missing_on_image(report) == ["Flask==1", "pydantic_core==1", "ray==1"]
+    done = subprocess.run([sys.executable, "bench/device_env.py", "check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "IMPORT FAILED" not in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[device_env] python 3." in done.stdout
 
 
 def test_gpu_e2e_dry_mode_runs_every_step_on_the_cpu(smoke_killed_and_resumed):
