@@ -5,9 +5,10 @@
 
 Forward multiply-adds are counted by fvcore on the real module at the pretraining resolution
 (batch 1), with a handle for ``scaled_dot_product_attention`` (fvcore skips it silently otherwise:
-about 4% of ViT-B/16), and none for weight standardization (``batch_norm`` over a kernel, a weight
-op: the paper counts none; fvcore would add 2.5% to R50x1). Any other op that fvcore does not count and that is not known to be
-negligible (element-wise, pooling, padding, shape ops) is an error, never a silent undercount.
+about 4% of ViT-B/16), and none for weight standardization (``batch_norm`` over a kernel: a weight
+op, which the paper does not count; fvcore would add 2.3% to R50x1). Any other op that fvcore does
+not count and that is not known to be negligible (element-wise, pooling, padding, shape ops) is an
+error, never a silent undercount.
 Counts are cached on disk (they take seconds for the largest models): ``$VIT_SCALING_CACHE`` or
 ``~/.cache/vit-scaling``.
 
