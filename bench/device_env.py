@@ -141,8 +141,9 @@ def check() -> int:
             if dist is not None and not req.specifier.contains(dist.version, prereleases=True):
                 mismatches.append(f"{name} wants {req}, has {dist.version}")
     import torch
+    versions = ", ".join(f"{n} {installed[n].version if n in installed else 'missing'}" for n in ("ray", "mlflow"))
     print(f"[device_env] python {sys.version.split()[0]}, torch {torch.__version__}, cuda "
-          f"{torch.cuda.is_available()}; ray {installed['ray'].version}, mlflow {installed['mlflow'].version}")
+          f"{torch.cuda.is_available()}; {versions}")
     for line in mismatches:
         print(f"[device_env] version mismatch (not fatal): {line}")
     for line in failed:

@@ -30,8 +30,9 @@ fi
 export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 bench/device_env.py check 2>&1 | tee "$out/env.log"
-[ "${PIPESTATUS[0]}" = 0 ] || exit 1
-status=0
+status=${PIPESTATUS[0]}
+# a package that does not import stops the pipeline, not the timing of the models (torch and fvcore)
+[ "$status" = 0 ] || { echo "gpu_session: the packages do not all import (env.log): gpu_e2e left out"; e2e=0; }
 if [ $e2e = 1 ]; then
     rm -rf /tmp/gpu_e2e
     timeout 420 bash bench/gpu_e2e.sh "${dry[@]}" --work /tmp/gpu_e2e --out "$out/e2e.json" 2>&1 | tee "$out/e2e.log"
@@ -46,5 +47,5 @@ if [ $left -gt 60 ]; then
     timeout $left python3 bench/gpu_check.py "${dry[@]}" --timm --no-loader "${modes[@]}" \
         --budget-s $(( left - 120 > 0 ? left - 120 : 0 )) --out "$out/check.jsonl" "${check[@]}" 2>&1 | tee "$out/check.log"
 fi
-echo "gpu_session: e2e exit $status; $(( SECONDS - start )) s in all; files in $out"
+echo "gpu_session: exit $status (the packages, then gpu_e2e); $(( SECONDS - start )) s in all; files in $out"
 exit $status
