@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -44,8 +45,8 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pip(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, cwd=cwd)
+def pip(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"pip {' '.join(args[:3])} ... failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return done
@@ -60,12 +61,13 @@ def target_flags() -> list[str]:
 
 def requirements(work: Path) -> tuple[Path, Path]:
     """Our runtime requirements (torch left out) and the tested pins (constraints.txt, torch left out)."""
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    req = work / "requirements.txt"
-    req.write_text("\n".join(d.split("#")[0].strip() for d in deps if canonical(d).split(">")[0] != "torch") + "\n")
-    cons = work / "constraints.txt"
-    cons.write_text("".join(line + "\n" for line in (ROOT / "constraints.txt").read_text().splitlines()
-                            if not canonical(line).startswith("torch=")))
+    from packaging.requirements import Requirement
+    deps = [Requirement(d.split("#")[0]) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins = [Requirement(line) for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    req, cons = work / "requirements.txt", work / "constraints.txt"
+    for path, reqs in ((req, deps), (cons, pins)):
+        path.write_text("".join(f"{r}\n" for r in reqs if canonical(r.name) != "torch"))
     return req, cons
 
 
@@ -83,33 +85,28 @@ def build(out: Path) -> int:
         work = Path(tmp)
         wheels = work / "wheels"
         req, cons = requirements(work)
-        pins = {canonical(line.split("==")[0]): line for line in cons.read_text().splitlines() if "==" in line}
+        pins = {canonical(line.split("==")[0]): line for line in cons.read_text().splitlines()}
         pip("wheel", "-q", "--no-deps", "-w", str(wheels), *[pins.get(n, n) for n in SDIST_ONLY])
         pip("install", "-q", "--dry-run", "--ignore-installed", "--report", str(work / "report.json"),
             "--target", str(work / "unused"), "--find-links", str(wheels), *target_flags(),
             "-c", str(cons), "-r", str(req))
         need = missing_on_image(json.loads((work / "report.json").read_text()))
         print(f"[device_env] {len(need)} packages the image lacks: {' '.join(need)}", flush=True)
-        pip("download", "-q", "--no-deps", "--find-links", str(wheels), *target_flags(), "-d", str(wheels), *need)
-        site = work / "site"
+        carried, site = work / "carried", work / "site"
+        pip("download", "-q", "--no-deps", "--find-links", str(wheels), *target_flags(), "-d", str(carried), *need)
         pip("install", "-q", "--no-deps", "--no-compile", *target_flags(), "--platform", "any", "--target", str(site),
-            *[str(w) for w in sorted(wheels.glob("*.whl")) if canonical(w.name.split("-")[0]) in
-              {canonical(n.split("==")[0]) for n in need}])
+            *map(str, carried.glob("*.whl")))
         for path in LEFT_OUT:
             shutil.rmtree(site / path)
         out.mkdir(parents=True, exist_ok=True)
         archive = out / "site.tar.xz"
         print(f"[device_env] packing {sum(f.stat().st_size for f in site.rglob('*') if f.is_file()) / 2**20:.0f} MiB "
               "with xz (about a minute) ...", flush=True)
-        with open(archive, "wb") as sink:
-            tar = subprocess.Popen(["tar", "cf", "-", "-C", str(site), "."], stdout=subprocess.PIPE)
-            subprocess.run(["xz", "-9", "-T0"], stdin=tar.stdout, stdout=sink, check=True)
-            if tar.wait():
-                raise SystemExit("tar failed")
+        subprocess.run(["tar", "-cJf", str(archive), "-C", str(site), "."], check=True,
+                       env={**os.environ, "XZ_OPT": "-9 -T0"})
     (out / "packages.txt").write_text("\n".join(need) + "\n")
-    tree = sum(int(line.split()[0]) for line in subprocess.run(
-        "git ls-files -z | xargs -0 du -cb | tail -1", shell=True, cwd=ROOT, capture_output=True,
-        text=True).stdout.splitlines()[-1:])
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    tree = sum((ROOT / path).stat().st_size for path in tracked.split("\0") if (ROOT / path).is_file())
     total = (archive.stat().st_size + tree) / 2**20
     print(f"[device_env] {archive}: {archive.stat().st_size / 2**20:.1f} MiB; with the tracked tree "
           f"{total:.1f} of the {CARRY_LIMIT_MIB} MiB a call carries; {time.perf_counter() - start:.0f} s")

@@ -312,7 +312,7 @@ def print_tables(rows: list[dict], loader_rows: list[dict], fed_rows: list[dict]
     print("\n| model | mode | batch | img/s | TFLOP/s | MFU | first step s | peak GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        model = r["model"] if r.get("impl", "ours") == "ours" else f"{r['model']} ({r['impl']})"
+        model = r["model"] if r["impl"] == "ours" else f"{r['model']} ({r['impl']})"
         if "error" in r:
             print(f"| {model} | {r['mode']} | failed: {r['error'][:80]} | | | | | |")
             continue
@@ -334,9 +334,9 @@ def print_tables(rows: list[dict], loader_rows: list[dict], fed_rows: list[dict]
 
 def print_versus_timm(rows: list[dict]) -> None:
     """Ours against timm's implementation, model by model and mode by mode (both measured)."""
-    measured = {(r["model"], r["mode"], r.get("impl", "ours") == "ours"): r for r in rows if "error" not in r}
-    pairs = [(ours, measured[(model, mode, False)]) for (model, mode, is_ours), ours in measured.items()
-             if is_ours and (model, mode, False) in measured]
+    timm_rows = {(r["model"], r["mode"]): r for r in rows if r["impl"] != "ours" and "error" not in r}
+    pairs = [(r, timm_rows[r["model"], r["mode"]]) for r in rows
+             if r["impl"] == "ours" and "error" not in r and (r["model"], r["mode"]) in timm_rows]
     if not pairs:
         return
     print("\n| model | mode | ours img/s | timm img/s | ours / timm | params ours / timm (M) |\n|---|---|---|---|---|---|")
@@ -359,19 +359,24 @@ def main() -> int:
           f"batch {args.batch_size}, median of {args.steps} steps after {args.warmup}", flush=True)
     rows, feed = time_models(args, image_size, device, started)
     workers = [0, 2] if args.dry else [0, min(8, cpus), cpus - 1]
+    loader_rows, fed_rows = ([], []) if args.no_loader else time_loading(args, feed, workers, image_size, device)
+    print_tables(rows, [r for r in loader_rows if "error" not in r], fed_rows)
+    return 0
+
+
+def time_loading(args, feed: dict | None, workers: list[int], image_size: int,
+                 device: torch.device) -> tuple[list[dict], list[dict]]:
+    """The loader rows, alone and feeding the first model's step, on photos made for them."""
     loader_rows, fed_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            if not args.no_loader:
-                sets = photo_sets(Path(tmp), args.photos, [None, *args.stored], processes=min(cpus, 16))
-                loader_rows = time_loader(sets, workers, args.batch_size, image_size)
-                feed_workers = (args.feed_workers or workers[-1:]) if feed is not None else []
-                for n in feed_workers:
-                    fed_rows += time_fed(sets, feed, n, args.batch_size, image_size, device)
+            sets = photo_sets(Path(tmp), args.photos, [None, *args.stored], processes=min(os.cpu_count() or 1, 16))
+            loader_rows = time_loader(sets, workers, args.batch_size, image_size)
+            for n in (args.feed_workers or workers[-1:]) if feed is not None else []:
+                fed_rows += time_fed(sets, feed, n, args.batch_size, image_size, device)
         except Exception as err:  # the models' numbers are kept
             loader_rows.append(emit({"loader": "failed", "error": repr(err)[:300]}))
-    print_tables(rows, [r for r in loader_rows if "error" not in r], fed_rows)
-    return 0
+    return loader_rows, fed_rows
 
 
 if __name__ == "__main__":
