@@ -133,6 +133,11 @@ class RunSpec(Frozen):
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:12]
 
+    @property
+    def replicate_id(self) -> str:
+        """The id this run has at seed 0: the runs that differ only by their seed (replicates) share it."""
+        return self.model_copy(update={"seed": 0}).id
+
     def base_lr(self) -> tuple[float, str]:
         """(learning rate, where it came from: 'recipe' | 'table3' | 'choice')."""
         if self.recipe.base_lr is not None:

@@ -435,6 +435,78 @@ def test_report_fits_and_multiplier_on_a_synthetic_study(tmp_path):
     assert "scaling_fits.png" in paths["report.md"].read_text()
 
 
+def replicated_table(seeds=(0, 1, 2), shift: dict[tuple[str, int], float] = {}, models=7) -> pd.DataFrame:
+    """The synthetic study run with several seeds: each configuration's runs share a ``replicate`` and
+    draw their own noise; ``shift`` {(family, seed): factor} makes that seed's runs of the family need
+    ``factor`` times the compute."""
+    tables = []
+    for seed in seeds:
+        table = synthetic_table(np.random.default_rng(100 + seed), models)
+        for (family, shifted_seed), factor in shift.items():
+            if shifted_seed == seed:
+                rows = table["family"] == family
+                table.loc[rows, "exaflops"] *= factor
+        tables.append(table.assign(replicate=table["id"], id=table["id"] + f"-s{seed}", seed=seed))
+    return pd.concat(tables, ignore_index=True)
+
+
+def test_runs_of_several_seeds_are_averaged_before_the_fits_and_each_seed_is_fitted_alone(tmp_path):
+    """A preset's ``seeds:`` replicate each configuration: the fits are made on the mean over seeds (not on the
+    best seed, which the frontier would keep), and each seed's runs alone give the multipliers' spread."""
+    table = replicated_table()
+    expected = ["fewshot/imagenet/5shot", "finetune/imagenet/acc"]
+    report = analysis.build_report(table, title="seeds", several_subsets=False, expected=expected,
+                                   options=analysis.ReportOptions(n_boot=100))
+    basis = report.fits.basis
+    assert len(basis.points) == 21 and (basis.points["seeds"] == 3).all() and basis.points["seed"].isna().all()
+    runs = table.assign(average=table[expected].mean(axis=1) * 100).groupby("replicate")["average"]
+    points = basis.points.set_index("id")
+    assert points["accuracy"].to_dict() == pytest.approx(runs.mean().to_dict())
+    assert points["spread"].to_dict() == pytest.approx(runs.std().to_dict())
+    assert set(points["label"]) == set(table["model"])                   # the label says no seed
+    assert len(basis.seed_points) == 63 and sorted(basis.seed_points["seed"].unique()) == [0, 1, 2]
+    for m in report.fits.multipliers:
+        assert [s for s, _ in m.by_seed] == [0, 1, 2]
+    for seed in (0, 2):
+        alone = analysis.build_report(table[table["seed"] == seed], title="one seed", several_subsets=False,
+                                      expected=expected, options=analysis.ReportOptions(n_boot=0))
+        assert alone.fits.basis.seed_points is None and all(not m.by_seed for m in alone.fits.multipliers)
+        for m in report.fits.multipliers:
+            assert dict(m.by_seed)[seed] == pytest.approx(alone.fits.multiplier(m.x, m.y).multiplier)
+    hybrid = report.fits.multiplier("hybrid", "vit")
+    assert hybrid.multiplier == pytest.approx(FACTORS["hybrid"], rel=0.2)
+    assert report.checks["seed_spread"] == 3 and not report.problems_of("seed_spread")   # seeds agree
+    markdown = analysis.to_markdown(report)
+    assert "The runs that differ only by their seed are averaged first: 21 configurations run with 3 seeds" in markdown
+    assert "fitted on the mean over each configuration's seeds" in markdown
+    seeds = ", ".join(f"{v:.2f}x (seed {s})" for s, v in hybrid.by_seed)
+    assert f"each seed's runs alone: {seeds}." in markdown
+    result = json.loads(analysis.write_files(report, tmp_path)["fits.json"].read_text())
+    assert result["seeds"] == [0, 1, 2] and result["families"]["vit"]["points_used"][0]["seeds"] == 3
+    [pair] = [m for m in result["multipliers"] if (m["x"], m["y"]) == ("hybrid", "vit")]
+    assert pair["by_seed"] == [[s, pytest.approx(v)] for s, v in hybrid.by_seed]
+    metrics = analysis.study_run_metrics(report.fits)
+    assert metrics["multiplier/Hybrid_vs_ViT_seed1"] == pytest.approx(dict(hybrid.by_seed)[1])
+
+
+def test_a_multiplier_that_moves_beyond_its_interval_with_the_seed_is_a_sanity_finding():
+    table = replicated_table(shift={("hybrid", 1): 4.0})      # seed 1's hybrids need 4x the compute of the others'
+    report = analysis.build_report(table, title="seeds", several_subsets=False,
+                                   expected=["fewshot/imagenet/5shot", "finetune/imagenet/acc"],
+                                   options=analysis.ReportOptions(n_boot=100))
+    found = {(p.family, p.other_family): p for p in report.problems_of("seed_spread")}
+    assert ("hybrid", "vit") in found and ("resnet", "vit") not in found
+    p, m = found[("hybrid", "vit")], report.fits.multiplier("hybrid", "vit")
+    by_seed = dict(m.by_seed)
+    assert by_seed[1] > 2 * FACTORS["hybrid"] > by_seed[0] and m.interval[0] < m.multiplier < m.interval[1]
+    far = max(by_seed.values(), key=lambda v: abs(np.log(v / m.multiplier)))   # the seed farthest from the mean's
+    assert (p.value, p.reference) == (far, m.multiplier) and not m.interval[0] <= far <= m.interval[1]
+    section = sanity_text(analysis.to_markdown(report))
+    assert (f"Multiplier moves with the seed: Hybrid (R50+ViT) vs ViT: {m.multiplier:.2f}x [{m.interval[0]:.2f}, "
+            f"{m.interval[1]:.2f}] on the mean over seeds, but ") in section and f"{by_seed[1]:.2f}x (seed 1)" in section
+    assert "each seed's compute multiplier vs the interval (3 pairs)" in section
+
+
 # ----------------------------------------------------------------------------- sanity checks
 
 def sanity_text(markdown: str) -> str:
@@ -458,7 +530,8 @@ def test_sanity_section_of_a_clean_study_says_all_checks_passed():
     table["compute/exaflops"] = table["exaflops"] * 1.01
     report = sanity_report(table)
     assert report.sanity() == [] and not report.problems
-    assert set(report.checks) == set(analysis.SANITY_CHECKS) and all(report.checks.values())
+    assert set(report.checks) == set(analysis.SANITY_CHECKS) and report.checks.pop("seed_spread") == 0   # one seed
+    assert all(report.checks.values())
     assert report.checks["not_learned"] == report.checks["compute_mismatch"] == len(table)
     assert report.checks["accuracy_drop"] == len(table) - 3           # each family's cheapest run has none below it
     section = sanity_text(analysis.to_markdown(report))
@@ -466,7 +539,8 @@ def test_sanity_section_of_a_clean_study_says_all_checks_passed():
     assert "Checks run: val_prec1 vs the majority-class baseline (21 runs);" in section
     fitted = sum(len(ff.fits) for ff in report.fits.families.values())
     assert fitted == 3 * len(scaling_laws.FORMS)                               # 7 runs: every form, every family
-    assert f"fitted parameters vs the fit's bounds ({fitted} fits)" in section and "Not run" not in section
+    assert f"fitted parameters vs the fit's bounds ({fitted} fits)" in section
+    assert "Not run, nothing to check yet: each seed's compute multiplier vs the interval." in section
 
 
 def planted_table() -> pd.DataFrame:
@@ -588,6 +662,31 @@ def test_mark_frontier_drops_early_checkpoints_and_points_below_the_frontier():
     # a's 50% point; b's 50% point is below a's end at less compute
     assert marked["used"].tolist() == [False, True, True, False, False, True]
     assert analysis.mark_frontier(points, early_fraction=0.0)["used"].tolist() == [True, False, True, True, False, True]
+
+
+def test_the_frontier_of_replicated_runs_is_made_on_the_mean_over_their_seeds():
+    """Two seeds of two configurations: a checkpoint of a configuration averages the seeds that have it, and the
+    frontier keeps a point by its mean, not by its luckiest seed (which would bias the frontier upward)."""
+    points = pd.DataFrame({"id": ["a0", "a0", "a1", "a1", "b0", "b1"], "family": "vit", "model": ["A"] * 4 + ["B"] * 2,
+                           "subset": "full", "label": ["A (seed 0)", "A (seed 0)", "A (seed 1)", "A (seed 1)",
+                                                       "B (seed 0)", "B (seed 1)"],
+                           "replicate": ["a0"] * 4 + ["b0"] * 2, "seed": [0, 0, 1, 1, 0, 1],
+                           "step": [100, np.nan, 100, np.nan, np.nan, np.nan],
+                           "exaflops": [5.0, 10.0, 5.0, 10.0, 8.0, 8.0], "total_exaflops": [10.0] * 4 + [8.0] * 2,
+                           "fraction": [0.5, 1.0, 0.5, 1.0, 1.0, 1.0], "accuracy": [50.0, 60.0, 54.0, 64.0, 61.0, 57.0],
+                           "source": ["curve", "end", "curve", "end", "end", "end"]})
+    averaged = analysis.average_replicates(points, {"a0": "A", "b0": "B"}).set_index(["id", "source"])
+    assert averaged["accuracy"].to_dict() == {("b0", "end"): 59.0, ("a0", "curve"): 52.0, ("a0", "end"): 62.0}
+    assert (averaged["seeds"] == 2).all() and averaged["spread"].tolist() == pytest.approx([2 ** 1.5, 2 ** 1.5, 2 ** 1.5])
+    assert set(averaged["label"]) == {"A", "B"} and averaged["seed"].isna().all()
+    # per run, seed 0's B (61% at 8 exaFLOPs) beats A's end (60%) and hides it; on the means A's end (62%) is used
+    marked = analysis.mark_frontier(averaged.reset_index())
+    assert marked.set_index(["id", "source"])["used"].to_dict() == {("b0", "end"): True, ("a0", "curve"): True,
+                                                                    ("a0", "end"): True}
+    one_seed = points[points["seed"] == 0]
+    kept = analysis.average_replicates(one_seed, {"a0": "A", "b0": "B"})
+    assert kept["id"].tolist() == ["b0", "a0", "a0"] and kept["label"].str.endswith("(seed 0)").all()
+    assert (kept["seeds"] == 1).all() and kept["spread"].isna().all() and (kept["seed"] == 0).all()
 
 
 def test_read_curves_one_call_per_run_and_metric(curve_store, monkeypatch):

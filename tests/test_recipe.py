@@ -82,6 +82,9 @@ def test_run_spec_id_is_stable_and_sensitive():
     for change in [dict(subset="90M"), dict(epochs=14), dict(seed=1), dict(model="ViT-B/32"),
                    dict(recipe=Recipe(base_lr=1e-3))]:
         assert RunSpec(**{**a.model_dump(), **change}).id != a.id
+    # the runs that differ only by their seed (replicates) share the id at seed 0
+    assert a.replicate_id == a.id == RunSpec(**{**a.model_dump(), "seed": 3}).replicate_id
+    assert RunSpec(**{**a.model_dump(), "seed": 3, "subset": "90M"}).replicate_id != a.id
 
 
 def test_run_spec_learning_rates_and_lengths():

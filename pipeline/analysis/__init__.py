@@ -25,7 +25,7 @@ report, as in Sections 4.3-4.4 of the ViT paper. Method and limits: docs/analysi
 
 The names below are this package's interface; the modules' other names are theirs.
 """
-from pipeline.analysis.curves import EARLY_FRACTION, checkpoint_points, mark_frontier, read_curves
+from pipeline.analysis.curves import EARLY_FRACTION, average_replicates, checkpoint_points, mark_frontier, read_curves
 from pipeline.analysis.figures import family_styles, figure_compute, figure_data, figure_fits, save_figure
 from pipeline.analysis.files import write_files, write_report
 from pipeline.analysis.descriptions import experiment_description, to_description
@@ -41,6 +41,7 @@ from pipeline.analysis.table import (FEWSHOT_SHOT, Metric, preset_metrics, famil
                                      with_average)
 
 __all__ = ["EARLY_FRACTION", "FEWSHOT_SHOT", "LEVEL", "SANITY_CHECKS", "SANITY_KINDS", "Fallback", "FamilyVerdict",
+           "average_replicates",
            "FigureEntry", "FitBasis", "FitSource", "Fits", "Metric", "Multiplier", "Problem", "ProblemKind", "Report",
            "ReportOptions", "RunRow", "Verdict", "build_report", "checkpoint_points", "preset_metrics",
            "experiment_description", "family_key", "family_name", "family_order", "family_styles", "figure_compute",

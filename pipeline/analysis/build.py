@@ -17,8 +17,8 @@ import pandas as pd
 
 import pipeline.analysis.law_choice as law_choice
 from pipeline import tracking
-from pipeline.analysis.curves import (EARLY_FRACTION, checkpoint_points, curve_lines, fit_metric, mark_frontier,
-                                      read_curves)
+from pipeline.analysis.curves import (EARLY_FRACTION, average_replicates, checkpoint_points, curve_lines, fit_metric,
+                                      mark_frontier, read_curves, replicate_labels)
 from pipeline.analysis.forecast import ForecastTarget, forecast, missing_targets, named_targets, track_record
 from pipeline.analysis.multipliers import compute_multiplier
 from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, LEVEL, Fallback, FamilyVerdict,
@@ -87,28 +87,54 @@ def family_verdict(family: str, ff: law_choice.FamilyFit | None) -> FamilyVerdic
     return FamilyVerdict(family, verdict, better=ff.better, reason=ff.reason)
 
 
-def end_of_run_basis(long: pd.DataFrame, headline_metric: Metric, fallback: Fallback) -> FitBasis:
-    """Today's fits without learning curves: every run's end-of-run point of the headline, all used."""
+def replicated(points: pd.DataFrame) -> bool:
+    """Whether some configuration has points from runs of several seeds."""
+    return bool((points.groupby("replicate")["seed"].nunique() > 1).any())
+
+
+def end_of_run_basis(long: pd.DataFrame, headline_metric: Metric, fallback: Fallback, labels: dict[str, str]) -> FitBasis:
+    """Today's fits without learning curves: every run's end-of-run point of the headline (the mean
+    over the seeds of a configuration run with several), all used."""
     rows = long[long["metric"] == headline_metric.label]
-    points = rows.assign(step=np.nan, total_exaflops=rows["exaflops"], fraction=1.0, source="end", early=False,
-                         used=True)
-    return FitBasis(headline_metric, headline_metric, FitSource.END_OF_RUN, points, fallback=fallback)
+    points = rows.assign(step=np.nan, total_exaflops=rows["exaflops"], fraction=1.0, source="end")
+    return FitBasis(headline_metric, headline_metric, FitSource.END_OF_RUN,
+                    average_replicates(points, labels).assign(early=False, used=True), fallback=fallback,
+                    seed_points=points if replicated(points) else None)
 
 
 def fit_basis(plotted: pd.DataFrame, long: pd.DataFrame, metrics: list[Metric],
               curves: pd.DataFrame | None) -> FitBasis:
-    """The points to fit: each family's frontier over the (run, checkpoint) points of the headline's
-    few-shot part, or, without learning curves, the end-of-run points of the headline."""
-    head = headline(metrics)
+    """The points to fit: each family's frontier over the (configuration, checkpoint) points of the
+    headline's few-shot part, or, without learning curves, the end-of-run points of the headline;
+    the runs of a configuration run with several seeds averaged (``average_replicates``)."""
+    head, labels = headline(metrics), replicate_labels(plotted)
     chosen = fit_metric(metrics, head)
     if chosen is None:
-        return end_of_run_basis(long, head, Fallback.NO_FEWSHOT)
+        return end_of_run_basis(long, head, Fallback.NO_FEWSHOT, labels)
     metric, columns = chosen
     candidates = checkpoint_points(plotted, curves, columns)
     if not (candidates["source"] == "curve").any():
-        return end_of_run_basis(long, head, Fallback.NO_CURVES)
-    return FitBasis(metric, head, FitSource.FRONTIER, mark_frontier(candidates, EARLY_FRACTION),
-                    early_fraction=EARLY_FRACTION)
+        return end_of_run_basis(long, head, Fallback.NO_CURVES, labels)
+    return FitBasis(metric, head, FitSource.FRONTIER,
+                    mark_frontier(average_replicates(candidates, labels), EARLY_FRACTION),
+                    early_fraction=EARLY_FRACTION, seed_points=candidates if replicated(candidates) else None)
+
+
+def seed_multipliers(basis: FitBasis) -> dict[tuple[str, str], tuple[tuple[int, float], ...]]:
+    """{(x, y): ((seed, multiplier), ...)}: each pair's compute multiplier from the runs of one seed
+    alone, for every seed of a replicated study (its own frontier, law choice and point fit; NaN
+    where not available). Empty when no configuration was run with several seeds."""
+    if basis.seed_points is None:
+        return {}
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for seed, seed_runs in basis.seed_points.groupby("seed"):
+        used = (mark_frontier(seed_runs, basis.early_fraction) if basis.source == FitSource.FRONTIER else
+                seed_runs.assign(used=True))
+        _, pairs = scaling_fits(used[used["used"]].assign(metric=basis.metric.label), basis.metric.label, n_boot=0)
+        for m in pairs:
+            value = m["multiplier"] if m["multiplier"] is not None else np.nan
+            out.setdefault((m["x"], m["y"]), []).append((int(seed), float(value)))
+    return {pair: tuple(values) for pair, values in out.items()}
 
 
 def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions, targets: list[ForecastTarget] = ()) -> Fits:
@@ -117,9 +143,11 @@ def fit_headline(basis: FitBasis, families: list[str], options: ReportOptions, t
     used = basis.used.assign(metric=basis.metric.label)
     family_fits, multipliers = scaling_fits(used, basis.metric.label, seed=options.seed, n_boot=options.n_boot,
                                             level=options.level)
+    by_seed = seed_multipliers(basis)
     return Fits(basis.metric, options.level, family_fits,
                 verdicts=tuple(family_verdict(f, family_fits.get(f)) for f in family_order(families)),
-                multipliers=tuple(Multiplier(**m) for m in multipliers), basis=basis,
+                multipliers=tuple(Multiplier(**m, by_seed=by_seed.get((m["x"], m["y"]), ())) for m in multipliers),
+                basis=basis,
                 forecasts=tuple(forecast(family_fits.get(t.family), t, options.level) for t in targets),
                 track=tuple(p for ff in family_fits.values() for p in track_record(ff)))
 

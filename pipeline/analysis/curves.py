@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.analysis.table import (AVERAGE, CURVE_COMPUTE, CURVE_PREFIX, Metric, pareto_frontier, pretrained,
-                                     run_labels)
+                                     replicates, run_labels)
 
 # Checkpoints below this fraction of their own run's total compute are not frontier points: recent
 # scaling-law practice drops the warm-up-dominated start of each run, where the learning rate is still
@@ -31,8 +31,9 @@ EARLY_FRACTION = 0.2
 # point (the transfer stage's evaluation, averaged over more draws) stands for it where there is one.
 FINAL_TOLERANCE = 1e-3
 CURVE_COLUMNS = ("id", "family", "model", "subset", "step", "exaflops", "metric", "accuracy")
-POINT_COLUMNS = ("id", "family", "model", "subset", "label", "step", "exaflops", "total_exaflops", "fraction",
-                 "accuracy", "source")
+POINT_COLUMNS = ("id", "family", "model", "subset", "label", "replicate", "seed", "step", "exaflops",
+                 "total_exaflops", "fraction", "accuracy", "source")
+MEANS = ("exaflops", "total_exaflops", "fraction", "accuracy")   # what averaging replicates averages
 FEWSHOT_AVERAGE = "fewshot_average"   # the column name of the mean of several few-shot metrics
 
 
@@ -128,7 +129,8 @@ def checkpoint_points(table: pd.DataFrame, curves: pd.DataFrame | None, columns:
     which replaces the curve's point at the run's total compute. Accuracy in percent, ``fraction``
     of the run's total (planned) compute; ``POINT_COLUMNS``."""
     runs = table[pretrained(table) & (pd.to_numeric(table["exaflops"], errors="coerce") > 0)]
-    about = runs[["id", "family", "model", "subset"]].assign(label=run_labels(runs),
+    about = runs[["id", "family", "model", "subset"]].assign(label=run_labels(runs), replicate=replicates(runs),
+                                                             seed=runs.get("seed", 0),
                                                              total_exaflops=runs["exaflops"].astype(float))
     ends = pd.DataFrame({"id": runs["id"], "step": np.nan, "exaflops": runs["exaflops"].astype(float),
                          "accuracy": _mean_of(runs, columns), "source": "end"}).dropna(subset=["accuracy"])
@@ -142,6 +144,30 @@ def checkpoint_points(table: pd.DataFrame, curves: pd.DataFrame | None, columns:
     points = points[~final & (points["exaflops"].astype(float) > 0)]
     points = points.assign(accuracy=points["accuracy"].astype(float) * 100, exaflops=points["exaflops"].astype(float))
     return points.sort_values(["total_exaflops", "id", "exaflops"]).reset_index(drop=True)[list(POINT_COLUMNS)]
+
+
+def average_replicates(points: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """``points`` (``POINT_COLUMNS``) with the points of runs that differ only by their seed averaged:
+    one point per replicate group and checkpoint (the same step; the end-of-run points together),
+    the mean of ``MEANS`` over the seeds that have it, ``seeds`` how many and ``spread`` the standard
+    deviation of their accuracy (points; NaN for one seed). An averaged point's ``id`` is its group's
+    (``replicate``), its ``label`` the entry in ``labels`` (the runs' label without the seed), its
+    ``seed`` NaN; a point of one run keeps its own."""
+    step = points["step"].astype(float).fillna(-1.0)   # the end-of-run points (no step) group together
+    grouped = points.assign(_step=step).groupby(["replicate", "source", "_step"], sort=False)
+    out = grouped[[c for c in points if c not in (*MEANS, "_step")]].first()
+    out = out.join(grouped[list(MEANS)].mean()).join(grouped["accuracy"].agg(seeds="count", spread="std"))
+    out = out.reset_index(drop=True)
+    several = out["seeds"] > 1
+    out = out.assign(id=out["id"].where(~several, out["replicate"]), seed=out["seed"].where(~several),
+                     label=out["label"].where(~several, out["replicate"].map(labels).fillna(out["label"])))
+    return out[[*points.columns, "seeds", "spread"]].sort_values(["total_exaflops", "id", "exaflops"],
+                                                                 ignore_index=True)
+
+
+def replicate_labels(table: pd.DataFrame) -> dict[str, str]:
+    """{replicate group: the label its runs have without their seed}."""
+    return dict(zip(replicates(table), run_labels(table.assign(seed=np.nan))))
 
 
 def mark_frontier(points: pd.DataFrame, early_fraction: float = EARLY_FRACTION) -> pd.DataFrame:

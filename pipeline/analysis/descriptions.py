@@ -3,12 +3,11 @@ few lines, with Figure 5's preview) and its experiment's (``experiment_descripti
 the runs in the MLflow UI)."""
 from __future__ import annotations
 
-
-
+from pipeline.analysis.findings import FINDING_NAMES
+from pipeline.analysis.render import multiplier_line, with_interval
 from pipeline.analysis.report import FamilyVerdict, Fits, Problem, ProblemKind, Report, Verdict
 from pipeline.analysis.table import family_name
-
-from pipeline.analysis.render import FINDING_NAMES, metric_parameter, multiplier_line, percent, with_interval
+from pipeline.analysis.wording import metric_parameter, percent
 
 
 def _learned_summary(report: Report) -> str:

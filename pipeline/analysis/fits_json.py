@@ -30,7 +30,8 @@ def _family_json(ff: law_choice.FamilyFit, used) -> dict[str, Any]:
     points = used[used["family"] == ff.family]
     return {"points": len(ff.compute), "runs": int(points["id"].nunique()),
             "points_used": [{"id": row["id"], "step": row["step"], "exaflops": row["exaflops"],
-                             "accuracy": row["accuracy"] / 100, "source": row["source"]}
+                             "accuracy": row["accuracy"] / 100, "source": row["source"], "seeds": row["seeds"],
+                             "seed_spread": row["spread"] / 100}
                             for _, row in points.iterrows()],
             "better": ff.better, "law": ff.law(), "reason": ff.reason,
             "fits": {form: {"params": f.params, "intervals": ff.intervals.get(form), "aicc": f.aicc,
@@ -63,6 +64,7 @@ def to_fits_json(fits: Fits) -> dict[str, Any]:
                    "headline": {"metric": basis.headline.column, "label": basis.headline.label},
                    "source": str(basis.source), "fallback": None if basis.fallback is None else str(basis.fallback),
                    "early_fraction": basis.early_fraction, "level": fits.level if fits.families else None,
+                   "seeds": None if basis.seed_points is None else sorted(basis.seed_points["seed"].unique()),
                    "families": {family: _family_json(ff, basis.used) for family, ff in fits.families.items()},
                    "multipliers": [_multiplier_json(m) for m in fits.multipliers],
                    "forecasts": [asdict(f) for f in fits.forecasts],

@@ -1,85 +1,35 @@
 """Renderings of a :class:`~pipeline.analysis.report.Report` for people: report.md (``to_markdown``)
 and the same as one self-contained report.html (``to_html``). The report's wording lives here and
 in ``descriptions`` (the MLflow descriptions); ``fits_json`` writes the same for programs. What the
-report says is decided in ``pipeline.analysis.build``."""
+report says is decided in ``pipeline.analysis.build``; the sanity section's words are in
+``findings``, the words and formats several renderings share in ``wording``."""
 from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from typing import Iterable, Mapping
-
 
 import pipeline.analysis.law_choice as law_choice
 import pipeline.analysis.multipliers as multipliers
 import pipeline.analysis.scaling_laws as scaling_laws
-from pipeline.analysis.report import (COMPUTE_TOLERANCE, DROP_TOLERANCE, FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS,
-                                      LEARNED_MARGIN, LEARNED_MARGIN_REL, SANITY_CHECKS, SANITY_KINDS, VAL_BASELINE,
-                                      Fallback, FitBasis, Fits, FitSource, Multiplier, Problem, ProblemKind, Report,
-                                      Verdict)
-from pipeline.analysis.sanity import learned_margin
+from pipeline.analysis.findings import sanity_section
 from pipeline.analysis.forecast import Forecast
+from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, SANITY_KINDS, Fallback, FitBasis, Fits,
+                                      FitSource, Multiplier, Problem, ProblemKind, Report, Verdict)
 from pipeline.analysis.table import family_name
+from pipeline.analysis.wording import fmt, md_table, percent, run_name, seed_values, stage
 
 STATUS_WORDS = {ProblemKind.NOT_STARTED: "not started", ProblemKind.UNFINISHED: "unfinished (running or interrupted)",
                 ProblemKind.FAILED: "failed", ProblemKind.UNKNOWN_STATUS: "of unknown status (no tracking URI)"}
-# Each sanity check as the section names it, and what it counts (one, several).
-CHECK_WORDS = {ProblemKind.NOT_LEARNED: ("val_prec1 vs the majority-class baseline", "run", "runs"),
-               ProblemKind.FINETUNE_BELOW_FEWSHOT: ("fine-tuning vs few-shot", "run-dataset", "run-datasets"),
-               ProblemKind.ACCURACY_DROP: ("accuracy vs compute within a family", "run", "runs"),
-               ProblemKind.COMPUTE_MISMATCH: ("logged vs planned compute", "run", "runs"),
-               ProblemKind.FIT_AT_BOUND: ("fitted parameters vs the fit's bounds", "fit", "fits"),
-               ProblemKind.TOO_FEW_POINTS: ("points per family vs what a fit needs", "family", "families")}
-# The laws' parameters by name (MLflow metrics fit/<family>/<name>) and in words.
-PARAMETER_NAMES = {"a": "scale", "b": "exponent", "c": "floor", "d": "offset", "g": "knee", "alpha": "alpha",
-                   "e0": "start_error"}
-PARAMETER_WORDS = {p: f"{p} ({name.replace('_', ' ')})" for p, name in PARAMETER_NAMES.items()}
-
-
-def metric_parameter(p: str) -> str:
-    """A law's parameter as its MLflow metric name: ``b`` -> ``exponent``; a blend's ``knee.b`` ->
-    ``knee_exponent``."""
-    form, _, name = p.rpartition(".")
-    return f"{form}_{PARAMETER_NAMES[name]}" if form else PARAMETER_NAMES[name]
 LAWS = {"power": "E = a C^-b", "saturating": "E = a (C + d)^-b + c", "knee": "E = a (1/C + g)^b",
         "sigmoid": "(E - c) / (e0 - E)^alpha = a C^-b"}   # a blend "a+b" of two: E = (E_a E_b)^(1/2)
-BOUND_MEANING = {("b", "lower"): "error hardly falls with compute", ("b", "upper"): "error falls implausibly fast",
-                 ("a", "lower"): "the scale is at the solver's limit", ("a", "upper"): "the scale is at the solver's limit",
-                 ("c", "lower"): "no floor found", ("c", "upper"): "the floor is the best point's error",
-                 ("d", "lower"): "no offset found", ("d", "upper"): "the offset spans all the measured compute",
-                 ("g", "upper"): "the knee lies before the smallest compute: the law is flat",
-                 ("alpha", "upper"): "the start bends implausibly sharply",
-                 ("e0", "lower"): "the start error is the worst point's error"}
 DATA_FIGURE_NOT_DRAWN = {"one_subset": "this preset has one data subset",
                          "no_subset_sizes": "no few-shot results with a known subset size"}
 FALLBACK_WORDS = {Fallback.NO_CURVES: "no run with finished pretraining logged a learning curve of it (`curve/...` "
                                       "metrics; runs from before them)",
                   Fallback.NO_FEWSHOT: "no few-shot metric is plotted, and only the few-shot probes have learning "
                                        "curves"}
-
-
-def percent(level: float) -> str:
-    return f"{level * 100:g}%"
-
-
-def _fmt(value, spec: str = ".3g") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
-
-
-def _run_name(p: Problem) -> str:
-    return f"`{p.run_id}` {p.model} (subset {p.subset})"
-
-
-def _stage(p: Problem) -> str:
-    return "" if p.pretrain_status is None else f"; pretraining {p.pretrain_status}"
 
 
 # ----------------------------------------------------------------------------- report.md
@@ -107,110 +57,20 @@ def missing_section(problems: Iterable[Problem]) -> list[str]:
         runs = [p for p in problems if p.kind == kind]
         if runs:
             lines.append(f"- {len(runs)} run(s) {what}:")
-            lines += [f"  - {_run_name(p)}{_stage(p)}" for p in runs]
+            lines += [f"  - {run_name(p)}{stage(p)}" for p in runs]
     gaps: dict[str, list[Problem]] = {}
     for p in problems:
         if p.kind == ProblemKind.MISSING_METRIC:
             gaps.setdefault(p.run_id, []).append(p)
     if gaps:
         lines.append(f"- {len(gaps)} started run(s) lack planned metrics:")
-        lines += [f"  - {_run_name(run[0])} [{run[0].status}]: " + ", ".join(f"`{p.metric}`" for p in run)
+        lines += [f"  - {run_name(run[0])} [{run[0].status}]: " + ", ".join(f"`{p.metric}`" for p in run)
                   for run in gaps.values()]
     unused = [p for p in problems if p.kind == ProblemKind.UNUSED_METRICS]
     if unused:
         lines.append(f"- {len(unused)} run(s) have transfer metrics but unfinished pretraining; left out of "
-                     "figures and fits: " + ", ".join(_run_name(p) for p in unused))
+                     "figures and fits: " + ", ".join(run_name(p) for p in unused))
     return lines or ["Nothing: every run finished with every planned metric."]
-
-
-# ----------------------------------------------------------------------------- sanity checks
-
-def _pct(value: float, digits: int = 1) -> str:
-    return f"{value * 100:.{digits}f}%"
-
-
-# Each finding as its line (and the study run's description) names it.
-FINDING_NAMES = {ProblemKind.NOT_LEARNED: "Did not learn", ProblemKind.FINETUNE_BELOW_FEWSHOT: "Fine-tuning below few-shot",
-                 ProblemKind.ACCURACY_DROP: "Accuracy falls with compute",
-                 ProblemKind.COMPUTE_MISMATCH: "Compute differs from the plan", ProblemKind.FIT_AT_BOUND: "Fit at a bound",
-                 ProblemKind.TOO_FEW_POINTS: "Too few points to fit"}
-
-
-def _named(p: Problem) -> str:
-    return f"- {FINDING_NAMES[p.kind]}: "
-
-
-def _not_learned(p: Problem, report: Report) -> str:
-    return (f"{_named(p)}{_run_name(p)}: `{p.metric}` {p.value:.3f} is not clearly above the majority-class "
-            f"baseline {p.reference:.3f} (needs more than {p.reference + learned_margin(p.reference):.3f}).")
-
-
-def _below_fewshot(p: Problem, report: Report) -> str:
-    return (f"{_named(p)}{_run_name(p)}: `{p.metric}` {_pct(p.value, 2)} is below "
-            f"`{p.reference_metric}` {_pct(p.reference, 2)}.")
-
-
-def _accuracy_drop(p: Problem, report: Report) -> str:
-    other = next(r for r in report.runs if r.id == p.reference_run)
-    label = next((m.label for m in report.metrics if m.column == p.metric), p.metric)
-    return (f"{_named(p)}{_run_name(p)} at {p.planned_exaflops:.3g} exaFLOPs has {label} "
-            f"{_pct(p.value)}, {(p.reference - p.value) * 100:.1f} points below `{other.id}` {other.model} at "
-            f"{other.exaflops:.3g} exaFLOPs ({_pct(p.reference)}; tolerance {DROP_TOLERANCE * 100:g} point).")
-
-
-def _compute_mismatch(p: Problem, report: Report) -> str:
-    return (f"{_named(p)}{_run_name(p)}: logged {p.logged_exaflops:.4g} exaFLOPs, planned "
-            f"{p.planned_exaflops:.4g}, more than {COMPUTE_TOLERANCE * 100:g}% apart (the plan's value is plotted).")
-
-
-def _fit_at_bound(p: Problem, report: Report) -> str:
-    meaning = BOUND_MEANING.get((p.parameter, p.bound), "")
-    role = ("**the law used**: every form fitted is degenerate, so its forecasts and multipliers describe the "
-            "points, not what lies beyond them" if p.used else "not used: a form that is not degenerate was chosen")
-    return (f"{_named(p)}{family_name(p.family)}, {p.form} law: {PARAMETER_WORDS[p.parameter]} = "
-            f"{p.value:.4g} sits at its {p.bound} bound {p.reference:.4g} ({meaning + ': ' if meaning else ''}the "
-            f"bound, not the data, set it); {role}.")
-
-
-def _too_few_points(p: Problem, report: Report) -> str:
-    return (f"{_named(p)}{family_name(p.family)} has {p.value:g} distinct compute value(s) with "
-            f"`{p.metric}`; a fit needs {p.reference:g} (the power law; the saturating law "
-            f"{scaling_laws.MIN_POINTS['saturating']}).")
-
-
-FINDING_LINES = {ProblemKind.NOT_LEARNED: _not_learned, ProblemKind.FINETUNE_BELOW_FEWSHOT: _below_fewshot,
-                 ProblemKind.ACCURACY_DROP: _accuracy_drop, ProblemKind.COMPUTE_MISMATCH: _compute_mismatch,
-                 ProblemKind.FIT_AT_BOUND: _fit_at_bound, ProblemKind.TOO_FEW_POINTS: _too_few_points}
-
-
-def checks_line(report: Report) -> str:
-    """Which checks ran, on how many items, and which could not run."""
-    ran = []
-    for kind in SANITY_CHECKS:
-        n = report.checks.get(kind, 0)
-        words = CHECK_WORDS[kind]
-        ran += [f"{words[0]} ({n} {words[1] if n == 1 else words[2]})"] if n else []
-    idle = [CHECK_WORDS[k][0] for k in SANITY_CHECKS if not report.checks.get(k)]
-    return ("Checks run: " + ("; ".join(ran) or "none") + "." +
-            (f" Not run, nothing to check yet: {'; '.join(idle)}." if idle else ""))
-
-
-def sanity_section(report: Report) -> list[str]:
-    """A line per result not to believe, or that all checks passed; then which checks ran."""
-    findings = report.sanity()
-    lines = [FINDING_LINES[p.kind](p, report) for p in findings if p.kind in FINDING_LINES]
-    skipped = report.problems_of(ProblemKind.NO_BASELINE)
-    if skipped:
-        lines.append(f"- Baseline not logged: {len(skipped)} run(s) lack `{VAL_BASELINE}` (runs older than that "
-                     "metric), so whether they learned was not checked.")
-    if not lines:
-        lines = ["All checks passed."]
-    elif len(skipped) == len(findings):
-        lines.insert(0, "All checks that ran passed.")
-    return [*lines, "", checks_line(report), "",
-            (f"Thresholds: did not learn = `pretrain/val_prec1` <= baseline + max({LEARNED_MARGIN:g}, "
-             f"{LEARNED_MARGIN_REL:g} x baseline); accuracy drop = more than {DROP_TOLERANCE * 100:g} point below a "
-             f"cheaper run of the family and subset; compute off by more than {COMPUTE_TOLERANCE * 100:g}%.")]
 
 
 def runs_section(report: Report) -> list[str]:
@@ -219,10 +79,10 @@ def runs_section(report: Report) -> list[str]:
     by_epochs = any(r.epochs is not None for r in report.runs)
     head = ["model", "family", "subset", *(["epochs"] if by_epochs else []), "steps", "params", "exaFLOPs", "status",
             *(m.label for m in report.metrics)]
-    rows = [[r.model, r.family, r.subset, *([_fmt(r.epochs, "g")] if by_epochs else []), _fmt(r.steps, ".0f"),
-             f"{r.params / 1e6:.3g}M", _fmt(r.exaflops, ".4g"), r.status,
-             *(_fmt(r.accuracy[m.column] * 100, ".1f") for m in report.metrics)] for r in report.runs]
-    return _md_table(head, rows) + ["", "Accuracies in percent. All columns, with ids and MLflow run ids: `runs.csv`."]
+    rows = [[r.model, r.family, r.subset, *([fmt(r.epochs, "g")] if by_epochs else []), fmt(r.steps, ".0f"),
+             f"{r.params / 1e6:.3g}M", fmt(r.exaflops, ".4g"), r.status,
+             *(fmt(r.accuracy[m.column] * 100, ".1f") for m in report.metrics)] for r in report.runs]
+    return md_table(head, rows) + ["", "Accuracies in percent. All columns, with ids and MLflow run ids: `runs.csv`."]
 
 
 def figures_section(report: Report) -> list[str]:
@@ -244,8 +104,8 @@ def figures_section(report: Report) -> list[str]:
 
 def with_interval(value: float, bounds: tuple[float, float] | None) -> str:
     if bounds is None:
-        return _fmt(value)
-    return f"{_fmt(value)} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(bounds[0])}, {fmt(bounds[1])}]"
 
 
 def _points_cell(fits: Fits, family: str, n: int) -> str:
@@ -253,7 +113,8 @@ def _points_cell(fits: Fits, family: str, n: int) -> str:
     if fits.basis.source != FitSource.FRONTIER:
         return str(n)
     used = fits.basis.used
-    return f"{n} ({used.loc[used['family'] == family, 'id'].nunique()} runs)"
+    kind = "configurations" if fits.basis.seed_points is not None else "runs"
+    return f"{n} ({used.loc[used['family'] == family, 'id'].nunique()} {kind})"
 
 
 def _rolling_cell(ff: law_choice.FamilyFit, form: str) -> str:
@@ -286,10 +147,10 @@ def fits_table(fits: Fits) -> list[str]:
         for form, f in ff.fits.items():
             params = ", ".join(f"{p} {with_interval(v, _interval_of(ff, form, p))}" for p, v in f.params.items())
             rows.append([family_name(family), _points_cell(fits, family, f.n), f"{form}: {LAWS[form]}", params,
-                         _rolling_cell(ff, form), _fmt(f.aicc, ".1f"), _form_note(ff, form)])
+                         _rolling_cell(ff, form), fmt(f.aicc, ".1f"), _form_note(ff, form)])
     if not rows:
         return []
-    return _md_table(["family", "points", "form", "parameters", "rolling origin: RMSE log E (MAE)", "AICc", "law"],
+    return md_table(["family", "points", "form", "parameters", "rolling origin: RMSE log E (MAE)", "AICc", "law"],
                      rows) + [""]
 
 
@@ -323,17 +184,25 @@ def multiplier_line(m: Multiplier) -> str:
         dropped += ("; **extrapolated**: the fitted curves share no accuracy range, so this compares them over the "
                     "accuracies between their ranges, each law used beyond the compute it was measured at")
     return (f"- {x} needs **{m.multiplier:.2f}x** [{lo:.2f}, {hi:.2f}] the compute of {y} "
-            f"for accuracies {acc_lo * 100:.1f}-{acc_hi * 100:.1f}% ({_fmt(end_lo, '.2f')}x at "
-            f"{acc_lo * 100:.1f}%, {_fmt(end_hi, '.2f')}x at {acc_hi * 100:.1f}%; {m.form_x} vs "
-            f"{m.form_y} fits{dropped}).")
+            f"for accuracies {acc_lo * 100:.1f}-{acc_hi * 100:.1f}% ({fmt(end_lo, '.2f')}x at "
+            f"{acc_lo * 100:.1f}%, {fmt(end_hi, '.2f')}x at {acc_hi * 100:.1f}%; {m.form_x} vs "
+            f"{m.form_y} fits{dropped}){seed_words(m)}.")
+
+
+def seed_words(m: Multiplier) -> str:
+    """Each seed's own multiplier, where the study ran its configurations with several seeds."""
+    if not m.by_seed:
+        return ""
+    return "; each seed's runs alone: " + seed_values(m)
 
 
 def basis_lines(basis: FitBasis) -> list[str]:
     """Which points the fits are on: the frontier (the early fraction, the points used, the metric
     when it is not the headline), or the end-of-run points and why."""
+    replicates = [replicate_words(basis)] if basis.seed_points is not None else []
     if basis.source == FitSource.END_OF_RUN:
-        return [(f"Points: the end-of-run point of every run with finished pretraining, not a frontier over "
-                 f"checkpoints: {FALLBACK_WORDS[basis.fallback]}.")]
+        return [" ".join([(f"Points: the end-of-run point of every run with finished pretraining, not a frontier over "
+                           f"checkpoints: {FALLBACK_WORDS[basis.fallback]}."), *replicates])]
     lines = [(f"Points: each family's compute-efficient frontier (the points no cheaper point of the family beats) "
               "over every (run, checkpoint) point: the checkpoints of the learning curves (`curve/...`) and each "
               f"run's end-of-run evaluation, leaving out checkpoints below {basis.early_fraction:.0%} of their run's "
@@ -342,11 +211,28 @@ def basis_lines(basis: FitBasis) -> list[str]:
     if basis.metric != basis.headline:
         lines.append(f"The report's headline metric is **{basis.headline.label}**; fine-tuning has no learning "
                      f"curve, so the fits use its few-shot part, **{basis.metric.label}**.")
+    lines += replicates
     without = basis.runs() - basis.runs("curve")
     if without:
         lines.append(f"{without} run(s) have no checkpoint before their end (no learning curve logged, or probed only "
                      "at the end): only their end-of-run point is a candidate.")
     return [" ".join(lines)]
+
+
+def replicate_words(basis: FitBasis) -> str:
+    """How the runs of configurations run with several seeds were averaged, and how far apart they were."""
+    groups = basis.seed_points.groupby("replicate")["seed"].nunique()
+    spread = basis.points["spread"].dropna()
+    return (f"The runs that differ only by their seed are averaged first: {int((groups > 1).sum())} configurations "
+            f"run with {_counts(groups[groups > 1])} seeds, each of their points the mean over the seeds that have "
+            f"it (standard deviation between seeds: median {spread.median():.1f}, at most {spread.max():.1f} "
+            "points).")
+
+
+def _counts(values) -> str:
+    """'3' or '2-3': the range of some counts."""
+    lo, hi = int(min(values)), int(max(values))
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def _checkpoint(row) -> str:
@@ -379,8 +265,7 @@ def fits_section(fits: Fits) -> list[str]:
               "over several cut-offs; the two forms with the lowest mean RMSE of log error are averaged (log errors; "
               "a blend `a+b`), a degenerate fit (a parameter at a bound) never chosen while another is sound. "
               f"[{percent(fits.level)} intervals: residual bootstrap of the law used, "
-              "t-expanded. They leave out the run-to-run spread of training (another seed, another CPU's "
-              "rounding), which one run per configuration cannot measure: `docs/analysis.md`.]"), "",
+              f"t-expanded. {spread_words(fits.basis)}]"), "",
              *basis_lines(fits.basis), "", *fits_table(fits), *frontier_lines(fits), *verdict_lines(fits)]
     if not fits.any_fit:
         return [*lines, "", "Compute multiplier: not available, no family has a fit.", "",
@@ -394,6 +279,15 @@ def fits_section(fits: Fits) -> list[str]:
             "", f"![scaling-law fits]({FIGURE_FITS}.png) (`{FIGURE_FITS}.svg`)"]
 
 
+def spread_words(basis: FitBasis) -> str:
+    """What the intervals leave out: the spread between seeds, measured or not."""
+    if basis.seed_points is None:
+        return ("They leave out the run-to-run spread of training (another seed, another CPU's rounding), which one "
+                "run per configuration cannot measure: `docs/analysis.md`.")
+    return ("They are fitted on the mean over each configuration's seeds and leave out the spread between seeds; "
+            "each multiplier's per-seed values show that spread: `docs/analysis.md`.")
+
+
 def track_lines(fits: Fits) -> list[str]:
     """How each family's law predicted its own next point, fitted on the points below."""
     if not fits.track:
@@ -402,7 +296,7 @@ def track_lines(fits: Fits) -> list[str]:
              f"{p.observed * 100:.1f}", f"{p.predicted * 100:.1f}", f"{p.error_points:+.1f}"] for p in fits.track]
     lines = ["Track record (rolling origin): each family's law, refitted on its points up to a cut-off, predicting "
              "its next point; the error says how far the forecasts below can be trusted.", "",
-             *_md_table(["family", "law", "cut-off exaFLOPs", "points fitted", "next point exaFLOPs", "observed %",
+             *md_table(["family", "law", "cut-off exaFLOPs", "points fitted", "next point exaFLOPs", "observed %",
                          "predicted %", "error (points)"], rows), ""]
     for family in dict.fromkeys(p.family for p in fits.track):
         errors = [abs(p.error_points) for p in fits.track if p.family == family]
@@ -430,7 +324,7 @@ def forecast_section(fits: Fits) -> list[str]:
              "law's bootstrap refits. Beyond the largest compute a family was measured at, the band widens; a band "
              "assumes the law's form holds there, which the track record below tests.", ""]
     if fits.forecasts:
-        lines += _md_table(["configuration", "family", "from", "exaFLOPs", "forecast %", f"{level} interval", "law"],
+        lines += md_table(["configuration", "family", "from", "exaFLOPs", "forecast %", f"{level} interval", "law"],
                            [_forecast_row(f) for f in fits.forecasts]) + [""]
     else:
         lines += ["No configuration to forecast: every run of the preset finished, and the preset names none "

@@ -73,13 +73,14 @@ class ProblemKind(enum.StrEnum):
     ACCURACY_DROP = "accuracy_drop"        # headline accuracy below a cheaper run's of the family and subset
     FIT_AT_BOUND = "fit_at_bound"          # a fitted law is degenerate: a parameter at a bound of the fit (family-level)
     TOO_FEW_POINTS = "too_few_points"      # a family has too few distinct compute values to fit (family-level)
+    SEED_SPREAD = "seed_spread"            # one seed's runs alone give a multiplier outside its interval (pair-level)
 
 
 # The sanity section's kinds, in its order: results a reader should not believe (and NO_BASELINE, a
 # check that could not run). The other kinds are what the study lacks.
 SANITY_KINDS = (ProblemKind.NOT_LEARNED, ProblemKind.NO_BASELINE, ProblemKind.FINETUNE_BELOW_FEWSHOT,
                 ProblemKind.ACCURACY_DROP, ProblemKind.COMPUTE_MISMATCH, ProblemKind.FIT_AT_BOUND,
-                ProblemKind.TOO_FEW_POINTS)
+                ProblemKind.TOO_FEW_POINTS, ProblemKind.SEED_SPREAD)
 # The sanity checks: each is named by the kind it finds.
 SANITY_CHECKS = tuple(k for k in SANITY_KINDS if k != ProblemKind.NO_BASELINE)
 
@@ -91,7 +92,8 @@ STATUS_PROBLEMS = {"new": ProblemKind.NOT_STARTED, "partial": ProblemKind.UNFINI
 @dataclass(frozen=True)
 class Problem:
     """One thing the study lacks or gets wrong, about one run (``run_id`` ... ``status``) or, for
-    FIT_AT_BOUND and TOO_FEW_POINTS, about one family's fit (``run_id`` None)."""
+    FIT_AT_BOUND and TOO_FEW_POINTS, about one family's fit (``run_id`` None), or, for SEED_SPREAD,
+    about the multiplier of ``family`` over ``other_family``."""
     kind: ProblemKind
     run_id: str | None = None
     model: str | None = None
@@ -103,10 +105,13 @@ class Problem:
     logged_exaflops: float | None = None  # COMPUTE_MISMATCH: compute/exaflops as logged ...
     planned_exaflops: float | None = None  # ... and as planned (the one plotted)
     family: str | None = None
+    other_family: str | None = None       # SEED_SPREAD: the pair's second family (``family`` needs value x its compute)
     value: float | None = None            # the number in question: val_prec1, an accuracy (fraction), a
-                                          # fitted parameter, the family's distinct compute values
+                                          # fitted parameter, the family's distinct compute values, the
+                                          # multiplier of the seed farthest from the mean's
     reference: float | None = None        # what it fails against: the baseline, the best few-shot accuracy,
-                                          # the cheaper run's accuracy, the bound, the points the fit needs
+                                          # the cheaper run's accuracy, the bound, the points the fit needs,
+                                          # the multiplier fitted on the mean over seeds
     reference_metric: str | None = None   # FINETUNE_BELOW_FEWSHOT: the best few-shot metric
     reference_run: str | None = None      # ACCURACY_DROP: the id of the cheaper, better run
     form: str | None = None               # FIT_AT_BOUND: the law (a form of pipeline.analysis.scaling_laws.FORMS) ...
@@ -172,6 +177,7 @@ class Multiplier:
     undefined_replicates: int | None = None
     replicates: int | None = None
     extrapolated: bool | None = None   # the curves share no accuracy range: over the gap between them
+    by_seed: tuple[tuple[int, float], ...] = ()   # (seed, multiplier of that seed's runs alone); () with one seed
 
     @property
     def available(self) -> bool:
@@ -202,6 +208,9 @@ class FitBasis:
     points: pd.DataFrame = field(repr=False, compare=False)   # curves.POINT_COLUMNS + early, used; accuracy in %
     fallback: Fallback | None = None       # why END_OF_RUN
     early_fraction: float | None = None    # FRONTIER: checkpoints below this fraction of their run's compute dropped
+    # the candidate points of each run before its seeds were averaged (``seed`` says whose), where some
+    # configuration was run with several seeds; else None. ``points`` has ``seeds`` and ``spread``.
+    seed_points: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def used(self) -> pd.DataFrame:

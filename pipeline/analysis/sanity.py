@@ -6,6 +6,7 @@ compute, logged compute that differs from the plan, fits at a bound, families to
 Each check returns its findings and how many items it examined."""
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -147,6 +148,25 @@ def fit_problems(fits: Fits | None) -> tuple[list[Problem], int, int]:
     return found, sum(len(ff.fits) for ff in fits.families.values()), len(fits.families)
 
 
+def seed_spread(fits: Fits | None) -> tuple[list[Problem], int]:
+    """Multipliers that move beyond their interval with the seed: where the study ran several seeds,
+    a pair whose multiplier from one seed's runs alone lies outside the interval of the multiplier
+    fitted on the mean over seeds (the one farthest from it, as ``value``); the pairs examined."""
+    if fits is None:
+        return [], 0
+    found, checked = [], 0
+    for m in fits.multipliers:
+        values = [v for _, v in m.by_seed if math.isfinite(v)]
+        if not (m.available and values and all(map(math.isfinite, m.interval))):
+            continue
+        checked += 1
+        (lo, hi), far = m.interval, max(values, key=lambda v: abs(math.log(v / m.multiplier)))
+        if not lo <= far <= hi:
+            found.append(Problem(ProblemKind.SEED_SPREAD, family=m.x, other_family=m.y, metric=fits.metric.column,
+                                 value=far, reference=m.multiplier))
+    return found, checked
+
+
 def sanity_checks(plotted: pd.DataFrame, metrics: list[Metric],
                   fits: Fits | None) -> tuple[list[Problem], dict[str, int]]:
     """Every sanity check on the table (with the average column, if any) and the fits: the findings
@@ -156,7 +176,9 @@ def sanity_checks(plotted: pd.DataFrame, metrics: list[Metric],
     drops, n_drops = accuracy_drops(plotted, headline(metrics).column) if metrics else ([], 0)
     compute, n_compute = compute_mismatches(plotted)
     fitted, n_fits, n_families = fit_problems(fits)
+    seeds, n_pairs = seed_spread(fits)
     checks = {ProblemKind.NOT_LEARNED: n_learned, ProblemKind.FINETUNE_BELOW_FEWSHOT: n_below,
               ProblemKind.ACCURACY_DROP: n_drops, ProblemKind.COMPUTE_MISMATCH: n_compute,
-              ProblemKind.FIT_AT_BOUND: n_fits, ProblemKind.TOO_FEW_POINTS: n_families}
-    return learned + below + drops + compute + fitted, {str(k): n for k, n in checks.items()}
+              ProblemKind.FIT_AT_BOUND: n_fits, ProblemKind.TOO_FEW_POINTS: n_families,
+              ProblemKind.SEED_SPREAD: n_pairs}
+    return learned + below + drops + compute + fitted + seeds, {str(k): n for k, n in checks.items()}

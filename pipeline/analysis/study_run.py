@@ -6,7 +6,8 @@ answers the study's question without opening a file:
   parameters of the law used by name (``fit/<family>/{exponent,scale}``, the saturating law's
   ``floor`` and ``offset``, ...; a blend of two forms: ``fit/<family>/<form>_<name>``, e.g.
   ``knee_exponent``), each with ``_lo`` and ``_hi`` (its interval); per pair of
-  families whose multiplier is available, ``multiplier/<x>_vs_<y>`` with ``_lo`` and ``_hi``. A
+  families whose multiplier is available, ``multiplier/<x>_vs_<y>`` with ``_lo`` and ``_hi`` and,
+  where the study ran several seeds, ``_seed<k>`` (the multiplier of seed k's runs alone). A
   metric of an earlier report that this one has no value for is set to NaN (``outdated``);
 - tags (they may change from one report to the next, which MLflow params may not): ``fit/metric``
   (the metric fitted), ``fit/<family>/law`` (a form of ``pipeline.analysis.scaling_laws.FORMS``, a blend ``a+b``, or
@@ -25,7 +26,7 @@ import math
 import pipeline.analysis.law_choice as law_choice
 from pipeline import tracking
 from pipeline.analysis.descriptions import to_description
-from pipeline.analysis.render import metric_parameter
+from pipeline.analysis.wording import metric_parameter
 from pipeline.analysis.report import FIGURE_COMPUTE, FIGURE_PREVIEW, Fits, Multiplier, Report
 from pipeline.analysis.table import family_key
 
@@ -49,10 +50,12 @@ def family_metrics(ff: law_choice.FamilyFit) -> dict[str, float]:
 
 
 def multiplier_metrics(m: Multiplier) -> dict[str, float]:
-    """``multiplier/<x>_vs_<y>`` and its interval; nothing where not available."""
+    """``multiplier/<x>_vs_<y>``, its interval and each seed's own value; nothing where not available."""
     if not m.available:
         return {}
-    return _with_interval(f"multiplier/{family_key(m.x)}_vs_{family_key(m.y)}", m.multiplier, m.interval)
+    name = f"multiplier/{family_key(m.x)}_vs_{family_key(m.y)}"
+    return {**_with_interval(name, m.multiplier, m.interval),
+            **{f"{name}_seed{s}": v for s, v in m.by_seed if math.isfinite(v)}}
 
 
 def study_run_metrics(fits: Fits | None) -> dict[str, float]:

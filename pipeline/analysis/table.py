@@ -32,8 +32,9 @@ FAMILY_NAMES = {"vit": "ViT", "resnet": "ResNet (BiT)", "hybrid": "Hybrid (R50+V
 FAMILY_KEYS = {"vit": "ViT", "resnet": "BiT", "hybrid": "Hybrid"}   # in MLflow metric names
 FEWSHOT_SHOT = 5            # Figure 4 of the paper: linear 5-shot accuracy
 AVERAGE = "average"
-PLAN_COLUMNS = ("id", "model", "family", "subset", "subset_images", "epochs", "steps", "seed", "params",
-                "forward_gmacs", "images_seen", "exaflops", "gpu_hours")
+# replicate: the run's id at seed 0, shared by the runs that differ only by their seed
+PLAN_COLUMNS = ("id", "model", "family", "subset", "subset_images", "epochs", "steps", "seed", "replicate",
+                "params", "forward_gmacs", "images_seen", "exaflops", "gpu_hours")
 RUN_COLUMNS = ("status", "pretrain_status", "mlflow_run_id", "checkpoint_uri")
 KEPT_METRICS = ("pretrain/val_prec1", "pretrain/val_prec1_best", "pretrain/val_prec1_baseline",
                 "pretrain/val_loss_best", "pretrain/loss", "compute/exaflops", "compute/images_seen")
@@ -130,12 +131,19 @@ def points(table: pd.DataFrame, metrics: list[Metric], x: str = "exaflops") -> p
     """Long format for plotting: one row per (run, metric) with a value, accuracy in percent."""
     rows = table[pretrained(table) & (pd.to_numeric(table[x], errors="coerce") > 0)].copy()
     rows["label"] = run_labels(rows)
-    long = rows.melt(id_vars=["id", "model", "family", "subset", "subset_images", "label", x],
+    rows["replicate"], rows["seed"] = replicates(rows), rows.get("seed", 0)
+    long = rows.melt(id_vars=["id", "model", "family", "subset", "subset_images", "label", "replicate", "seed", x],
                      value_vars=[m.column for m in metrics], var_name="column", value_name="accuracy")
     long = long.dropna(subset=["accuracy"])
     long["metric"] = long["column"].map({m.column: m.label for m in metrics})
     long["accuracy"] = long["accuracy"] * 100
     return long
+
+
+def replicates(table: pd.DataFrame) -> pd.Series:
+    """Each run's replicate group (``replicate``: its id at seed 0); its own id where the table has
+    no such column (a table made by hand)."""
+    return table["replicate"].fillna(table["id"]) if "replicate" in table else table["id"]
 
 
 def run_labels(table: pd.DataFrame) -> pd.Series:
