@@ -90,8 +90,8 @@ def plan(study: Study, preset: str, *, tracking_uri: str | None, mfu: float = DE
         gpu_hours = n.exaflops * 1e18 / (mfu * peak_tflops * 1e12) / 3600 if n.exaflops is not None else None
         runs.append({"id": spec_id, "model": spec.model_name, "family": spec.family, "subset": spec.subset,
                      "subset_images": n.subset_images, "images_seen": n.images_seen, "epochs": spec.epochs,
-                     "steps": n.steps, "seed": spec.seed, "replicate": spec.replicate_id, "params": n.params, "forward_gmacs": n.forward_macs / 1e9,
-                     "exaflops": n.exaflops, "gpu_hours": gpu_hours,
+                     "steps": n.steps, "seed": spec.seed, "replicate": spec.replicate_id, "params": n.params,
+                     "forward_gmacs": n.forward_macs / 1e9, "exaflops": n.exaflops, "gpu_hours": gpu_hours,
                      "status": str(statuses.get(spec_id, unread))})
     known = [r for r in runs if r["exaflops"] is not None]
     totals = {"runs": len(runs), "exaflops": sum(r["exaflops"] for r in known),

@@ -92,7 +92,8 @@ def replicated(points: pd.DataFrame) -> bool:
     return bool((points.groupby("replicate")["seed"].nunique() > 1).any())
 
 
-def end_of_run_basis(long: pd.DataFrame, headline_metric: Metric, fallback: Fallback, labels: dict[str, str]) -> FitBasis:
+def end_of_run_basis(long: pd.DataFrame, headline_metric: Metric, fallback: Fallback,
+                     labels: dict[str, str]) -> FitBasis:
     """Today's fits without learning curves: every run's end-of-run point of the headline (the mean
     over the seeds of a configuration run with several), all used."""
     rows = long[long["metric"] == headline_metric.label]

@@ -73,7 +73,7 @@ class ProblemKind(enum.StrEnum):
     ACCURACY_DROP = "accuracy_drop"        # headline accuracy below a cheaper run's of the family and subset
     FIT_AT_BOUND = "fit_at_bound"          # a fitted law is degenerate: a parameter at a bound of the fit (family-level)
     TOO_FEW_POINTS = "too_few_points"      # a family has too few distinct compute values to fit (family-level)
-    SEED_SPREAD = "seed_spread"            # one seed's runs alone give a multiplier outside its interval (pair-level)
+    SEED_SPREAD = "seed_spread"            # one seed's runs alone: a multiplier outside its interval (pair-level)
 
 
 # The sanity section's kinds, in its order: results a reader should not believe (and NO_BASELINE, a
