@@ -166,6 +166,21 @@ def test_figure_compute_legend_only_what_is_drawn():
     assert legend_labels(fig.legends[0]) == ["ViT", "ResNet (BiT)", "Hybrid (R50+ViT)"]
 
 
+def test_figure_compute_frontier_of_several_seeds_runs_through_their_means():
+    """Two seeds of the tiny study's ViT runs: every run is drawn, and the frontier joins the configurations'
+    means over seeds (as the fits do), not the luckier seed's points."""
+    metrics = [Metric("fewshot/digits/5shot", "digits 5-shot", "fewshot")]
+    seed0 = long_frame(TINY[:3], metrics).assign(replicate=lambda f: f["id"], seed=0)
+    seed1 = seed0.assign(id=seed0["id"] + "-s1", seed=1, accuracy=seed0["accuracy"] + [4.0, -6.0, 2.0])
+    long = pd.concat([seed0, seed1], ignore_index=True)
+    fig = figures.figure_compute(long)
+    [front] = [line for line in fig.axes[0].get_lines() if line.get_label() == "ViT frontier"]
+    means = long.groupby("replicate")[["exaflops", "accuracy"]].mean().sort_values("exaflops")
+    # means 20.81, 20.48, 34.56: the 400-step run's mean is below the 200-step one's, so it is off the frontier
+    assert list(front.get_ydata()) == pytest.approx([means["accuracy"].iloc[0], means["accuracy"].iloc[2]])
+    assert len(fig.axes[0].collections[0].get_offsets()) == 6                      # every run's marker
+
+
 # ----------------------------------------------------------------------------- Figure 4 and the fits
 
 def test_figure_data_close_lines_nothing_overlaps():

@@ -284,9 +284,18 @@ def _run_key(fig, runs: pd.DataFrame, below_px: float) -> None:
                handletextpad=0.4, columnspacing=2.0)
 
 
+def replicate_means(points: pd.DataFrame) -> pd.DataFrame:
+    """(exaflops, accuracy) of each configuration: the mean over its seeds (``replicate``), the
+    points themselves where each configuration has one run."""
+    if "replicate" not in points:
+        return points
+    return points.groupby("replicate")[["exaflops", "accuracy"]].mean()
+
+
 def figure_compute(long: pd.DataFrame, curves: pd.DataFrame | None = None):
     """Figure 5: accuracy against pretraining compute, a panel per metric (averages named in full),
-    Pareto frontiers of the end-of-run points (markers), and each run's learning curve (``curves``, a
+    Pareto frontiers of the end-of-run points (markers; of their means over seeds where a configuration
+    has several, as the fits), and each run's learning curve (``curves``, a
     thin line) where logged. Each run is numbered beside its points (``numbered_runs``, placed where no
     text or marker is), with the key under the panels; the legend has the families' markers, their
     frontiers and the learning curves, each only where drawn."""
@@ -308,7 +317,7 @@ def figure_compute(long: pd.DataFrame, curves: pd.DataFrame | None = None):
         if curves is not None:
             any_curve |= _draw_curves(ax, curves[curves["metric"] == metric])
         for family, group in panel.groupby("family"):
-            front = pareto_frontier(group)
+            front = pareto_frontier(replicate_means(group))
             if len(front) >= 2:
                 ax.plot(front["exaflops"], front["accuracy"], color=PALETTE.get(family, OTHER_COLOR), lw=1.5,
                         alpha=0.8, label=frontier_label(family))
