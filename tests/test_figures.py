@@ -183,6 +183,24 @@ def test_figure_compute_frontier_of_several_seeds_runs_through_their_means():
 
 # ----------------------------------------------------------------------------- Figure 4 and the fits
 
+def test_figure_data_runs_of_several_seeds_drawn_as_their_mean_and_spread():
+    """Two seeds per model and size: the line joins their means, a band spans one standard deviation, the
+    same on every drawing (seaborn's default band is a random bootstrap)."""
+    rows = [{"id": f"m{images}s{seed}", "model": "ViT-micro-S", "family": "vit", "subset": str(images),
+             "subset_images": images, "label": f"ViT-micro-S (seed {seed})", "exaflops": 1e-7,
+             "column": "fewshot/digits/5shot", "metric": "digits 5-shot", "accuracy": 40 + grow + 2 * seed}
+            for images, grow in ((1000, 0), (5000, 3)) for seed in (0, 1)]
+    bands = []
+    for _ in range(2):
+        ax = figures.figure_data(pd.DataFrame(rows)).axes[0]
+        [line] = [line for line in ax.get_lines() if len(line.get_xdata()) == 2]
+        assert list(line.get_ydata()) == [41.0, 44.0]                    # the means of seeds 0 and 1
+        [band] = ax.collections
+        bands.append(band.get_paths()[0].vertices[:, 1])
+        assert bands[-1].min() == pytest.approx(41 - 2 ** 0.5) and bands[-1].max() == pytest.approx(44 + 2 ** 0.5)
+    assert np.array_equal(*bands)
+
+
 def test_figure_data_close_lines_nothing_overlaps():
     rows = []
     for k, family in enumerate(FAMILIES):

@@ -355,14 +355,15 @@ def _line_handle(family: str | None, label: str, lw: float = 1.5, ls: str = "-")
 
 def figure_data(long: pd.DataFrame):
     """Figure 4: few-shot accuracy against pretraining set size, a line per model (colour: family,
-    marker: model, both in the legend)."""
+    marker: model, both in the legend); where a model has several runs at one size (seeds), the line
+    joins their mean and a band spans one standard deviation (deterministic, unlike a bootstrap)."""
     import seaborn as sns
     _style()
     long = long.assign(Family=long["family"].map(family_name)).sort_values("subset_images")
     hue = _hue(long)
     hue.pop("_markers")
     g = sns.relplot(data=long, x="subset_images", y="accuracy", style="model", markers=True, dashes=False,
-                    col="metric", col_wrap=_panels(long), kind="line", height=3.8, aspect=1.25,
+                    col="metric", col_wrap=_panels(long), kind="line", height=3.8, aspect=1.25, errorbar="sd",
                     facet_kws={"sharey": False}, **hue)
     titles = _titles(long)
     for metric, ax in g.axes_dict.items():
