@@ -540,7 +540,10 @@ def test_sanity_section_of_a_clean_study_says_all_checks_passed():
     fitted = sum(len(ff.fits) for ff in report.fits.families.values())
     assert fitted == 3 * len(scaling_laws.FORMS)                               # 7 runs: every form, every family
     assert f"fitted parameters vs the fit's bounds ({fitted} fits)" in section
-    assert "Not run, nothing to check yet: each seed's compute multiplier vs the interval." in section
+    assert "Not run, nothing" not in section
+    assert section.rstrip().split("\n\n")[-2].endswith(
+        "Not run, one seed per configuration (a preset's `seeds:` runs several): each seed's compute multiplier vs "
+        "the interval.")
 
 
 def planted_table() -> pd.DataFrame:

@@ -102,9 +102,12 @@ def checks_line(report: Report) -> str:
         n = report.checks.get(kind, 0)
         words = CHECK_WORDS[kind]
         ran += [f"{words[0]} ({n} {words[1] if n == 1 else words[2]})"] if n else []
-    idle = [CHECK_WORDS[k][0] for k in SANITY_CHECKS if not report.checks.get(k)]
+    one_seed = report.fits is None or report.fits.basis.seed_points is None
+    idle = [k for k in SANITY_CHECKS if not report.checks.get(k) and not (k == ProblemKind.SEED_SPREAD and one_seed)]
     return ("Checks run: " + ("; ".join(ran) or "none") + "." +
-            (f" Not run, nothing to check yet: {'; '.join(idle)}." if idle else ""))
+            (f" Not run, nothing to check yet: {'; '.join(CHECK_WORDS[k][0] for k in idle)}." if idle else "") +
+            (f" Not run, one seed per configuration (a preset's `seeds:` runs several): "
+             f"{CHECK_WORDS[ProblemKind.SEED_SPREAD][0]}." if one_seed else ""))
 
 
 def sanity_section(report: Report) -> list[str]:
