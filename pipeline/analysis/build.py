@@ -18,7 +18,7 @@ import pandas as pd
 import pipeline.analysis.law_choice as law_choice
 from pipeline import tracking
 from pipeline.analysis.curves import (EARLY_FRACTION, average_replicates, checkpoint_points, curve_lines, fit_metric,
-                                      mark_frontier, read_curves, replicate_labels)
+                                      mark_frontier, read_curves, replicate_labels, seeds_per_configuration)
 from pipeline.analysis.forecast import ForecastTarget, forecast, missing_targets, named_targets, track_record
 from pipeline.analysis.multipliers import compute_multiplier
 from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, LEVEL, Fallback, FamilyVerdict,
@@ -89,7 +89,7 @@ def family_verdict(family: str, ff: law_choice.FamilyFit | None) -> FamilyVerdic
 
 def replicated(points: pd.DataFrame) -> bool:
     """Whether some configuration has points from runs of several seeds."""
-    return bool((points.groupby("replicate")["seed"].nunique() > 1).any())
+    return bool((seeds_per_configuration(points) > 1).any())
 
 
 def end_of_run_basis(long: pd.DataFrame, headline_metric: Metric, fallback: Fallback,
@@ -125,7 +125,7 @@ def seed_multipliers(basis: FitBasis) -> dict[tuple[str, str], tuple[tuple[int, 
     """{(x, y): ((seed, multiplier), ...)}: each pair's compute multiplier from the runs of one seed
     alone, for every seed of a replicated study (its own frontier, law choice and point fit; NaN
     where not available). Empty when no configuration was run with several seeds."""
-    if basis.seed_points is None:
+    if not basis.seeds:
         return {}
     out: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for seed, seed_runs in basis.seed_points.groupby("seed"):

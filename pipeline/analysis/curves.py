@@ -165,6 +165,11 @@ def average_replicates(points: pd.DataFrame, labels: dict[str, str]) -> pd.DataF
                                                                  ignore_index=True)
 
 
+def seeds_per_configuration(points: pd.DataFrame) -> pd.Series:
+    """How many seeds each configuration (replicate group) of ``points`` has points from."""
+    return points.groupby("replicate")["seed"].nunique()
+
+
 def replicate_labels(table: pd.DataFrame) -> dict[str, str]:
     """{replicate group: the label its runs have without their seed}."""
     return dict(zip(replicates(table), run_labels(table.assign(seed=np.nan))))

@@ -25,7 +25,7 @@ import pandas as pd
 
 import pipeline.analysis.law_choice as law_choice
 from pipeline.analysis.curves import FEWSHOT_AVERAGE
-from pipeline.analysis.table import AVERAGE, Metric, family_name, family_order, pareto_frontier
+from pipeline.analysis.table import AVERAGE, Metric, family_name, family_order, pareto_frontier, replicates
 
 PALETTE = {"vit": "#0173b2", "resnet": "#de8f05", "hybrid": "#029e73"}   # seaborn "colorblind"
 MARKERS = {"vit": "o", "resnet": "s", "hybrid": "^"}
@@ -285,11 +285,9 @@ def _run_key(fig, runs: pd.DataFrame, below_px: float) -> None:
 
 
 def replicate_means(points: pd.DataFrame) -> pd.DataFrame:
-    """(exaflops, accuracy) of each configuration: the mean over its seeds (``replicate``), the
-    points themselves where each configuration has one run."""
-    if "replicate" not in points:
-        return points
-    return points.groupby("replicate")[["exaflops", "accuracy"]].mean()
+    """(exaflops, accuracy) of each configuration: the mean over its seeds (``table.replicates``),
+    a run's own point where the configuration has one run."""
+    return points.groupby(replicates(points))[["exaflops", "accuracy"]].mean()
 
 
 def figure_compute(long: pd.DataFrame, curves: pd.DataFrame | None = None):

@@ -102,7 +102,7 @@ def checks_line(report: Report) -> str:
         n = report.checks.get(kind, 0)
         words = CHECK_WORDS[kind]
         ran += [f"{words[0]} ({n} {words[1] if n == 1 else words[2]})"] if n else []
-    one_seed = report.fits is None or report.fits.basis.seed_points is None
+    one_seed = report.fits is None or not report.fits.basis.seeds
     idle = [k for k in SANITY_CHECKS if not report.checks.get(k) and not (k == ProblemKind.SEED_SPREAD and one_seed)]
     return ("Checks run: " + ("; ".join(ran) or "none") + "." +
             (f" Not run, nothing to check yet: {'; '.join(CHECK_WORDS[k][0] for k in idle)}." if idle else "") +

@@ -64,7 +64,7 @@ def to_fits_json(fits: Fits) -> dict[str, Any]:
                    "headline": {"metric": basis.headline.column, "label": basis.headline.label},
                    "source": str(basis.source), "fallback": None if basis.fallback is None else str(basis.fallback),
                    "early_fraction": basis.early_fraction, "level": fits.level if fits.families else None,
-                   "seeds": None if basis.seed_points is None else sorted(basis.seed_points["seed"].unique()),
+                   "seeds": basis.seeds or None,
                    "families": {family: _family_json(ff, basis.used) for family, ff in fits.families.items()},
                    "multipliers": [_multiplier_json(m) for m in fits.multipliers],
                    "forecasts": [asdict(f) for f in fits.forecasts],

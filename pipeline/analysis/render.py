@@ -13,6 +13,7 @@ from typing import Iterable, Mapping
 import pipeline.analysis.law_choice as law_choice
 import pipeline.analysis.multipliers as multipliers
 import pipeline.analysis.scaling_laws as scaling_laws
+from pipeline.analysis.curves import seeds_per_configuration
 from pipeline.analysis.findings import sanity_section
 from pipeline.analysis.forecast import Forecast
 from pipeline.analysis.report import (FIGURE_COMPUTE, FIGURE_DATA, FIGURE_FITS, SANITY_KINDS, Fallback, FitBasis, Fits,
@@ -113,7 +114,7 @@ def _points_cell(fits: Fits, family: str, n: int) -> str:
     if fits.basis.source != FitSource.FRONTIER:
         return str(n)
     used = fits.basis.used
-    kind = "configurations" if fits.basis.seed_points is not None else "runs"
+    kind = "configurations" if fits.basis.seeds else "runs"
     return f"{n} ({used.loc[used['family'] == family, 'id'].nunique()} {kind})"
 
 
@@ -199,7 +200,7 @@ def seed_words(m: Multiplier) -> str:
 def basis_lines(basis: FitBasis) -> list[str]:
     """Which points the fits are on: the frontier (the early fraction, the points used, the metric
     when it is not the headline), or the end-of-run points and why."""
-    replicates = [replicate_words(basis)] if basis.seed_points is not None else []
+    replicates = [replicate_words(basis)] if basis.seeds else []
     if basis.source == FitSource.END_OF_RUN:
         return [" ".join([(f"Points: the end-of-run point of every run with finished pretraining, not a frontier over "
                            f"checkpoints: {FALLBACK_WORDS[basis.fallback]}."), *replicates])]
@@ -221,7 +222,7 @@ def basis_lines(basis: FitBasis) -> list[str]:
 
 def replicate_words(basis: FitBasis) -> str:
     """How the runs of configurations run with several seeds were averaged, and how far apart they were."""
-    groups = basis.seed_points.groupby("replicate")["seed"].nunique()
+    groups = seeds_per_configuration(basis.seed_points)
     spread = basis.points["spread"].dropna()
     return (f"The runs that differ only by their seed are averaged first: {int((groups > 1).sum())} configurations "
             f"run with {_counts(groups[groups > 1])} seeds, each of their points the mean over the seeds that have "
@@ -281,7 +282,7 @@ def fits_section(fits: Fits) -> list[str]:
 
 def spread_words(basis: FitBasis) -> str:
     """What the intervals leave out: the spread between seeds, measured or not."""
-    if basis.seed_points is None:
+    if not basis.seeds:
         return ("They leave out the run-to-run spread of training (another seed, another CPU's rounding), which one "
                 "run per configuration cannot measure: `docs/analysis.md`.")
     return ("They are fitted on the mean over each configuration's seeds and leave out the spread between seeds; "

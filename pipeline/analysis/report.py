@@ -213,6 +213,11 @@ class FitBasis:
     seed_points: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
+    def seeds(self) -> list[int]:
+        """The seeds averaged, in order; empty where each configuration has one run."""
+        return [] if self.seed_points is None else sorted(int(s) for s in self.seed_points["seed"].unique())
+
+    @property
     def used(self) -> pd.DataFrame:
         """The points the fits are made on."""
         return self.points[self.points["used"]]
